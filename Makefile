@@ -1,0 +1,38 @@
+# kubetune developer commands. `make help` lists them.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+TORCH := torch==2.13.0
+
+.PHONY: help setup quickstart test test-fast lint generate
+
+help: ## list the commands
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+
+setup: ## create .venv and install kubetune with every extra (torch comes from pip's cache after the first time)
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip setuptools wheel
+	$(PY) -m pip install -q $(TORCH)
+	# deepspeed builds against the installed torch, hence no build isolation
+	$(PY) -m pip install -q --no-build-isolation -e '.[dev,operator,trainer]'
+
+quickstart: ## the main job on the embedded default: validate the examples and check the CRD is current
+	$(VENV)/bin/kubetune validate examples/*.yaml
+	$(VENV)/bin/kubetune crd | diff - crds/finetunejob.yaml && echo "crds/finetunejob.yaml is current"
+
+lint: ## ruff, ruff format, mypy
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+test: lint ## lint, type-check and run every test tier (fast, trainer, cluster, e2e)
+	@$(PY) -m pytest; code=$$?; \
+	if [ $$code -eq 5 ]; then echo "pytest collected no tests: that is a failure here" >&2; exit 1; fi; exit $$code
+
+test-fast: ## the fast tier only
+	$(PY) -m pytest -m "not trainer and not cluster and not e2e"
+
+generate: ## regenerate the CRD and the API reference from the models
+	$(VENV)/bin/kubetune crd > crds/finetunejob.yaml
+	$(VENV)/bin/kubetune reference > docs/api.md

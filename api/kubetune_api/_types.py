@@ -1,0 +1,82 @@
+"""Constrained string types shared by the spec sections (URIs, Kubernetes names, quantities)."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated
+
+from pydantic import AfterValidator, Field, PlainValidator, StrictStr, WithJsonSchema
+
+S3_URI = r"s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/[^\s]*)?"
+LOCAL_PATH = r"(/|\./|\.\./)[^\s]*"
+HUB_ID = r"[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?"
+DATA_FILE = r"[^\s]*\.(jsonl|json|parquet)"
+
+MODEL_URI_PATTERN = rf"^({S3_URI}|{LOCAL_PATH}|{HUB_ID})$"
+DATA_URI_PATTERN = rf"^(s3://[a-z0-9][a-z0-9.-]{{1,61}}[a-z0-9]/{DATA_FILE}|(/|\./|\.\./){DATA_FILE})$"
+OUTPUT_URI_PATTERN = rf"^({S3_URI}|{LOCAL_PATH})$"
+DNS_LABEL_PATTERN = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
+DNS_SUBDOMAIN_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+QUANTITY_PATTERN = r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+|[KMGTPE]i|[numkMGTPE])?$"
+ENV_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_.-]*$"
+
+
+def _matcher(pattern: str, what: str) -> AfterValidator:
+    compiled = re.compile(pattern)
+
+    def check(value: str) -> str:
+        if not compiled.match(value):
+            raise ValueError(f"must be {what}")
+        return value
+
+    return AfterValidator(check)
+
+
+ModelUri = Annotated[
+    StrictStr,
+    Field(json_schema_extra={"pattern": MODEL_URI_PATTERN}, min_length=1, max_length=1024),
+    _matcher(MODEL_URI_PATTERN, "s3://bucket/prefix/, an absolute or ./relative path, or a hub id like org/name"),
+]
+DataUri = Annotated[
+    StrictStr,
+    Field(json_schema_extra={"pattern": DATA_URI_PATTERN}, min_length=1, max_length=1024),
+    _matcher(
+        DATA_URI_PATTERN,
+        "s3://bucket/key (bucket: 3 to 63 lowercase letters, digits, dots or dashes) or an absolute or ./relative path, "
+        "ending in .jsonl, .json or .parquet",
+    ),
+]
+OutputUri = Annotated[
+    StrictStr,
+    Field(json_schema_extra={"pattern": OUTPUT_URI_PATTERN}, min_length=1, max_length=1024),
+    _matcher(
+        OUTPUT_URI_PATTERN,
+        "s3://bucket/prefix/ (bucket: 3 to 63 lowercase letters, digits, dots or dashes) or an absolute or ./relative path",
+    ),
+]
+DnsSubdomain = Annotated[
+    StrictStr,
+    Field(json_schema_extra={"pattern": DNS_SUBDOMAIN_PATTERN}, min_length=1, max_length=253),
+    _matcher(DNS_SUBDOMAIN_PATTERN, "a Kubernetes object name: lowercase letters, digits, '-' and '.'"),
+]
+EnvName = Annotated[
+    StrictStr,
+    Field(json_schema_extra={"pattern": ENV_NAME_PATTERN}, min_length=1, max_length=253),
+    _matcher(ENV_NAME_PATTERN, "an environment variable name: letters, digits, '_', '.' or '-', not starting with a digit"),
+]
+
+
+def _quantity(value: object) -> int | str:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str) and re.match(QUANTITY_PATTERN, value):
+        return value
+    raise ValueError("must be a Kubernetes quantity such as 8, '500m' or '16Gi' (quote fractions: '0.5')")
+
+
+# One validator rather than an int|str union, so an error has one path and one message.
+Quantity = Annotated[
+    int | str,
+    PlainValidator(_quantity),
+    WithJsonSchema({"x-kubernetes-int-or-string": True, "pattern": QUANTITY_PATTERN}),
+]

@@ -1,0 +1,64 @@
+"""spec.dataset: training and held-out data, record format, sequence length and packing."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, StrictBool, StrictFloat, StrictInt, StrictStr
+
+from ._base import Rule, Section
+from ._types import DataUri
+
+DEFAULT_VALIDATION_SPLIT = 0.05
+
+
+class DatasetSpec(Section):
+    """Training data, held-out data and how records become token sequences."""
+
+    train: DataUri = Field(description="Training records: s3://bucket/key or a path, ending in .jsonl, .json or .parquet.")
+    validation: DataUri | None = Field(
+        None, description="Held-out records in the same format. Set this or validationSplit, not both."
+    )
+    validationSplit: StrictFloat | None = Field(
+        None,
+        gt=0,
+        le=0.5,
+        description="Fraction of train held out for evaluation, 0 < x <= 0.5, chosen with the seed and never "
+        "trained on. Used when validation is not set; defaults to 0.05 when neither is set.",
+    )
+    format: Literal["prompt-completion", "chat", "text"] = Field(
+        "prompt-completion",
+        description="Record format: prompt-completion (loss on the completion only), chat (the model's chat "
+        "template, loss on assistant turns only), or text (loss on every token).",
+    )
+    promptField: StrictStr = Field(
+        "prompt", min_length=1, max_length=128, description="Record field holding the prompt (prompt-completion)."
+    )
+    completionField: StrictStr = Field(
+        "completion", min_length=1, max_length=128, description="Record field holding the completion (prompt-completion)."
+    )
+    messagesField: StrictStr = Field(
+        "messages", min_length=1, max_length=128, description="Record field holding the list of {role, content} messages (chat)."
+    )
+    textField: StrictStr = Field("text", min_length=1, max_length=128, description="Record field holding the text (text).")
+    maxSeqLength: StrictInt = Field(2048, ge=16, le=131072, description="Tokens per sequence, 16 to 131072.")
+    packing: StrictBool = Field(
+        True,
+        description="Pack several samples into each sequence, with attention kept inside each sample. "
+        "Removes padding; usually the biggest speed-up on variable-length data.",
+    )
+    overlength: Literal["truncate", "drop"] = Field(
+        "truncate",
+        description="What happens to samples longer than maxSeqLength: truncate them, or drop them. "
+        "Both are counted in metrics.json.",
+    )
+    shuffle: StrictBool = Field(True, description="Shuffle training samples every epoch, seeded by training.seed.")
+
+    rules = (
+        Rule(
+            field="validationSplit",
+            message="set either validation or validationSplit, not both",
+            cel="!(has(self.validation) && has(self.validationSplit))",
+            check=lambda d: not (d.validation is not None and d.validationSplit is not None),
+        ),
+    )

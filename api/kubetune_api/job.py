@@ -1,0 +1,90 @@
+"""The FineTuneJob resource: its spec (the sections together, with rules that span them) and the object."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from ._base import Rule, Section, section_default
+from .dataset import DEFAULT_VALIDATION_SPLIT, DatasetSpec
+from .deepspeed import DeepSpeedSpec
+from .lora import LoraSpec
+from .model import ModelSpec
+from .names import API_VERSION, KIND
+from .output import OutputSpec
+from .run_policy import RunPolicySpec
+from .status import FineTuneJobStatus
+from .storage import StorageSpec
+from .training import TrainingSpec
+from .workers import WorkersSpec
+
+_PROCS_CEL = (
+    "(has(self.workers.processesPerWorker) ? self.workers.processesPerWorker : "
+    "(self.workers.gpusPerWorker > 0 ? self.workers.gpusPerWorker : 1))"
+)
+
+
+def _batch_ok(spec: FineTuneJobSpec) -> bool:
+    t = spec.training
+    return t.globalBatchSize is None or t.globalBatchSize == spec.global_batch_size
+
+
+class FineTuneJobSpec(Section):
+    """What to fine-tune, on what data, how, on which workers, and where the adapter goes."""
+
+    model: ModelSpec = Field(description=ModelSpec.__doc__)
+    dataset: DatasetSpec = Field(description=DatasetSpec.__doc__)
+    lora: LoraSpec = Field(default_factory=LoraSpec, description=LoraSpec.__doc__, json_schema_extra=section_default())
+    training: TrainingSpec = Field(
+        default_factory=TrainingSpec, description=TrainingSpec.__doc__, json_schema_extra=section_default()
+    )
+    deepspeed: DeepSpeedSpec = Field(
+        default_factory=DeepSpeedSpec, description=DeepSpeedSpec.__doc__, json_schema_extra=section_default()
+    )
+    workers: WorkersSpec = Field(
+        default_factory=WorkersSpec, description=WorkersSpec.__doc__, json_schema_extra=section_default()
+    )
+    storage: StorageSpec = Field(
+        default_factory=StorageSpec, description=StorageSpec.__doc__, json_schema_extra=section_default()
+    )
+    output: OutputSpec = Field(description=OutputSpec.__doc__)
+    runPolicy: RunPolicySpec = Field(
+        default_factory=RunPolicySpec, description=RunPolicySpec.__doc__, json_schema_extra=section_default()
+    )
+
+    rules = (
+        Rule(
+            field="training.globalBatchSize",
+            message="training.globalBatchSize must equal microBatchSize x gradientAccumulationSteps x "
+            "workers.replicas x processes per worker",
+            cel="!has(self.training.globalBatchSize) || self.training.globalBatchSize == "
+            f"self.training.microBatchSize * self.training.gradientAccumulationSteps * self.workers.replicas * {_PROCS_CEL}",
+            check=_batch_ok,
+        ),
+    )
+
+    @property
+    def global_batch_size(self) -> int:
+        """Sequences per optimizer step across every process."""
+        t = self.training
+        return t.microBatchSize * t.gradientAccumulationSteps * self.workers.world_size
+
+    @property
+    def validation_split(self) -> float:
+        """The held-out fraction in force: 0 with a validation file, else the split or its default."""
+        if self.dataset.validation is not None:
+            return 0.0
+        return self.dataset.validationSplit if self.dataset.validationSplit is not None else DEFAULT_VALIDATION_SPLIT
+
+
+class FineTuneJob(BaseModel):
+    """A FineTuneJob: LoRA fine-tuning of a base model with DeepSpeed ZeRO on Kubernetes."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    apiVersion: str = Field(API_VERSION, description=f"{API_VERSION}")
+    kind: str = Field(KIND, description=KIND)
+    metadata: dict[str, Any] = Field(default_factory=dict, description="Standard object metadata.")
+    spec: FineTuneJobSpec = Field(description=FineTuneJobSpec.__doc__)
+    status: FineTuneJobStatus | None = Field(None, description=FineTuneJobStatus.__doc__)

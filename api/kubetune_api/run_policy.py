@@ -1,0 +1,27 @@
+"""spec.runPolicy: retries, deadlines, clean-up and suspension, as in a batch/v1 Job."""
+
+from __future__ import annotations
+
+from pydantic import Field, StrictBool, StrictInt
+
+from ._base import Section
+
+
+class RunPolicySpec(Section):
+    """Lifecycle of the whole gang of workers."""
+
+    backoffLimit: StrictInt = Field(
+        3,
+        ge=0,
+        le=100,
+        description="Gang restarts allowed after a worker fails, 0 to 100; each resumes from the newest checkpoint.",
+    )
+    activeDeadlineSeconds: StrictInt | None = Field(
+        None, ge=1, description="Fail the job when it has been running longer than this many seconds."
+    )
+    ttlSecondsAfterFinished: StrictInt | None = Field(
+        None, ge=0, description="Delete the finished job (and its pods) this many seconds after it ends; output stays."
+    )
+    suspend: StrictBool = Field(
+        False, description="Stop the pods and keep checkpoints; setting it back to false resumes from the newest checkpoint."
+    )

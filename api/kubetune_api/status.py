@@ -1,0 +1,74 @@
+"""status: what the operator reports; written only by the operator through the status subresource."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from .conditions import Phase
+
+
+class _Status(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Condition(_Status):
+    """A Kubernetes-style condition; lastTransitionTime moves only when status flips."""
+
+    type: str = Field(description="Validated, Queued, Running, Suspended, Succeeded or Failed.")
+    status: Literal["True", "False", "Unknown"] = Field(description="True, False or Unknown.")
+    reason: str = Field(description="CamelCase reason code, e.g. InvalidSpec, BackoffLimitExceeded.")
+    message: str = Field("", description="Human-readable detail.")
+    lastTransitionTime: str = Field(description="RFC 3339 time the status last changed.")
+    observedGeneration: int | None = Field(None, description="metadata.generation this condition was computed from.")
+
+
+class Progress(_Status):
+    """Training progress, from rank 0's structured log lines."""
+
+    step: int = Field(0, description="Optimizer steps done.")
+    totalSteps: int = Field(0, description="Optimizer steps planned.")
+    epoch: float = Field(0.0, description="Fractional epoch.")
+    loss: float | None = Field(None, description="Training loss at the last logged step.")
+    learningRate: float | None = Field(None, description="Learning rate at the last logged step.")
+    tokensPerSecond: float | None = Field(None, description="Training tokens per second across all processes.")
+    eta: str | None = Field(None, description="Estimated time left, e.g. 1h02m.")
+    summary: str = Field("", description="step/totalSteps (percent), as shown by kubectl get.")
+
+
+class Metrics(_Status):
+    """Held-out metrics of the base model and of the trained adapter."""
+
+    baseEvalLoss: float | None = Field(None, description="Held-out loss of the base model (adapter disabled).")
+    evalLoss: float | None = Field(None, description="Held-out loss with the adapter.")
+    basePerplexity: float | None = Field(None, description="exp(baseEvalLoss).")
+    perplexity: float | None = Field(None, description="exp(evalLoss).")
+    baseTokenAccuracy: float | None = Field(None, description="Next-token accuracy of the base model on held-out tokens.")
+    tokenAccuracy: float | None = Field(None, description="Next-token accuracy with the adapter on held-out tokens.")
+    trainLoss: float | None = Field(None, description="Training loss at the last step.")
+
+
+class Workers(_Status):
+    """Worker pods by state."""
+
+    ready: int = Field(0, description="Worker pods running.")
+    total: int = Field(0, description="Worker pods wanted.")
+
+
+class FineTuneJobStatus(_Status):
+    """Where the job is and how it went."""
+
+    phase: Phase | None = Field(None, description="Pending, Queued, Running, Succeeded, Failed or Suspended.")
+    conditions: list[Condition] = Field(
+        default_factory=list, description="Validated, Queued, Running, Suspended, Succeeded, Failed."
+    )
+    progress: Progress | None = Field(None, description=Progress.__doc__)
+    metrics: Metrics | None = Field(None, description=Metrics.__doc__)
+    workers: Workers | None = Field(None, description=Workers.__doc__)
+    adapterUri: str | None = Field(None, description="Where the finished adapter is (output.uri + adapter/).")
+    startTime: str | None = Field(None, description="RFC 3339 time the workers first started.")
+    completionTime: str | None = Field(None, description="RFC 3339 time the job succeeded or failed.")
+    restarts: int = Field(0, description="Gang restarts so far.")
+    lastFailureReason: str | None = Field(None, description="Reason of the most recent worker failure, kept across restarts.")
+    observedGeneration: int | None = Field(None, description="metadata.generation the status reflects.")

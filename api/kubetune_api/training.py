@@ -1,0 +1,62 @@
+"""spec.training: optimisation, schedule, evaluation and checkpoint cadence."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, StrictBool, StrictFloat, StrictInt
+
+from ._base import Rule, Section
+
+
+class TrainingSpec(Section):
+    """How long and how the adapter is optimised, and how often it is evaluated and checkpointed."""
+
+    epochs: StrictInt = Field(1, ge=1, le=1000, description="Passes over the training data, 1 to 1000. maxSteps, if set, wins.")
+    maxSteps: StrictInt | None = Field(
+        None, ge=1, le=10_000_000, description="Stop after this many optimizer steps instead of after the epochs."
+    )
+    learningRate: StrictFloat = Field(2.0e-4, gt=0, le=1, description="Peak learning rate, 0 < x <= 1.")
+    microBatchSize: StrictInt = Field(4, ge=1, le=1024, description="Sequences per process per forward pass, 1 to 1024.")
+    gradientAccumulationSteps: StrictInt = Field(
+        1, ge=1, le=1024, description="Micro-batches accumulated per optimizer step, 1 to 1024."
+    )
+    globalBatchSize: StrictInt | None = Field(
+        None,
+        ge=1,
+        description="Optional check of the batch arithmetic: when set it must equal microBatchSize x "
+        "gradientAccumulationSteps x workers.replicas x processes per worker.",
+    )
+    scheduler: Literal["cosine", "linear", "constant"] = Field(
+        "cosine", description="Learning-rate schedule after warm-up: cosine, linear or constant."
+    )
+    warmupRatio: StrictFloat = Field(0.03, ge=0, le=0.5, description="Fraction of steps spent warming up, 0 to 0.5.")
+    warmupSteps: StrictInt | None = Field(
+        None, ge=0, le=1_000_000, description="Warm-up length in steps; when set it replaces warmupRatio."
+    )
+    weightDecay: StrictFloat = Field(0.0, ge=0, le=1, description="AdamW weight decay, 0 to 1.")
+    maxGradNorm: StrictFloat = Field(1.0, ge=0, le=1000, description="Gradient clipping norm, 0 turns clipping off.")
+    seed: StrictInt = Field(42, ge=0, le=2**31 - 1, description="Seed for initialisation, shuffling and the validation split.")
+    gradientCheckpointing: StrictBool = Field(
+        False, description="Recompute activations in the backward pass: less memory, about 30% more compute."
+    )
+    logEverySteps: StrictInt = Field(1, ge=1, le=100_000, description="Optimizer steps between progress lines.")
+    evalEverySteps: StrictInt = Field(
+        100,
+        ge=0,
+        le=1_000_000,
+        description="Optimizer steps between held-out evaluations; 0 evaluates only before and after training.",
+    )
+    checkpointEverySteps: StrictInt = Field(
+        200, ge=0, le=1_000_000, description="Optimizer steps between checkpoints to output.uri/checkpoints/; 0 turns them off."
+    )
+    keepCheckpoints: StrictInt = Field(2, ge=1, le=100, description="Newest complete checkpoints kept; older ones are deleted.")
+
+    rules = (
+        Rule(
+            field="warmupSteps",
+            message="warmupSteps must be smaller than maxSteps",
+            cel="!has(self.warmupSteps) || !has(self.maxSteps) || self.warmupSteps < self.maxSteps",
+            check=lambda t: t.warmupSteps is None or t.maxSteps is None or t.warmupSteps < t.maxSteps,
+        ),
+    )

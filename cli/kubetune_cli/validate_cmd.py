@@ -1,0 +1,74 @@
+"""`kubetune validate FILE...|-`: every problem on its own line with its field path; exit 0 valid, 1 invalid, 2 usage or I/O."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from kubetune_api.manifests import MAX_BYTES
+from kubetune_api.validate import Result, validate_bytes
+
+MANIFEST_SUFFIXES = (".yaml", ".yml", ".json")
+
+
+def _expand(names: list[str]) -> tuple[list[str], list[str]]:
+    """Files to read (directories give their manifests, sorted), and I/O errors."""
+    files, errors = [], []
+    for name in names:
+        path = Path(name)
+        if name == "-" or path.is_file():
+            files.append(name)
+        elif path.is_dir():
+            found = sorted(str(p) for p in path.iterdir() if p.suffix in MANIFEST_SUFFIXES and p.is_file())
+            if not found:
+                errors.append(f"{name}: no .yaml, .yml or .json files in this directory")
+            files += found
+        elif path.exists():
+            errors.append(f"{name}: not a regular file")
+        else:
+            errors.append(f"{name}: no such file")
+    return files, errors
+
+
+def _read(name: str) -> bytes:
+    if name == "-":
+        return sys.stdin.buffer.read(MAX_BYTES + 1)
+    with open(name, "rb") as handle:
+        return handle.read(MAX_BYTES + 1)
+
+
+def _text(result: Result) -> list[str]:
+    where = f"{result.source}:{result.line}" if result.line else result.source
+    if result.name:
+        where += f" ({result.name})"
+    if result.valid:
+        return [f"{where}: valid"]
+    return [f"{where}: {problem}" for problem in result.problems]
+
+
+def run(args: argparse.Namespace) -> int:
+    files, io_errors = _expand(args.files)
+    results: list[Result] = []
+    for name in files:
+        try:
+            data = _read(name)
+        except OSError as exc:
+            io_errors.append(f"{name}: {exc.strerror or exc}")
+            continue
+        results += validate_bytes(data, "<stdin>" if name == "-" else name)
+    invalid = sum(1 for r in results if not r.valid)
+    if args.output == "json":
+        report = {"valid": not invalid and not io_errors, "results": [r.to_dict() for r in results], "ioErrors": io_errors}
+        print(json.dumps(report, indent=2))
+    else:
+        for result in results:
+            for line in _text(result):
+                print(line)
+        for error in io_errors:
+            print(f"kubetune validate: {error}", file=sys.stderr)
+        print(f"{len(results)} document(s), {invalid} invalid", file=sys.stderr)
+    if io_errors:
+        return 2
+    return 1 if invalid else 0

@@ -1,0 +1,1 @@
+"""The Kopf operator: FineTuneJob to trainer pods and back to status (imports no torch)."""

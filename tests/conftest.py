@@ -1,0 +1,61 @@
+"""Shared test helpers: paths, example manifests, and a small builder for FineTuneJob bodies."""
+
+from __future__ import annotations
+
+import copy
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))
+
+MINIMAL: dict[str, Any] = {
+    "apiVersion": "kubetune.dev/v1alpha1",
+    "kind": "FineTuneJob",
+    "metadata": {"name": "job"},
+    "spec": {
+        "model": {"uri": "s3://models/base/"},
+        "dataset": {"train": "s3://data/train.jsonl"},
+        "output": {"uri": "s3://out/job/"},
+    },
+}
+
+
+def job(**changes: Any) -> dict[str, Any]:
+    """A minimal valid FineTuneJob body with dotted-path changes, e.g. job(**{"spec.lora.r": 8})."""
+    body = copy.deepcopy(MINIMAL)
+    for dotted, value in changes.items():
+        *parents, last = dotted.split(".")
+        node = body
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[last] = value
+    return body
+
+
+def kubetune(*args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess[str]:
+    """Run the real CLI in a subprocess, as a user would."""
+    raw = subprocess.run(
+        [sys.executable, "-m", "kubetune_cli", *args], input=stdin or b"", capture_output=True, cwd=ROOT, timeout=120
+    )
+    return subprocess.CompletedProcess(raw.args, raw.returncode, raw.stdout.decode(), raw.stderr.decode())
+
+
+def dump(body: Any) -> bytes:
+    from kubetune_api.manifests import dump as dump_yaml
+
+    return dump_yaml(body).encode()
+
+
+@pytest.fixture
+def tmp_manifest(tmp_path: Path):  # type: ignore[no-untyped-def]
+    def write(body: Any, name: str = "job.yaml") -> Path:
+        path = tmp_path / name
+        path.write_bytes(body if isinstance(body, bytes) else dump(body))
+        return path
+
+    return write

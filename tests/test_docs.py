@@ -1,0 +1,24 @@
+"""Generated docs are fresh, and the README's commands are the ones CI runs."""
+
+from __future__ import annotations
+
+from kubetune_api.reference import render
+
+from .conftest import ROOT
+
+
+def test_api_reference_is_fresh() -> None:
+    assert (ROOT / "docs" / "api.md").read_text() == render(), "docs/api.md is stale: run `make generate`"
+
+
+def test_readme_test_command_is_what_ci_runs() -> None:
+    readme = (ROOT / "README.md").read_text()
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert "make test" in readme and "make test" in ci
+    assert "make setup" in readme and "make setup" in ci
+
+
+def test_readme_shows_every_example() -> None:
+    readme = (ROOT / "README.md").read_text()
+    for example in sorted((ROOT / "examples").glob("*.yaml")):
+        assert f"examples/{example.name}" in readme, f"README does not mention {example.name}"

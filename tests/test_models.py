@@ -1,0 +1,138 @@
+"""The API models: defaults, bounds and cross-field rules (fast tier)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kubetune_api import FineTuneJob, validate_object
+from kubetune_api.conditions import TRAINER_FAILURE_REASONS, Reason
+from kubetune_api.contract import ContractError, WorkerEnv
+
+from .conftest import job
+
+
+def paths(body: dict[str, Any]) -> list[str]:
+    return [p.path for p in validate_object(body).problems]
+
+
+def test_minimal_fills_every_default() -> None:
+    spec = FineTuneJob.model_validate(job()).spec
+    assert spec.lora.r == 16 and spec.lora.targetModules == ["all-linear"]
+    assert spec.deepspeed.zeroStage == 2 and spec.deepspeed.offload == "none"
+    assert spec.workers.replicas == 1 and spec.workers.processes == 1
+    assert spec.training.epochs == 1 and spec.runPolicy.backoffLimit == 3
+    assert spec.validation_split == 0.05
+    assert spec.global_batch_size == 4
+
+
+INVALID_CASES: list[tuple[dict[str, Any], str]] = [
+    ({"spec.lora.r": -1}, "spec.lora.r"),
+    ({"spec.lora.r": 2048}, "spec.lora.r"),
+    ({"spec.lora.r": "16"}, "spec.lora.r"),
+    ({"spec.lora.dropout": 1.0}, "spec.lora.dropout"),
+    ({"spec.lora.targetModules": []}, "spec.lora.targetModules"),
+    ({"spec.lora.targetModules": ["all-linear", "q_proj"]}, "spec.lora.targetModules"),
+    ({"spec.lorra": {}}, "spec.lorra"),
+    ({"spec.model.uri": "http://example.com/model"}, "spec.model.uri"),
+    ({"spec.dataset.train": "s3://data/train.csv"}, "spec.dataset.train"),
+    ({"spec.dataset.validation": "s3://data/v.jsonl", "spec.dataset.validationSplit": 0.1}, "spec.dataset.validationSplit"),
+    ({"spec.dataset.validationSplit": 0.9}, "spec.dataset.validationSplit"),
+    ({"spec.dataset.format": "alpaca"}, "spec.dataset.format"),
+    ({"spec.deepspeed.zeroStage": 4}, "spec.deepspeed.zeroStage"),
+    ({"spec.deepspeed.offload": "all"}, "spec.deepspeed.offload"),
+    ({"spec.training.learningRate": 0}, "spec.training.learningRate"),
+    ({"spec.training.globalBatchSize": 7}, "spec.training.globalBatchSize"),
+    ({"spec.training.warmupSteps": 10, "spec.training.maxSteps": 5}, "spec.training.warmupSteps"),
+    ({"spec.workers.gpusPerWorker": 8, "spec.workers.processesPerWorker": 4}, "spec.workers.processesPerWorker"),
+    ({"spec.workers.resources": {"limits": {"nvidia.com/gpu": 2}}}, "spec.workers.resources"),
+    ({"spec.workers.resources": {"requests": {"cpu": 0.5}}}, "spec.workers.resources.requests.cpu"),
+    ({"spec.workers.resources": {"requests": {"memory": "lots"}}}, "spec.workers.resources.requests.memory"),
+    ({"spec.workers.tolerations": [{"effect": "Sometimes"}]}, "spec.workers.tolerations[0].effect"),
+    ({"spec.workers.env": [{"name": "AWS_SECRET_ACCESS_KEY", "value": "x"}]}, "spec.workers.env"),
+    ({"spec.storage.endpoint": "s3.example.com"}, "spec.storage.endpoint"),
+    ({"spec.storage.credentialsSecret": "Bad_Name"}, "spec.storage.credentialsSecret"),
+    ({"spec.runPolicy.backoffLimit": -1}, "spec.runPolicy.backoffLimit"),
+    ({"spec.output": None}, "spec.output"),
+    ({"metadata.name": "a" * 53}, "metadata.name"),
+    ({"metadata.name": "9lives"}, "metadata.name"),
+    ({"kind": "PyTorchJob"}, "kind"),
+    ({"apiVersion": "kubetune.dev/v1"}, "apiVersion"),
+]
+
+
+@pytest.mark.parametrize(("changes", "expected"), INVALID_CASES)
+def test_invalid_field_is_named(changes: dict[str, Any], expected: str) -> None:
+    assert paths(job(**changes)) == [expected]
+
+
+def test_missing_required_sections_are_each_named() -> None:
+    body = job()
+    body["spec"] = {}
+    assert sorted(paths(body)) == ["spec.dataset", "spec.model", "spec.output"]
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"spec.training.globalBatchSize": 64, "spec.training.gradientAccumulationSteps": 8, "spec.workers.replicas": 2},
+        {"spec.workers.gpusPerWorker": 0, "spec.workers.processesPerWorker": 4},
+        {"spec.deepspeed.zeroStage": 3, "spec.deepspeed.offload": "all"},
+        {"spec.training.learningRate": 1},  # an integer where a number is allowed
+        {"spec.model.uri": "meta-llama/Llama-3.2-1B"},
+        {"spec.model.uri": "./models/tiny/"},
+        {"spec.workers.resources": {"requests": {"cpu": "500m", "memory": "16Gi"}, "limits": {"cpu": 8}}},
+        {"metadata.name": "a" * 52},
+    ],
+)
+def test_valid_variations(changes: dict[str, Any]) -> None:
+    assert paths(job(**changes)) == []
+
+
+def test_world_size_and_batch_arithmetic() -> None:
+    spec = FineTuneJob.model_validate(
+        job(
+            **{
+                "spec.workers": {"replicas": 4, "gpusPerWorker": 8},
+                "spec.training": {"microBatchSize": 2, "gradientAccumulationSteps": 4},
+            }
+        )
+    ).spec
+    assert spec.workers.world_size == 32
+    assert spec.global_batch_size == 256
+
+
+def test_models_are_frozen() -> None:
+    spec = FineTuneJob.model_validate(job()).spec
+    with pytest.raises(ValueError):
+        spec.lora.r = 4  # type: ignore[misc]
+
+
+def test_every_reason_is_documented_and_trainer_reasons_are_reasons() -> None:
+    from kubetune_api import conditions
+
+    text = Path(conditions.__file__).read_text()
+    for reason in Reason:
+        line = next(line for line in text.splitlines() if f'"{reason.value}"' in line)
+        assert "#" in line, f"{reason} has no comment saying when it is used"
+    assert set(Reason) >= TRAINER_FAILURE_REASONS
+
+
+def test_worker_env_reads_the_contract() -> None:
+    env = WorkerEnv.from_environ(
+        {
+            "KUBETUNE_CONFIG": "/etc/kubetune/trainer.yaml",
+            "KUBETUNE_NUM_WORKERS": "2",
+            "JOB_COMPLETION_INDEX": "1",
+            "KUBETUNE_PROCS_PER_WORKER": "8",
+            "KUBETUNE_MASTER_ADDR": "job-0.job",
+        }
+    )
+    assert (env.worker_rank, env.num_workers, env.procs_per_worker, env.master_port) == (1, 2, 8, 29500)
+    assert str(env.deepspeed_path) == "/etc/kubetune/deepspeed.json"
+    with pytest.raises(ContractError, match="JOB_COMPLETION_INDEX=2 must be below KUBETUNE_NUM_WORKERS=2"):
+        WorkerEnv.from_environ({"KUBETUNE_NUM_WORKERS": "2", "JOB_COMPLETION_INDEX": "2"})
+    with pytest.raises(ContractError, match="KUBETUNE_NUM_WORKERS must be an integer"):
+        WorkerEnv.from_environ({"KUBETUNE_NUM_WORKERS": "two"})

@@ -1,0 +1,140 @@
+"""`kubetune validate`: messages, exit codes, output formats, and hostile input (fast tier)."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from kubetune_api.manifests import MAX_BYTES
+
+from .conftest import EXAMPLES, dump, job, kubetune
+
+
+def test_examples_are_valid() -> None:
+    result = kubetune("validate", *[str(p) for p in EXAMPLES])
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.count(": valid") == len(EXAMPLES)
+
+
+def test_bad_rank_and_unknown_field_each_get_one_line(tmp_manifest) -> None:  # type: ignore[no-untyped-def]
+    path = tmp_manifest(job(**{"spec.lora": {"r": -1}, "spec.lorra": {"r": 4}}))
+    result = kubetune("validate", str(path))
+    assert result.returncode == 1
+    lines = result.stdout.splitlines()
+    assert len(lines) == 2
+    assert "spec.lora.r: must be >= 1 (got -1)" in lines[0]
+    assert "spec.lorra: unknown field (did you mean lora?)" in lines[1]
+    assert "Traceback" not in result.stderr
+
+
+def test_json_output_for_pipelines(tmp_manifest) -> None:  # type: ignore[no-untyped-def]
+    bad = tmp_manifest(job(**{"spec.deepspeed.zeroStage": 5}), "bad.yaml")
+    good = tmp_manifest(job(), "good.yaml")
+    result = kubetune("validate", "--output", "json", str(good), str(bad))
+    assert result.returncode == 1
+    report = json.loads(result.stdout)
+    assert report["valid"] is False
+    assert [r["valid"] for r in report["results"]] == [True, False]
+    error = report["results"][1]["errors"][0]
+    assert error == {"path": "spec.deepspeed.zeroStage", "message": "must be one of 1, 2 or 3", "value": "5"}
+
+
+def test_multi_document_stdin_reports_each_document() -> None:
+    data = dump(job()) + b"---\n" + dump(job(**{"metadata.name": "Bad"})) + b"---\n"
+    result = kubetune("validate", "-", stdin=data)
+    assert result.returncode == 1
+    assert result.stdout.splitlines()[0].endswith("(job): valid")
+    assert "<stdin>:" in result.stdout and "metadata.name: metadata.name must be a DNS label" in result.stdout
+
+
+def test_directory_expands_to_its_manifests(tmp_manifest) -> None:  # type: ignore[no-untyped-def]
+    path = tmp_manifest(job())
+    result = kubetune("validate", str(path.parent))
+    assert result.returncode == 0, result.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "needle"),
+    [
+        (["validate"], 2, "usage"),
+        (["validate", "/nonexistent/job.yaml"], 2, "no such file"),
+        (["validate", "--output", "xml", "x.yaml"], 2, "invalid choice"),
+    ],
+)
+def test_usage_and_io_errors_exit_2(args: list[str], code: int, needle: str) -> None:
+    result = kubetune(*args)
+    assert result.returncode == code
+    assert needle in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+BOMB = b"a: &a [x, x, x, x, x, x, x, x, x, x]\n" + b"".join(
+    f"a{i}: &a{i} [{', '.join([f'*a{i - 1}' if i > 1 else '*a'] * 10)}]\n".encode() for i in range(1, 12)
+)
+
+
+@pytest.mark.parametrize(
+    ("data", "needle"),
+    [
+        (b"apiVersion: kubetune.dev/v1alpha1\nkind: [FineTuneJob\n", "YAML error at line 3, column 1"),
+        (b"kind: FineTuneJob\nspec: {a: 1, a: 2}\n", "found duplicate key 'a'"),
+        (b"\xff\xfe\x00kind", "not UTF-8: byte 0xff at offset 0"),
+        (b"", "no YAML documents found"),
+        (b"---\n# only a comment\n", "no YAML documents found"),
+        (b"x" * (MAX_BYTES + 10), f"at most {MAX_BYTES} bytes"),
+        (BOMB, "alias bomb"),
+        (b"[" * 50_000, "nesting deeper than 64 levels"),
+        (b"&a [*a]", "recursive alias"),
+        (b"- just\n- a list\n", "a manifest must be a mapping"),
+        (b"42\n", "a manifest must be a mapping"),
+        (dump(job(kind="Deployment")), "kind: must be FineTuneJob"),
+        (dump(job(apiVersion="kubetune.dev/v1beta9")), "apiVersion: must be kubetune.dev/v1alpha1"),
+        (dump(job(spec=[1, 2])), "spec: must be a mapping"),
+        (dump(job(spec="yes")), "spec: must be a mapping"),
+    ],
+    ids=[
+        "syntax",
+        "duplicate-key",
+        "non-utf8",
+        "empty",
+        "comment-only",
+        "huge",
+        "alias-bomb",
+        "deep-nesting",
+        "recursive-alias",
+        "list",
+        "scalar",
+        "wrong-kind",
+        "wrong-version",
+        "spec-list",
+        "spec-string",
+    ],
+)
+def test_bad_input_gets_one_clear_error(data: bytes, needle: str) -> None:
+    started = time.monotonic()
+    result = kubetune("validate", "-", stdin=data)
+    assert time.monotonic() - started < 60  # bounded: never hangs on hostile input
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+    assert needle in result.stdout
+    assert len(result.stdout.splitlines()) == 1
+
+
+def test_floats_written_like_kubectl_reads_them(tmp_manifest) -> None:  # type: ignore[no-untyped-def]
+    path = tmp_manifest(
+        b"apiVersion: kubetune.dev/v1alpha1\nkind: FineTuneJob\nmetadata: {name: j}\nspec:\n"
+        b"  model: {uri: ./m/}\n  dataset: {train: ./t.jsonl}\n  output: {uri: ./o/}\n"
+        b"  training: {learningRate: 2e-4}\n"
+    )
+    result = kubetune("validate", str(path))
+    assert result.returncode == 0, result.stdout
+
+
+def test_crd_command_prints_the_checked_in_crd() -> None:
+    from .test_crd import CRD_FILE
+
+    result = kubetune("crd")
+    assert result.returncode == 0
+    assert result.stdout == CRD_FILE.read_text()
