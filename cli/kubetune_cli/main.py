@@ -6,7 +6,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from . import validate_cmd
+from . import run_cmd, validate_cmd
 
 
 def _crd(_: argparse.Namespace) -> int:
@@ -34,6 +34,17 @@ def parser() -> argparse.ArgumentParser:
 
     crd = commands.add_parser("crd", help="print the FineTuneJob CustomResourceDefinition")
     crd.set_defaults(func=_crd)
+
+    run = commands.add_parser(
+        "run", help="train a FineTuneJob on this machine, no cluster (local processes stand in for workers)"
+    )
+    run.add_argument("manifest", metavar="MANIFEST", help="a FineTuneJob manifest; - reads standard input")
+    run.add_argument("-n", "--processes", type=int, default=0, help="local training processes (default: the spec's world size)")
+    run.add_argument(
+        "--progress", choices=["auto", "bar", "json"], default="auto", help="a progress bar, or JSON lines as pods print"
+    )
+    run.add_argument("--work-dir", help="scratch and staging directory (default: .kubetune/NAME)")
+    run.set_defaults(func=run_cmd.run)
 
     reference = commands.add_parser("reference", help="print the API reference in Markdown (docs/api.md)")
     reference.set_defaults(func=_reference)

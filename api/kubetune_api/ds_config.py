@@ -1,0 +1,55 @@
+"""The DeepSpeed JSON derived from a spec: pure, so the operator renders it into the ConfigMap and the trainer uses it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .job import FineTuneJobSpec
+
+
+def deepspeed_config(spec: FineTuneJobSpec, world_size: int | None = None, on_gpu: bool | None = None) -> dict[str, Any]:
+    """DeepSpeed config for `world_size` processes (default: the spec's) on GPUs or CPUs (default: from the spec)."""
+    world = spec.workers.world_size if world_size is None else world_size
+    gpu = spec.workers.gpusPerWorker > 0 if on_gpu is None else on_gpu
+    t, ds = spec.training, spec.deepspeed
+    zero: dict[str, Any] = {
+        "stage": ds.zeroStage,
+        "overlap_comm": gpu,
+        "contiguous_gradients": True,
+        "reduce_bucket_size": 5e7,
+    }
+    if ds.offload in ("optimizer", "all"):
+        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": gpu}
+    if ds.offload == "all":
+        zero["offload_param"] = {"device": "cpu", "pin_memory": gpu}
+    if ds.zeroStage == 3:
+        zero["stage3_gather_16bit_weights_on_model_save"] = False
+    config: dict[str, Any] = {
+        "train_micro_batch_size_per_gpu": t.microBatchSize,
+        "gradient_accumulation_steps": t.gradientAccumulationSteps,
+        "train_batch_size": t.microBatchSize * t.gradientAccumulationSteps * world,
+        "zero_optimization": zero,
+        "optimizer": {
+            "type": "AdamW",
+            # on CPUs use torch's AdamW: DeepSpeed's fused and CPU Adam kernels need a compiler toolchain at run time
+            "params": {
+                "lr": t.learningRate,
+                "betas": [0.9, 0.999],
+                "eps": 1e-8,
+                "weight_decay": t.weightDecay,
+                "torch_adam": not gpu,
+            },
+        },
+        "steps_per_print": 1_000_000_000,  # progress is reported by kubetune, not DeepSpeed
+        "wall_clock_breakdown": False,
+    }
+    if not gpu:
+        config["zero_force_ds_cpu_optimizer"] = False
+    if t.maxGradNorm > 0:
+        config["gradient_clipping"] = t.maxGradNorm
+    dtype = spec.model.dtype
+    if gpu and dtype in ("auto", "bfloat16"):
+        config["bf16"] = {"enabled": True}
+    elif gpu and dtype == "float16":
+        config["fp16"] = {"enabled": True, "loss_scale": 0, "initial_scale_power": 16}
+    return config

@@ -1,0 +1,44 @@
+"""`kubetune run MANIFEST [--processes N]`: train a FineTuneJob on this machine with no cluster."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from kubetune_api.validate import validate_bytes
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        data = Path(args.manifest).read_bytes() if args.manifest != "-" else sys.stdin.buffer.read()
+    except OSError as exc:
+        print(f"kubetune run: {args.manifest}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
+    results = validate_bytes(data, args.manifest)
+    for result in results:
+        for problem in result.problems:
+            print(f"{result.source}: {problem}", file=sys.stderr)
+    jobs = [r.job for r in results if r.job is not None]
+    if len(jobs) != len(results) or not jobs:
+        return 1
+    if len(jobs) > 1:
+        print(f"kubetune run: {args.manifest} holds {len(jobs)} FineTuneJobs; run one at a time", file=sys.stderr)
+        return 2
+    job = jobs[0]
+    processes = args.processes or job.spec.workers.world_size
+    if not os.environ.get("CUDA_VISIBLE_DEVICES") and job.spec.workers.gpusPerWorker == 0:
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""
+    from kubetune_trainer.local import print_report
+    from kubetune_trainer.local import run as run_local
+
+    progress = args.progress if args.progress != "auto" else ("bar" if sys.stderr.isatty() else "json")
+    work = Path(args.work_dir or Path(".kubetune") / str(job.metadata.get("name", "local")))
+    print(
+        f"kubetune run: {job.metadata.get('name')} with {processes} local process(es), ZeRO-{job.spec.deepspeed.zeroStage}",
+        file=sys.stderr,
+    )
+    summary = run_local(job, processes, progress, work.resolve())
+    print_report(summary)
+    return 0 if summary["status"] == "Succeeded" else 1

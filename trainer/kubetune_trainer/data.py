@@ -1,0 +1,272 @@
+"""Records to token sequences: read JSONL/JSON/Parquet, split, tokenize with loss masks, pack, batch per rank."""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from kubetune_api.conditions import Reason
+from kubetune_api.dataset import DatasetSpec
+
+from .errors import TrainerFailure
+
+IGNORE = -100  # label of tokens that carry no loss (prompts, non-assistant turns, padding)
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One tokenized record: labels are IGNORE where no loss is taken."""
+
+    input_ids: list[int]
+    labels: list[int]
+
+
+@dataclass(frozen=True)
+class Row:
+    """One sequence of a batch: one sample, or several packed, with positions restarting at each sample."""
+
+    input_ids: list[int]
+    labels: list[int]
+    position_ids: list[int]
+
+
+@dataclass
+class Counts:
+    """What happened to the records on their way to sequences (reported in metrics.json)."""
+
+    records: int = 0
+    samples: int = 0
+    truncated: int = 0
+    dropped: int = 0
+    empty: int = 0  # samples with no token to learn from (e.g. the completion was truncated away)
+    tokens: int = 0
+    loss_tokens: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return dict(self.__dict__)
+
+
+# reading
+
+
+def read_records(path: Path, name: str) -> list[dict[str, Any]]:
+    """Records from .jsonl, .json (a list) or .parquet. A malformed record stops the run with its position."""
+    suffix = path.suffix.lower()
+    if suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        try:
+            return list(pq.read_table(path).to_pylist())
+        except Exception as exc:  # pyarrow raises several types for a bad file
+            raise TrainerFailure(Reason.BAD_RECORD, f"{name}: not a readable Parquet file: {exc}") from exc
+    text = _text(path, name)
+    if suffix == ".json":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise TrainerFailure(Reason.BAD_RECORD, f"{name}: invalid JSON at line {exc.lineno}: {exc.msg}") from exc
+        if not isinstance(data, list):
+            raise TrainerFailure(Reason.BAD_RECORD, f"{name}: a .json dataset must be a list of objects")
+        records = data
+    else:
+        records = []
+        for number, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                raise TrainerFailure(Reason.BAD_RECORD, f"{name} line {number}: invalid JSON: {exc.msg}") from exc
+    for index, record in enumerate(records):
+        if not isinstance(record, dict):
+            raise TrainerFailure(
+                Reason.BAD_RECORD, f"{name} record {index + 1}: must be a JSON object, got {type(record).__name__}"
+            )
+    return records
+
+
+def _text(path: Path, name: str) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise TrainerFailure(Reason.BAD_RECORD, f"{name}: not UTF-8 at byte {exc.start}") from exc
+
+
+def split(records: list[dict[str, Any]], fraction: float, seed: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Seeded train/held-out split with no record in both."""
+    order = list(range(len(records)))
+    random.Random(seed).shuffle(order)
+    held = max(1, round(len(records) * fraction)) if records else 0
+    held_out = sorted(order[:held])
+    keep = sorted(order[held:])
+    return [records[i] for i in keep], [records[i] for i in held_out]
+
+
+# tokenizing
+
+
+def _field(record: dict[str, Any], key: str, name: str, index: int, kind: type) -> Any:
+    if key not in record:
+        raise TrainerFailure(
+            Reason.BAD_RECORD,
+            f"{name} record {index + 1}: missing field '{key}' (has: {', '.join(map(str, record)) or 'nothing'})",
+        )
+    value = record[key]
+    if not isinstance(value, kind):
+        raise TrainerFailure(
+            Reason.BAD_RECORD, f"{name} record {index + 1}: field '{key}' must be a {kind.__name__}, got {type(value).__name__}"
+        )
+    return value
+
+
+def _ids(tokenizer: Any, text: str, special: bool) -> list[int]:
+    return list(tokenizer(text, add_special_tokens=special)["input_ids"])
+
+
+def _chat_ids(tokenizer: Any, messages: list[dict[str, Any]], name: str, index: int) -> Sample:
+    """Render with the model's chat template; loss only on assistant turns (found by rendering prefixes)."""
+    if not getattr(tokenizer, "chat_template", None):
+        raise TrainerFailure(Reason.BAD_RECORD, "dataset.format is chat but the model's tokenizer has no chat template")
+    for turn, message in enumerate(messages):
+        if (
+            not isinstance(message, dict)
+            or not isinstance(message.get("role"), str)
+            or not isinstance(message.get("content"), str)
+        ):
+            raise TrainerFailure(
+                Reason.BAD_RECORD, f"{name} record {index + 1}: message {turn + 1} needs string 'role' and 'content'"
+            )
+
+    def render(upto: int, prompt: bool) -> list[int]:
+        out = tokenizer.apply_chat_template(messages[:upto], tokenize=True, add_generation_prompt=prompt, return_dict=False)
+        if isinstance(out, dict) or hasattr(out, "keys"):
+            out = out["input_ids"]
+        return list(out)
+
+    full = render(len(messages), False)
+    labels = [IGNORE] * len(full)
+    for turn, message in enumerate(messages):
+        if message["role"] != "assistant":
+            continue
+        start = len(render(turn, True))
+        end = len(render(turn + 1, False))
+        labels[start:end] = full[start:end]
+    return Sample(full, labels)
+
+
+def tokenize_record(record: dict[str, Any], spec: DatasetSpec, tokenizer: Any, name: str, index: int) -> Sample:
+    eos = tokenizer.eos_token_id
+    if spec.format == "prompt-completion":
+        prompt = _ids(tokenizer, _field(record, spec.promptField, name, index, str), True)
+        completion = _ids(tokenizer, _field(record, spec.completionField, name, index, str), False)
+        if eos is not None:
+            completion.append(eos)
+        return Sample(prompt + completion, [IGNORE] * len(prompt) + completion)
+    if spec.format == "chat":
+        return _chat_ids(tokenizer, _field(record, spec.messagesField, name, index, list), name, index)
+    ids = _ids(tokenizer, _field(record, spec.textField, name, index, str), True)
+    if eos is not None:
+        ids.append(eos)
+    return Sample(ids, list(ids))
+
+
+def tokenize(records: list[dict[str, Any]], spec: DatasetSpec, tokenizer: Any, name: str) -> tuple[list[Sample], Counts]:
+    """Every record as a Sample, with overlength samples truncated or dropped and counted."""
+    counts = Counts(records=len(records))
+    samples = []
+    for index, record in enumerate(records):
+        sample = tokenize_record(record, spec, tokenizer, name, index)
+        if len(sample.input_ids) > spec.maxSeqLength:
+            if spec.overlength == "drop":
+                counts.dropped += 1
+                continue
+            counts.truncated += 1
+            sample = Sample(sample.input_ids[: spec.maxSeqLength], sample.labels[: spec.maxSeqLength])
+        # the first token is never predicted; masking it also keeps packed neighbours from scoring across the boundary
+        labels = [IGNORE, *sample.labels[1:]]
+        if all(label == IGNORE for label in labels):
+            counts.empty += 1
+            continue
+        samples.append(Sample(sample.input_ids, labels))
+        counts.tokens += len(sample.input_ids)
+        counts.loss_tokens += sum(1 for label in labels if label != IGNORE)
+    counts.samples = len(samples)
+    return samples, counts
+
+
+# packing and batching
+
+
+def pack(samples: list[Sample], max_len: int) -> list[Row]:
+    """First-fit-decreasing bin packing into rows of at most max_len tokens; positions restart per sample."""
+    order = sorted(range(len(samples)), key=lambda i: -len(samples[i].input_ids))
+    bins: list[list[int]] = []
+    space: list[int] = []
+    for i in order:
+        size = len(samples[i].input_ids)
+        for b, free in enumerate(space):
+            if size <= free:
+                bins[b].append(i)
+                space[b] -= size
+                break
+        else:
+            bins.append([i])
+            space.append(max_len - size)
+    rows = []
+    for members in bins:
+        ids: list[int] = []
+        labels: list[int] = []
+        positions: list[int] = []
+        for i in sorted(members):
+            ids += samples[i].input_ids
+            labels += samples[i].labels
+            positions += range(len(samples[i].input_ids))
+        rows.append(Row(ids, labels, positions))
+    return rows
+
+
+def rows(samples: list[Sample], max_len: int, packing: bool) -> list[Row]:
+    if packing:
+        return pack(samples, max_len)
+    return [Row(s.input_ids, s.labels, list(range(len(s.input_ids)))) for s in samples]
+
+
+def rank_micro_batches(
+    all_rows: list[Row], *, micro: int, world: int, rank: int, multiple: int, seed: int | None
+) -> list[list[Row]]:
+    """Shuffle (seeded; None keeps order), pad by wrapping to a multiple of world x micro x `multiple`, deal to ranks."""
+    order = list(range(len(all_rows)))
+    if seed is not None:
+        random.Random(seed).shuffle(order)
+    if not order:
+        return []
+    unit = world * micro * multiple
+    missing = -len(order) % unit
+    order += [order[i % len(order)] for i in range(missing)]
+    mine = order[rank::world]
+    return [[all_rows[i] for i in mine[s : s + micro]] for s in range(0, len(mine), micro)]
+
+
+def collate(batch: list[Row], pad_id: int) -> dict[str, Any]:
+    """Right-pad to the longest row; padding is its own position run with no loss, so nothing attends across it."""
+    import torch
+
+    width = max(len(r.input_ids) for r in batch)
+    ids, labels, positions = [], [], []
+    for r in batch:
+        pad = width - len(r.input_ids)
+        ids.append(r.input_ids + [pad_id] * pad)
+        labels.append(r.labels + [IGNORE] * pad)
+        positions.append(r.position_ids + list(range(pad)))
+    return {
+        "input_ids": torch.tensor(ids, dtype=torch.long),
+        "labels": torch.tensor(labels, dtype=torch.long),
+        "position_ids": torch.tensor(positions, dtype=torch.long),
+    }
+
+
+def useful_tokens(batch: list[Row]) -> int:
+    return sum(len(r.input_ids) for r in batch)

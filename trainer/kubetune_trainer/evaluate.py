@@ -1,0 +1,61 @@
+"""Held-out evaluation: token-weighted loss, perplexity and next-token accuracy, summed across ranks."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from .data import IGNORE, Row, collate
+
+
+def token_loss(logits: Any, labels: Any) -> tuple[Any, Any, Any]:
+    """Sum of next-token NLL, number of scored tokens, and number predicted right (labels shifted by one)."""
+    import torch
+
+    shift_logits = logits[:, :-1, :].float()
+    shift_labels = labels[:, 1:]
+    mask = shift_labels != IGNORE
+    nll = torch.nn.functional.cross_entropy(
+        shift_logits.reshape(-1, shift_logits.size(-1)), shift_labels.reshape(-1), ignore_index=IGNORE, reduction="sum"
+    )
+    correct = ((shift_logits.argmax(-1) == shift_labels) & mask).sum()
+    return nll, mask.sum(), correct
+
+
+def shard_rows(rows: list[Row], world: int, rank: int, micro: int) -> list[list[Row]]:
+    """This rank's eval batches: rows dealt round-robin, every rank the same number of batches (None-free padding)."""
+    mine = rows[rank::world]
+    per_rank = math.ceil(len(rows) / world)
+    batches = math.ceil(per_rank / micro) if per_rank else 0
+    dummy = Row([0, 0], [IGNORE, IGNORE], [0, 1])  # scores nothing; keeps collective ops in step under ZeRO-3
+    mine = mine + [dummy] * (batches * micro - len(mine))
+    return [mine[i : i + micro] for i in range(0, len(mine), micro)]
+
+
+def eval_sums(forward: Callable[[dict[str, Any]], Any], batches: Iterable[list[Row]], pad_id: int, device: Any) -> list[float]:
+    """[nll sum, tokens, correct] over batches with a model forward function (no gradients)."""
+    import torch
+
+    totals = torch.zeros(3, dtype=torch.float64)
+    with torch.no_grad():
+        for batch in batches:
+            inputs = {k: v.to(device) for k, v in collate(batch, pad_id).items()}
+            labels = inputs.pop("labels")
+            logits = forward(inputs)
+            nll, count, correct = token_loss(logits, labels)
+            totals += torch.stack([nll.double().cpu(), count.double().cpu(), correct.double().cpu()])
+    return [float(x) for x in totals]
+
+
+def metrics(sums: list[float]) -> dict[str, float]:
+    nll, count, correct = sums
+    if count == 0:
+        return {"evalLoss": float("nan"), "perplexity": float("nan"), "tokenAccuracy": float("nan"), "evalTokens": 0}
+    loss = nll / count
+    return {
+        "evalLoss": round(loss, 6),
+        "perplexity": round(math.exp(min(loss, 50.0)), 4),
+        "tokenAccuracy": round(correct / count, 6),
+        "evalTokens": int(count),
+    }

@@ -1,0 +1,166 @@
+"""The pod's entry point: fetch model and data once per worker, start this worker's ranks with torchrun,
+and leave one summary in the termination message.
+
+In a pod: `python -m kubetune_trainer` (the environment and mounted config follow kubetune_api.contract).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from kubetune_api.conditions import Reason
+from kubetune_api.contract import WorkerEnv
+from kubetune_api.job import FineTuneJobSpec
+
+from . import report
+from .errors import TrainerFailure
+from .rank_env import RankEnv
+from .spec_io import load_spec
+from .storage import Store, is_s3, join
+
+CACHE_ENV = "KUBETUNE_CACHE"
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get(CACHE_ENV) or Path(tempfile.gettempdir()) / "kubetune-cache")
+
+
+def _local_name(uri: str) -> str:
+    import hashlib
+
+    return hashlib.sha256(uri.encode()).hexdigest()[:16]
+
+
+def preflight(spec: FineTuneJobSpec, store: Store) -> None:
+    """Checks that need no download: a finished output is never overwritten by accident."""
+    if not spec.output.overwrite and store.exists(join(spec.output.uri, "_SUCCESS")):
+        raise TrainerFailure(
+            Reason.OUTPUT_EXISTS,
+            f"{spec.output.uri} already holds a finished adapter (_SUCCESS); set output.overwrite or choose another uri",
+        )
+
+
+def fetch_inputs(spec: FineTuneJobSpec, store: Store, cache: Path) -> tuple[str, Path, Path | None]:
+    """Model directory (or hub id) and local dataset files, downloaded and verified once per worker."""
+    uri = spec.model.uri
+    if is_s3(uri):
+        model = str(store.download_prefix(uri, cache / "models" / _local_name(uri), Reason.MODEL_MISSING, "base model"))
+    elif uri.startswith(("/", "./", "../")):
+        if not Path(uri).is_dir():
+            raise TrainerFailure(Reason.MODEL_MISSING, f"base model not found: {uri} is not a directory")
+        model = str(Path(uri).resolve())
+    else:
+        model = uri  # a hub id: transformers fetches and caches it
+    files: list[Path | None] = []
+    for name in (spec.dataset.train, spec.dataset.validation):
+        if name is None:
+            files.append(None)
+            continue
+        target = cache / "data" / _local_name(name) / Path(name).name
+        files.append(store.download_file(name, target, Reason.DATASET_MISSING, "dataset").resolve())
+    train = files[0]
+    assert train is not None
+    return model, train, files[1]
+
+
+def _outcome(result_dir: Path, returncode: int) -> dict[str, Any]:
+    summary = result_dir / "summary.json"
+    if returncode == 0 and summary.is_file():
+        return {"status": "Succeeded", "metrics": json.loads(summary.read_text())}
+    failures = [json.loads(p.read_text()) for p in sorted(result_dir.glob("failure-*.json"))]
+    failures.sort(key=lambda f: (f["reason"] == Reason.TRAINER_ERROR.value, f["rank"]))
+    if failures:
+        first = failures[0]
+        return {"status": "Failed", "reason": first["reason"], "message": f"rank {first['rank']}: {first['message']}"}
+    return {
+        "status": "Failed",
+        "reason": Reason.TRAINER_ERROR.value,
+        "message": f"a training process exited with code {returncode} and left no reason (killed?)",
+    }
+
+
+def final_summary(spec: FineTuneJobSpec, outcome: dict[str, Any]) -> dict[str, Any]:
+    if outcome["status"] != "Succeeded":
+        return report.summary("Failed", reason=outcome["reason"], message=outcome["message"])
+    metrics = outcome["metrics"]
+    base, final = metrics.get("base", {}), metrics.get("final", {})
+    return report.summary(
+        "Succeeded",
+        adapterUri=join(spec.output.uri, "adapter") + "/",
+        metrics={
+            "baseEvalLoss": base.get("evalLoss"),
+            "evalLoss": final.get("evalLoss"),
+            "basePerplexity": base.get("perplexity"),
+            "perplexity": final.get("perplexity"),
+            "baseTokenAccuracy": base.get("tokenAccuracy"),
+            "tokenAccuracy": final.get("tokenAccuracy"),
+            "trainLoss": metrics.get("train", {}).get("loss"),
+        },
+        steps=metrics.get("train", {}).get("steps"),
+        usefulTokensPerSecond=metrics.get("train", {}).get("usefulTokensPerSecond"),
+    )
+
+
+def run_worker(
+    spec: FineTuneJobSpec, worker: WorkerEnv, *, progress: str = "json", work_dir: Path | None = None
+) -> dict[str, Any]:
+    """Run this worker's ranks to the end; returns the summary (also written to the termination message)."""
+    work = work_dir or Path(tempfile.mkdtemp(prefix="kubetune-"))
+    result_dir = work / "results"
+    shutil.rmtree(result_dir, ignore_errors=True)
+    result_dir.mkdir(parents=True)
+    try:
+        store = Store(spec.storage)
+        preflight(spec, store)
+        model, train, validation = fetch_inputs(spec, store, cache_dir())
+    except TrainerFailure as exc:
+        summary = report.summary("Failed", reason=exc.reason.value, message=exc.message)
+        report.write_termination(worker.termination_log, summary)
+        print(json.dumps(summary), flush=True)
+        return summary
+    ranks = RankEnv(model, train, validation, work, result_dir, progress)
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        f"--nnodes={worker.num_workers}",
+        f"--node-rank={worker.worker_rank}",
+        f"--nproc-per-node={worker.procs_per_worker}",
+        f"--master-addr={worker.master_addr}",
+        f"--master-port={worker.master_port}",
+        "--max-restarts=0",  # a failed rank restarts the whole gang, which is the operator's job
+        "-m",
+        "kubetune_trainer.train",
+    ]
+    env = {**os.environ, **ranks.to_environ(), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if spec.workers.gpusPerWorker == 0:
+        env.setdefault("DS_ACCELERATOR", "cpu")
+        env.setdefault("CUDA_VISIBLE_DEVICES", "")
+    code = subprocess.call(command, env=env)
+    summary = final_summary(spec, _outcome(result_dir, code))
+    report.write_termination(worker.termination_log, summary)
+    if worker.worker_rank == 0 or summary["status"] != "Succeeded":
+        print(json.dumps(summary), flush=True)
+    return summary
+
+
+def main() -> int:
+    worker = WorkerEnv.from_environ()
+    try:
+        spec = load_spec(worker.config_path)
+    except TrainerFailure as exc:
+        summary = report.summary("Failed", reason=exc.reason.value, message=exc.message)
+        report.write_termination(worker.termination_log, summary)
+        print(json.dumps(summary), flush=True)
+        return 1
+    work = Path(os.environ.get("KUBETUNE_WORK_DIR") or tempfile.mkdtemp(prefix="kubetune-"))
+    summary = run_worker(spec, worker, progress="json", work_dir=work)
+    return 0 if summary["status"] == "Succeeded" else 1

@@ -1,0 +1,64 @@
+"""`kubetune run MANIFEST`: the same trainer on this machine, no cluster; local processes stand in for workers."""
+
+from __future__ import annotations
+
+import json
+import socket
+import sys
+from pathlib import Path
+from typing import Any
+
+from kubetune_api.contract import CONFIG_FILE, DEEPSPEED_FILE, WorkerEnv
+from kubetune_api.ds_config import deepspeed_config
+from kubetune_api.job import FineTuneJob
+
+from .launch import run_worker
+from .spec_io import dump_spec
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def run(job: FineTuneJob, processes: int, progress: str, work_dir: Path) -> dict[str, Any]:
+    """Train `job` with `processes` local ranks; the config is written exactly as the operator mounts it."""
+    spec = job.spec
+    name = str(job.metadata.get("name", "local"))
+    config_dir = work_dir / "config"
+    config_dir.mkdir(parents=True, exist_ok=True)
+    (config_dir / CONFIG_FILE).write_text(dump_spec(spec))
+    (config_dir / DEEPSPEED_FILE).write_text(
+        json.dumps(deepspeed_config(spec, processes, on_gpu=spec.workers.gpusPerWorker > 0), indent=2)
+    )
+    worker = WorkerEnv(
+        config_path=config_dir / CONFIG_FILE,
+        job_name=name,
+        num_workers=1,
+        procs_per_worker=processes,
+        worker_rank=0,
+        master_addr="127.0.0.1",
+        master_port=free_port(),
+        termination_log=work_dir / "termination-log",
+    )
+    import os
+
+    os.environ["KUBETUNE_CONFIG"] = str(worker.config_path)
+    os.environ["KUBETUNE_JOB_NAME"] = name
+    return run_worker(spec, worker, progress=progress, work_dir=work_dir)
+
+
+def print_report(summary: dict[str, Any], stream: Any = sys.stdout) -> None:
+    if summary["status"] != "Succeeded":
+        print(f"\nFailed: {summary['reason']}: {summary['message']}", file=stream)
+        return
+    m = summary["metrics"]
+    print("\nheld-out            base      adapter", file=stream)
+    for label, base, tuned in (
+        ("loss", m.get("baseEvalLoss"), m.get("evalLoss")),
+        ("perplexity", m.get("basePerplexity"), m.get("perplexity")),
+        ("token accuracy", m.get("baseTokenAccuracy"), m.get("tokenAccuracy")),
+    ):
+        print(f"{label:<16}{base:>9.4f}  {tuned:>11.4f}", file=stream)
+    print(f"\nadapter: {summary['adapterUri']}  ({summary.get('steps')} steps)", file=stream)

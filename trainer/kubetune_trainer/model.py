@@ -1,0 +1,98 @@
+"""Base model and tokenizer from a local directory or hub id, and the LoRA adapter on top (peft)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+from kubetune_api.conditions import Reason
+from kubetune_api.lora import ALL_LINEAR, LoraSpec
+from kubetune_api.model import ModelSpec
+
+from .errors import TrainerFailure
+
+
+def torch_dtype(spec: ModelSpec, on_gpu: bool) -> Any:
+    import torch
+
+    if not on_gpu:
+        return torch.float32  # CPU runs compute in float32: bf16 matmuls on CPU are slow and imprecise
+    if spec.dtype in ("auto", "bfloat16"):
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return {"float16": torch.float16, "float32": torch.float32}[spec.dtype]
+
+
+def load_tokenizer(source: str, spec: ModelSpec) -> Any:
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, revision=spec.revision, trust_remote_code=spec.trustRemoteCode)
+    except (OSError, ValueError) as exc:
+        raise TrainerFailure(Reason.MODEL_MISSING, f"no usable tokenizer at {spec.uri}: {exc}") from exc
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_model(source: str, spec: ModelSpec, on_gpu: bool) -> Any:
+    from transformers import AutoModelForCausalLM
+
+    if not source.startswith(("/", ".")) and Path(source).exists():
+        source = str(Path(source).resolve())
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            source,
+            revision=spec.revision,
+            trust_remote_code=spec.trustRemoteCode,
+            dtype=torch_dtype(spec, on_gpu),
+            attn_implementation=spec.attnImplementation,
+        )
+    except (OSError, ValueError) as exc:
+        raise TrainerFailure(Reason.MODEL_MISSING, f"no loadable model at {spec.uri}: {exc}") from exc
+    model.config.use_cache = False
+    return model
+
+
+def linear_module_names(model: Any) -> list[str]:
+    """Short names of the linear layers LoRA can adapt (what a user may put in lora.targetModules)."""
+    import torch
+
+    names = {name.rsplit(".", 1)[-1] for name, module in model.named_modules() if isinstance(module, torch.nn.Linear)}
+    return sorted(names)
+
+
+def check_targets(model: Any, lora: LoraSpec) -> None:
+    if lora.targetModules == [ALL_LINEAR]:
+        return
+    names = [name for name, _ in model.named_modules()]
+    missing = []
+    for target in lora.targetModules:
+        escaped = re.escape(target).replace(r"\*", ".*")
+        pattern = re.compile(r"(^|\.)" + escaped + "$")
+        if not any(pattern.search(name) for name in names):
+            missing.append(target)
+    if missing:
+        raise TrainerFailure(
+            Reason.TARGET_MODULES_NOT_FOUND,
+            f"lora.targetModules {missing} match no module of the model; its linear layers are: {', '.join(linear_module_names(model))}",
+        )
+
+
+def add_lora(model: Any, lora: LoraSpec, seed: int) -> Any:
+    """Wrap the model with a fresh LoRA adapter; every base weight is frozen."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    check_targets(model, lora)
+    config = LoraConfig(
+        r=lora.r,
+        lora_alpha=int(lora.alpha) if float(lora.alpha).is_integer() else lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=ALL_LINEAR if lora.targetModules == [ALL_LINEAR] else list(lora.targetModules),
+        bias=lora.bias,
+        use_rslora=lora.useRslora,
+        task_type="CAUSAL_LM",
+    )
+    torch.manual_seed(seed)
+    return get_peft_model(model, config)

@@ -1,0 +1,48 @@
+"""What the launcher passes to each training process (inside one pod; not part of the operator contract)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+MODEL_DIR = "KUBETUNE_MODEL_SOURCE"  # local directory (or hub id) of the base model
+TRAIN_FILE = "KUBETUNE_TRAIN_FILE"  # local copy of dataset.train
+VALIDATION_FILE = "KUBETUNE_VALIDATION_FILE"  # local copy of dataset.validation, if any
+WORK_DIR = "KUBETUNE_WORK_DIR"  # node-local scratch: checkpoint staging, adapter before upload
+RESULT_DIR = "KUBETUNE_RESULT_DIR"  # where ranks leave failure-<rank>.json and rank 0 leaves summary.json
+PROGRESS_STYLE = "KUBETUNE_PROGRESS"  # json (pods) or bar (a person at a terminal)
+
+
+@dataclass(frozen=True)
+class RankEnv:
+    model_source: str
+    train_file: Path
+    validation_file: Path | None
+    work_dir: Path
+    result_dir: Path
+    progress: str
+
+    @classmethod
+    def from_environ(cls) -> RankEnv:
+        validation = os.environ.get(VALIDATION_FILE)
+        return cls(
+            model_source=os.environ[MODEL_DIR],
+            train_file=Path(os.environ[TRAIN_FILE]),
+            validation_file=Path(validation) if validation else None,
+            work_dir=Path(os.environ[WORK_DIR]),
+            result_dir=Path(os.environ[RESULT_DIR]),
+            progress=os.environ.get(PROGRESS_STYLE, "json"),
+        )
+
+    def to_environ(self) -> dict[str, str]:
+        env = {
+            MODEL_DIR: self.model_source,
+            TRAIN_FILE: str(self.train_file),
+            WORK_DIR: str(self.work_dir),
+            RESULT_DIR: str(self.result_dir),
+            PROGRESS_STYLE: self.progress,
+        }
+        if self.validation_file is not None:
+            env[VALIDATION_FILE] = str(self.validation_file)
+        return env

@@ -1,0 +1,96 @@
+"""What the trainer tells the world: progress lines for the operator, a bar for humans, the final summary."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+from kubetune_api.contract import PROGRESS_EVENT, SUMMARY_EVENT
+
+TERMINATION_LIMIT = 4096  # bytes Kubernetes keeps of a termination message
+
+
+def format_eta(seconds: float | None) -> str | None:
+    if seconds is None or not math.isfinite(seconds):
+        return None
+    seconds = int(max(seconds, 0))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
+
+
+@dataclass
+class Progress:
+    """Rank 0's progress reporter: JSON lines (pods) or a tqdm bar (a person at a terminal)."""
+
+    total_steps: int
+    style: str = "json"  # json | bar
+    stream: TextIO = field(default_factory=lambda: sys.stdout)
+    _bar: Any = None
+    _started: float = field(default_factory=time.monotonic)
+    _first_step: int = 0
+
+    def start(self, step: int) -> None:
+        self._started = time.monotonic()
+        self._first_step = step
+        if self.style == "bar":
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=self.total_steps, initial=step, unit="step", dynamic_ncols=True, file=sys.stderr)
+
+    def step(self, step: int, epoch: float, loss: float, lr: float, tokens_per_second: float) -> dict[str, Any]:
+        done = step - self._first_step
+        elapsed = time.monotonic() - self._started
+        eta = elapsed / done * (self.total_steps - step) if done else None
+        line = {
+            "event": PROGRESS_EVENT,
+            "step": step,
+            "totalSteps": self.total_steps,
+            "epoch": round(epoch, 4),
+            "loss": round(loss, 6),
+            "learningRate": lr,
+            "tokensPerSecond": round(tokens_per_second, 1),
+            "etaSeconds": None if eta is None else round(eta, 1),
+            "eta": format_eta(eta),
+        }
+        if self._bar is not None:
+            self._bar.n = step
+            self._bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{tokens_per_second:.0f}", refresh=True)
+        else:
+            self.emit(line)
+        return line
+
+    def emit(self, line: dict[str, Any]) -> None:
+        if self._bar is not None:
+            self._bar.write(json.dumps(line), file=sys.stderr)
+        else:
+            print(json.dumps(line), file=self.stream, flush=True)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+
+
+def summary(status: str, **fields: Any) -> dict[str, Any]:
+    return {"event": SUMMARY_EVENT, "status": status, **{k: v for k, v in fields.items() if v is not None}}
+
+
+def write_termination(path: Path | None, data: dict[str, Any]) -> None:
+    """Write the summary where Kubernetes reads the termination message, within its 4 KiB limit."""
+    if path is None:
+        return
+    text = json.dumps(data)
+    if len(text.encode()) > TERMINATION_LIMIT:
+        data = dict(data)
+        data["message"] = str(data.get("message", ""))[:1000]
+        data.pop("history", None)
+        text = json.dumps(data)[:TERMINATION_LIMIT]
+    try:
+        path.write_text(text)
+    except OSError as exc:
+        print(f"kubetune: cannot write termination message to {path}: {exc}", file=sys.stderr)

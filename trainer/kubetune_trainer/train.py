@@ -1,0 +1,482 @@
+"""One training process. Started by the launcher as
+`python -m torch.distributed.run --nnodes N --node-rank R --nproc-per-node P ... -m kubetune_trainer.train`.
+
+Reads the config, loads data and model, trains the LoRA adapter through a DeepSpeed engine, evaluates the base
+model and the adapter on held-out data, checkpoints and resumes, and (rank 0 alone) writes the outputs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import os
+import platform
+import random
+import sys
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kubetune_api.conditions import Reason
+from kubetune_api.contract import WorkerEnv
+from kubetune_api.job import FineTuneJobSpec
+
+from . import checkpoint, data, evaluate, spec_io
+from .errors import TrainerFailure
+from .model import add_lora, load_model, load_tokenizer
+from .rank_env import RankEnv
+from .report import Progress
+from .storage import Store, is_s3, join
+
+
+@dataclass
+class Run:
+    """Everything one process needs while training."""
+
+    spec: FineTuneJobSpec
+    worker: WorkerEnv
+    paths: RankEnv
+    rank: int
+    world: int
+    local_rank: int
+    device: Any = None
+    store: Store | None = None
+    tokenizer: Any = None
+    engine: Any = None
+    train_rows: list[data.Row] = field(default_factory=list)
+    eval_batches: list[list[data.Row]] = field(default_factory=list)
+    counts: dict[str, Any] = field(default_factory=dict)
+    steps_per_epoch: int = 0
+    total_steps: int = 0
+    base: dict[str, float] = field(default_factory=dict)
+    history: list[dict[str, Any]] = field(default_factory=list)
+    zero3_config: Any = None  # keeps transformers' HfDeepSpeedConfig alive so from_pretrained partitions weights
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+# set-up
+
+
+def _seed(seed: int) -> None:
+    import torch
+
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _barrier() -> None:
+    import torch.distributed as dist
+
+    dist.barrier()
+
+
+def _all_sum(run: Run, values: list[float]) -> list[float]:
+    import torch
+    import torch.distributed as dist
+
+    tensor = torch.tensor(values, dtype=torch.float64, device=run.device)
+    dist.all_reduce(tensor)
+    return [float(x) for x in tensor.cpu()]
+
+
+def _broadcast(value: Any) -> Any:
+    import torch.distributed as dist
+
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def prepare_data(run: Run) -> None:
+    spec = run.spec.dataset
+    train_records = data.read_records(run.paths.train_file, Path(spec.train).name)
+    if run.paths.validation_file is not None:
+        val_records = data.read_records(run.paths.validation_file, Path(spec.validation or "validation").name)
+    else:
+        train_records, val_records = data.split(train_records, run.spec.validation_split, run.spec.training.seed)
+    for name, records in (("training", train_records), ("held-out", val_records)):
+        if not records:
+            raise TrainerFailure(Reason.EMPTY_DATASET, f"the {name} set has no records")
+    train_samples, train_counts = data.tokenize(train_records, spec, run.tokenizer, Path(spec.train).name)
+    val_samples, val_counts = data.tokenize(val_records, spec, run.tokenizer, "held-out set")
+    for name, samples, counts in (("training", train_samples, train_counts), ("held-out", val_samples, val_counts)):
+        if not samples:
+            raise TrainerFailure(
+                Reason.EMPTY_DATASET,
+                f"the {name} set has no usable samples: {counts.records} records, {counts.dropped} dropped as too long, "
+                f"{counts.empty} with nothing to learn",
+            )
+    run.train_rows = data.rows(train_samples, spec.maxSeqLength, spec.packing)
+    val_rows = data.rows(val_samples, spec.maxSeqLength, spec.packing)
+    run.eval_batches = evaluate.shard_rows(val_rows, run.world, run.rank, run.spec.training.microBatchSize)
+    run.counts = {"train": train_counts.as_dict(), "validation": val_counts.as_dict(), "trainSequences": len(run.train_rows)}
+
+
+def deepspeed_config(run: Run, on_gpu: bool) -> dict[str, Any]:
+    """The mounted DeepSpeed JSON (or the same derivation), with the batch size of the world actually running."""
+    import torch
+
+    from kubetune_api.ds_config import deepspeed_config as derive
+
+    path = run.worker.deepspeed_path
+    config = json.loads(path.read_text()) if path.is_file() else derive(run.spec, run.world, on_gpu)
+    t = run.spec.training
+    config["train_batch_size"] = t.microBatchSize * t.gradientAccumulationSteps * run.world
+    if not on_gpu:
+        config.pop("bf16", None)
+        config.pop("fp16", None)
+        config["optimizer"]["params"]["torch_adam"] = True
+        config["zero_force_ds_cpu_optimizer"] = False
+    elif config.get("bf16", {}).get("enabled") and not torch.cuda.is_bf16_supported():
+        config.pop("bf16")
+        config["fp16"] = {"enabled": True, "loss_scale": 0, "initial_scale_power": 16}
+    return config
+
+
+def build_engine(run: Run) -> None:
+    import deepspeed
+    from transformers import get_scheduler
+
+    on_gpu = run.device.type == "cuda"
+    t = run.spec.training
+    config = deepspeed_config(run, on_gpu)
+    unit = run.world * t.microBatchSize * t.gradientAccumulationSteps
+    run.steps_per_epoch = max(1, math.ceil(len(run.train_rows) / unit))
+    run.total_steps = t.maxSteps or t.epochs * run.steps_per_epoch
+    warmup = t.warmupSteps if t.warmupSteps is not None else math.ceil(t.warmupRatio * run.total_steps)
+    if run.spec.deepspeed.zeroStage == 3:
+        from transformers.integrations import HfDeepSpeedConfig
+
+        run.zero3_config = HfDeepSpeedConfig(config)
+    model = load_model(run.paths.model_source, run.spec.model, on_gpu)
+    if t.gradientCheckpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.enable_input_require_grads()
+    model = add_lora(model, run.spec.lora, t.seed)
+    params = [p for p in model.parameters() if p.requires_grad]
+    schedule = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}[t.scheduler]
+
+    def scheduler(optimizer: Any) -> Any:
+        return get_scheduler(schedule, optimizer, num_warmup_steps=warmup, num_training_steps=run.total_steps)
+
+    run.engine, *_ = deepspeed.initialize(model=model, model_parameters=params, config=config, lr_scheduler=scheduler)
+
+
+# evaluation, checkpoints, outputs
+
+
+def run_eval(run: Run, adapter: bool) -> dict[str, float]:
+    engine = run.engine
+    engine.eval()
+
+    def forward(inputs: dict[str, Any]) -> Any:
+        return engine(**inputs, use_cache=False).logits
+
+    context = contextlib.nullcontext() if adapter else engine.module.disable_adapter()
+    with context:
+        sums = evaluate.eval_sums(forward, run.eval_batches, run.tokenizer.pad_token_id, run.device)
+    engine.train()
+    return evaluate.metrics(_all_sum(run, sums))
+
+
+def _staging(run: Run) -> Path:
+    return run.paths.work_dir / "checkpoints" if is_s3(run.spec.output.uri) else Path(checkpoint.root(run.spec.output.uri))
+
+
+def save_checkpoint(run: Run, step: int) -> None:
+    import torch
+
+    assert run.store is not None
+    local = _staging(run)
+    name = checkpoint.tag(step)
+    state = {"step": step, "base": run.base, "history": run.history, "worldSize": run.world}
+    run.engine.save_checkpoint(str(local), tag=name, client_state={"kubetune": state}, exclude_frozen_parameters=True)
+    torch.save({"python": random.getstate(), "torch": torch.get_rng_state()}, local / name / f"rng-rank{run.rank}.pt")
+    if run.is_main:
+        (local / name / "kubetune-config.yaml").write_text(spec_io.dump_spec(run.spec))
+    _barrier()
+    if is_s3(run.spec.output.uri) and run.local_rank == 0:
+        run.store.upload_dir(local / name, join(checkpoint.root(run.spec.output.uri), name))
+    _barrier()
+    if run.is_main:
+        checkpoint.mark_complete(run.store, run.spec.output.uri, step, {"step": step, "worldSize": run.world})
+        checkpoint.prune(run.store, run.spec.output.uri, run.spec.training.keepCheckpoints)
+        print(
+            json.dumps({"event": "checkpoint", "step": step, "uri": join(checkpoint.root(run.spec.output.uri), name)}), flush=True
+        )
+    if is_s3(run.spec.output.uri) and run.local_rank == 0:
+        import shutil
+
+        shutil.rmtree(local / name, ignore_errors=True)
+
+
+def resume(run: Run) -> int:
+    """Load the newest complete checkpoint, if any; returns the step to continue from."""
+    import torch
+
+    assert run.store is not None
+    name = _broadcast(checkpoint.complete_tags(run.store, run.spec.output.uri)[-1:] if run.is_main else None)
+    if not name:
+        return 0
+    name = name[0]
+    info = checkpoint.read_info(run.store, run.spec.output.uri, name)
+    local = run.paths.work_dir / "resume" if is_s3(run.spec.output.uri) else _staging(run)
+    if is_s3(run.spec.output.uri) and run.local_rank == 0:
+        run.store.download_prefix(
+            join(checkpoint.root(run.spec.output.uri), name), local / name, Reason.TRAINER_ERROR, "checkpoint"
+        )
+    _barrier()
+    same_world = info.get("worldSize") == run.world
+    _, client = run.engine.load_checkpoint(
+        str(local), tag=name, load_module_strict=False, load_optimizer_states=same_world, load_lr_scheduler_states=same_world
+    )
+    state = (client or {}).get("kubetune", {})
+    run.base, run.history = state.get("base", {}), state.get("history", [])
+    rng = local / name / f"rng-rank{run.rank}.pt"
+    if rng.is_file() and same_world:
+        saved = torch.load(rng, weights_only=False)
+        random.setstate(saved["python"])
+        torch.set_rng_state(saved["torch"])
+    step = int(state.get("step", info["step"]))
+    if run.is_main:
+        print(json.dumps({"event": "resumed", "step": step, "checkpoint": name, "optimizerRestored": same_world}), flush=True)
+    return step
+
+
+def save_adapter(run: Run) -> Path:
+    import deepspeed
+
+    target = run.paths.work_dir / "adapter"
+    module = run.engine.module
+    gather = (
+        deepspeed.zero.GatheredParameters([p for p in module.parameters() if p.requires_grad], modifier_rank=None)
+        if run.spec.deepspeed.zeroStage == 3
+        else contextlib.nullcontext()
+    )
+    with gather:
+        if run.is_main:
+            module.save_pretrained(str(target))
+            (target / "kubetune-config.yaml").write_text(spec_io.dump_spec(run.spec))
+    _barrier()
+    return target
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _model_digest(source: str) -> str | None:
+    root = Path(source)
+    if not root.is_dir():
+        return None
+    listing = [
+        (str(p.relative_to(root)), p.stat().st_size)
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and not p.name.startswith(".")
+    ]
+    return hashlib.sha256(json.dumps(listing).encode()).hexdigest()
+
+
+def manifest(run: Run) -> dict[str, Any]:
+    import deepspeed
+    import peft
+    import torch
+    import transformers
+
+    spec_json = json.dumps(run.spec.model_dump(mode="json"), sort_keys=True)
+    datasets = {"train": {"uri": run.spec.dataset.train, "sha256": _sha256(run.paths.train_file)}}
+    if run.paths.validation_file is not None:
+        datasets["validation"] = {"uri": run.spec.dataset.validation or "", "sha256": _sha256(run.paths.validation_file)}
+    return {
+        "job": run.worker.job_name,
+        "specSha256": hashlib.sha256(spec_json.encode()).hexdigest(),
+        "spec": run.spec.model_dump(mode="json"),
+        "baseModel": {
+            "uri": run.spec.model.uri,
+            "revision": run.spec.model.revision,
+            "filesSha256": _model_digest(run.paths.model_source),
+        },
+        "datasets": datasets,
+        "worldSize": run.world,
+        "versions": {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "peft": peft.__version__,
+            "deepspeed": deepspeed.__version__,
+        },
+        "completedAt": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
+def write_outputs(run: Run, adapter_dir: Path, final: dict[str, float], train_stats: dict[str, Any]) -> dict[str, Any]:
+    assert run.store is not None
+    out = run.spec.output.uri
+    metrics = {
+        "base": run.base,
+        "final": final,
+        "history": run.history,
+        "train": train_stats,
+        "data": run.counts,
+    }
+    run.store.upload_dir(adapter_dir, join(out, "adapter"))
+    run.store.write_text(join(out, "metrics.json"), json.dumps(metrics, indent=2))
+    run.store.write_text(join(out, "manifest.json"), json.dumps(manifest(run), indent=2))
+    run.store.write_text(join(out, "_SUCCESS"), "")
+    return metrics
+
+
+# the loop
+
+
+def train(run: Run) -> dict[str, Any]:
+    import deepspeed
+    import torch
+
+    on_gpu = torch.cuda.is_available() and run.spec.workers.gpusPerWorker > 0
+    if on_gpu:
+        torch.cuda.set_device(run.local_rank)
+    run.device = torch.device("cuda", run.local_rank) if on_gpu else torch.device("cpu")
+    deepspeed.init_distributed(dist_backend="nccl" if on_gpu else "gloo")
+    _seed(run.spec.training.seed)
+    run.store = Store(run.spec.storage)
+    run.tokenizer = load_tokenizer(run.paths.model_source, run.spec.model)
+    prepare_data(run)
+    build_engine(run)
+    t = run.spec.training
+    start = resume(run)
+    if not run.base:
+        run.base = run_eval(run, adapter=False)
+        if run.is_main:
+            print(json.dumps({"event": "eval", "step": 0, "model": "base", **run.base}), flush=True)
+    progress = Progress(run.total_steps, style=run.paths.progress) if run.is_main else None
+    if progress:
+        progress.start(start)
+    epoch_batches: dict[int, list[list[data.Row]]] = {}
+    window_tokens, window_start, loss = 0.0, time.monotonic(), float("nan")
+    trained_tokens, trained_started = 0.0, time.monotonic()
+    run.engine.train()
+    for step in range(start, run.total_steps):
+        epoch, offset = divmod(step, run.steps_per_epoch)
+        if epoch not in epoch_batches:
+            epoch_batches = {
+                epoch: data.rank_micro_batches(
+                    run.train_rows,
+                    micro=t.microBatchSize,
+                    world=run.world,
+                    rank=run.rank,
+                    multiple=t.gradientAccumulationSteps,
+                    seed=t.seed + epoch if run.spec.dataset.shuffle else None,
+                )
+            }
+        micro_batches = epoch_batches[epoch][offset * t.gradientAccumulationSteps : (offset + 1) * t.gradientAccumulationSteps]
+        step_loss, step_tokens = 0.0, 0
+        for batch in micro_batches:
+            inputs = {k: v.to(run.device) for k, v in data.collate(batch, run.tokenizer.pad_token_id).items()}
+            labels = inputs.pop("labels")
+            logits = run.engine(**inputs, use_cache=False).logits
+            nll, count, _ = evaluate.token_loss(logits, labels)
+            micro_loss = nll / count.clamp(min=1)
+            run.engine.backward(micro_loss)
+            run.engine.step()
+            step_loss += float(micro_loss.detach()) / len(micro_batches)
+            step_tokens += data.useful_tokens(batch)
+        loss_sum, tokens = _all_sum(run, [step_loss, float(step_tokens)])
+        loss = loss_sum / run.world
+        if not math.isfinite(loss):
+            raise TrainerFailure(Reason.NAN_LOSS, f"training loss became {loss} at step {step + 1}; lower training.learningRate")
+        window_tokens += tokens
+        trained_tokens += tokens
+        done = step + 1
+        if progress and (done % t.logEverySteps == 0 or done == run.total_steps):
+            now = time.monotonic()
+            lr = float(run.engine.get_lr()[0])
+            progress.step(done, done / run.steps_per_epoch, loss, lr, window_tokens / max(now - window_start, 1e-9))
+            window_tokens, window_start = 0.0, now
+        if t.evalEverySteps and done % t.evalEverySteps == 0 and done != run.total_steps:
+            result = run_eval(run, adapter=True)
+            run.history.append({"step": done, **result})
+            if progress:
+                progress.emit({"event": "eval", "step": done, "model": "adapter", **result})
+        if t.checkpointEverySteps and done % t.checkpointEverySteps == 0 and done != run.total_steps:
+            save_checkpoint(run, done)
+    elapsed = time.monotonic() - trained_started
+    if progress:
+        progress.close()
+    final = run_eval(run, adapter=True)
+    run.history.append({"step": run.total_steps, **final})
+    adapter_dir = save_adapter(run)
+    stats = {
+        "steps": run.total_steps,
+        "epochs": run.total_steps / run.steps_per_epoch,
+        "loss": loss,
+        "usefulTokensPerSecond": round(trained_tokens / elapsed, 1) if elapsed > 0 and trained_tokens else None,
+        "worldSize": run.world,
+    }
+    if run.is_main:
+        metrics = write_outputs(run, adapter_dir, final, stats)
+        return metrics
+    return {}
+
+
+def _classify(exc: BaseException) -> tuple[Reason, str]:
+    if isinstance(exc, TrainerFailure):
+        return exc.reason, exc.message
+    name = type(exc).__name__
+    if isinstance(exc, MemoryError) or "OutOfMemory" in name:
+        return (
+            Reason.OUT_OF_MEMORY,
+            f"out of memory: {exc}; lower training.microBatchSize or dataset.maxSeqLength, or raise deepspeed.zeroStage",
+        )
+    last = str(exc).strip().splitlines()[-1] if str(exc).strip() else name
+    return Reason.TRAINER_ERROR, f"{name}: {last}"[:2000]
+
+
+def main() -> int:
+    paths = RankEnv.from_environ()
+    worker = WorkerEnv.from_environ()
+    rank = int(os.environ.get("RANK", "0"))
+    run = Run(
+        spec=spec_io.load_spec(worker.config_path),
+        worker=worker,
+        paths=paths,
+        rank=rank,
+        world=int(os.environ.get("WORLD_SIZE", "1")),
+        local_rank=int(os.environ.get("LOCAL_RANK", "0")),
+    )
+    try:
+        metrics = train(run)
+        if run.is_main:
+            (paths.result_dir / "summary.json").write_text(json.dumps(metrics))
+        return 0
+    except BaseException as exc:  # every failure leaves its reason for the launcher, then the traceback for the logs
+        reason, message = _classify(exc)
+        paths.result_dir.mkdir(parents=True, exist_ok=True)
+        (paths.result_dir / f"failure-{rank}.json").write_text(
+            json.dumps({"rank": rank, "reason": reason.value, "message": message})
+        )
+        if not isinstance(exc, TrainerFailure):
+            traceback.print_exc()
+        print(f"kubetune: rank {rank} failed: {reason.value}: {message}", file=sys.stderr, flush=True)
+        return 1
+    finally:
+        with contextlib.suppress(Exception):
+            import torch.distributed as dist
+
+            if dist.is_initialized():
+                dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
