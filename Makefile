@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH := torch==2.13.0
 
-.PHONY: help setup quickstart test test-fast lint generate
+.PHONY: help setup quickstart test test-fast lint generate bench
 
 help: ## list the commands
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -17,9 +17,9 @@ setup: ## create .venv and install kubetune with every extra (torch comes from p
 	# deepspeed builds against the installed torch, hence no build isolation
 	$(PY) -m pip install -q --no-build-isolation -e '.[dev,operator,trainer]'
 
-quickstart: ## the main job on the embedded default: validate the examples and check the CRD is current
+quickstart: ## the main job on the embedded default: train examples/quickstart.yaml here, no cluster, no GPU
 	$(VENV)/bin/kubetune validate examples/*.yaml
-	$(VENV)/bin/kubetune crd | diff - crds/finetunejob.yaml && echo "crds/finetunejob.yaml is current"
+	$(VENV)/bin/kubetune run examples/quickstart.yaml
 
 lint: ## ruff, ruff format, mypy
 	$(VENV)/bin/ruff check .
@@ -33,6 +33,10 @@ test: lint ## lint, type-check and run every test tier (fast, trainer, cluster, 
 test-fast: ## the fast tier only
 	$(PY) -m pytest -m "not trainer and not cluster and not e2e"
 
-generate: ## regenerate the CRD and the API reference from the models
+generate: ## regenerate the CRD, the API reference and the quickstart's tiny model and data
 	$(VENV)/bin/kubetune crd > crds/finetunejob.yaml
 	$(VENV)/bin/kubetune reference > docs/api.md
+	$(PY) -c "from pathlib import Path; from kubetune_trainer.tiny import write_quickstart; write_quickstart(Path('examples/quickstart'))"
+
+bench: ## the trainer benchmark: kubetune against a plain transformers Trainer, side by side
+	$(PY) bench/trainer_bench.py

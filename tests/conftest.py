@@ -59,3 +59,41 @@ def tmp_manifest(tmp_path: Path):  # type: ignore[no-untyped-def]
         return path
 
     return write
+
+
+@pytest.fixture(scope="session")
+def s3(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """A moto S3 server on 127.0.0.1 with real credential checks, for the whole session."""
+    from .s3server import start
+
+    server = start(tmp_path_factory.mktemp("moto") / "moto.log")
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from kubetune_trainer.tiny import save_tiny_model
+
+    return save_tiny_model(tmp_path_factory.mktemp("tiny") / "tiny-llama")
+
+
+@pytest.fixture(scope="session")
+def stored(s3, tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """A tiny model and datasets in S3, as a user would have them."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from kubetune_trainer import tiny
+
+    for bucket in ("models", "data", "adapters"):
+        s3.bucket(bucket)
+    tmp = tmp_path_factory.mktemp("data")
+    chat = tmp / "chat.parquet"
+    pq.write_table(pa.Table.from_pylist(tiny.records(500, seed=3, fmt="chat")), chat)
+    return {
+        "model": s3.upload_dir(tiny_model, "models", "tiny-llama"),
+        "train": s3.put("data", "pc/train.jsonl", tiny.write_jsonl(tmp / "t.jsonl", tiny.records(600, seed=1)).read_bytes()),
+        "validation": s3.put("data", "pc/val.jsonl", tiny.write_jsonl(tmp / "v.jsonl", tiny.records(80, seed=2)).read_bytes()),
+        "chat": s3.put("data", "chat/train.parquet", chat.read_bytes()),
+    }

@@ -38,13 +38,25 @@ def _local_name(uri: str) -> str:
     return hashlib.sha256(uri.encode()).hexdigest()[:16]
 
 
+OUTPUT_PARTS = ("_SUCCESS", "metrics.json", "manifest.json", "adapter", "checkpoints")  # what a run writes under output.uri
+
+
 def preflight(spec: FineTuneJobSpec, store: Store) -> None:
-    """Checks that need no download: a finished output is never overwritten by accident."""
-    if not spec.output.overwrite and store.exists(join(spec.output.uri, "_SUCCESS")):
+    """Before any download: a finished output is never overwritten by accident, and with overwrite it starts afresh."""
+    if not store.exists(join(spec.output.uri, "_SUCCESS")):
+        return  # nothing finished there: a restarted run resumes from its checkpoints
+    if not spec.output.overwrite:
         raise TrainerFailure(
             Reason.OUTPUT_EXISTS,
             f"{spec.output.uri} already holds a finished adapter (_SUCCESS); set output.overwrite or choose another uri",
         )
+    for part in OUTPUT_PARTS:  # _SUCCESS first, so an interrupted clean-up never leaves a half-deleted "finished" output
+        target = join(spec.output.uri, part)
+        if part in ("_SUCCESS", "metrics.json", "manifest.json"):
+            if store.exists(target):
+                store.delete(target)
+        else:
+            store.delete_prefix(target)
 
 
 def fetch_inputs(spec: FineTuneJobSpec, store: Store, cache: Path) -> tuple[str, Path, Path | None]:

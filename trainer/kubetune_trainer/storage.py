@@ -205,6 +205,13 @@ class Store:
         bucket, key = split_s3(uri)
         self._call(uri, Reason.TRAINER_ERROR, "object", self.client.put_object, Bucket=bucket, Key=key, Body=text.encode())
 
+    def delete(self, uri: str) -> None:
+        if not is_s3(uri):
+            Path(uri).unlink(missing_ok=True)
+            return
+        bucket, key = split_s3(uri)
+        self._call(uri, Reason.TRAINER_ERROR, "object", self.client.delete_object, Bucket=bucket, Key=key)
+
     def delete_prefix(self, uri: str) -> None:
         if not is_s3(uri):
             shutil.rmtree(uri, ignore_errors=True)

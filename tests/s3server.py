@@ -1,0 +1,112 @@
+"""A real S3 protocol server for the tests: moto's server on 127.0.0.1, with IAM authentication switched on so
+wrong credentials are refused the way AWS refuses them."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import boto3
+from botocore.config import Config
+
+SETUP_CALLS = 3  # create_user, put_user_policy, create_access_key: unauthenticated; everything after is checked
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class S3Server:
+    endpoint: str
+    access_key: str
+    secret_key: str
+    process: subprocess.Popen[bytes]
+
+    @property
+    def env(self) -> dict[str, str]:
+        """Credentials as a pod gets them from its Secret (environment variables)."""
+        return {"AWS_ACCESS_KEY_ID": self.access_key, "AWS_SECRET_ACCESS_KEY": self.secret_key, "AWS_DEFAULT_REGION": "us-east-1"}
+
+    def client(self, access_key: str | None = None, secret_key: str | None = None) -> Any:
+        return boto3.client(
+            "s3",
+            endpoint_url=self.endpoint,
+            region_name="us-east-1",
+            aws_access_key_id=access_key or self.access_key,
+            aws_secret_access_key=secret_key or self.secret_key,
+            config=Config(s3={"addressing_style": "path"}),
+        )
+
+    def bucket(self, name: str) -> str:
+        client = self.client()
+        existing = {b["Name"] for b in client.list_buckets().get("Buckets", [])}
+        if name not in existing:
+            client.create_bucket(Bucket=name)
+        return name
+
+    def upload_dir(self, directory: Path, bucket: str, prefix: str) -> str:
+        client = self.client()
+        for path in sorted(p for p in directory.rglob("*") if p.is_file()):
+            client.upload_file(str(path), bucket, f"{prefix.rstrip('/')}/{path.relative_to(directory)}")
+        return f"s3://{bucket}/{prefix.rstrip('/')}/"
+
+    def put(self, bucket: str, key: str, body: bytes) -> str:
+        self.client().put_object(Bucket=bucket, Key=key, Body=body)
+        return f"s3://{bucket}/{key}"
+
+    def get(self, uri: str) -> bytes:
+        bucket, _, key = uri[len("s3://") :].partition("/")
+        return bytes(self.client().get_object(Bucket=bucket, Key=key)["Body"].read())
+
+    def keys(self, uri: str) -> list[str]:
+        bucket, _, prefix = uri[len("s3://") :].partition("/")
+        pages = self.client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+        return sorted(item["Key"][len(prefix) :] for page in pages for item in page.get("Contents", []))
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+
+
+def start(log: Path) -> S3Server:
+    port = free_port()
+    env = {**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": str(SETUP_CALLS)}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        env=env,
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+    )
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"moto server did not start: {log.read_text()[-2000:]}") from None
+            time.sleep(0.2)
+    endpoint = f"http://127.0.0.1:{port}"
+    iam = boto3.client(
+        "iam", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="setup", aws_secret_access_key="setup"
+    )
+    iam.create_user(UserName="kubetune-tests")
+    iam.put_user_policy(
+        UserName="kubetune-tests",
+        PolicyName="s3-all",
+        PolicyDocument='{"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]}',
+    )
+    key = iam.create_access_key(UserName="kubetune-tests")["AccessKey"]
+    return S3Server(endpoint, key["AccessKeyId"], key["SecretAccessKey"], process)

@@ -1,0 +1,133 @@
+"""Records to sequences: loss masks per format, packing isolation, overlength handling, splits and rank sharding."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from kubetune_api.conditions import Reason
+from kubetune_api.dataset import DatasetSpec
+from kubetune_trainer import data, tiny
+from kubetune_trainer.errors import TrainerFailure
+
+torch = pytest.importorskip("torch")
+
+
+@pytest.fixture(scope="module")
+def tokenizer():  # type: ignore[no-untyped-def]
+    return tiny.byte_tokenizer()
+
+
+def spec(**fields: object) -> DatasetSpec:
+    return DatasetSpec.model_validate({"train": "./t.jsonl", **fields})
+
+
+def labelled_text(tokenizer, sample: data.Sample) -> str:  # type: ignore[no-untyped-def]
+    return str(tokenizer.decode([t for t, label in zip(sample.input_ids, sample.labels, strict=True) if label != data.IGNORE]))
+
+
+def test_prompt_completion_takes_loss_on_the_completion_only(tokenizer) -> None:  # type: ignore[no-untyped-def]
+    samples, counts = data.tokenize([{"prompt": "add: 2 + 2\n", "completion": " 4"}], spec(), tokenizer, "t")
+    assert labelled_text(tokenizer, samples[0]) == " 4<|eos|>"
+    assert counts.loss_tokens == 3
+
+
+def test_chat_takes_loss_on_assistant_turns_only(tokenizer) -> None:  # type: ignore[no-untyped-def]
+    record = {
+        "messages": [
+            {"role": "system", "content": "be brief"},
+            {"role": "user", "content": "first question"},
+            {"role": "assistant", "content": "ANSWER-ONE"},
+            {"role": "user", "content": "second question"},
+            {"role": "assistant", "content": "ANSWER-TWO"},
+        ]
+    }
+    samples, _ = data.tokenize([record], spec(format="chat"), tokenizer, "t")
+    text = labelled_text(tokenizer, samples[0])
+    assert "ANSWER-ONE" in text and "ANSWER-TWO" in text
+    for hidden in ("be brief", "question", "<|user|>", "<|system|>"):
+        assert hidden not in text
+
+
+def test_text_takes_loss_on_every_token_but_the_first(tokenizer) -> None:  # type: ignore[no-untyped-def]
+    samples, _ = data.tokenize([{"text": "hello"}], spec(format="text"), tokenizer, "t")
+    assert labelled_text(tokenizer, samples[0]) == "hello<|eos|>"
+
+
+@pytest.mark.parametrize(("overlength", "kept", "truncated", "dropped"), [("truncate", 2, 1, 0), ("drop", 1, 0, 1)])
+def test_overlength_samples_are_truncated_or_dropped_and_counted(tokenizer, overlength, kept, truncated, dropped) -> None:  # type: ignore[no-untyped-def]
+    records = [{"prompt": "p", "completion": "short"}, {"prompt": "p", "completion": "x" * 100}]
+    samples, counts = data.tokenize(records, spec(maxSeqLength=32, overlength=overlength), tokenizer, "t")
+    assert (len(samples), counts.truncated, counts.dropped) == (kept, truncated, dropped)
+    assert all(len(s.input_ids) <= 32 for s in samples)
+
+
+def test_packed_samples_cannot_see_each_other(tokenizer) -> None:  # type: ignore[no-untyped-def]
+    model = tiny.tiny_llama(tokenizer, seed=3).eval()
+    a, b = (
+        data.tokenize([{"text": t}], spec(format="text"), tokenizer, "t")[0][0] for t in ("first sample, long enough", "second")
+    )
+    packed = data.pack([a, b], 128)
+    assert len(packed) == 1
+    row = packed[0]
+    start = row.input_ids.index(b.input_ids[0], 1)
+
+    def logits(row: data.Row) -> torch.Tensor:
+        batch = data.collate([row], tokenizer.pad_token_id)
+        with torch.no_grad():
+            return model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False).logits[0]
+
+    alone = logits(data.Row(b.input_ids, b.labels, list(range(len(b.input_ids)))))
+    together = logits(row)[start : start + len(b.input_ids)]
+    torch.testing.assert_close(together, alone, atol=1e-5, rtol=1e-4)
+    # the control: without positions restarting at the boundary, B does see A, so the check above can fail
+    leaky = logits(data.Row(row.input_ids, row.labels, list(range(len(row.input_ids)))))[start : start + len(b.input_ids)]
+    assert not torch.allclose(leaky, alone, atol=1e-3)
+
+
+def test_packing_fills_rows_and_keeps_every_token(tokenizer) -> None:  # type: ignore[no-untyped-def]
+    samples, _ = data.tokenize(tiny.records(200, seed=5), spec(maxSeqLength=128), tokenizer, "t")
+    rows = data.pack(samples, 128)
+    assert all(len(r.input_ids) <= 128 for r in rows)
+    assert sum(len(r.input_ids) for r in rows) == sum(len(s.input_ids) for s in samples)
+    assert len(rows) < len(samples) / 1.4  # packed, not one sample per row
+
+
+def test_split_is_seeded_and_disjoint() -> None:
+    records = [{"i": i} for i in range(100)]
+    train, held = data.split(records, 0.1, seed=7)
+    assert len(held) == 10 and len(train) == 90
+    assert {r["i"] for r in train}.isdisjoint({r["i"] for r in held})
+    assert data.split(records, 0.1, seed=7) == (train, held)
+    assert data.split(records, 0.1, seed=8)[1] != held
+
+
+def test_every_rank_gets_the_same_number_of_batches_and_every_row_is_used() -> None:
+    rows = [data.Row([i], [i], [0]) for i in range(37)]
+    per_rank = [data.rank_micro_batches(rows, micro=2, world=3, rank=r, multiple=2, seed=1) for r in range(3)]
+    assert len({len(b) for b in per_rank}) == 1 and len(per_rank[0]) % 2 == 0
+    seen = {row.input_ids[0] for batches in per_rank for batch in batches for row in batch}
+    assert seen == set(range(37))
+
+
+@pytest.mark.parametrize(
+    ("content", "suffix", "needle"),
+    [
+        ("not json\n", ".jsonl", "line 1: invalid JSON"),
+        ('{"prompt": "a"}\n[1]\n', ".jsonl", "record 2: must be a JSON object"),
+        ('{"a": 1}', ".json", "must be a list of objects"),
+        ("\xff", ".jsonl", "not UTF-8"),
+    ],
+)
+def test_malformed_files_name_the_position(tmp_path: Path, content: str, suffix: str, needle: str) -> None:
+    path = tmp_path / f"d{suffix}"
+    path.write_bytes(content.encode("latin-1"))
+    with pytest.raises(TrainerFailure) as failure:
+        data.read_records(path, path.name)
+    assert failure.value.reason == Reason.BAD_RECORD and needle in failure.value.message
+
+
+def test_a_record_without_its_field_is_named(tokenizer) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(TrainerFailure, match=r"train.jsonl record 2: missing field 'completion' \(has: prompt, answer\)"):
+        data.tokenize([{"prompt": "a", "completion": "b"}, {"prompt": "a", "answer": "b"}], spec(), tokenizer, "train.jsonl")

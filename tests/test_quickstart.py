@@ -1,0 +1,48 @@
+"""The README's main job: `kubetune run examples/quickstart.yaml`, exactly as shipped, and its assets are fresh."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from .conftest import ROOT
+
+QUICKSTART = ROOT / "examples" / "quickstart"
+
+
+def test_quickstart_assets_regenerate_identically(tmp_path: Path) -> None:
+    from kubetune_trainer.tiny import write_quickstart
+
+    write_quickstart(tmp_path)
+    shipped = sorted(p.relative_to(QUICKSTART) for p in QUICKSTART.rglob("*") if p.is_file())
+    assert shipped == sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*") if p.is_file())
+    for relative in shipped:
+        assert (QUICKSTART / relative).read_bytes() == (tmp_path / relative).read_bytes(), (
+            f"{relative} is stale: run `make generate`"
+        )
+
+
+@pytest.mark.trainer
+def test_quickstart_runs_to_completion_twice(tmp_path: Path) -> None:
+    shutil.copytree(QUICKSTART, tmp_path / "examples" / "quickstart")
+    shutil.copy(ROOT / "examples" / "quickstart.yaml", tmp_path / "examples" / "quickstart.yaml")
+    for _ in range(2):  # the second run starts afresh (output.overwrite) instead of refusing or resuming
+        result = subprocess.run(
+            [sys.executable, "-m", "kubetune_cli", "run", "examples/quickstart.yaml"],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        assert "held-out            base      adapter" in result.stdout
+        base, adapter = (
+            float(x) for x in next(line for line in result.stdout.splitlines() if line.startswith("loss")).split()[1:]
+        )
+        assert adapter < base
+        assert (tmp_path / "out" / "quickstart" / "adapter" / "adapter_model.safetensors").is_file()
+        assert (tmp_path / "out" / "quickstart" / "_SUCCESS").is_file()

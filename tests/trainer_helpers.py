@@ -1,0 +1,81 @@
+"""Running `kubetune run` against the test S3 server, and reading what it printed and wrote."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from kubetune_api.manifests import dump
+
+from .conftest import ROOT
+from .s3server import S3Server
+
+
+def manifest(name: str, s3: S3Server, spec: dict[str, Any]) -> dict[str, Any]:
+    base: dict[str, Any] = {
+        "workers": {"replicas": 2, "gpusPerWorker": 0},
+        "storage": {"endpoint": s3.endpoint, "region": "us-east-1", "addressingStyle": "path"},
+    }
+    for key, value in spec.items():
+        base[key] = {**base.get(key, {}), **value} if isinstance(value, dict) else value
+    return {"apiVersion": "kubetune.dev/v1alpha1", "kind": "FineTuneJob", "metadata": {"name": name}, "spec": base}
+
+
+@dataclass
+class Outcome:
+    returncode: int
+    stdout: str
+    stderr: str
+
+    @property
+    def events(self) -> list[dict[str, Any]]:
+        out = []
+        for line in self.stdout.splitlines():
+            if line.startswith("{"):
+                try:
+                    out.append(json.loads(line))
+                except json.JSONDecodeError:
+                    continue
+        return out
+
+    def of(self, kind: str) -> list[dict[str, Any]]:
+        return [e for e in self.events if e.get("event") == kind]
+
+    @property
+    def summary(self) -> dict[str, Any]:
+        return self.of("summary")[-1]
+
+
+def command(body: dict[str, Any], tmp: Path, processes: int = 2) -> list[str]:
+    path = tmp / f"{body['metadata']['name']}.yaml"
+    path.write_text(dump(body))
+    work = tmp / f"work-{body['metadata']['name']}"
+    return [
+        sys.executable,
+        "-m",
+        "kubetune_cli",
+        "run",
+        str(path),
+        "--processes",
+        str(processes),
+        "--progress",
+        "json",
+        "--work-dir",
+        str(work),
+    ]
+
+
+def environment(s3: S3Server, tmp: Path, **extra: str) -> dict[str, str]:
+    return {**os.environ, **s3.env, "KUBETUNE_CACHE": str(tmp / "cache"), **extra}
+
+
+def run(body: dict[str, Any], s3: S3Server, tmp: Path, processes: int = 2, timeout: int = 600, **env: str) -> Outcome:
+    result = subprocess.run(
+        command(body, tmp, processes), env=environment(s3, tmp, **env), cwd=ROOT, capture_output=True, text=True, timeout=timeout
+    )
+    return Outcome(result.returncode, result.stdout, result.stderr)
