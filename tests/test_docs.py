@@ -22,3 +22,11 @@ def test_readme_shows_every_example() -> None:
     readme = (ROOT / "README.md").read_text()
     for example in sorted((ROOT / "examples").glob("*.yaml")):
         assert f"examples/{example.name}" in readme, f"README does not mention {example.name}"
+
+
+def test_benchmark_script_starts() -> None:
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "bench/trainer_bench.py", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and "side by side" in result.stdout

@@ -23,6 +23,15 @@ def token_loss(logits: Any, labels: Any) -> tuple[Any, Any, Any]:
     return nll, mask.sum(), correct
 
 
+def train_loss(logits: Any, labels: Any) -> Any:
+    """Mean next-token NLL over the scored tokens: the training objective (no accuracy bookkeeping)."""
+    import torch
+
+    return torch.nn.functional.cross_entropy(
+        logits[:, :-1, :].reshape(-1, logits.size(-1)).float(), labels[:, 1:].reshape(-1), ignore_index=IGNORE
+    )
+
+
 def shard_rows(rows: list[Row], world: int, rank: int, micro: int) -> list[list[Row]]:
     """This rank's eval batches: rows dealt round-robin, every rank the same number of batches (None-free padding)."""
     mine = rows[rank::world]

@@ -364,7 +364,7 @@ def train(run: Run) -> dict[str, Any]:
     if progress:
         progress.start(start)
     epoch_batches: dict[int, list[list[data.Row]]] = {}
-    window_tokens, window_start, loss = 0.0, time.monotonic(), float("nan")
+    window_loss, window_steps, window_tokens, window_start, loss = 0.0, 0, 0.0, time.monotonic(), float("nan")
     trained_tokens, trained_started = 0.0, time.monotonic()
     run.engine.train()
     for step in range(start, run.total_steps):
@@ -385,25 +385,29 @@ def train(run: Run) -> dict[str, Any]:
         for batch in micro_batches:
             inputs = {k: v.to(run.device) for k, v in data.collate(batch, run.tokenizer.pad_token_id).items()}
             labels = inputs.pop("labels")
-            logits = run.engine(**inputs, use_cache=False).logits
-            nll, count, _ = evaluate.token_loss(logits, labels)
-            micro_loss = nll / count.clamp(min=1)
+            micro_loss = evaluate.train_loss(run.engine(**inputs, use_cache=False).logits, labels)
             run.engine.backward(micro_loss)
             run.engine.step()
             step_loss += float(micro_loss.detach()) / len(micro_batches)
             step_tokens += data.useful_tokens(batch)
-        loss_sum, tokens = _all_sum(run, [step_loss, float(step_tokens)])
-        loss = loss_sum / run.world
-        if not math.isfinite(loss):
-            raise TrainerFailure(Reason.NAN_LOSS, f"training loss became {loss} at step {step + 1}; lower training.learningRate")
-        window_tokens += tokens
-        trained_tokens += tokens
+        if not math.isfinite(step_loss):
+            raise TrainerFailure(
+                Reason.NAN_LOSS, f"training loss became {step_loss} at step {step + 1}; lower training.learningRate"
+            )
+        window_loss += step_loss
+        window_steps += 1
+        window_tokens += step_tokens
         done = step + 1
-        if progress and (done % t.logEverySteps == 0 or done == run.total_steps):
+        if done % t.logEverySteps == 0 or done == run.total_steps:
+            # one all-reduce per logged step, not per step: the loop stays free of extra synchronisation
+            loss_sum, tokens = _all_sum(run, [window_loss / window_steps, window_tokens])
+            loss = loss_sum / run.world
+            trained_tokens += tokens
             now = time.monotonic()
-            lr = float(run.engine.get_lr()[0])
-            progress.step(done, done / run.steps_per_epoch, loss, lr, window_tokens / max(now - window_start, 1e-9))
-            window_tokens, window_start = 0.0, now
+            if progress:
+                lr = float(run.engine.get_lr()[0])
+                progress.step(done, done / run.steps_per_epoch, loss, lr, tokens / max(now - window_start, 1e-9))
+            window_loss, window_steps, window_tokens, window_start = 0.0, 0, 0.0, now
         if t.evalEverySteps and done % t.evalEverySteps == 0 and done != run.total_steps:
             result = run_eval(run, adapter=True)
             run.history.append({"step": done, **result})
