@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH := torch==2.13.0
 
-.PHONY: help setup quickstart test test-fast lint generate bench
+.PHONY: help setup quickstart test test-fast lint generate bench testbed
 
 help: ## list the commands
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -26,7 +26,10 @@ lint: ## ruff, ruff format, mypy
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 
-test: lint ## lint, type-check and run every test tier (fast, trainer, cluster, e2e)
+testbed: ## build etcd, kube-apiserver, controller manager, scheduler and kubectl from Go modules (cached after the first time)
+	bash hack/build-testbed.sh
+
+test: lint testbed ## lint, type-check and run every test tier (fast, trainer, cluster, e2e)
 	@$(PY) -m pytest; code=$$?; \
 	if [ $$code -eq 5 ]; then echo "pytest collected no tests: that is a failure here" >&2; exit 1; fi; exit $$code
 

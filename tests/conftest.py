@@ -97,3 +97,31 @@ def stored(s3, tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> di
         "validation": s3.put("data", "pc/val.jsonl", tiny.write_jsonl(tmp / "v.jsonl", tiny.records(80, seed=2)).read_bytes()),
         "chat": s3.put("data", "chat/train.parquet", chat.read_bytes()),
     }
+
+
+@pytest.fixture(scope="session")
+def plane(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """etcd, kube-apiserver, controller manager and scheduler on 127.0.0.1 (built by hack/build-testbed.sh)."""
+    from .cluster.plane import BIN, Plane, binaries_present
+
+    if not binaries_present():
+        pytest.fail(f"the control plane binaries are missing from {BIN}: run hack/build-testbed.sh (make testbed)")
+    started = __import__("time").monotonic()
+    control = Plane.start(tmp_path_factory.mktemp("plane"))
+    print(f"\ncontrol plane ready in {__import__('time').monotonic() - started:.1f}s ({control.timings})")
+    yield control
+    print(f"\ncontrol plane stopped in {control.stop():.1f}s")
+
+
+@pytest.fixture(scope="session")
+def node_agent(plane, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """Two Nodes with 4 GPUs each whose pods run as local processes."""
+    from .cluster.node_agent import NodeAgent
+
+    assert plane.authority is not None
+    serving = plane.authority.issue("node-agent", "node-agent", hosts=("127.0.0.1", "localhost"), server=True)
+    agent = NodeAgent(
+        plane.admin_kubeconfig, tmp_path_factory.mktemp("nodes"), ["node-1", "node-2"], serving.cert, serving.key
+    ).start()
+    yield agent
+    agent.stop()

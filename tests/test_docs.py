@@ -28,5 +28,7 @@ def test_benchmark_script_starts() -> None:
     import subprocess
     import sys
 
-    result = subprocess.run([sys.executable, "bench/trainer_bench.py", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "bench/trainer_bench.py", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 0 and "side by side" in result.stdout

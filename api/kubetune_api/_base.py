@@ -52,6 +52,7 @@ class Section(BaseModel):
         return self
 
 
-def section_default() -> dict[str, Any]:
-    """Extra schema for a section that may be omitted: the API server fills it with `{}`."""
-    return {"default": {}}
+def section_default(section: type[BaseModel]) -> dict[str, Any]:
+    """Extra schema for a section that may be omitted: the API server fills in the section's full defaults
+    (a bare `{}` would be checked against the section's CEL rules before its own fields are defaulted)."""
+    return {"default": section().model_dump(mode="json", exclude_none=True)}

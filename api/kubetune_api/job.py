@@ -35,22 +35,22 @@ class FineTuneJobSpec(Section):
 
     model: ModelSpec = Field(description=ModelSpec.__doc__)
     dataset: DatasetSpec = Field(description=DatasetSpec.__doc__)
-    lora: LoraSpec = Field(default_factory=LoraSpec, description=LoraSpec.__doc__, json_schema_extra=section_default())
+    lora: LoraSpec = Field(default_factory=LoraSpec, description=LoraSpec.__doc__, json_schema_extra=section_default(LoraSpec))
     training: TrainingSpec = Field(
-        default_factory=TrainingSpec, description=TrainingSpec.__doc__, json_schema_extra=section_default()
+        default_factory=TrainingSpec, description=TrainingSpec.__doc__, json_schema_extra=section_default(TrainingSpec)
     )
     deepspeed: DeepSpeedSpec = Field(
-        default_factory=DeepSpeedSpec, description=DeepSpeedSpec.__doc__, json_schema_extra=section_default()
+        default_factory=DeepSpeedSpec, description=DeepSpeedSpec.__doc__, json_schema_extra=section_default(DeepSpeedSpec)
     )
     workers: WorkersSpec = Field(
-        default_factory=WorkersSpec, description=WorkersSpec.__doc__, json_schema_extra=section_default()
+        default_factory=WorkersSpec, description=WorkersSpec.__doc__, json_schema_extra=section_default(WorkersSpec)
     )
     storage: StorageSpec = Field(
-        default_factory=StorageSpec, description=StorageSpec.__doc__, json_schema_extra=section_default()
+        default_factory=StorageSpec, description=StorageSpec.__doc__, json_schema_extra=section_default(StorageSpec)
     )
     output: OutputSpec = Field(description=OutputSpec.__doc__)
     runPolicy: RunPolicySpec = Field(
-        default_factory=RunPolicySpec, description=RunPolicySpec.__doc__, json_schema_extra=section_default()
+        default_factory=RunPolicySpec, description=RunPolicySpec.__doc__, json_schema_extra=section_default(RunPolicySpec)
     )
 
     rules = (

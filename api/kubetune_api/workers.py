@@ -55,7 +55,9 @@ class WorkersSpec(Section):
     image: StrictStr | None = Field(
         None, max_length=1024, description="Trainer image; defaults to the operator's configured image."
     )
-    resources: Resources = Field(default_factory=Resources, description=Resources.__doc__, json_schema_extra=section_default())
+    resources: Resources = Field(
+        default_factory=Resources, description=Resources.__doc__, json_schema_extra=section_default(Resources)
+    )
     nodeSelector: dict[str, StrictStr] = Field(default_factory=dict, description="Node labels the pods must match.")
     tolerations: list[Toleration] = Field(default_factory=list, max_length=64, description="Taints the pods tolerate.")
     priorityClassName: DnsSubdomain | None = Field(

@@ -1,0 +1,599 @@
+"""A node agent for the test control plane: registers Nodes (CPU, memory, nvidia.com/gpu) and runs the pods the
+scheduler binds to them as local processes, the way a kubelet would report them.
+
+Each container runs under `unshare --mount --uts` with its volumes (configMap, secret, emptyDir, downwardAPI)
+bind-mounted at their real mountPath, its own hostname, an /etc/hosts that resolves `<pod>.<subdomain>` to a
+loopback address per pod, and its own /dev/termination-log. Logs are served to the API server (kubectl logs)
+from the node's kubelet port. The container image is ignored: pods run this machine's Python environment.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import datetime
+import json
+import os
+import shlex
+import signal
+import ssl
+import subprocess
+import sys
+import threading
+import time
+import urllib.parse
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+from kubernetes import client, config, watch
+
+from .plane import die_with_parent
+
+VENV_BIN = str(Path(sys.executable).parent)
+TERMINATION_LOG = Path("/dev/termination-log")
+
+
+def now() -> str:
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass
+class Container:
+    name: str
+    process: subprocess.Popen[bytes] | None
+    log: Path
+    termination: Path
+    started: str
+    restarts: int = 0
+
+
+@dataclass
+class PodRun:
+    namespace: str
+    name: str
+    uid: str
+    node: str
+    ip: str
+    directory: Path
+    containers: dict[str, Container] = field(default_factory=dict)
+    finished: bool = False
+    deleting: bool = False
+
+
+class NodeAgent:
+    def __init__(
+        self,
+        kubeconfig: Path,
+        directory: Path,
+        nodes: list[str],
+        serving_cert: Path,
+        serving_key: Path,
+        gpus: int = 4,
+        cpu: str = "16",
+        memory: str = "64Gi",
+    ) -> None:
+        self.api_client = config.new_client_from_config(str(kubeconfig))
+        self.core = client.CoreV1Api(self.api_client)
+        self.coordination = client.CoordinationV1Api(self.api_client)
+        self.directory = directory
+        self.nodes = nodes
+        self.capacity = {"cpu": cpu, "memory": memory, "pods": "110", "nvidia.com/gpu": str(gpus)}
+        self.pods: dict[str, PodRun] = {}
+        self.lock = threading.RLock()
+        self.stopping = threading.Event()
+        self.next_ip = 2
+        self.hosts = directory / "hosts"
+        self.threads: list[threading.Thread] = []
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(str(serving_cert), str(serving_key))
+        self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
+        self.port = self.server.server_address[1]
+
+    # nodes
+
+    def _node_status(self, name: str) -> dict[str, Any]:
+        stamp = now()
+        return {
+            "capacity": self.capacity,
+            "allocatable": self.capacity,
+            "addresses": [{"type": "InternalIP", "address": "127.0.0.1"}, {"type": "Hostname", "address": name}],
+            "daemonEndpoints": {"kubeletEndpoint": {"Port": self.port}},
+            "nodeInfo": {
+                "machineID": name,
+                "systemUUID": name,
+                "bootID": name,
+                "kernelVersion": os.uname().release,
+                "osImage": "kubetune testbed",
+                "containerRuntimeVersion": "local://1",
+                "kubeletVersion": "v1.34.4",
+                "kubeProxyVersion": "v1.34.4",
+                "operatingSystem": "linux",
+                "architecture": "amd64",
+            },
+            "conditions": [
+                {
+                    "type": "Ready",
+                    "status": "True",
+                    "reason": "KubeletReady",
+                    "message": "node agent is posting ready status",
+                    "lastHeartbeatTime": stamp,
+                    "lastTransitionTime": stamp,
+                },
+            ],
+        }
+
+    def register(self) -> None:
+        for name in self.nodes:
+            body = {
+                "apiVersion": "v1",
+                "kind": "Node",
+                "metadata": {
+                    "name": name,
+                    "labels": {"kubernetes.io/hostname": name, "kubernetes.io/os": "linux", "kubernetes.io/arch": "amd64"},
+                },
+            }
+            try:
+                self.core.create_node(body)
+            except client.ApiException as exc:
+                if exc.status != 409:
+                    raise
+            self.core.patch_node_status(name, {"status": self._node_status(name)})
+
+    def _heartbeat(self) -> None:
+        while not self.stopping.wait(5):
+            for name in self.nodes:
+                try:
+                    self.core.patch_node_status(name, {"status": self._node_status(name)})
+                    lease = {
+                        "apiVersion": "coordination.k8s.io/v1",
+                        "kind": "Lease",
+                        "metadata": {"name": name, "namespace": "kube-node-lease"},
+                        "spec": {
+                            "holderIdentity": name,
+                            "leaseDurationSeconds": 40,
+                            "renewTime": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+                        },
+                    }
+                    try:
+                        self.coordination.replace_namespaced_lease(
+                            name,
+                            "kube-node-lease",
+                            {
+                                **lease,
+                                "metadata": {
+                                    **lease["metadata"],
+                                    "resourceVersion": self.coordination.read_namespaced_lease(
+                                        name, "kube-node-lease"
+                                    ).metadata.resource_version,
+                                },
+                            },
+                        )
+                    except client.ApiException as exc:
+                        if exc.status != 404:
+                            raise
+                        self.coordination.create_namespaced_lease("kube-node-lease", lease)
+                except Exception as exc:  # the API server may be restarting; try again next beat
+                    print(f"node agent: heartbeat failed: {exc}", file=sys.stderr)
+
+    # pods
+
+    def _resolve_env(self, pod: Any, container: Any) -> dict[str, str]:
+        env: dict[str, str] = {"PATH": f"{VENV_BIN}:/usr/local/bin:/usr/bin:/bin", "HOME": "/tmp", "LANG": "C.UTF-8"}
+        namespace = pod.metadata.namespace
+        for source in container.env_from or []:
+            if source.config_map_ref:
+                cm = self.core.read_namespaced_config_map(source.config_map_ref.name, namespace)
+                env.update({(source.prefix or "") + k: v for k, v in (cm.data or {}).items()})
+            if source.secret_ref:
+                secret = self.core.read_namespaced_secret(source.secret_ref.name, namespace)
+                env.update({(source.prefix or "") + k: base64.b64decode(v).decode() for k, v in (secret.data or {}).items()})
+        for var in container.env or []:
+            if var.value_from is None:
+                env[var.name] = var.value or ""
+                continue
+            ref = var.value_from
+            try:
+                if ref.field_ref:
+                    env[var.name] = self._field(pod, ref.field_ref.field_path)
+                elif ref.secret_key_ref:
+                    data = self.core.read_namespaced_secret(ref.secret_key_ref.name, namespace).data or {}
+                    if ref.secret_key_ref.key in data:
+                        env[var.name] = base64.b64decode(data[ref.secret_key_ref.key]).decode()
+                    elif not ref.secret_key_ref.optional:
+                        raise KeyError(f"secret {ref.secret_key_ref.name} has no key {ref.secret_key_ref.key}")
+                elif ref.config_map_key_ref:
+                    data = self.core.read_namespaced_config_map(ref.config_map_key_ref.name, namespace).data or {}
+                    if ref.config_map_key_ref.key in data:
+                        env[var.name] = data[ref.config_map_key_ref.key]
+                    elif not ref.config_map_key_ref.optional:
+                        raise KeyError(f"configmap {ref.config_map_key_ref.name} has no key {ref.config_map_key_ref.key}")
+            except client.ApiException as exc:
+                optional = (ref.secret_key_ref and ref.secret_key_ref.optional) or (
+                    ref.config_map_key_ref and ref.config_map_key_ref.optional
+                )
+                if exc.status == 404 and optional:
+                    continue
+                raise
+        return env
+
+    def _field(self, pod: Any, path: str) -> str:
+        meta = pod.metadata
+        if path == "metadata.name":
+            return str(meta.name)
+        if path == "metadata.namespace":
+            return str(meta.namespace)
+        if path == "metadata.uid":
+            return str(meta.uid)
+        if path == "spec.nodeName":
+            return str(pod.spec.node_name)
+        if path == "spec.serviceAccountName":
+            return str(pod.spec.service_account_name or "")
+        if path in ("status.podIP", "status.hostIP"):
+            return self.pods[meta.uid].ip if path == "status.podIP" else "127.0.0.1"
+        for prefix, values in (("metadata.annotations", meta.annotations or {}), ("metadata.labels", meta.labels or {})):
+            if path.startswith(prefix + "['"):
+                return str(values.get(path[len(prefix) + 2 : -2], ""))
+        raise KeyError(f"unsupported fieldRef {path}")
+
+    def _volumes(self, pod: Any, run: PodRun) -> dict[str, Path]:
+        out: dict[str, Path] = {}
+        namespace = pod.metadata.namespace
+        for volume in pod.spec.volumes or []:
+            target = run.directory / "volumes" / volume.name
+            target.mkdir(parents=True, exist_ok=True)
+            files: dict[str, bytes] = {}
+            if volume.config_map:
+                cm = self.core.read_namespaced_config_map(volume.config_map.name, namespace)
+                data = {k: v.encode() for k, v in (cm.data or {}).items()}
+                files = {item.path: data[item.key] for item in volume.config_map.items} if volume.config_map.items else data
+            elif volume.secret:
+                secret = self.core.read_namespaced_secret(volume.secret.secret_name, namespace)
+                data = {k: base64.b64decode(v) for k, v in (secret.data or {}).items()}
+                files = {item.path: data[item.key] for item in volume.secret.items} if volume.secret.items else data
+            elif volume.downward_api:
+                for item in volume.downward_api.items or []:
+                    files[item.path] = self._field(pod, item.field_ref.field_path).encode()
+            elif volume.empty_dir is None:
+                continue  # other volume types are not supported by the testbed
+            for relative, content in files.items():
+                path = target / relative
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_bytes(content)
+            out[volume.name] = target
+        return out
+
+    def _write_hosts(self) -> None:
+        lines = ["127.0.0.1 localhost", "::1 localhost"]
+        with self.lock:
+            for run in self.pods.values():
+                if run.finished:
+                    continue
+                names = [run.name]
+                pod_hostname = getattr(run, "hostname", run.name)
+                subdomain = getattr(run, "subdomain", None)
+                if subdomain:
+                    names = [
+                        f"{pod_hostname}.{subdomain}",
+                        f"{pod_hostname}.{subdomain}.{run.namespace}",
+                        f"{pod_hostname}.{subdomain}.{run.namespace}.svc",
+                        f"{pod_hostname}.{subdomain}.{run.namespace}.svc.cluster.local",
+                        run.name,
+                    ]
+                lines.append(f"{run.ip} {' '.join(names)}")
+        with self.hosts.open("r+" if self.hosts.exists() else "w") as handle:  # rewrite in place: bind mounts see it
+            handle.seek(0)
+            handle.write("\n".join(lines) + "\n")
+            handle.truncate()
+
+    def _start_container(self, pod: Any, run: PodRun, container: Any, volumes: dict[str, Path], restarts: int = 0) -> Container:
+        env = self._resolve_env(pod, container)
+        env["HOSTNAME"] = getattr(run, "hostname", run.name)
+        termination = run.directory / f"{container.name}.termination-log"
+        termination.write_text("")
+        log = run.directory / f"{container.name}.log"
+        mounts = [(str(self.hosts), "/etc/hosts"), (str(termination), container.termination_message_path or str(TERMINATION_LOG))]
+        for mount in container.volume_mounts or []:
+            source = volumes.get(mount.name)
+            if source is not None:
+                mounts.append((str(source / (mount.sub_path or "")), mount.mount_path))
+        script = ["set -e"]
+        for source, target in mounts:
+            kind = "-d" if Path(source).is_dir() else "-f"
+            make = (
+                f"mkdir -p {shlex.quote(target)}"
+                if kind == "-d"
+                else f"[ -e {shlex.quote(target)} ] || {{ mkdir -p {shlex.quote(str(Path(target).parent))}; touch {shlex.quote(target)}; }}"
+            )
+            script += [make, f"mount --bind {shlex.quote(source)} {shlex.quote(target)}"]
+        script.append(f"hostname {shlex.quote(env['HOSTNAME'])}")
+        argv = list(container.command or []) + list(container.args or [])
+        script.append("exec " + " ".join(shlex.quote(a) for a in argv))
+        handle = log.open("ab")
+        process = subprocess.Popen(
+            ["unshare", "--mount", "--uts", "--propagation", "private", "sh", "-c", "\n".join(script)],
+            env=env,
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            cwd=container.working_dir or "/tmp",
+            preexec_fn=die_with_parent,
+        )
+        return Container(container.name, process, log, termination, now(), restarts)
+
+    def _status(self, pod: Any, run: PodRun, phase: str) -> None:
+        statuses = []
+        for spec in pod.spec.containers:
+            c = run.containers.get(spec.name)
+            state: dict[str, Any] = {"waiting": {"reason": "ContainerCreating"}}
+            ready = False
+            if c is not None and c.process is not None:
+                code = c.process.poll()
+                if code is None:
+                    state, ready = {"running": {"startedAt": c.started}}, True
+                else:
+                    message = c.termination.read_text(errors="replace")[:4096] if c.termination.exists() else ""
+                    if not message and spec.termination_message_policy == "FallbackToLogsOnError" and code != 0:
+                        message = "\n".join(c.log.read_text(errors="replace").splitlines()[-80:])[-2048:]
+                    state = {
+                        "terminated": {
+                            "exitCode": code if code >= 0 else 128 - code,
+                            "reason": "Completed" if code == 0 else "Error",
+                            "message": message,
+                            "startedAt": c.started,
+                            "finishedAt": now(),
+                        }
+                    }
+            statuses.append(
+                {
+                    "name": spec.name,
+                    "image": spec.image or "local",
+                    "imageID": "",
+                    "ready": ready,
+                    "restartCount": c.restarts if c else 0,
+                    "started": ready,
+                    "state": state,
+                }
+            )
+        all_ready = all(s["ready"] for s in statuses)
+        stamp = now()
+        conditions = [
+            {"type": "PodScheduled", "status": "True", "lastTransitionTime": stamp},
+            {"type": "Initialized", "status": "True", "lastTransitionTime": stamp},
+            {"type": "ContainersReady", "status": str(all_ready), "lastTransitionTime": stamp},
+            {"type": "Ready", "status": str(all_ready), "lastTransitionTime": stamp},
+        ]
+        status = {
+            "phase": phase,
+            "podIP": run.ip,
+            "podIPs": [{"ip": run.ip}],
+            "hostIP": "127.0.0.1",
+            "hostIPs": [{"ip": "127.0.0.1"}],
+            "startTime": pod.status.start_time.strftime("%Y-%m-%dT%H:%M:%SZ") if pod.status and pod.status.start_time else stamp,
+            "conditions": conditions,
+            "containerStatuses": statuses,
+        }
+        try:
+            self.core.patch_namespaced_pod_status(run.name, run.namespace, {"status": status})
+        except client.ApiException as exc:
+            if exc.status != 404:
+                raise
+
+    def _fail_pod(self, pod: Any, run: PodRun, reason: str, message: str) -> None:
+        run.finished = True
+        with contextlib.suppress(client.ApiException):
+            self.core.patch_namespaced_pod_status(
+                run.name,
+                run.namespace,
+                {
+                    "status": {
+                        "phase": "Failed",
+                        "reason": reason,
+                        "message": message,
+                        "podIP": run.ip,
+                        "hostIP": "127.0.0.1",
+                        "containerStatuses": [
+                            {
+                                "name": c.name,
+                                "image": c.image or "local",
+                                "imageID": "",
+                                "ready": False,
+                                "restartCount": 0,
+                                "state": {"waiting": {"reason": reason, "message": message}},
+                            }
+                            for c in pod.spec.containers
+                        ],
+                    }
+                },
+            )
+
+    def _run_pod(self, pod: Any) -> None:
+        uid = pod.metadata.uid
+        with self.lock:
+            if uid in self.pods:
+                return
+            run = PodRun(
+                pod.metadata.namespace,
+                pod.metadata.name,
+                uid,
+                pod.spec.node_name,
+                f"127.0.{self.next_ip // 250}.{self.next_ip % 250 + 2}",
+                self.directory / "pods" / uid,
+            )
+            self.next_ip += 1
+            run.hostname = pod.spec.hostname or pod.metadata.name  # type: ignore[attr-defined]
+            run.subdomain = pod.spec.subdomain  # type: ignore[attr-defined]
+            run.directory.mkdir(parents=True, exist_ok=True)
+            self.pods[uid] = run
+        self._write_hosts()
+        try:
+            volumes = self._volumes(pod, run)
+            for spec in pod.spec.containers:
+                run.containers[spec.name] = self._start_container(pod, run, spec, volumes)
+        except (client.ApiException, KeyError, OSError) as exc:
+            reason = "CreateContainerConfigError"
+            self._fail_pod(pod, run, reason, str(getattr(exc, "reason", exc)))
+            return
+        self._status(pod, run, "Running")
+        policy = pod.spec.restart_policy or "Always"
+        while not self.stopping.is_set() and not run.deleting:
+            codes = {name: c.process.poll() for name, c in run.containers.items() if c.process}
+            if all(code is not None for code in codes.values()):
+                failed = any(code != 0 for code in codes.values())
+                if policy == "Always" or (policy == "OnFailure" and failed):
+                    for spec in pod.spec.containers:
+                        old = run.containers[spec.name]
+                        run.containers[spec.name] = self._start_container(pod, run, spec, volumes, old.restarts + 1)
+                    self._status(pod, run, "Running")
+                    continue
+                self._status(pod, run, "Failed" if failed else "Succeeded")
+                run.finished = True
+                self._write_hosts()
+                return
+            time.sleep(0.2)
+
+    def _kill(self, run: PodRun, grace: int) -> None:
+        run.deleting = True
+        for c in run.containers.values():
+            if c.process and c.process.poll() is None:
+                os.killpg(c.process.pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        for c in run.containers.values():
+            while c.process and c.process.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.1)
+            if c.process and c.process.poll() is None:
+                os.killpg(c.process.pid, signal.SIGKILL)
+                c.process.wait()
+        run.finished = True
+        self._write_hosts()
+        try:
+            self.core.delete_namespaced_pod(
+                run.name,
+                run.namespace,
+                grace_period_seconds=0,
+                body=client.V1DeleteOptions(grace_period_seconds=0, preconditions=client.V1Preconditions(uid=run.uid)),
+            )
+        except client.ApiException as exc:
+            if exc.status not in (404, 409):
+                raise
+
+    def _watch(self) -> None:
+        selector = ",".join(f"spec.nodeName!={n}" for n in []) or None
+        while not self.stopping.is_set():
+            try:
+                stream = watch.Watch()
+                for event in stream.stream(self.core.list_pod_for_all_namespaces, field_selector=selector, timeout_seconds=30):
+                    if self.stopping.is_set():
+                        break
+                    pod = event["object"]
+                    if pod.spec.node_name not in self.nodes:
+                        continue
+                    uid = pod.metadata.uid
+                    if event["type"] == "DELETED":
+                        run = self.pods.get(uid)
+                        if run and not run.finished:
+                            threading.Thread(target=self._kill, args=(run, 0), daemon=True).start()
+                        continue
+                    if pod.metadata.deletion_timestamp is not None:
+                        run = self.pods.get(uid)
+                        if run is None:
+                            self.core.delete_namespaced_pod(pod.metadata.name, pod.metadata.namespace, grace_period_seconds=0)
+                        elif not run.deleting:
+                            grace = pod.metadata.deletion_grace_period_seconds or 0
+                            threading.Thread(target=self._kill, args=(run, min(grace, 30)), daemon=True).start()
+                        continue
+                    if uid not in self.pods and (pod.status is None or pod.status.phase in (None, "Pending")):
+                        threading.Thread(target=self._run_pod, args=(pod,), daemon=True).start()
+            except Exception as exc:  # watch expiry or API restart: start a new watch
+                if not self.stopping.is_set():
+                    print(f"node agent: watch restarted: {exc}", file=sys.stderr)
+                    time.sleep(0.5)
+
+    # logs, as the kubelet serves them to the API server
+
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        agent = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                url = urllib.parse.urlparse(self.path)
+                parts = url.path.strip("/").split("/")
+                if len(parts) != 4 or parts[0] != "containerLogs":
+                    self.send_error(404)
+                    return
+                _, namespace, name, container = parts
+                query = urllib.parse.parse_qs(url.query)
+                with agent.lock:
+                    run = next((r for r in agent.pods.values() if r.namespace == namespace and r.name == name), None)
+                c = run.containers.get(container) if run else None
+                if c is None:
+                    self.send_error(404, f"container {container} of pod {namespace}/{name} not found on this node")
+                    return
+                self.send_response(200)
+                self.send_header("Content-Type", "text/plain")
+                self.end_headers()
+                text = c.log.read_bytes()
+                tail = query.get("tailLines")
+                if tail:
+                    text = b"".join(text.splitlines(keepends=True)[-int(tail[0]) :])
+                limit = query.get("limitBytes")
+                if limit:
+                    text = text[: int(limit[0])]
+                self.wfile.write(text)
+                if query.get("follow", ["false"])[0] == "true" and not limit:
+                    offset = c.log.stat().st_size
+                    while c.process and (c.process.poll() is None or c.log.stat().st_size > offset):
+                        size = c.log.stat().st_size
+                        if size > offset:
+                            with c.log.open("rb") as handle:
+                                handle.seek(offset)
+                                self.wfile.write(handle.read(size - offset))
+                                self.wfile.flush()
+                            offset = size
+                        time.sleep(0.2)
+
+        return Handler
+
+    # lifecycle
+
+    def start(self) -> NodeAgent:
+        if not TERMINATION_LOG.exists():
+            TERMINATION_LOG.touch()  # a mount point for each container's own termination log
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self._write_hosts()
+        self.register()
+        for target in (self.server.serve_forever, self._heartbeat, self._watch):
+            thread = threading.Thread(target=target, daemon=True)
+            thread.start()
+            self.threads.append(thread)
+        return self
+
+    def stop(self) -> None:
+        self.stopping.set()
+        with self.lock:
+            runs = list(self.pods.values())
+        for run in runs:
+            for c in run.containers.values():
+                if c.process and c.process.poll() is None:
+                    os.killpg(c.process.pid, signal.SIGKILL)
+                    c.process.wait()
+        self.server.shutdown()
+
+
+def main() -> None:
+    """`python -m tests.cluster.node_agent KUBECONFIG DIR CERT KEY [NODE...]`: run until interrupted."""
+    kubeconfig, directory, cert, key, *nodes = sys.argv[1:]
+    agent = NodeAgent(Path(kubeconfig), Path(directory), nodes or ["node-1"], Path(cert), Path(key)).start()
+    print(json.dumps({"kubeletPort": agent.port, "nodes": agent.nodes}), flush=True)
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    signal.sigwait({signal.SIGINT, signal.SIGTERM})
+    agent.stop()
+
+
+if __name__ == "__main__":
+    main()
