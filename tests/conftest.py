@@ -125,3 +125,58 @@ def node_agent(plane, tmp_path_factory: pytest.TempPathFactory):  # type: ignore
     ).start()
     yield agent
     agent.stop()
+
+
+@pytest.fixture(scope="session")
+def crd(plane) -> None:  # type: ignore[no-untyped-def]
+    """The CRD from crds/ installed, and the examples' namespaces."""
+    plane.kubectl("apply", "-f", str(ROOT / "crds" / "finetunejob.yaml"))
+    import time
+
+    jsonpath = "jsonpath={.status.conditions[?(@.type=='Established')].status}"
+    deadline = time.monotonic() + 60  # kubectl wait errors out while the CRD has no conditions yet, so poll
+    while plane.kubectl("get", "crd/finetunejobs.kubetune.dev", "-o", jsonpath, check=False).stdout != "True":
+        assert time.monotonic() < deadline, "the CRD never became Established"
+        time.sleep(0.2)
+    for namespace in ("team-a", "research"):
+        plane.kubectl("create", "namespace", namespace, check=False)
+
+
+@pytest.fixture(scope="session")
+def operator(plane, crd, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """The operator in-process (Kopf's KopfRunner) as its own user, with exactly kubetune_operator.rbac.RULES."""
+    import os
+
+    from kopf.testing import KopfRunner
+
+    from kubetune_api.manifests import dump as dump_yaml
+    from kubetune_operator.rbac import cluster_role
+
+    from .cluster.plane import kubeconfig
+
+    pair = plane.authority.issue("operator", "kubetune-operator")
+    config = kubeconfig(
+        tmp_path_factory.mktemp("operator") / "operator.kubeconfig", plane.server, plane.ca, pair, "kubetune-operator"
+    )
+    binding = {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "ClusterRoleBinding",
+        "metadata": {"name": "kubetune-operator"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "kubetune-operator"},
+        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "kubetune-operator"}],
+    }
+    plane.kubectl("apply", "-f", "-", input=dump_yaml(cluster_role()) + "---\n" + dump_yaml(binding))
+    saved = {
+        k: os.environ.get(k) for k in ("KUBECONFIG", "KUBETUNE_SYNC_SECONDS", "KUBETUNE_METRICS_PORT", "KUBETUNE_TRAINER_IMAGE")
+    }
+    os.environ.update(
+        {"KUBECONFIG": str(config), "KUBETUNE_SYNC_SECONDS": "2", "KUBETUNE_METRICS_PORT": "0", "KUBETUNE_TRAINER_IMAGE": "local"}
+    )
+    runner = KopfRunner(["run", "--all-namespaces", "--standalone", "-m", "kubetune_operator.handlers"], reraise=False)
+    with runner:
+        yield runner
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value

@@ -72,6 +72,8 @@ def _cel_error_paths(schema: dict[str, Any], value: Any, where: list[Any]) -> li
         for i, item in enumerate(value):
             paths += _cel_error_paths(schema.get("items", {}), item, [*where, i])
     for rule in schema.get("x-kubernetes-validations", []):
+        if "oldSelf" in rule["rule"]:
+            continue  # a transition rule: only checked on update, against the stored object
         program = _PROGRAMS.get(rule["rule"])
         if program is None:
             program = _PROGRAMS[rule["rule"]] = _CEL.program(_CEL.compile(rule["rule"]))

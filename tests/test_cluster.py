@@ -13,19 +13,11 @@ import yaml
 
 from kubetune_api.manifests import dump
 
-from .conftest import EXAMPLES, ROOT, job
+from .conftest import EXAMPLES, job
 from .test_crd import SCHEMA_CASES
 from .test_models import INVALID_CASES
 
 pytestmark = pytest.mark.cluster
-
-
-@pytest.fixture(scope="module")
-def crd(plane) -> None:  # type: ignore[no-untyped-def]
-    plane.kubectl("apply", "-f", str(ROOT / "crds" / "finetunejob.yaml"))
-    plane.kubectl("wait", "--for=condition=Established", "crd/finetunejobs.kubetune.dev", "--timeout=60s")
-    for namespace in ("team-a", "research"):
-        plane.kubectl("create", "namespace", namespace, check=False)
 
 
 @pytest.mark.parametrize("example", EXAMPLES, ids=lambda p: p.name)

@@ -22,6 +22,16 @@ NAME_RULE = Rule(
     check=lambda _: True,  # enforced in validate._check_header, with this message
 )
 
+_FROZEN_SECTIONS = ("model", "dataset", "lora", "training", "deepspeed", "workers", "storage", "output")
+IMMUTABLE_RULE = {
+    "rule": "!has(oldSelf.status) || !has(oldSelf.status.startTime) || ("
+    + " && ".join(f"self.spec.{s} == oldSelf.spec.{s}" for s in _FROZEN_SECTIONS)
+    + ")",
+    "message": "spec is immutable once the job has started; only spec.runPolicy (suspend, deadlines, ttl) may change",
+    "fieldPath": ".spec",
+    "reason": "FieldValueForbidden",
+}
+
 _DROP = {"title", "discriminator", "$defs"}
 
 
@@ -86,7 +96,7 @@ def object_schema(strict: bool = False) -> dict[str, Any]:
             "spec": _schema(FineTuneJobSpec, strict),
             "status": _status_schema(strict),
         },
-        "x-kubernetes-validations": [cel_rule(NAME_RULE)],
+        "x-kubernetes-validations": [cel_rule(NAME_RULE), IMMUTABLE_RULE],
     }
 
 

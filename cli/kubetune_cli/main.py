@@ -23,6 +23,33 @@ def _reference(_: argparse.Namespace) -> int:
     return 0
 
 
+def _operator(args: argparse.Namespace) -> int:
+    from kubetune_operator.main import run
+
+    run(verbose=args.verbose)
+    return 0
+
+
+def _render(args: argparse.Namespace) -> int:
+    from kubetune_api.manifests import dump
+    from kubetune_api.validate import validate_bytes
+    from kubetune_operator.render import render
+
+    try:
+        data = sys.stdin.buffer.read() if args.manifest == "-" else open(args.manifest, "rb").read()  # noqa: SIM115
+    except OSError as exc:
+        print(f"kubetune render: {args.manifest}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
+    results = validate_bytes(data, args.manifest)
+    bad = [f"{r.source}: {p}" for r in results for p in r.problems]
+    if bad:
+        print("\n".join(bad), file=sys.stderr)
+        return 1
+    objects = [obj for r in results if r.job is not None for obj in render(r.job, args.namespace)]
+    sys.stdout.write("---\n".join(dump(obj) for obj in objects))
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="kubetune", description="Declarative LoRA fine-tuning on Kubernetes.")
     commands = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -45,6 +72,15 @@ def parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--work-dir", help="scratch and staging directory (default: .kubetune/NAME)")
     run.set_defaults(func=run_cmd.run)
+
+    operator = commands.add_parser("operator", help="run the Kopf operator (settings from KUBETUNE_* environment variables)")
+    operator.add_argument("--verbose", action="store_true", help="debug logging")
+    operator.set_defaults(func=_operator)
+
+    render = commands.add_parser("render", help="print the child objects the operator would create, with no cluster")
+    render.add_argument("manifest", metavar="MANIFEST", help="a FineTuneJob manifest; - reads standard input")
+    render.add_argument("-n", "--namespace", help="namespace to render into (default: the manifest's, else default)")
+    render.set_defaults(func=_render)
 
     reference = commands.add_parser("reference", help="print the API reference in Markdown (docs/api.md)")
     reference.set_defaults(func=_reference)

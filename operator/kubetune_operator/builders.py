@@ -1,0 +1,172 @@
+"""Plan to Kubernetes objects: pure functions, no API calls (what `kubetune render` prints)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from kubetune_api import contract
+from kubetune_api.ds_config import deepspeed_config
+from kubetune_api.manifests import dump
+
+from .plan import Plan
+
+CACHE_DIR = "/var/cache/kubetune"
+CREDENTIAL_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
+
+
+def _meta(plan: Plan, name: str) -> dict[str, Any]:
+    return {"name": name, "namespace": plan.namespace, "labels": dict(plan.labels), "ownerReferences": [plan.owner]}
+
+
+def build_configmap(plan: Plan) -> dict[str, Any]:
+    """The resolved trainer config and the DeepSpeed JSON; never a credential (the spec holds none)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": _meta(plan, plan.config_name),
+        "data": {
+            contract.CONFIG_FILE: dump(plan.spec.model_dump(mode="json")),
+            contract.DEEPSPEED_FILE: json.dumps(deepspeed_config(plan.spec), indent=2, sort_keys=True),
+        },
+    }
+
+
+def build_service(plan: Plan) -> dict[str, Any]:
+    """Headless Service so pod 0 is reachable as <job>-0.<service> before it is ready."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _meta(plan, plan.service_name),
+        "spec": {
+            "clusterIP": "None",
+            "publishNotReadyAddresses": True,
+            "selector": {k: v for k, v in plan.labels.items() if k != "kueue.x-k8s.io/queue-name"},
+            "ports": [{"name": "rendezvous", "port": plan.master_port, "targetPort": plan.master_port}],
+        },
+    }
+
+
+def _env(plan: Plan) -> list[dict[str, Any]]:
+    spec = plan.spec
+    env: list[dict[str, Any]] = [
+        {"name": contract.ENV_CONFIG, "value": f"{contract.CONFIG_DIR}/{contract.CONFIG_FILE}"},
+        {"name": contract.ENV_JOB_NAME, "value": plan.name},
+        {"name": contract.ENV_NUM_WORKERS, "value": str(plan.workers)},
+        {"name": contract.ENV_PROCS_PER_WORKER, "value": str(plan.processes)},
+        {"name": contract.ENV_MASTER_ADDR, "value": plan.master_addr},
+        {"name": contract.ENV_MASTER_PORT, "value": str(plan.master_port)},
+        {"name": contract.ENV_TERMINATION_LOG, "value": contract.TERMINATION_MESSAGE_PATH},
+        {"name": contract.ENV_RESTART_COUNT, "value": str(plan.restart)},
+        {"name": "KUBETUNE_CACHE", "value": f"{CACHE_DIR}/cache"},
+        {"name": "KUBETUNE_WORK_DIR", "value": f"{CACHE_DIR}/work"},
+        {"name": "HOME", "value": "/tmp"},
+    ]
+    if spec.storage.credentialsSecret:
+        env += [
+            {
+                "name": key,
+                "valueFrom": {
+                    "secretKeyRef": {"name": spec.storage.credentialsSecret, "key": key, "optional": key == "AWS_SESSION_TOKEN"}
+                },
+            }
+            for key in CREDENTIAL_KEYS
+        ]
+    env += [{"name": e.name, "value": e.value} for e in spec.workers.env]
+    return env
+
+
+def _resources(plan: Plan) -> dict[str, Any]:
+    requests = dict(plan.spec.workers.resources.requests)
+    limits = dict(plan.spec.workers.resources.limits)
+    if plan.gpus:
+        limits[plan.spec.workers.gpuResourceName] = plan.gpus
+        requests[plan.spec.workers.gpuResourceName] = plan.gpus
+    out: dict[str, Any] = {}
+    if requests:
+        out["requests"] = {k: str(v) for k, v in requests.items()}
+    if limits:
+        out["limits"] = {k: str(v) for k, v in limits.items()}
+    return out
+
+
+def build_pod_spec(plan: Plan) -> dict[str, Any]:
+    spec = plan.spec
+    pod: dict[str, Any] = {
+        "subdomain": plan.service_name,
+        "restartPolicy": "Never",  # a failed rank fails the gang; the operator restarts all workers together
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": 1000,
+            "runAsGroup": 1000,
+            "fsGroup": 1000,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "containers": [
+            {
+                "name": "trainer",
+                "image": plan.image,
+                "command": ["python", "-m", "kubetune_trainer"],
+                "env": _env(plan),
+                "resources": _resources(plan),
+                "ports": [{"name": "rendezvous", "containerPort": plan.master_port}],
+                "volumeMounts": [
+                    {"name": "config", "mountPath": contract.CONFIG_DIR, "readOnly": True},
+                    {"name": "cache", "mountPath": CACHE_DIR},
+                    {"name": "tmp", "mountPath": "/tmp"},
+                    {"name": "shm", "mountPath": "/dev/shm"},
+                ],
+                "terminationMessagePath": contract.TERMINATION_MESSAGE_PATH,
+                "terminationMessagePolicy": "FallbackToLogsOnError",
+                "securityContext": {
+                    "allowPrivilegeEscalation": False,
+                    "readOnlyRootFilesystem": True,
+                    "capabilities": {"drop": ["ALL"]},
+                },
+            }
+        ],
+        "volumes": [
+            {"name": "config", "configMap": {"name": plan.config_name}},
+            {"name": "cache", "emptyDir": {}},
+            {"name": "tmp", "emptyDir": {}},
+            {"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": str(spec.workers.sharedMemory)}},
+        ],
+    }
+    if spec.storage.serviceAccountName:
+        pod["serviceAccountName"] = spec.storage.serviceAccountName
+    if spec.workers.nodeSelector:
+        pod["nodeSelector"] = dict(spec.workers.nodeSelector)
+    if spec.workers.tolerations:
+        pod["tolerations"] = [t.model_dump(mode="json", exclude_none=True) for t in spec.workers.tolerations]
+    if spec.workers.priorityClassName:
+        pod["priorityClassName"] = spec.workers.priorityClassName
+    return pod
+
+
+def build_job(plan: Plan) -> dict[str, Any]:
+    """An Indexed Job, one pod per worker; the completion index is the node rank."""
+    job: dict[str, Any] = {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": _meta(plan, plan.job_name),
+        "spec": {
+            "completionMode": "Indexed",
+            "completions": plan.workers,
+            "parallelism": plan.workers,
+            "backoffLimit": 0,  # gang semantics: one failed pod fails this Job; the operator recreates it
+            "suspend": plan.suspend or bool(plan.queue),  # a queued Job waits for Kueue to admit it
+            "template": {
+                "metadata": {"labels": {k: v for k, v in plan.labels.items() if k != "kueue.x-k8s.io/queue-name"}},
+                "spec": build_pod_spec(plan),
+            },
+        },
+    }
+    if plan.active_deadline is not None:
+        job["spec"]["activeDeadlineSeconds"] = plan.active_deadline
+    return job
+
+
+def build_children(plan: Plan) -> list[dict[str, Any]]:
+    return [build_configmap(plan), build_service(plan), build_job(plan)]

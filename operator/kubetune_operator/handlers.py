@@ -1,0 +1,378 @@
+"""Kopf handlers for FineTuneJobs: thin, typed, module-level. Validation, planning, building and status derivation
+live in kubetune_api, plan, builders and status; these functions only read, decide with them, and write."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import os
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Mapping
+from typing import Any
+
+import kopf
+from kubernetes import client, config
+
+from kubetune_api import validate_object
+from kubetune_api.conditions import ConditionType, Phase, Reason
+from kubetune_api.names import GROUP, JOB_NAME_LABEL, PLURAL, VERSION
+
+from . import builders, metrics
+from .plan import Plan, make_plan
+from .settings import Settings
+from .status import PERMANENT, last_progress, now, observe, progress_status, set_condition
+
+SETTINGS = Settings.from_environ()
+_locks: dict[str, threading.Lock] = defaultdict(threading.Lock)
+_last_log_read: dict[str, float] = {}
+
+
+class Api:
+    """The kubernetes clients, created once the operator has credentials."""
+
+    core: client.CoreV1Api
+    batch: client.BatchV1Api
+    custom: client.CustomObjectsApi
+
+
+API = Api()
+_SERIALIZER = client.ApiClient()
+
+
+def _plain(obj: Any) -> Any:
+    """A client object as the API server's JSON (camelCase dicts), for the pure status functions."""
+    return _SERIALIZER.sanitize_for_serialization(obj)
+
+
+@kopf.on.startup()
+def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
+    try:
+        config.load_incluster_config()
+    except config.ConfigException:
+        config.load_kube_config(config_file=os.environ.get("KUBECONFIG"))  # read now, not at import time
+    API.core, API.batch, API.custom = client.CoreV1Api(), client.BatchV1Api(), client.CustomObjectsApi()
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="kopf.kubetune.dev")
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix="kopf.kubetune.dev")
+    settings.posting.level = 40  # kopf's own log lines stay out of Events; ours are posted explicitly
+    settings.watching.server_timeout = 120
+    settings.networking.request_timeout = 60
+    if SETTINGS.peering:
+        settings.peering.name = SETTINGS.peering
+        settings.peering.mandatory = True
+    else:
+        settings.peering.standalone = True
+    metrics.serve(SETTINGS.metrics_port)
+
+
+@kopf.on.login()
+def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+    """In a pod, its service account; elsewhere, the kubeconfig that $KUBECONFIG names when the operator starts."""
+    return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+
+
+@kopf.on.create(GROUP, VERSION, PLURAL)
+@kopf.on.resume(GROUP, VERSION, PLURAL)
+@kopf.on.update(GROUP, VERSION, PLURAL)
+def reconcile(*, name: str, namespace: str | None, **_: Any) -> None:
+    sync(namespace or "default", name)
+
+
+@kopf.on.delete(GROUP, VERSION, PLURAL, optional=True)
+def deleted(*, name: str, namespace: str | None, **_: Any) -> None:
+    _last_log_read.pop(f"{namespace}/{name}", None)  # the children go with their owner references
+
+
+@kopf.timer(GROUP, VERSION, PLURAL, interval=SETTINGS.sync_seconds, initial_delay=SETTINGS.sync_seconds)
+def refresh(*, name: str, namespace: str | None, **_: Any) -> None:
+    sync(namespace or "default", name)
+
+
+@kopf.on.event("batch", "v1", "jobs", labels={JOB_NAME_LABEL: kopf.PRESENT})
+def job_changed(*, labels: Mapping[str, str], namespace: str | None, type: str, **_: Any) -> None:
+    if type in ("ADDED", "MODIFIED", "DELETED"):
+        sync(namespace or "default", labels[JOB_NAME_LABEL])
+
+
+# the one reconcile function
+
+
+def _read(fn: Any, *args: Any, **kwargs: Any) -> Any:
+    try:
+        return fn(*args, **kwargs)
+    except client.ApiException as exc:
+        if exc.status == 404:
+            return None
+        raise kopf.TemporaryError(f"API error {exc.status}: {exc.reason}", delay=5) from exc
+
+
+def _event(body: dict[str, Any], reason: str, message: str, warning: bool = False) -> None:
+    meta = body["metadata"]
+    stamp = datetime.datetime.now(datetime.UTC)
+    event = client.CoreV1Event(
+        metadata=client.V1ObjectMeta(generate_name=f"{meta['name']}.", namespace=meta["namespace"]),
+        involved_object=client.V1ObjectReference(
+            api_version=body["apiVersion"], kind=body["kind"], name=meta["name"], namespace=meta["namespace"], uid=meta.get("uid")
+        ),
+        reason=reason,
+        message=message[:1000],
+        type="Warning" if warning else "Normal",
+        first_timestamp=stamp,
+        last_timestamp=stamp,
+        count=1,
+        source=client.V1EventSource(component="kubetune-operator"),
+    )
+    with contextlib.suppress(client.ApiException):  # an Event is best effort; the status carries the same words
+        API.core.create_namespaced_event(meta["namespace"], event)
+
+
+def _ensure(plan: Plan, obj: dict[str, Any]) -> None:
+    """Create a ConfigMap or Service, or put back what someone changed by hand."""
+    kind, name = obj["kind"], obj["metadata"]["name"]
+    read = API.core.read_namespaced_config_map if kind == "ConfigMap" else API.core.read_namespaced_service
+    current = _read(read, name, plan.namespace)
+    if current is None:
+        create = API.core.create_namespaced_config_map if kind == "ConfigMap" else API.core.create_namespaced_service
+        try:
+            create(plan.namespace, obj)
+        except client.ApiException as exc:
+            if exc.status != 409:
+                raise kopf.TemporaryError(f"cannot create {kind} {name}: {exc.reason}", delay=5) from exc
+        return
+    patch = API.core.patch_namespaced_config_map if kind == "ConfigMap" else API.core.patch_namespaced_service
+    if kind == "ConfigMap" and current.data != obj["data"]:
+        patch(name, plan.namespace, {"data": obj["data"]})
+    elif kind == "Service" and (current.spec.selector or {}) != obj["spec"]["selector"]:
+        patch(name, plan.namespace, {"spec": {"selector": obj["spec"]["selector"]}})
+
+
+def _write_status(body: dict[str, Any], new: dict[str, Any]) -> None:
+    old = body.get("status") or {}
+    if new == old:
+        return  # status is written only when it changed
+    meta = body["metadata"]
+    patch = {"status": {**{k: None for k in old if k not in new}, **new}}
+    try:
+        API.custom.patch_namespaced_custom_object_status(GROUP, VERSION, meta["namespace"], PLURAL, meta["name"], patch)
+    except client.ApiException as exc:
+        if exc.status != 404:
+            raise kopf.TemporaryError(f"cannot write status: {exc.reason}", delay=5) from exc
+        return
+    if old.get("phase") != new.get("phase"):
+        failed = new.get("phase") == Phase.FAILED
+        reason = next((c["reason"] for c in new.get("conditions", []) if c["type"] == new.get("phase")), new.get("phase", ""))
+        message = next((c["message"] for c in new.get("conditions", []) if c["type"] == new.get("phase")), "")
+        _event(body, str(reason), f"{old.get('phase') or 'New'} -> {new.get('phase')}: {message}", warning=failed)
+        metrics.phase_changed(old.get("phase"), new.get("phase"))
+
+
+def _progress(plan: Plan, pods: list[dict[str, Any]], force: bool) -> dict[str, Any] | None:
+    """Rank 0's newest progress line, read through pods/log at most once per sync interval per job."""
+    key = f"{plan.namespace}/{plan.name}"
+    if not force and time.monotonic() - _last_log_read.get(key, 0.0) < SETTINGS.sync_seconds * 0.9:
+        return None
+    rank0 = next(
+        (p for p in pods if (p["metadata"].get("annotations") or {}).get("batch.kubernetes.io/job-completion-index") == "0"), None
+    )
+    if rank0 is None:
+        return None
+    _last_log_read[key] = time.monotonic()
+    log = _read(API.core.read_namespaced_pod_log, rank0["metadata"]["name"], plan.namespace, container="trainer", tail_lines=100)
+    line = last_progress(log or "")
+    return progress_status(line) if line else None
+
+
+def invalid_status(status: dict[str, Any], message: str, generation: int | None) -> dict[str, Any]:
+    conditions = set_condition(
+        status.get("conditions", []), ConditionType.VALIDATED, False, Reason.INVALID_SPEC, message, generation
+    )
+    conditions = set_condition(conditions, ConditionType.FAILED, True, Reason.INVALID_SPEC, message, generation)
+    return {**status, "phase": Phase.FAILED.value, "conditions": conditions, "observedGeneration": generation}
+
+
+def sync(namespace: str, name: str) -> None:
+    with _locks[f"{namespace}/{name}"]:
+        started = time.monotonic()
+        try:
+            _sync(namespace, name)
+        finally:
+            metrics.reconciled(time.monotonic() - started)
+
+
+def _sync(namespace: str, name: str) -> None:
+    body = _read(API.custom.get_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL, name)
+    if body is None or body["metadata"].get("deletionTimestamp"):
+        return
+    status: dict[str, Any] = dict(body.get("status") or {})
+    generation = body["metadata"].get("generation")
+    result = validate_object(body, source=f"{namespace}/{name}")
+    if result.job is None:
+        message = "; ".join(str(p) for p in result.problems)
+        _write_status(body, invalid_status(status, message, generation))
+        return
+    if status.get("phase") in (Phase.SUCCEEDED, Phase.FAILED):
+        _expire(body, status)
+        return
+    new = dict(status)
+    new["observedGeneration"] = generation
+    conditions = set_condition(
+        status.get("conditions", []), ConditionType.VALIDATED, True, Reason.SPEC_VALID, "the spec is valid", generation
+    )
+    restarts = int(status.get("restarts", 0))
+    elapsed = 0.0
+    if status.get("startTime"):
+        started = datetime.datetime.strptime(status["startTime"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=datetime.UTC)
+        elapsed = (datetime.datetime.now(datetime.UTC) - started).total_seconds()
+    plan = make_plan(body, result.job, SETTINGS, restarts, elapsed)
+    _ensure(plan, builders.build_configmap(plan))
+    _ensure(plan, builders.build_service(plan))
+    job = _read(API.batch.read_namespaced_job, plan.job_name, namespace)
+    job_dict = _plain(job) if job is not None else None
+    pods = []
+    if job is not None:
+        listed = _read(API.core.list_namespaced_pod, namespace, label_selector=f"{JOB_NAME_LABEL}={name}")
+        pods = [_plain(p) for p in (listed.items if listed else [])]
+    obs = observe(job_dict, pods, plan.workers)
+    new["workers"] = {"ready": obs.ready, "total": plan.workers}
+    spec = result.job.spec
+
+    if obs.state == "missing":
+        if job is not None:  # the previous gang is still being torn down
+            conditions = set_condition(
+                conditions,
+                ConditionType.RUNNING,
+                False,
+                Reason.GANG_RESTARTING,
+                "waiting for the old workers to stop",
+                generation,
+            )
+        else:
+            try:
+                API.batch.create_namespaced_job(namespace, builders.build_job(plan))
+            except client.ApiException as exc:
+                if exc.status != 409:
+                    raise kopf.TemporaryError(f"cannot create Job {plan.job_name}: {exc.reason}", delay=5) from exc
+            new["phase"] = Phase.SUSPENDED.value if plan.suspend else (Phase.QUEUED.value if plan.queue else Phase.PENDING.value)
+            if plan.queue and not plan.suspend:
+                conditions = set_condition(
+                    conditions,
+                    ConditionType.QUEUED,
+                    True,
+                    Reason.WAITING_FOR_QUEUE,
+                    f"waiting for queue {plan.queue}",
+                    generation,
+                )
+    elif obs.state == "suspended":
+        if plan.suspend:
+            new["phase"] = Phase.SUSPENDED.value
+            conditions = set_condition(
+                conditions, ConditionType.SUSPENDED, True, Reason.USER_SUSPENDED, "runPolicy.suspend is true", generation
+            )
+            conditions = set_condition(conditions, ConditionType.RUNNING, False, Reason.USER_SUSPENDED, "suspended", generation)
+        elif plan.queue:
+            new["phase"] = Phase.QUEUED.value
+            conditions = set_condition(
+                conditions, ConditionType.QUEUED, True, Reason.WAITING_FOR_QUEUE, f"waiting for queue {plan.queue}", generation
+            )
+        else:
+            API.batch.patch_namespaced_job(plan.job_name, namespace, {"spec": {"suspend": False}})
+            new["phase"] = Phase.PENDING.value
+            conditions = set_condition(
+                conditions, ConditionType.SUSPENDED, False, Reason.RESUMED, "resumed from the newest checkpoint", generation
+            )
+    elif plan.suspend and obs.state in ("pending", "running"):
+        API.batch.patch_namespaced_job(plan.job_name, namespace, {"spec": {"suspend": True}})
+        new["phase"] = Phase.SUSPENDED.value
+        conditions = set_condition(
+            conditions,
+            ConditionType.SUSPENDED,
+            True,
+            Reason.USER_SUSPENDED,
+            "stopping the workers; checkpoints are kept",
+            generation,
+        )
+    else:
+        if plan.queue:
+            conditions = set_condition(
+                conditions, ConditionType.QUEUED, False, Reason.ADMITTED, f"admitted by queue {plan.queue}", generation
+            )
+        if any(c["type"] == ConditionType.SUSPENDED and c["status"] == "True" for c in conditions):
+            conditions = set_condition(conditions, ConditionType.SUSPENDED, False, Reason.RESUMED, "resumed", generation)
+        if obs.state == "pending":
+            new["phase"] = Phase.PENDING.value
+            conditions = set_condition(conditions, ConditionType.RUNNING, False, obs.reason, obs.message, generation)
+        elif obs.state == "running":
+            new["phase"] = Phase.RUNNING.value
+            new.setdefault("startTime", now())
+            conditions = set_condition(
+                conditions, ConditionType.RUNNING, True, Reason.TRAINING, f"{obs.ready} workers training", generation
+            )
+            progress = _progress(plan, pods, force=False)
+            if progress:
+                new["progress"] = progress
+        elif obs.state == "succeeded":
+            summary = obs.summary or {}
+            new["phase"] = Phase.SUCCEEDED.value
+            new["completionTime"] = now()
+            new.setdefault("startTime", new["completionTime"])
+            if summary.get("metrics"):
+                new["metrics"] = {k: v for k, v in summary["metrics"].items() if v is not None}
+            if summary.get("adapterUri"):
+                new["adapterUri"] = summary["adapterUri"]
+            steps = summary.get("steps")
+            if steps:
+                new["progress"] = {
+                    **(new.get("progress") or {}),
+                    "step": steps,
+                    "totalSteps": steps,
+                    "summary": f"{steps}/{steps} (100%)",
+                }
+            conditions = set_condition(conditions, ConditionType.RUNNING, False, Reason.COMPLETED, "finished", generation)
+            conditions = set_condition(conditions, ConditionType.SUCCEEDED, True, Reason.COMPLETED, obs.message, generation)
+        elif obs.state == "failed":
+            new["lastFailureReason"] = obs.reason
+            final = obs.reason in PERMANENT or obs.reason == Reason.DEADLINE_EXCEEDED or restarts >= spec.runPolicy.backoffLimit
+            if final:
+                reason = (
+                    obs.reason
+                    if (obs.reason in PERMANENT or obs.reason == Reason.DEADLINE_EXCEEDED)
+                    else Reason.BACKOFF_LIMIT_EXCEEDED.value
+                )
+                message = (
+                    obs.message if reason == obs.reason else f"{restarts} restarts; last failure {obs.reason}: {obs.message}"
+                )
+                new["phase"] = Phase.FAILED.value
+                new["completionTime"] = now()
+                conditions = set_condition(conditions, ConditionType.RUNNING, False, reason, message, generation)
+                conditions = set_condition(conditions, ConditionType.FAILED, True, reason, message, generation)
+            else:
+                new["restarts"] = restarts + 1
+                new["phase"] = Phase.PENDING.value
+                message = f"restart {restarts + 1} of {spec.runPolicy.backoffLimit} after {obs.reason}: {obs.message}"
+                conditions = set_condition(conditions, ConditionType.RUNNING, False, Reason.GANG_RESTARTING, message, generation)
+                _delete_job(plan)
+                _event(body, Reason.GANG_RESTARTING.value, message, warning=True)
+                metrics.restarted()
+    new["conditions"] = conditions
+    _write_status(body, new)
+
+
+def _delete_job(plan: Plan) -> None:
+    try:
+        API.batch.delete_namespaced_job(plan.job_name, plan.namespace, propagation_policy="Foreground")
+    except client.ApiException as exc:
+        if exc.status != 404:
+            raise kopf.TemporaryError(f"cannot delete Job {plan.job_name}: {exc.reason}", delay=5) from exc
+
+
+def _expire(body: dict[str, Any], status: dict[str, Any]) -> None:
+    """ttlSecondsAfterFinished, as for a batch/v1 Job: the finished FineTuneJob (and its children) are deleted."""
+    ttl = ((body.get("spec") or {}).get("runPolicy") or {}).get("ttlSecondsAfterFinished")
+    done = status.get("completionTime")
+    if ttl is None or not done:
+        return
+    finished = datetime.datetime.strptime(done, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=datetime.UTC)
+    if (datetime.datetime.now(datetime.UTC) - finished).total_seconds() >= ttl:
+        meta = body["metadata"]
+        _read(API.custom.delete_namespaced_custom_object, GROUP, VERSION, meta["namespace"], PLURAL, meta["name"])

@@ -1,0 +1,88 @@
+"""Spec to plan: every decision about the child objects, made once, frozen, with defaults resolved."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from kubetune_api.job import FineTuneJob
+from kubetune_api.names import API_VERSION, JOB_NAME_LABEL, KIND, MANAGED_BY_LABEL, QUEUE_LABEL
+
+from .settings import Settings
+
+
+@dataclass(frozen=True)
+class Plan:
+    name: str
+    namespace: str
+    uid: str
+    job: FineTuneJob
+    image: str
+    workers: int
+    processes: int
+    gpus: int
+    queue: str | None
+    suspend: bool
+    master_port: int
+    restart: int  # gang restarts so far; passed to pods for their logs
+    active_deadline: int | None  # seconds left of runPolicy.activeDeadlineSeconds, counted from the first start
+
+    @property
+    def spec(self) -> Any:
+        return self.job.spec
+
+    @property
+    def job_name(self) -> str:
+        return self.name
+
+    @property
+    def service_name(self) -> str:
+        return self.name
+
+    @property
+    def config_name(self) -> str:
+        return f"{self.name}-config"
+
+    @property
+    def master_addr(self) -> str:
+        return f"{self.job_name}-0.{self.service_name}"
+
+    @property
+    def labels(self) -> dict[str, str]:
+        labels = {JOB_NAME_LABEL: self.name, MANAGED_BY_LABEL: "kubetune"}
+        if self.queue:
+            labels[QUEUE_LABEL] = self.queue
+        return labels
+
+    @property
+    def owner(self) -> dict[str, Any]:
+        return {
+            "apiVersion": API_VERSION,
+            "kind": KIND,
+            "name": self.name,
+            "uid": self.uid,
+            "controller": True,
+            "blockOwnerDeletion": True,
+        }
+
+
+def make_plan(body: dict[str, Any], job: FineTuneJob, settings: Settings, restart: int = 0, elapsed: float = 0.0) -> Plan:
+    meta = body.get("metadata", {})
+    spec = job.spec
+    return Plan(
+        name=meta["name"],
+        namespace=meta.get("namespace", "default"),
+        uid=meta.get("uid", ""),
+        job=job,
+        image=spec.workers.image or settings.trainer_image,
+        workers=spec.workers.replicas,
+        processes=spec.workers.processes,
+        gpus=spec.workers.gpusPerWorker,
+        queue=(meta.get("labels") or {}).get(QUEUE_LABEL),
+        suspend=spec.runPolicy.suspend,
+        master_port=settings.master_port,
+        restart=restart,
+        active_deadline=None
+        if spec.runPolicy.activeDeadlineSeconds is None
+        else max(1, int(spec.runPolicy.activeDeadlineSeconds - elapsed)),
+    )

@@ -1,0 +1,28 @@
+"""Exactly what the operator may do: the chart's ClusterRole (or Role per watched namespace) is made from this list,
+and the cluster tests run the operator with nothing more."""
+
+from __future__ import annotations
+
+from typing import Any
+
+RULES: list[dict[str, Any]] = [
+    # the jobs themselves: watch, record status, delete finished ones after ttlSecondsAfterFinished
+    {"apiGroups": ["kubetune.dev"], "resources": ["finetunejobs"], "verbs": ["get", "list", "watch", "patch", "delete"]},
+    {"apiGroups": ["kubetune.dev"], "resources": ["finetunejobs/status"], "verbs": ["get", "patch"]},
+    # the children: an Indexed Job, a headless Service and a ConfigMap per FineTuneJob
+    {"apiGroups": ["batch"], "resources": ["jobs"], "verbs": ["get", "list", "watch", "create", "patch", "delete"]},
+    {"apiGroups": [""], "resources": ["configmaps", "services"], "verbs": ["get", "list", "watch", "create", "patch"]},
+    # worker pods: their state, why they wait, and rank 0's progress lines (never secrets: pods read those themselves)
+    {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]},
+    {"apiGroups": [""], "resources": ["pods/log"], "verbs": ["get"]},
+    # Kubernetes Events on every transition
+    {"apiGroups": ["", "events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]},
+    # Kopf: resource discovery, and peering between an active and a standby replica
+    {"apiGroups": ["apiextensions.k8s.io"], "resources": ["customresourcedefinitions"], "verbs": ["get", "list", "watch"]},
+    {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["get", "list", "watch"]},
+    {"apiGroups": ["kopf.dev"], "resources": ["clusterkopfpeerings", "kopfpeerings"], "verbs": ["get", "list", "watch", "patch"]},
+]
+
+
+def cluster_role(name: str = "kubetune-operator") -> dict[str, Any]:
+    return {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole", "metadata": {"name": name}, "rules": RULES}

@@ -1,0 +1,31 @@
+"""Operator settings, from the environment (the chart sets them)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Settings:
+    trainer_image: str = "ghcr.io/kubetune/trainer:0.1.0"
+    namespaces: tuple[str, ...] = ()  # empty: every namespace
+    sync_seconds: float = 10.0  # how often a live job's status is refreshed (and rank 0's log read, at most)
+    master_port: int = 29500
+    peering: str = ""  # a peering name for a standby replica; empty runs standalone
+    health_port: int = 8080
+    metrics_port: int = 9090
+
+    @classmethod
+    def from_environ(cls) -> Settings:
+        env = os.environ
+        namespaces = tuple(n.strip() for n in env.get("KUBETUNE_NAMESPACES", "").split(",") if n.strip())
+        return cls(
+            trainer_image=env.get("KUBETUNE_TRAINER_IMAGE", cls.trainer_image),
+            namespaces=namespaces,
+            sync_seconds=float(env.get("KUBETUNE_SYNC_SECONDS", cls.sync_seconds)),
+            master_port=int(env.get("KUBETUNE_MASTER_PORT", cls.master_port)),
+            peering=env.get("KUBETUNE_PEERING", ""),
+            health_port=int(env.get("KUBETUNE_HEALTH_PORT", cls.health_port)),
+            metrics_port=int(env.get("KUBETUNE_METRICS_PORT", cls.metrics_port)),
+        )

@@ -1,0 +1,208 @@
+"""The operator's pure parts: plan, builders and status derivation (fast tier, table-driven)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from kubetune_api import FineTuneJob
+from kubetune_operator import builders, status
+from kubetune_operator.plan import make_plan
+from kubetune_operator.rbac import RULES
+from kubetune_operator.settings import Settings
+
+from .conftest import job
+
+
+def plan_for(**changes: Any):  # type: ignore[no-untyped-def]
+    body = job(**changes)
+    body["metadata"].update({"namespace": "team-a", "uid": "uid-1"})
+    return make_plan(body, FineTuneJob.model_validate(body), Settings(trainer_image="trainer:test"))
+
+
+def container(job_obj: dict[str, Any]) -> dict[str, Any]:
+    return job_obj["spec"]["template"]["spec"]["containers"][0]
+
+
+def env_of(job_obj: dict[str, Any]) -> dict[str, Any]:
+    return {e["name"]: e.get("value", e.get("valueFrom")) for e in container(job_obj)["env"]}
+
+
+def test_indexed_job_one_pod_per_worker_with_the_contract() -> None:
+    plan = plan_for(**{"spec.workers": {"replicas": 3, "gpusPerWorker": 8}})
+    job_obj = builders.build_job(plan)
+    spec = job_obj["spec"]
+    assert (spec["completionMode"], spec["completions"], spec["parallelism"], spec["backoffLimit"]) == ("Indexed", 3, 3, 0)
+    env = env_of(job_obj)
+    assert env["KUBETUNE_NUM_WORKERS"] == "3" and env["KUBETUNE_PROCS_PER_WORKER"] == "8"
+    assert env["KUBETUNE_MASTER_ADDR"] == "job-0.job"
+    assert container(job_obj)["resources"]["limits"]["nvidia.com/gpu"] == "8"
+    assert container(job_obj)["command"] == ["python", "-m", "kubetune_trainer"]
+    assert spec["template"]["spec"]["subdomain"] == builders.build_service(plan)["metadata"]["name"]
+    assert job_obj["metadata"]["ownerReferences"][0] == {
+        "apiVersion": "kubetune.dev/v1alpha1",
+        "kind": "FineTuneJob",
+        "name": "job",
+        "uid": "uid-1",
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def test_pods_are_locked_down() -> None:
+    pod = builders.build_job(plan_for())["spec"]["template"]["spec"]
+    assert pod["automountServiceAccountToken"] is False
+    assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["seccompProfile"] == {
+        "type": "RuntimeDefault"
+    }
+    c = pod["containers"][0]["securityContext"]
+    assert c == {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True, "capabilities": {"drop": ["ALL"]}}
+
+
+def test_credentials_come_only_from_the_secret() -> None:
+    plan = plan_for(**{"spec.storage": {"credentialsSecret": "s3-creds"}})
+    env = env_of(builders.build_job(plan))
+    assert env["AWS_SECRET_ACCESS_KEY"] == {
+        "secretKeyRef": {"name": "s3-creds", "key": "AWS_SECRET_ACCESS_KEY", "optional": False}
+    }
+    irsa = plan_for(**{"spec.storage": {"serviceAccountName": "trainer-irsa"}})
+    job_obj = builders.build_job(irsa)
+    assert job_obj["spec"]["template"]["spec"]["serviceAccountName"] == "trainer-irsa"
+    assert not any(k.startswith("AWS_") for k in env_of(job_obj))
+
+
+@pytest.mark.parametrize(
+    ("changes", "suspend", "queue"),
+    [
+        ({}, False, None),
+        ({"spec.runPolicy": {"suspend": True}}, True, None),
+        ({"metadata.labels": {"kueue.x-k8s.io/queue-name": "gpus"}}, True, "gpus"),
+    ],
+)
+def test_suspend_and_kueue(changes: dict[str, Any], suspend: bool, queue: str | None) -> None:
+    job_obj = builders.build_job(plan_for(**changes))
+    assert job_obj["spec"]["suspend"] is suspend
+    assert job_obj["metadata"]["labels"].get("kueue.x-k8s.io/queue-name") == queue
+    assert "kueue.x-k8s.io/queue-name" not in job_obj["spec"]["template"]["metadata"]["labels"]
+
+
+def test_placement_and_deadline_pass_through() -> None:
+    plan = plan_for(
+        **{
+            "spec.workers": {
+                "nodeSelector": {"gpu": "a100"},
+                "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists"}],
+                "priorityClassName": "low",
+            },
+            "spec.runPolicy": {"activeDeadlineSeconds": 600},
+        }
+    )
+    job_obj = builders.build_job(plan)
+    pod = job_obj["spec"]["template"]["spec"]
+    assert pod["nodeSelector"] == {"gpu": "a100"} and pod["priorityClassName"] == "low"
+    assert pod["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists"}]
+    assert job_obj["spec"]["activeDeadlineSeconds"] == 600
+
+
+def test_configmap_holds_the_resolved_spec_and_deepspeed_json() -> None:
+    data = builders.build_configmap(plan_for(**{"spec.deepspeed": {"zeroStage": 3}}))["data"]
+    assert "zeroStage: 3" in data["trainer.yaml"]
+    assert json.loads(data["deepspeed.json"])["zero_optimization"]["stage"] == 3
+
+
+def test_condition_time_moves_only_when_status_flips() -> None:
+    first = status.set_condition([], "Running", False, "PodsPending", "waiting", 1)
+    first[0]["lastTransitionTime"] = "2000-01-01T00:00:00Z"
+    same = status.set_condition(first, "Running", False, "Unschedulable", "no GPUs", 1)
+    assert same[0]["lastTransitionTime"] == "2000-01-01T00:00:00Z" and same[0]["reason"] == "Unschedulable"
+    flipped = status.set_condition(same, "Running", True, "Training", "2 workers", 1)
+    assert flipped[0]["lastTransitionTime"] != "2000-01-01T00:00:00Z"
+
+
+def pod(
+    index: int, phase: str, terminated: dict[str, Any] | None = None, waiting: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    state = {"terminated": terminated} if terminated else ({"waiting": waiting} if waiting else {"running": {}})
+    return {
+        "metadata": {"name": f"job-{index}-x", "annotations": {"batch.kubernetes.io/job-completion-index": str(index)}},
+        "status": {"phase": phase, "containerStatuses": [{"name": "trainer", "state": state}]},
+    }
+
+
+def job_with(condition: str | None, reason: str = "", suspend: bool = False) -> dict[str, Any]:
+    conditions = [{"type": condition, "status": "True", "reason": reason}] if condition else []
+    return {"metadata": {"name": "job"}, "spec": {"suspend": suspend}, "status": {"conditions": conditions}}
+
+
+SUCCESS = json.dumps({"event": "summary", "status": "Succeeded", "adapterUri": "s3://a/adapter/", "metrics": {"evalLoss": 1.0}})
+FAILURE = json.dumps(
+    {"event": "summary", "status": "Failed", "reason": "DatasetMissing", "message": "dataset not found: s3://d/x"}
+)
+
+
+@pytest.mark.parametrize(
+    ("job_obj", "pods", "state", "reason"),
+    [
+        (None, [], "missing", ""),
+        (job_with(None, suspend=True), [], "suspended", ""),
+        (job_with(None), [pod(0, "Running"), pod(1, "Pending")], "pending", "PodsPending"),
+        (job_with(None), [pod(0, "Running"), pod(1, "Running")], "running", ""),
+        (job_with("Complete"), [pod(0, "Succeeded", {"exitCode": 0, "message": SUCCESS})], "succeeded", "Completed"),
+        (
+            job_with("Failed", "BackoffLimitExceeded"),
+            [pod(1, "Failed", {"exitCode": 1, "message": FAILURE})],
+            "failed",
+            "DatasetMissing",
+        ),
+        (job_with("Failed", "DeadlineExceeded"), [], "failed", "DeadlineExceeded"),
+        (
+            job_with(None),
+            [pod(0, "Pending", waiting={"reason": "CreateContainerConfigError", "message": 'secret "s3" not found'})],
+            "pending",
+            "SecretMissing",
+        ),
+        (
+            job_with(None),
+            [pod(0, "Pending", waiting={"reason": "ImagePullBackOff", "message": "pull failed"})],
+            "pending",
+            "ImagePullFailed",
+        ),
+    ],
+)
+def test_observe(job_obj: dict[str, Any] | None, pods: list[dict[str, Any]], state: str, reason: str) -> None:
+    obs = status.observe(job_obj, pods, workers=2)
+    assert (obs.state, obs.reason) == (state, reason)
+
+
+def test_unschedulable_pods_show_the_schedulers_words() -> None:
+    waiting = {
+        "metadata": {"name": "job-0-x"},
+        "status": {
+            "phase": "Pending",
+            "conditions": [
+                {"type": "PodScheduled", "status": "False", "message": "0/2 nodes are available: 2 Insufficient nvidia.com/gpu."}
+            ],
+        },
+    }
+    assert status.pending_reason([waiting]) == (
+        "Unschedulable",
+        "job-0-x: 0/2 nodes are available: 2 Insufficient nvidia.com/gpu.",
+    )
+
+
+def test_progress_from_rank0_lines() -> None:
+    log = 'noise\n{"event": "progress", "step": 5, "totalSteps": 20, "epoch": 0.5, "loss": 2.0, "eta": "1m00s"}\n{"event": "eval"}\n'
+    line = status.last_progress(log)
+    assert line is not None and status.progress_status(line)["summary"] == "5/20 (25%)"
+
+
+def test_permanent_failures_do_not_restart() -> None:
+    assert (
+        "DatasetMissing" in status.PERMANENT and "OutOfMemory" not in status.PERMANENT and "TrainerError" not in status.PERMANENT
+    )
+
+
+def test_rbac_never_reads_secrets() -> None:
+    assert not any("secrets" in rule["resources"] for rule in RULES)
