@@ -172,9 +172,19 @@ def operator(plane, crd, tmp_path_factory: pytest.TempPathFactory):  # type: ign
     os.environ.update(
         {"KUBECONFIG": str(config), "KUBETUNE_SYNC_SECONDS": "2", "KUBETUNE_METRICS_PORT": "0", "KUBETUNE_TRAINER_IMAGE": "local"}
     )
+    import logging
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            runner.log.append(self.format(record))
+
     runner = KopfRunner(["run", "--all-namespaces", "--standalone", "-m", "kubetune_operator.handlers"], reraise=False)
+    runner.log = []  # every operator log line, for the tests that search them for secrets
+    collect = Collect()
+    logging.getLogger().addHandler(collect)
     with runner:
         yield runner
+    logging.getLogger().removeHandler(collect)
     for key, value in saved.items():
         if value is None:
             os.environ.pop(key, None)

@@ -32,3 +32,15 @@ def test_benchmark_script_starts() -> None:
         [sys.executable, "bench/trainer_bench.py", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=120
     )
     assert result.returncode == 0 and "side by side" in result.stdout
+
+
+def test_operator_doc_lists_every_rbac_rule() -> None:
+    from kubetune_operator.rbac import RULES
+
+    doc = (ROOT / "docs" / "operator.md").read_text()
+    for rule in RULES:
+        for resource in rule["resources"]:
+            assert resource in doc, resource
+        rows = [[cell.strip() for cell in line.split("|")[1:-1]] for line in doc.splitlines() if line.startswith("| ")]
+        row = next(r for r in rows if r[1] == ", ".join(rule["resources"]))
+        assert row[2] == ", ".join(rule["verbs"]), row

@@ -158,6 +158,12 @@ FAILURE = json.dumps(
         ),
         (job_with("Failed", "DeadlineExceeded"), [], "failed", "DeadlineExceeded"),
         (
+            job_with("Failed", "BackoffLimitExceeded"),
+            [pod(0, "Succeeded", {"exitCode": 0, "message": SUCCESS}), pod(1, "Failed", {"exitCode": 137})],
+            "succeeded",
+            "Completed",
+        ),
+        (
             job_with(None),
             [pod(0, "Pending", waiting={"reason": "CreateContainerConfigError", "message": 'secret "s3" not found'})],
             "pending",

@@ -133,6 +133,9 @@ def observe(job: dict[str, Any] | None, pods: list[dict[str, Any]], workers: int
         rank0 = next((s for s in summaries if s.get("metrics")), summaries[0] if summaries else None)
         return Observation("succeeded", Reason.COMPLETED.value, "adapter, metrics and _SUCCESS written", summary=rank0)
     failed = _job_condition(job, "Failed") or _job_condition(job, "FailureTarget")
+    finished = next((s for s in (summary_of(p) for p in pods) if s and s.get("status") == "Succeeded" and s.get("metrics")), None)
+    if failed and finished:  # worker 0 wrote the adapter and _SUCCESS; a worker failing afterwards changes nothing
+        return Observation("succeeded", Reason.COMPLETED.value, "adapter, metrics and _SUCCESS written", summary=finished)
     if failed:
         if failed.get("reason") == "DeadlineExceeded":
             return Observation("failed", Reason.DEADLINE_EXCEEDED.value, "runPolicy.activeDeadlineSeconds passed")

@@ -182,6 +182,8 @@ class NodeAgent:
 
     def _resolve_env(self, pod: Any, container: Any) -> dict[str, str]:
         env: dict[str, str] = {"PATH": f"{VENV_BIN}:/usr/local/bin:/usr/bin:/bin", "HOME": "/tmp", "LANG": "C.UTF-8"}
+        # what a trainer image would carry prebuilt: DeepSpeed's CPU ops, compiled once on this machine
+        env["TORCH_EXTENSIONS_DIR"] = os.environ.get("TORCH_EXTENSIONS_DIR", str(Path.home() / ".cache" / "torch_extensions"))
         namespace = pod.metadata.namespace
         for source in container.env_from or []:
             if source.config_map_ref:
@@ -299,6 +301,9 @@ class NodeAgent:
             source = volumes.get(mount.name)
             if source is not None:
                 mounts.append((str(source / (mount.sub_path or "")), mount.mount_path))
+        # a mount over an ancestor of the sources (an emptyDir at /tmp, say) would hide them: do those last
+        sources = [src for src, _ in mounts]  # (list.sort empties the list while it sorts)
+        mounts.sort(key=lambda m: any(src.startswith(m[1].rstrip("/") + "/") for src in sources))
         script = ["set -e"]
         for source, target in mounts:
             kind = "-d" if Path(source).is_dir() else "-f"
@@ -309,6 +314,7 @@ class NodeAgent:
             )
             script += [make, f"mount --bind {shlex.quote(source)} {shlex.quote(target)}"]
         script.append(f"hostname {shlex.quote(env['HOSTNAME'])}")
+        script.append(f"cd {shlex.quote(container.working_dir or '/')}")
         argv = list(container.command or []) + list(container.args or [])
         script.append("exec " + " ".join(shlex.quote(a) for a in argv))
         handle = log.open("ab")

@@ -84,8 +84,8 @@ def fetch_inputs(spec: FineTuneJobSpec, store: Store, cache: Path) -> tuple[str,
 
 def _outcome(result_dir: Path, returncode: int) -> dict[str, Any]:
     summary = result_dir / "summary.json"
-    if returncode == 0 and summary.is_file():
-        return {"status": "Succeeded", "metrics": json.loads(summary.read_text())}
+    if returncode == 0:  # rank 0's worker has the metrics; the other workers only finished their part
+        return {"status": "Succeeded", "metrics": json.loads(summary.read_text()) if summary.is_file() else {}}
     failures = [json.loads(p.read_text()) for p in sorted(result_dir.glob("failure-*.json"))]
     failures.sort(key=lambda f: (f["reason"] == Reason.TRAINER_ERROR.value, f["rank"]))
     if failures:
@@ -102,6 +102,8 @@ def final_summary(spec: FineTuneJobSpec, outcome: dict[str, Any]) -> dict[str, A
     if outcome["status"] != "Succeeded":
         return report.summary("Failed", reason=outcome["reason"], message=outcome["message"])
     metrics = outcome["metrics"]
+    if not metrics:
+        return report.summary("Succeeded", message="this worker's ranks finished; worker 0 reports the metrics")
     base, final = metrics.get("base", {}), metrics.get("final", {})
     return report.summary(
         "Succeeded",
@@ -132,8 +134,9 @@ def run_worker(
         store = Store(spec.storage)
         preflight(spec, store)
         model, train, validation = fetch_inputs(spec, store, cache_dir())
-    except TrainerFailure as exc:
-        summary = report.summary("Failed", reason=exc.reason.value, message=exc.message)
+    except Exception as exc:  # every failure before the ranks start still ends in one summary with a reason
+        failure = exc if isinstance(exc, TrainerFailure) else TrainerFailure(Reason.TRAINER_ERROR, f"{type(exc).__name__}: {exc}")
+        summary = report.summary("Failed", reason=failure.reason.value, message=failure.message)
         report.write_termination(worker.termination_log, summary)
         print(json.dumps(summary), flush=True)
         return summary

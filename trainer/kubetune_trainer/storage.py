@@ -104,7 +104,7 @@ class Store:
     def exists(self, uri: str) -> bool:
         if not is_s3(uri):
             return Path(uri).exists()
-        from botocore.exceptions import ClientError
+        from botocore.exceptions import BotoCoreError, ClientError
 
         bucket, key = split_s3(uri)
         try:
@@ -113,6 +113,8 @@ class Store:
         except ClientError as exc:
             if str(exc.response.get("Error", {}).get("Code", "")) in _MISSING:
                 return False
+            raise self._fail(exc, uri, Reason.TRAINER_ERROR, "object") from exc
+        except BotoCoreError as exc:
             raise self._fail(exc, uri, Reason.TRAINER_ERROR, "object") from exc
 
     def read_text(self, uri: str, missing: Reason = Reason.TRAINER_ERROR, what: str = "object") -> str:

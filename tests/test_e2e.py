@@ -1,0 +1,164 @@
+"""End to end: `kubectl apply` a two-worker ZeRO-2 FineTuneJob; the operator (under its exact RBAC) creates the
+gang, the node agent runs the real trainer pods against moto S3, and the status tells the story. Then a worker
+is killed mid-training: the gang restarts once from its checkpoint and still succeeds."""
+
+from __future__ import annotations
+
+import json
+import signal
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+from kubetune_api.manifests import dump
+
+from .s3server import S3Server
+from .test_operator_cluster import condition, ftj, wait_for
+from .test_trainer import reloaded_eval_loss
+
+pytestmark = pytest.mark.e2e
+NAMESPACE = "e2e"
+
+
+@pytest.fixture(scope="module")
+def namespace(plane, s3: S3Server) -> str:  # type: ignore[no-untyped-def]
+    plane.kubectl("create", "namespace", NAMESPACE, check=False)
+    plane.kubectl(
+        "create",
+        "secret",
+        "generic",
+        "s3-credentials",
+        "-n",
+        NAMESPACE,
+        f"--from-literal=AWS_ACCESS_KEY_ID={s3.access_key}",
+        f"--from-literal=AWS_SECRET_ACCESS_KEY={s3.secret_key}",
+        check=False,
+    )
+    return NAMESPACE
+
+
+def manifest(name: str, s3: S3Server, stored: dict[str, str], training: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "apiVersion": "kubetune.dev/v1alpha1",
+        "kind": "FineTuneJob",
+        "metadata": {"name": name, "namespace": NAMESPACE},
+        "spec": {
+            "model": {"uri": stored["model"]},
+            "dataset": {"train": stored["train"], "validation": stored["validation"], "maxSeqLength": 128},
+            "lora": {"r": 8, "alpha": 16, "dropout": 0.0},
+            "training": {"learningRate": 3.0e-3, "microBatchSize": 8, **training},
+            "deepspeed": {"zeroStage": 2},
+            "workers": {"replicas": 2, "gpusPerWorker": 0},
+            "storage": {
+                "endpoint": s3.endpoint,
+                "region": "us-east-1",
+                "addressingStyle": "path",
+                "credentialsSecret": "s3-credentials",
+            },
+            "output": {"uri": f"s3://adapters/e2e/{name}/"},
+        },
+    }
+
+
+def apply_and_wait(plane, body: dict[str, Any], tmp_path: Path) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+    path = tmp_path / f"{body['metadata']['name']}.yaml"
+    path.write_text(dump(body))
+    plane.kubectl("apply", "-f", str(path))
+    name = body["metadata"]["name"]
+    wait_for("the first condition", lambda: condition(ftj(plane, name, NAMESPACE), "Validated"))
+    wait_for(
+        "a finished job",
+        lambda: (ftj(plane, name, NAMESPACE).get("status") or {}).get("phase") in ("Succeeded", "Failed"),
+        timeout=420,
+    )
+    final = ftj(plane, name, NAMESPACE)
+    assert final["status"]["phase"] == "Succeeded", json.dumps(final.get("status"), indent=1)
+    waited = plane.kubectl("wait", "--for=condition=Succeeded", f"ftj/{name}", "-n", NAMESPACE, "--timeout=10s", check=False)
+    assert waited.returncode == 0, waited.stderr  # what a user's pipeline runs
+    return final
+
+
+def test_two_worker_job_succeeds_and_its_adapter_reloads(
+    plane, operator, node_agent, s3, stored, tiny_model, namespace, tmp_path
+) -> None:  # type: ignore[no-untyped-def]
+    body = manifest("e2e", s3, stored, {"epochs": 2, "evalEverySteps": 10, "checkpointEverySteps": 10})
+    final = apply_and_wait(plane, body, tmp_path)
+    status = final["status"]
+    assert status["phase"] == "Succeeded" and status["restarts"] == 0 if "restarts" in status else status["phase"] == "Succeeded"
+    assert status["metrics"]["evalLoss"] < status["metrics"]["baseEvalLoss"]
+    assert status["adapterUri"] == "s3://adapters/e2e/e2e/adapter/"
+    assert status["progress"]["summary"].endswith("(100%)") and status["completionTime"] and status["startTime"]
+    assert condition(final, "Running")["status"] == "False" and condition(final, "Succeeded")["reason"] == "Completed"
+    table = plane.kubectl("get", "ftj", "e2e", "-n", NAMESPACE).stdout
+    assert "Succeeded" in table and f"{status['metrics']['evalLoss']}" in table
+    reloaded = reloaded_eval_loss(s3, "s3://adapters/e2e/e2e/", tiny_model, body["spec"]["dataset"], _held_out(), tmp_path)
+    assert reloaded == pytest.approx(status["metrics"]["evalLoss"], abs=2e-4)
+    # no credential anywhere a user or a log collector can read
+    texts = [
+        plane.kubectl("get", "ftj,configmap,job,service,event", "-n", NAMESPACE, "-o", "yaml").stdout,
+        *(
+            plane.kubectl("logs", pod, "-n", NAMESPACE).stdout
+            for pod in plane.kubectl("get", "pods", "-n", NAMESPACE, "-o", "name").stdout.split()
+        ),
+        "\n".join(operator.log),
+    ]
+    for text in texts:
+        assert s3.secret_key not in text
+
+
+def _held_out() -> list[dict[str, Any]]:
+    from kubetune_trainer import tiny
+
+    return tiny.records(80, seed=2)
+
+
+def rank_process(index: str) -> psutil.Process | None:
+    for process in psutil.process_iter(["cmdline"]):
+        try:
+            if (
+                "kubetune_trainer.train" in " ".join(process.info["cmdline"] or [])
+                and process.environ().get("JOB_COMPLETION_INDEX") == index
+            ):
+                return process
+        except psutil.Error:
+            continue
+    return None
+
+
+def test_killed_worker_restarts_the_gang_from_its_checkpoint(
+    plane, operator, node_agent, s3, stored, namespace, tmp_path
+) -> None:  # type: ignore[no-untyped-def]
+    name = "e2e-restart"
+    body = manifest(name, s3, stored, {"maxSteps": 150, "microBatchSize": 4, "evalEverySteps": 0, "checkpointEverySteps": 10})
+    path = tmp_path / "restart.yaml"
+    path.write_text(dump(body))
+    plane.kubectl("apply", "-f", str(path))
+    out = f"s3://adapters/e2e/{name}/"
+    victim = wait_for("worker 1's rank", lambda: rank_process("1"), timeout=300)
+    wait_for("checkpoint step 10", lambda: "checkpoints/step-000010/COMPLETE" in s3.keys(out), timeout=300)
+    victim.send_signal(signal.SIGKILL)
+    wait_for("the gang restart", lambda: (ftj(plane, name, NAMESPACE).get("status") or {}).get("restarts") == 1, timeout=120)
+    restarting = ftj(plane, name, NAMESPACE)
+    assert restarting["status"]["lastFailureReason"]
+    wait_for(
+        "a finished job",
+        lambda: (ftj(plane, name, NAMESPACE).get("status") or {}).get("phase") in ("Succeeded", "Failed"),
+        timeout=420,
+    )
+    final = ftj(plane, name, NAMESPACE)
+    assert final["status"]["phase"] == "Succeeded", json.dumps(final.get("status"), indent=1)
+    assert final["status"]["restarts"] == 1 and final["status"]["progress"]["totalSteps"] == 150
+    events = plane.kubectl(
+        "get", "events", "-n", NAMESPACE, "--field-selector", f"involvedObject.name={name}", "-o", "json"
+    ).stdout
+    assert "GangRestarting" in events
+    assert "_SUCCESS" in s3.keys(out)
+    logs = "".join(
+        plane.kubectl("logs", pod, "-n", NAMESPACE).stdout
+        for pod in plane.kubectl(
+            "get", "pods", "-n", NAMESPACE, "-l", f"kubetune.dev/job-name={name}", "-o", "name"
+        ).stdout.split()
+    )
+    assert '"event": "resumed"' in logs  # the second gang continued from a checkpoint instead of starting over
