@@ -32,6 +32,9 @@ from kubernetes import client, config, watch
 from .plane import die_with_parent
 
 VENV_BIN = str(Path(sys.executable).parent)
+# pods run this checkout's Python: a volume mounted over an ancestor of these (an emptyDir at /tmp while the
+# checkout is under /tmp, say) would hide them, so such a mount is left out and the host directory is shared
+PROTECTED = (Path(sys.prefix).resolve(), Path(__file__).resolve().parents[2])
 TERMINATION_LOG = Path("/dev/termination-log")
 
 
@@ -299,7 +302,8 @@ class NodeAgent:
         mounts = [(str(self.hosts), "/etc/hosts"), (str(termination), container.termination_message_path or str(TERMINATION_LOG))]
         for mount in container.volume_mounts or []:
             source = volumes.get(mount.name)
-            if source is not None:
+            hides = any(str(path).startswith(mount.mount_path.rstrip("/") + "/") for path in PROTECTED)
+            if source is not None and not hides:
                 mounts.append((str(source / (mount.sub_path or "")), mount.mount_path))
         # a mount over an ancestor of the sources (an emptyDir at /tmp, say) would hide them: do those last
         sources = [src for src, _ in mounts]  # (list.sort empties the list while it sorts)
