@@ -27,7 +27,6 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from kubernetes import client, config, watch  # noqa: E402
-
 from tests.cluster.plane import Plane, free_port  # noqa: E402
 
 
@@ -59,10 +58,22 @@ def main() -> None:
     operator = None
     try:
         plane.kubectl("apply", "-f", str(ROOT / "crds" / "finetunejob.yaml"))
-        while plane.kubectl("get", "crd/finetunejobs.kubetune.dev", "-o", "jsonpath={.status.conditions[?(@.type=='Established')].status}").stdout != "True":
+        while (
+            plane.kubectl(
+                "get", "crd/finetunejobs.kubetune.dev", "-o", "jsonpath={.status.conditions[?(@.type=='Established')].status}"
+            ).stdout
+            != "True"
+        ):
             time.sleep(0.2)
-        env = {**os.environ, "KUBECONFIG": str(plane.admin_kubeconfig), "KUBETUNE_METRICS_PORT": "0", "KUBETUNE_HEALTH_PORT": str(free_port())}
-        operator = subprocess.Popen([sys.executable, "-m", "kubetune_cli", "operator"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        env = {
+            **os.environ,
+            "KUBECONFIG": str(plane.admin_kubeconfig),
+            "KUBETUNE_METRICS_PORT": "0",
+            "KUBETUNE_HEALTH_PORT": str(free_port()),
+        }
+        operator = subprocess.Popen(
+            [sys.executable, "-m", "kubetune_cli", "operator"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         process = psutil.Process(operator.pid)
         time.sleep(5)  # the operator's start-up is not part of the measurement
         api_client = config.new_client_from_config(str(plane.admin_kubeconfig))
@@ -85,7 +96,14 @@ def main() -> None:
                     return
 
         def watch_status() -> None:
-            for event in watch.Watch().stream(custom.list_namespaced_custom_object, "kubetune.dev", "v1alpha1", "default", "finetunejobs", timeout_seconds=int(args.timeout)):
+            for event in watch.Watch().stream(
+                custom.list_namespaced_custom_object,
+                "kubetune.dev",
+                "v1alpha1",
+                "default",
+                "finetunejobs",
+                timeout_seconds=int(args.timeout),
+            ):
                 obj = event["object"]
                 status = obj.get("status") or {}
                 validated = any(c["type"] == "Validated" and c["status"] == "True" for c in status.get("conditions", []))
@@ -115,10 +133,14 @@ def main() -> None:
         cpu = sum(process.cpu_times()[:2]) - cpu_before
         to_children = [children[n] - t for n, t in created.items() if n in children]
         to_settled = [settled[n] - t for n, t in created.items() if n in settled]
-        print(f"{args.jobs} FineTuneJobs created in {accepted:.1f}s from 8 threads (2 CPU cores, the control plane on the same cores)")
+        print(
+            f"{args.jobs} FineTuneJobs created in {accepted:.1f}s from 8 threads (2 CPU cores, the control plane on the same cores)"
+        )
         for label, values in (("create -> children created", to_children), ("create -> settled status", to_settled)):
             if values:
-                print(f"  {label:28} n={len(values)}  p50 {statistics.median(values):.2f}s  p99 {percentile(values, 0.99):.2f}s  max {max(values):.2f}s")
+                print(
+                    f"  {label:28} n={len(values)}  p50 {statistics.median(values):.2f}s  p99 {percentile(values, 0.99):.2f}s  max {max(values):.2f}s"
+                )
         print(f"  all settled {max(settled.values(), default=started) - started:.1f}s after the first create")
         print(f"  operator peak RSS {peak[0] / 2**20:.0f} MiB, CPU {cpu:.1f}s")
     finally:

@@ -1,0 +1,103 @@
+"""Faults: the operator killed right after a job arrives, and the API server frozen for a while. Neither loses the
+job's record or duplicates a child, and the operator keeps running."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from kubetune_api.manifests import dump
+
+from .cluster.plane import free_port, kubeconfig
+from .conftest import ROOT, job
+from .test_operator_cluster import ftj, wait_for
+
+pytestmark = pytest.mark.cluster
+NAMESPACE = "faults"
+
+
+@pytest.fixture(scope="module")
+def start_operator(plane, crd, operator, tmp_path_factory):  # type: ignore[no-untyped-def]
+    """Start `kubetune operator` as a process watching only the faults namespace, as the operator user."""
+    plane.kubectl("create", "namespace", NAMESPACE, check=False)
+    pair = plane.authority.issue("operator-faults", "kubetune-operator")
+    config = kubeconfig(tmp_path_factory.mktemp("faults") / "kubeconfig", plane.server, plane.ca, pair, "kubetune-operator")
+    env = {
+        **os.environ,
+        "KUBECONFIG": str(config),
+        "KUBETUNE_NAMESPACES": NAMESPACE,
+        "KUBETUNE_SYNC_SECONDS": "2",
+        "KUBETUNE_METRICS_PORT": "0",
+    }
+    processes: list[subprocess.Popen[bytes]] = []
+
+    def start() -> subprocess.Popen[bytes]:
+        env["KUBETUNE_HEALTH_PORT"] = str(free_port())
+        process = subprocess.Popen(
+            [sys.executable, "-m", "kubetune_cli", "operator"],
+            env=env,
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        processes.append(process)
+        return process
+
+    def stop_all() -> None:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+
+    start.stop_all = stop_all  # type: ignore[attr-defined]
+    yield start
+    stop_all()
+
+
+def test_operator_killed_mid_reconcile_resumes_without_duplicates(plane, start_operator) -> None:  # type: ignore[no-untyped-def]
+    first = start_operator()
+    time.sleep(4)  # logged in and watching
+    body = job(**{"metadata.name": "crash", "metadata.namespace": NAMESPACE, "spec.workers": {"gpusPerWorker": 16}})
+    plane.kubectl("apply", "-f", "-", input=dump(body))
+    time.sleep(0.3)
+    first.send_signal(signal.SIGKILL)  # killed while it reconciles the new job
+    first.wait()
+    start_operator()
+    status = wait_for(
+        "a status from the restarted operator",
+        lambda: (ftj(plane, "crash", NAMESPACE).get("status") or {}).get("phase") == "Pending" and ftj(plane, "crash", NAMESPACE),
+        timeout=90,
+    )
+    assert status["status"]["observedGeneration"] == 1
+    for kind in ("job", "configmap", "service"):
+        names = plane.kubectl("get", kind, "-n", NAMESPACE, "-l", "kubetune.dev/job-name=crash", "-o", "name").stdout.split()
+        assert len(names) == 1, (kind, names)
+
+
+def test_api_server_frozen_for_a_while(plane, start_operator) -> None:  # type: ignore[no-untyped-def]
+    apiserver = plane.processes["kube-apiserver"]
+    start_operator.stop_all()
+    running = start_operator()
+    time.sleep(4)
+    os.kill(apiserver.pid, signal.SIGSTOP)
+    time.sleep(8)  # the operator's requests and watches stall
+    os.kill(apiserver.pid, signal.SIGCONT)
+    body = job(**{"metadata.name": "after-outage", "metadata.namespace": NAMESPACE, "spec.workers": {"gpusPerWorker": 16}})
+    wait_for("the API server", lambda: plane.kubectl("get", "--raw", "/readyz", check=False).stdout == "ok", timeout=60)
+    plane.kubectl("apply", "-f", "-", input=dump(body))
+    settled = wait_for(
+        "the job after the outage",
+        lambda: (
+            (ftj(plane, "after-outage", NAMESPACE).get("status") or {}).get("phase") == "Pending"
+            and ftj(plane, "after-outage", NAMESPACE)
+        ),
+        timeout=120,
+    )
+    assert json.dumps(settled["status"])
+    assert running.poll() is None, "the operator exited during the outage"
