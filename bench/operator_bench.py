@@ -146,7 +146,11 @@ def main() -> None:
     finally:
         if operator is not None:
             operator.terminate()
-            operator.wait(30)
+            try:
+                operator.wait(10)
+            except subprocess.TimeoutExpired:  # a graceful stop with a thousand timers takes a while; not measured
+                operator.kill()
+                operator.wait()
         plane.stop()
 
 
