@@ -84,14 +84,23 @@ def deleted(*, name: str, namespace: str | None, **_: Any) -> None:
     _last_log_read.pop(f"{namespace}/{name}", None)  # the children go with their owner references
 
 
-@kopf.timer(GROUP, VERSION, PLURAL, interval=SETTINGS.sync_seconds, initial_delay=SETTINGS.sync_seconds)
+def _needs_polling(status: Mapping[str, Any], spec: Mapping[str, Any], **_: Any) -> bool:
+    """Jobs whose status moves without a Job event (progress lines, pending reasons), or that await their TTL.
+    Queued, suspended and finished jobs change only through events, so they cost nothing while they wait."""
+    phase = status.get("phase")
+    if phase in (Phase.SUCCEEDED, Phase.FAILED):
+        return (spec.get("runPolicy") or {}).get("ttlSecondsAfterFinished") is not None
+    return phase not in (Phase.QUEUED, Phase.SUSPENDED)
+
+
+@kopf.timer(GROUP, VERSION, PLURAL, interval=SETTINGS.sync_seconds, initial_delay=SETTINGS.sync_seconds, when=_needs_polling)
 def refresh(*, name: str, namespace: str | None, **_: Any) -> None:
     sync(namespace or "default", name)
 
 
 @kopf.on.event("batch", "v1", "jobs", labels={JOB_NAME_LABEL: kopf.PRESENT})
 def job_changed(*, labels: Mapping[str, str], namespace: str | None, type: str, **_: Any) -> None:
-    if type in ("ADDED", "MODIFIED", "DELETED"):
+    if type in ("MODIFIED", "DELETED"):  # an ADDED Job is one we just created, or one on.resume already covers
         sync(namespace or "default", labels[JOB_NAME_LABEL])
 
 
