@@ -490,11 +490,10 @@ class NodeAgent:
                 raise
 
     def _watch(self) -> None:
-        selector = ",".join(f"spec.nodeName!={n}" for n in []) or None
         while not self.stopping.is_set():
             try:
                 stream = watch.Watch()
-                for event in stream.stream(self.core.list_pod_for_all_namespaces, field_selector=selector, timeout_seconds=30):
+                for event in stream.stream(self.core.list_pod_for_all_namespaces, timeout_seconds=30):
                     if self.stopping.is_set():
                         break
                     pod = event["object"]
