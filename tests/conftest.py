@@ -11,7 +11,10 @@ from typing import Any
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))
+EXAMPLES = [
+    *sorted((ROOT / "examples").glob("*.yaml")),
+    ROOT / "examples" / "kueue" / "finetunejob.yaml",
+]  # every FineTuneJob shipped
 
 MINIMAL: dict[str, Any] = {
     "apiVersion": "kubetune.dev/v1alpha1",
@@ -102,10 +105,10 @@ def stored(s3, tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> di
 @pytest.fixture(scope="session")
 def plane(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
     """etcd, kube-apiserver, controller manager and scheduler on 127.0.0.1 (built by hack/build-testbed.sh)."""
-    from .cluster.plane import BIN, Plane, binaries_present
+    from .cluster.plane import BIN, TOOLS, Plane, binaries_present
 
     if not binaries_present():
-        pytest.fail(f"the control plane binaries are missing from {BIN}: run hack/build-testbed.sh (make testbed)")
+        pytest.fail(f"binaries missing from {BIN} or {TOOLS}: run `make testbed` (hack/build-testbed.sh, hack/install-tools.py)")
     started = __import__("time").monotonic()
     control = Plane.start(tmp_path_factory.mktemp("plane"))
     print(f"\ncontrol plane ready in {__import__('time').monotonic() - started:.1f}s ({control.timings})")
@@ -127,10 +130,24 @@ def node_agent(plane, tmp_path_factory: pytest.TempPathFactory):  # type: ignore
     agent.stop()
 
 
+RELEASE = "kubetune"  # the chart's objects are named after the release: ServiceAccount kubetune-system/kubetune
+RELEASE_NAMESPACE = "kubetune-system"
+
+
 @pytest.fixture(scope="session")
 def crd(plane) -> None:  # type: ignore[no-untyped-def]
-    """The CRD from crds/ installed, and the examples' namespaces."""
-    plane.kubectl("apply", "-f", str(ROOT / "crds" / "finetunejob.yaml"))
+    """The chart installed with the real helm (its crds/ are this repository's crds/, byte for byte), with no
+    operator replica: the tests run the operator themselves, under the chart's ServiceAccount and RBAC."""
+    plane.helm(
+        "install",
+        RELEASE,
+        str(ROOT / "charts" / "kubetune"),
+        "-n",
+        RELEASE_NAMESPACE,
+        "--create-namespace",
+        "--set",
+        "replicas=0",
+    )
     import time
 
     jsonpath = "jsonpath={.status.conditions[?(@.type=='Established')].status}"
@@ -143,29 +160,23 @@ def crd(plane) -> None:  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture(scope="session")
-def operator(plane, crd, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
-    """The operator in-process (Kopf's KopfRunner) as its own user, with exactly kubetune_operator.rbac.RULES."""
+def operator_kubeconfig(plane, crd, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """A kubeconfig holding a token of the chart's ServiceAccount: the operator has exactly the chart's RBAC."""
+    from .cluster.plane import kubeconfig
+
+    token = plane.kubectl("create", "token", RELEASE, "-n", RELEASE_NAMESPACE, "--duration=24h").stdout.strip()
+    path = tmp_path_factory.mktemp("operator") / "operator.kubeconfig"
+    return kubeconfig(path, plane.server, plane.ca, token, f"system:serviceaccount:{RELEASE_NAMESPACE}:{RELEASE}")
+
+
+@pytest.fixture(scope="session")
+def operator(plane, crd, operator_kubeconfig):  # type: ignore[no-untyped-def]
+    """The operator in-process (Kopf's KopfRunner) as the chart's ServiceAccount, under the chart's RBAC."""
     import os
 
     from kopf.testing import KopfRunner
 
-    from kubetune_api.manifests import dump as dump_yaml
-    from kubetune_operator.rbac import cluster_role
-
-    from .cluster.plane import kubeconfig
-
-    pair = plane.authority.issue("operator", "kubetune-operator")
-    config = kubeconfig(
-        tmp_path_factory.mktemp("operator") / "operator.kubeconfig", plane.server, plane.ca, pair, "kubetune-operator"
-    )
-    binding = {
-        "apiVersion": "rbac.authorization.k8s.io/v1",
-        "kind": "ClusterRoleBinding",
-        "metadata": {"name": "kubetune-operator"},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "kubetune-operator"},
-        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "kubetune-operator"}],
-    }
-    plane.kubectl("apply", "-f", "-", input=dump_yaml(cluster_role()) + "---\n" + dump_yaml(binding))
+    config = operator_kubeconfig
     saved = {
         k: os.environ.get(k) for k in ("KUBECONFIG", "KUBETUNE_SYNC_SECONDS", "KUBETUNE_METRICS_PORT", "KUBETUNE_TRAINER_IMAGE")
     }

@@ -20,8 +20,9 @@ def test_readme_test_command_is_what_ci_runs() -> None:
 
 def test_readme_shows_every_example() -> None:
     readme = (ROOT / "README.md").read_text()
-    for example in sorted((ROOT / "examples").glob("*.yaml")):
-        assert f"examples/{example.name}" in readme, f"README does not mention {example.name}"
+    for example in sorted((ROOT / "examples").glob("*.yaml")) + sorted((ROOT / "examples").glob("*/*.yaml")):
+        name = example.relative_to(ROOT).as_posix()
+        assert name in readme, f"README does not mention {name}"
 
 
 def test_benchmark_script_starts() -> None:

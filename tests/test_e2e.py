@@ -1,6 +1,8 @@
 """End to end: `kubectl apply` a two-worker ZeRO-2 FineTuneJob; the operator (under its exact RBAC) creates the
 gang, the node agent runs the real trainer pods against moto S3, and the status tells the story. Then a worker
-is killed mid-training: the gang restarts once from its checkpoint and still succeeds."""
+is killed mid-training: the gang restarts once from its checkpoint and still succeeds; and a job whose dataset
+is missing fails at once, saying why. The Argo CD and Flux health checks in examples/gitops/ are run against
+each of these real status objects."""
 
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ import pytest
 
 from kubetune_api.manifests import dump
 
+from .gitops_health import argocd_health, flux_health
 from .s3server import S3Server
 from .test_operator_cluster import condition, ftj, wait_for
 from .test_trainer import reloaded_eval_loss
@@ -79,7 +82,11 @@ def apply_and_wait(plane, body: dict[str, Any], tmp_path: Path) -> dict[str, Any
     path.write_text(dump(body))
     plane.kubectl("apply", "-f", str(path))
     name = body["metadata"]["name"]
-    wait_for("the first condition", lambda: condition(ftj(plane, name, NAMESPACE), "Validated"))
+    early = wait_for(
+        "the first condition", lambda: condition(ftj(plane, name, NAMESPACE), "Validated") and ftj(plane, name, NAMESPACE)
+    )
+    assert early["status"]["phase"] in ("Pending", "Running")
+    assert argocd_health(early)[0] == "Progressing" and flux_health(early) == "InProgress"
     final = finished(plane, name)
     waited = plane.kubectl("wait", "--for=condition=Succeeded", f"ftj/{name}", "-n", NAMESPACE, "--timeout=10s", check=False)
     assert waited.returncode == 0, waited.stderr  # what a user's pipeline runs
@@ -97,6 +104,8 @@ def test_two_worker_job_succeeds_and_its_adapter_reloads(
     assert status["adapterUri"] == "s3://adapters/e2e/e2e/adapter/"
     assert status["progress"]["summary"].endswith("(100%)") and status["completionTime"] and status["startTime"]
     assert condition(final, "Running")["status"] == "False" and condition(final, "Succeeded")["reason"] == "Completed"
+    assert argocd_health(final) == ("Healthy", "Adapter written to s3://adapters/e2e/e2e/adapter/")
+    assert flux_health(final) == "Current"
     table = plane.kubectl("get", "ftj", "e2e", "-n", NAMESPACE).stdout
     assert "Succeeded" in table and f"{status['metrics']['evalLoss']}" in table
     reloaded = reloaded_eval_loss(s3, "s3://adapters/e2e/e2e/", tiny_model, body["spec"]["dataset"], _held_out(), tmp_path)
@@ -162,3 +171,27 @@ def test_killed_worker_restarts_the_gang_from_its_checkpoint(
         ).stdout.split()
     )
     assert '"event": "resumed"' in logs  # the second gang continued from a checkpoint instead of starting over
+
+
+def test_missing_dataset_fails_at_once_and_says_why(plane, operator, node_agent, s3, stored, namespace, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    name = "e2e-missing-data"
+    body = manifest(name, s3, stored, {"maxSteps": 5})
+    body["spec"]["dataset"]["train"] = "s3://data/nowhere/train.jsonl"
+    path = tmp_path / "missing.yaml"
+    path.write_text(dump(body))
+    plane.kubectl("apply", "-f", str(path))
+    wait_for(
+        "a failed job",
+        lambda: (ftj(plane, name, NAMESPACE).get("status") or {}).get("phase") == "Failed",
+        timeout=300,
+    )
+    final = ftj(plane, name, NAMESPACE)
+    failed = condition(final, "Failed")
+    assert failed["reason"] == "DatasetMissing" and "s3://data/nowhere/train.jsonl" in failed["message"]
+    assert final["status"].get("restarts", 0) == 0  # a retry cannot fix a missing object: no gang restart
+    health, message = argocd_health(final)
+    assert health == "Degraded" and message.startswith("DatasetMissing: ")
+    assert flux_health(final) == "Failed"
+    # nothing is lost: the worker's log is still there to read
+    pods = plane.kubectl("get", "pods", "-n", NAMESPACE, "-l", f"kubetune.dev/job-name={name}", "-o", "name").stdout.split()
+    assert pods and any("nowhere" in plane.kubectl("logs", pod, "-n", NAMESPACE).stdout for pod in pods)

@@ -15,6 +15,7 @@ import pytest
 from kubetune_api.manifests import dump
 
 from .conftest import ROOT, job
+from .gitops_health import argocd_health, flux_health
 
 pytestmark = pytest.mark.cluster
 
@@ -61,6 +62,8 @@ def test_unschedulable_gang_is_pending_with_the_schedulers_words(plane, operator
     )
     assert running["status"]["phase"] == "Pending"
     assert "Insufficient nvidia.com/gpu" in condition(running, "Running")["message"]
+    health, message = argocd_health(running)  # GitOps tools show the scheduler's words too
+    assert health == "Progressing" and "Insufficient nvidia.com/gpu" in message and flux_health(running) == "InProgress"
     assert condition(running, "Validated")["reason"] == "SpecValid"
     children = {
         k: plane.kubectl("get", k, "-l", "kubetune.dev/job-name=too-big", "-o", "name").stdout.split()
@@ -76,6 +79,7 @@ def test_unschedulable_gang_is_pending_with_the_schedulers_words(plane, operator
         "Suspended", lambda: ftj(plane, "too-big").get("status", {}).get("phase") == "Suspended" and ftj(plane, "too-big")
     )
     assert condition(suspended, "Suspended")["reason"] == "SuspendedByUser"
+    assert argocd_health(suspended)[0] == "Suspended" and flux_health(suspended) == "InProgress"
     assert plane.kubectl("get", "job/too-big", "-o", "jsonpath={.spec.suspend}").stdout == "true"
     wait_for(
         "the pods to go",
@@ -103,6 +107,7 @@ def test_queued_job_waits_for_kueue_to_admit_it(plane, operator) -> None:  # typ
     plane.kubectl("apply", "-f", "-", input=dump(body))
     queued = wait_for("Queued", lambda: ftj(plane, "queued").get("status", {}).get("phase") == "Queued" and ftj(plane, "queued"))
     assert condition(queued, "Queued")["reason"] == "WaitingForQueue"
+    assert argocd_health(queued)[0] == "Progressing" and flux_health(queued) == "InProgress"
     job_obj = json.loads(plane.kubectl("get", "job/queued", "-o", "json").stdout)
     assert job_obj["spec"]["suspend"] is True and job_obj["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "team-gpus"
     plane.kubectl("patch", "job/queued", "--type=merge", "-p", '{"spec": {"suspend": false}}')  # what Kueue does on admission

@@ -14,7 +14,7 @@ import pytest
 
 from kubetune_api.manifests import dump
 
-from .cluster.plane import free_port, kubeconfig
+from .cluster.plane import free_port
 from .conftest import ROOT, job
 from .test_operator_cluster import ftj, wait_for
 
@@ -23,11 +23,10 @@ NAMESPACE = "faults"
 
 
 @pytest.fixture(scope="module")
-def start_operator(plane, crd, operator, tmp_path_factory):  # type: ignore[no-untyped-def]
-    """Start `kubetune operator` as a process watching only the faults namespace, as the operator user."""
+def start_operator(plane, crd, operator, operator_kubeconfig):  # type: ignore[no-untyped-def]
+    """Start `kubetune operator` as a process watching only the faults namespace, as the chart's ServiceAccount."""
     plane.kubectl("create", "namespace", NAMESPACE, check=False)
-    pair = plane.authority.issue("operator-faults", "kubetune-operator")
-    config = kubeconfig(tmp_path_factory.mktemp("faults") / "kubeconfig", plane.server, plane.ca, pair, "kubetune-operator")
+    config = operator_kubeconfig
     env = {
         **os.environ,
         "KUBECONFIG": str(config),

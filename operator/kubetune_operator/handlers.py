@@ -61,6 +61,10 @@ def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     if SETTINGS.peering:
         settings.peering.name = SETTINGS.peering
         settings.peering.mandatory = True
+        settings.peering.lifetime = SETTINGS.peering_lifetime
+        # Kopf freezes every replica of equal priority, so each takes its start time: the newest is active (a
+        # rolling update hands over at once) and the others stand by until its record expires
+        settings.peering.priority = time.time_ns() // 1_000_000 % 2**31
     else:
         settings.peering.standalone = True
     metrics.serve(SETTINGS.metrics_port)

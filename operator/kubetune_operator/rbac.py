@@ -20,8 +20,16 @@ RULES: list[dict[str, Any]] = [
     # Kopf: resource discovery, and peering between an active and a standby replica
     {"apiGroups": ["apiextensions.k8s.io"], "resources": ["customresourcedefinitions"], "verbs": ["get", "list", "watch"]},
     {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["get", "list", "watch"]},
-    {"apiGroups": ["kopf.dev"], "resources": ["clusterkopfpeerings", "kopfpeerings"], "verbs": ["get", "list", "watch", "patch"]},
+    {"apiGroups": ["kopf.dev"], "resources": ["clusterkopfpeerings"], "verbs": ["get", "list", "watch", "patch"]},
+    {"apiGroups": ["kopf.dev"], "resources": ["kopfpeerings"], "verbs": ["get", "list", "watch", "patch"]},
 ]
+# resources that live outside namespaces: a ClusterRole even when the chart grants the rest per namespace
+CLUSTER_SCOPED = frozenset({"customresourcedefinitions", "namespaces", "clusterkopfpeerings"})
+
+
+def scoped(cluster: bool) -> list[dict[str, Any]]:
+    """The rules on cluster-scoped resources (cluster=True) or on namespaced ones; each rule is one or the other."""
+    return [rule for rule in RULES if all(r.split("/")[0] in CLUSTER_SCOPED for r in rule["resources"]) == cluster]
 
 
 def cluster_role(name: str = "kubetune-operator") -> dict[str, Any]:

@@ -13,6 +13,7 @@ class Settings:
     sync_seconds: float = 10.0  # how often a live job's status is refreshed (and rank 0's log read, at most)
     master_port: int = 29500
     peering: str = ""  # a peering name for a standby replica; empty runs standalone
+    peering_lifetime: int = 60  # seconds a silent active replica keeps its claim before a standby takes over
     health_port: int = 8080
     metrics_port: int = 9090
 
@@ -26,6 +27,7 @@ class Settings:
             sync_seconds=float(env.get("KUBETUNE_SYNC_SECONDS", cls.sync_seconds)),
             master_port=int(env.get("KUBETUNE_MASTER_PORT", cls.master_port)),
             peering=env.get("KUBETUNE_PEERING", ""),
+            peering_lifetime=int(env.get("KUBETUNE_PEERING_LIFETIME", cls.peering_lifetime)),
             health_port=int(env.get("KUBETUNE_HEALTH_PORT", cls.health_port)),
             metrics_port=int(env.get("KUBETUNE_METRICS_PORT", cls.metrics_port)),
         )

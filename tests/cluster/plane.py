@@ -19,7 +19,10 @@ from . import pki
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(os.environ.get("KUBETUNE_TESTBED_BIN", ROOT / ".cache" / "testbed" / "bin"))
-COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl")
+TOOLS = Path(os.environ.get("KUBETUNE_TOOLS_BIN", ROOT / ".tools" / "bin"))
+COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler")
+KUBECTL = TOOLS / "kubectl"  # the released binary, installed from PyPI by hack/install-tools.py
+HELM = TOOLS / "helm"
 SERVICE_CIDR = "10.96.0.0/16"
 
 
@@ -37,10 +40,15 @@ def die_with_parent() -> None:
 
 
 def binaries_present() -> bool:
-    return all((BIN / name).is_file() for name in COMPONENTS)
+    return all((BIN / name).is_file() for name in COMPONENTS) and KUBECTL.is_file() and HELM.is_file()
 
 
-def kubeconfig(path: Path, server: str, ca: Path, pair: pki.Pair, user: str) -> Path:
+def kubeconfig(path: Path, server: str, ca: Path, credentials: pki.Pair | str, user: str) -> Path:
+    """A kubeconfig for one user: a client certificate (pki.Pair) or a bearer token (str, e.g. a service account's)."""
+    if isinstance(credentials, str):
+        secret = f'{{token: "{credentials}"}}'
+    else:
+        secret = f'{{client-certificate: "{credentials.cert}", client-key: "{credentials.key}"}}'
     path.write_text(
         f"""apiVersion: v1
 kind: Config
@@ -49,7 +57,7 @@ clusters:
   cluster: {{server: "{server}", certificate-authority: "{ca}"}}
 users:
 - name: {user}
-  user: {{client-certificate: "{pair.cert}", client-key: "{pair.key}"}}
+  user: {secret}
 contexts:
 - name: {user}@testbed
   context: {{cluster: testbed, user: {user}, namespace: default}}
@@ -213,12 +221,22 @@ class Plane:
         self, *args: str, input: str | None = None, check: bool = True, timeout: float = 120
     ) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [str(BIN / "kubectl"), f"--kubeconfig={self.admin_kubeconfig}", *args],
+            [str(KUBECTL), f"--kubeconfig={self.admin_kubeconfig}", *args],
             input=input,
             capture_output=True,
             text=True,
             check=check,
             timeout=timeout,
+        )
+
+    def helm(self, *args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(HELM), f"--kubeconfig={self.admin_kubeconfig}", *args],
+            capture_output=True,
+            text=True,
+            check=check,
+            timeout=timeout,
+            env={**os.environ, "HELM_CACHE_HOME": str(self.directory / "helm"), "HELM_CONFIG_HOME": str(self.directory / "helm")},
         )
 
     def stop(self) -> float:

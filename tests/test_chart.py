@@ -1,0 +1,195 @@
+"""The Helm chart, with the real helm: lint, values schema, RBAC exactly the operator's rules, a restricted pod,
+the CRDs identical to crds/, and every documented option rendering objects the real API server accepts."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from kubetune_operator.rbac import RULES, scoped
+from kubetune_operator.settings import Settings
+
+from .cluster.plane import HELM
+from .conftest import ROOT
+
+CHART = ROOT / "charts" / "kubetune"
+THIRD_PARTY_CRDS = ROOT / ".cache" / "testbed" / "crds"
+
+# every option the chart documents in values.yaml, as `helm --set` arguments
+OPTIONS: dict[str, list[str]] = {
+    "defaults": [],
+    "namespaced": ["--set", "watchNamespaces={team-a,research}"],
+    "peering": ["--set", "peering.enabled=true", "--set", "replicas=2"],
+    "peering-namespaced": ["--set", "peering.enabled=true", "--set", "replicas=2", "--set", "watchNamespaces={team-a}"],
+    "service-monitor": ["--set", "metrics.serviceMonitor.enabled=true", "--set", "metrics.serviceMonitor.labels.release=prom"],
+    "irsa-and-placement": [
+        "--set-string",
+        "serviceAccount.annotations.eks\\.amazonaws\\.com/role-arn=arn:aws:iam::123456789012:role/kubetune",
+        "--set",
+        "nodeSelector.kubernetes\\.io/os=linux",
+        "--set",
+        "priorityClassName=system-cluster-critical",
+        "--set",
+        "logLevel=debug",
+        "--set",
+        "trainer.image=registry.internal/kubetune/trainer:0.1.0",
+    ],
+    "no-metrics-service": ["--set", "metrics.service.enabled=false"],
+}
+
+
+def helm(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    if not HELM.is_file():
+        pytest.fail(f"{HELM} is missing: run `make testbed` (hack/install-tools.py)")
+    return subprocess.run([str(HELM), *args], capture_output=True, text=True, check=check, timeout=60)
+
+
+def render(*values: str, namespace: str = "kubetune-system") -> list[dict[str, Any]]:
+    out = helm("template", "kt", str(CHART), "-n", namespace, *values).stdout
+    return [doc for doc in yaml.safe_load_all(out) if doc]
+
+
+def of_kind(docs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [doc for doc in docs if doc["kind"] == kind]
+
+
+def canonical(rules: list[dict[str, Any]]) -> list[tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]]:
+    return sorted((tuple(r["apiGroups"]), tuple(r["resources"]), tuple(r["verbs"])) for r in rules)
+
+
+def test_chart_crds_are_the_repository_crds() -> None:
+    shipped = {p.name: p.read_bytes() for p in (ROOT / "crds").glob("*.yaml")}
+    in_chart = {p.name: p.read_bytes() for p in (CHART / "crds").glob("*.yaml")}
+    assert in_chart == shipped, "charts/kubetune/crds differs from crds/: run `make generate`"
+
+
+@pytest.mark.parametrize("option", OPTIONS, ids=str)
+def test_lint_strict(option: str) -> None:
+    result = helm("lint", "--strict", str(CHART), *OPTIONS[option], check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_cluster_wide_rbac_is_exactly_the_operators_rules() -> None:
+    docs = render()
+    (role,) = of_kind(docs, "ClusterRole")
+    assert canonical(role["rules"]) == canonical(RULES)
+    assert not of_kind(docs, "Role")
+    (binding,) = of_kind(docs, "ClusterRoleBinding")
+    (account,) = of_kind(docs, "ServiceAccount")
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": account["metadata"]["name"], "namespace": "kubetune-system"}
+    ]
+
+
+def test_namespaced_rbac_grants_the_namespaced_rules_only_where_watched() -> None:
+    docs = render(*OPTIONS["namespaced"])
+    (cluster_role,) = of_kind(docs, "ClusterRole")
+    assert canonical(cluster_role["rules"]) == canonical(scoped(cluster=True))
+    roles = of_kind(docs, "Role")
+    assert sorted(r["metadata"]["namespace"] for r in roles) == ["research", "team-a"]
+    for role in roles:
+        assert canonical(role["rules"]) == canonical(scoped(cluster=False))
+    assert canonical(cluster_role["rules"] + roles[0]["rules"]) == canonical(RULES)
+    assert sorted(b["metadata"]["namespace"] for b in of_kind(docs, "RoleBinding")) == ["research", "team-a"]
+    assert not any("secrets" in r["resources"] for doc in docs for r in doc.get("rules", []))
+
+
+def _environment(deployment: dict[str, Any]) -> dict[str, str]:
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    return {e["name"]: e["value"] for e in container["env"]}
+
+
+def test_operator_pod_is_restricted_and_its_settings_reach_the_operator(monkeypatch: pytest.MonkeyPatch) -> None:
+    (deployment,) = of_kind(render(*OPTIONS["namespaced"], "--set", "syncSeconds=5"), "Deployment")
+    pod = deployment["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["seccompProfile"] == {
+        "type": "RuntimeDefault"
+    }
+    security = container["securityContext"]
+    assert security == {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True, "capabilities": {"drop": ["ALL"]}}
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    for probe in ("livenessProbe", "readinessProbe"):
+        assert container[probe]["httpGet"] == {"path": "/healthz", "port": "health"}
+    assert container["resources"]["limits"]["memory"] and container["resources"]["requests"]["cpu"]
+    assert container["args"] == ["operator"]  # the image's entry point is `kubetune`
+    assert deployment["spec"]["strategy"]["type"] == "Recreate"  # never two standalone operators at once
+    environment = _environment(deployment)
+    for key, value in environment.items():
+        monkeypatch.setenv(key, value)
+    settings = Settings.from_environ()
+    assert settings.namespaces == ("team-a", "research") and settings.sync_seconds == 5
+    assert (settings.health_port, settings.metrics_port) == (ports["health"], ports["metrics"])
+    assert settings.trainer_image == "ghcr.io/kubetune/trainer:0.1.0" and settings.peering == ""
+    read = set((ROOT / "operator" / "kubetune_operator" / "settings.py").read_text().split('"'))
+    assert set(environment) <= read, "the chart sets an environment variable the operator never reads"
+
+
+def test_peering_runs_a_standby_replica() -> None:
+    docs = render(*OPTIONS["peering"])
+    (deployment,) = of_kind(docs, "Deployment")
+    assert deployment["spec"]["replicas"] == 2 and _environment(deployment)["KUBETUNE_PEERING"] == "kubetune"
+    assert [d["metadata"]["name"] for d in of_kind(docs, "ClusterKopfPeering")] == ["kubetune"]
+    namespaced = render(*OPTIONS["peering-namespaced"])
+    assert [(d["metadata"]["namespace"], d["metadata"]["name"]) for d in of_kind(namespaced, "KopfPeering")] == [
+        ("team-a", "kubetune")
+    ]
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        (["--set", "replicas=2"], "more than 1 needs peering.enabled=true"),
+        (["--set", "replicas=-1"], "at '/replicas': minimum: got -1, want 0"),  # the words docs/platform.md shows
+        (["--set", "metrics.port=0"], "at '/metrics/port': minimum: got 0, want 1"),
+        (["--set", "image.pullPolicy=Sometimes"], "at '/image/pullPolicy': value must be one of"),
+        (["--set", "watchNamespaces={Team_A}"], "at '/watchNamespaces/0'"),
+        (["--set", "syncSeconds=0"], "at '/syncSeconds'"),
+        (["--set", "replica=2"], "additional properties 'replica' not allowed"),
+        (
+            ["--set", "metrics.serviceMonitor.enabled=true", "--set", "metrics.service.enabled=false"],
+            "needs metrics.service.enabled",
+        ),
+    ],
+    ids=lambda v: v if isinstance(v, str) else " ".join(v[1::2]),
+)
+def test_wrong_values_fail_with_the_field_and_what_is_allowed(values: list[str], message: str) -> None:
+    result = helm("template", "kt", str(CHART), *values, check=False)
+    assert result.returncode != 0 and message in result.stderr, result.stderr
+
+
+# --- against the real API server ---
+
+
+@pytest.fixture(scope="module")
+def third_party_crds(plane, crd) -> None:  # type: ignore[no-untyped-def]
+    """Kueue, Prometheus Operator, Argo CD and Flux CRDs from their Go modules (hack/build-testbed.sh)."""
+    files = sorted(THIRD_PARTY_CRDS.glob("*.yaml"))
+    assert len(files) >= 6, f"third-party CRDs missing from {THIRD_PARTY_CRDS}: run `make testbed`"
+    for path in files:
+        plane.kubectl("apply", "--server-side", "-f", str(path))
+    for path in files:
+        name = yaml.safe_load(path.read_text())["metadata"]["name"]
+        plane.kubectl("wait", "--for=condition=Established", f"crd/{name}", "--timeout=60s")
+    for namespace in ("argocd", "flux-system"):
+        plane.kubectl("create", "namespace", namespace, check=False)
+
+
+@pytest.mark.cluster
+@pytest.mark.parametrize("option", OPTIONS, ids=str)
+def test_rendered_chart_is_accepted_by_the_api_server(plane, third_party_crds, option: str) -> None:  # type: ignore[no-untyped-def]
+    rendered = helm("template", "kt", str(CHART), "-n", "kubetune-system", *OPTIONS[option]).stdout
+    result = plane.kubectl("apply", "--dry-run=server", "-f", "-", input=rendered, check=False)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("(server dry run)") == len([d for d in yaml.safe_load_all(rendered) if d])
+
+
+@pytest.mark.cluster
+@pytest.mark.parametrize("example", sorted((ROOT / "examples").glob("*/*.yaml")), ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_kueue_and_gitops_examples_are_accepted_by_the_api_server(plane, third_party_crds, example: Path) -> None:  # type: ignore[no-untyped-def]
+    result = plane.kubectl("apply", "--dry-run=server", "-f", str(example), check=False)
+    assert result.returncode == 0, result.stderr
