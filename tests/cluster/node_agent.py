@@ -288,10 +288,11 @@ class NodeAgent:
                         run.name,
                     ]
                 lines.append(f"{run.ip} {' '.join(names)}")
-        with self.hosts.open("r+" if self.hosts.exists() else "w") as handle:  # rewrite in place: bind mounts see it
-            handle.seek(0)
-            handle.write("\n".join(lines) + "\n")
-            handle.truncate()
+            # written under the lock too: two pods starting at once must not leave the older list behind
+            with self.hosts.open("r+" if self.hosts.exists() else "w") as handle:  # in place: bind mounts see it
+                handle.seek(0)
+                handle.write("\n".join(lines) + "\n")
+                handle.truncate()
 
     def _start_container(self, pod: Any, run: PodRun, container: Any, volumes: dict[str, Path], restarts: int = 0) -> Container:
         env = self._resolve_env(pod, container)
