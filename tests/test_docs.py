@@ -29,10 +29,9 @@ def test_benchmark_script_starts() -> None:
     import subprocess
     import sys
 
-    result = subprocess.run(
-        [sys.executable, "bench/trainer_bench.py", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=120
-    )
-    assert result.returncode == 0 and "side by side" in result.stdout
+    for script, words in (("bench/trainer_bench.py", "side by side"), ("bench/operator_bench.py", "baseline")):
+        result = subprocess.run([sys.executable, script, "--help"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0 and words in result.stdout, script
 
 
 def test_operator_doc_lists_every_rbac_rule() -> None:

@@ -19,6 +19,15 @@ def obj(phase: str | None, generation: int = 1, observed: int = 1, **status: Any
     return body
 
 
+WAITING = [
+    {
+        "type": "Running",
+        "status": "False",
+        "reason": "Unschedulable",
+        "message": "0/2 nodes are available: 2 Insufficient nvidia.com/gpu",
+    }
+]
+QUEUED = [{"type": "Queued", "status": "True", "reason": "WaitingForQueue", "message": "waiting for queue team-a-gpus"}]
 FAILED = [{"type": "Failed", "status": "True", "reason": "OutOfMemory", "message": "rank 0 ran out of GPU memory"}]
 
 
@@ -27,6 +36,12 @@ FAILED = [{"type": "Failed", "status": "True", "reason": "OutOfMemory", "message
     [
         (obj(None), ("Progressing", "Waiting for the kubetune operator"), "InProgress"),
         (obj("Pending"), ("Progressing", "Pending"), "InProgress"),
+        (
+            obj("Pending", conditions=WAITING),
+            ("Progressing", "Pending: 0/2 nodes are available: 2 Insufficient nvidia.com/gpu"),
+            "InProgress",
+        ),
+        (obj("Queued", conditions=QUEUED), ("Progressing", "Queued: waiting for queue team-a-gpus"), "InProgress"),
         (obj("Queued"), ("Progressing", "Queued"), "InProgress"),
         (obj("Running", progress={"summary": "40/100 (40%)"}), ("Progressing", "Running: 40/100 (40%)"), "InProgress"),
         (obj("Suspended"), ("Suspended", "runPolicy.suspend is true"), "InProgress"),

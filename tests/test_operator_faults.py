@@ -1,5 +1,6 @@
 """Faults: the operator killed right after a job arrives, and the API server frozen for a while. Neither loses the
-job's record or duplicates a child, and the operator keeps running."""
+job's record or duplicates a child, and the operator keeps running. With peering, a standby replica stays idle
+while the active one runs and takes over when it dies."""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ NAMESPACE = "faults"
 
 
 @pytest.fixture(scope="module")
-def start_operator(plane, crd, operator, operator_kubeconfig):  # type: ignore[no-untyped-def]
+def start_operator(plane, crd, operator, operator_kubeconfig, tmp_path_factory):  # type: ignore[no-untyped-def]
     """Start `kubetune operator` as a process watching only the faults namespace, as the chart's ServiceAccount."""
     plane.kubectl("create", "namespace", NAMESPACE, check=False)
     config = operator_kubeconfig
@@ -35,16 +36,18 @@ def start_operator(plane, crd, operator, operator_kubeconfig):  # type: ignore[n
         "KUBETUNE_METRICS_PORT": "0",
     }
     processes: list[subprocess.Popen[bytes]] = []
+    logs = tmp_path_factory.mktemp("operator-logs")
 
-    def start() -> subprocess.Popen[bytes]:
-        env["KUBETUNE_HEALTH_PORT"] = str(free_port())
+    def start(**extra: str) -> subprocess.Popen[bytes]:
+        log = logs / f"operator-{len(processes)}.log"
         process = subprocess.Popen(
             [sys.executable, "-m", "kubetune_cli", "operator"],
-            env=env,
+            env={**env, "KUBETUNE_HEALTH_PORT": str(free_port()), **extra},
             cwd=ROOT,
             stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+            stderr=log.open("w"),
         )
+        process.log = log  # type: ignore[attr-defined]
         processes.append(process)
         return process
 
@@ -100,3 +103,28 @@ def test_api_server_frozen_for_a_while(plane, start_operator) -> None:  # type: 
     )
     assert json.dumps(settled["status"])
     assert running.poll() is None, "the operator exited during the outage"
+
+
+def test_standby_replica_takes_over_when_the_active_one_dies(plane, start_operator) -> None:  # type: ignore[no-untyped-def]
+    start_operator.stop_all()
+    peering = {"apiVersion": "kopf.dev/v1", "kind": "KopfPeering", "metadata": {"name": "kubetune", "namespace": NAMESPACE}}
+    plane.kubectl("apply", "-f", "-", input=dump(peering))  # what the chart creates with peering.enabled
+    replica = {"KUBETUNE_PEERING": "kubetune", "KUBETUNE_PEERING_LIFETIME": "10"}
+    standby = start_operator(**replica)
+    time.sleep(3)
+    active = start_operator(**replica)  # newer, so higher priority: it becomes active and the first one pauses
+    wait_for("the older replica to stand by", lambda: "Pausing" in standby.log.read_text(), timeout=60)
+    body = job(**{"metadata.name": "peered", "metadata.namespace": NAMESPACE, "spec.workers": {"gpusPerWorker": 16}})
+    plane.kubectl("apply", "-f", "-", input=dump(body))
+    wait_for("the active replica", lambda: (ftj(plane, "peered", NAMESPACE).get("status") or {}).get("phase") == "Pending")
+    assert "peered" not in standby.log.read_text(), "the standby acted while the active replica was alive"
+    active.send_signal(signal.SIGKILL)
+    active.wait()
+    body = job(**{"metadata.name": "taken-over", "metadata.namespace": NAMESPACE, "spec.workers": {"gpusPerWorker": 16}})
+    plane.kubectl("apply", "-f", "-", input=dump(body))
+    wait_for(
+        "the standby to take over",
+        lambda: (ftj(plane, "taken-over", NAMESPACE).get("status") or {}).get("phase") == "Pending",
+        timeout=90,
+    )
+    assert standby.poll() is None and "Resuming" in standby.log.read_text()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import json
 import os
 import threading
 import time
@@ -38,12 +39,23 @@ class Api:
 
 
 API = Api()
-_SERIALIZER = client.ApiClient()
 
 
-def _plain(obj: Any) -> Any:
-    """A client object as the API server's JSON (camelCase dicts), for the pure status functions."""
-    return _SERIALIZER.sanitize_for_serialization(obj)
+def _raw(fn: Any, *args: Any, **kwargs: Any) -> bytes:
+    """Call the API and return the response's bytes, skipping the client's models (they cost more CPU than the
+    rest of a sync). The body is read and the connection given back to the pool, or the next call would
+    open a new TLS connection."""
+    response = fn(*args, _preload_content=False, **kwargs)
+    try:
+        return bytes(response.data)
+    finally:
+        response.release_conn()
+
+
+def _json(fn: Any, *args: Any, **kwargs: Any) -> Any:
+    """A read as the API server's JSON, or None for 404."""
+    data = _read(_raw, fn, *args, **kwargs)
+    return None if data is None else json.loads(data)
 
 
 @kopf.on.startup()
@@ -52,12 +64,20 @@ def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
         config.load_incluster_config()
     except config.ConfigException:
         config.load_kube_config(config_file=os.environ.get("KUBECONFIG"))  # read now, not at import time
-    API.core, API.batch, API.custom = client.CoreV1Api(), client.BatchV1Api(), client.CustomObjectsApi()
+    configuration = client.Configuration.get_default_copy()
+    configuration.connection_pool_maxsize = SETTINGS.workers  # one kept-alive connection per sync thread
+    api = client.ApiClient(configuration)
+    API.core, API.batch, API.custom = client.CoreV1Api(api), client.BatchV1Api(api), client.CustomObjectsApi(api)
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="kopf.kubetune.dev")
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix="kopf.kubetune.dev")
     settings.posting.level = 40  # kopf's own log lines stay out of Events; ours are posted explicitly
     settings.watching.server_timeout = 120
     settings.networking.request_timeout = 60
+    # a sync mostly waits on the API server, so more threads than cores keep a burst of new jobs moving
+    settings.execution.max_workers = SETTINGS.workers
+    # a per-object worker (and the last body it holds) ends this long after the object's last event: short, so a
+    # burst of a thousand new jobs does not keep a thousand bodies of each kind in memory at once
+    settings.batching.idle_timeout = SETTINGS.idle_seconds
     if SETTINGS.peering:
         settings.peering.name = SETTINGS.peering
         settings.peering.mandatory = True
@@ -78,6 +98,11 @@ def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
 
 @kopf.on.create(GROUP, VERSION, PLURAL)
 @kopf.on.resume(GROUP, VERSION, PLURAL)
+def first_seen(*, name: str, namespace: str | None, body: kopf.Body, **_: Any) -> None:
+    """A new job, or every job when the operator starts: the watch's body is current, so it is not read again."""
+    sync(namespace or "default", name, dict(body))
+
+
 @kopf.on.update(GROUP, VERSION, PLURAL)
 def reconcile(*, name: str, namespace: str | None, **_: Any) -> None:
     sync(namespace or "default", name)
@@ -137,27 +162,32 @@ def _event(body: dict[str, Any], reason: str, message: str, warning: bool = Fals
         source=client.V1EventSource(component="kubetune-operator"),
     )
     with contextlib.suppress(client.ApiException):  # an Event is best effort; the status carries the same words
-        API.core.create_namespaced_event(meta["namespace"], event)
+        _raw(API.core.create_namespaced_event, meta["namespace"], event)
 
 
-def _ensure(plan: Plan, obj: dict[str, Any]) -> None:
-    """Create a ConfigMap or Service, or put back what someone changed by hand."""
+def _ensure(plan: Plan, obj: dict[str, Any], fresh: bool) -> None:
+    """Create a ConfigMap or Service, or put back what someone changed by hand. For a new gang (fresh) it is
+    created straight away; only if it exists already is it read and compared."""
     kind, name = obj["kind"], obj["metadata"]["name"]
-    read = API.core.read_namespaced_config_map if kind == "ConfigMap" else API.core.read_namespaced_service
-    current = _read(read, name, plan.namespace)
+    core = API.core
+    create = core.create_namespaced_config_map if kind == "ConfigMap" else core.create_namespaced_service
+    read = core.read_namespaced_config_map if kind == "ConfigMap" else core.read_namespaced_service
+    patch = core.patch_namespaced_config_map if kind == "ConfigMap" else core.patch_namespaced_service
+    current = None if fresh else _json(read, name, plan.namespace)
     if current is None:
-        create = API.core.create_namespaced_config_map if kind == "ConfigMap" else API.core.create_namespaced_service
         try:
-            create(plan.namespace, obj)
+            _raw(create, plan.namespace, obj)
+            return
         except client.ApiException as exc:
             if exc.status != 409:
                 raise kopf.TemporaryError(f"cannot create {kind} {name}: {exc.reason}", delay=5) from exc
-        return
-    patch = API.core.patch_namespaced_config_map if kind == "ConfigMap" else API.core.patch_namespaced_service
-    if kind == "ConfigMap" and current.data != obj["data"]:
-        patch(name, plan.namespace, {"data": obj["data"]})
-    elif kind == "Service" and (current.spec.selector or {}) != obj["spec"]["selector"]:
-        patch(name, plan.namespace, {"spec": {"selector": obj["spec"]["selector"]}})
+        current = _json(read, name, plan.namespace)
+        if current is None:
+            raise kopf.TemporaryError(f"{kind} {name} exists and does not: retrying", delay=1)
+    if kind == "ConfigMap" and current.get("data") != obj["data"]:
+        _raw(patch, name, plan.namespace, {"data": obj["data"]})
+    elif kind == "Service" and ((current.get("spec") or {}).get("selector") or {}) != obj["spec"]["selector"]:
+        _raw(patch, name, plan.namespace, {"spec": {"selector": obj["spec"]["selector"]}})
 
 
 def _write_status(body: dict[str, Any], new: dict[str, Any]) -> None:
@@ -167,7 +197,7 @@ def _write_status(body: dict[str, Any], new: dict[str, Any]) -> None:
     meta = body["metadata"]
     patch = {"status": {**{k: None for k in old if k not in new}, **new}}
     try:
-        API.custom.patch_namespaced_custom_object_status(GROUP, VERSION, meta["namespace"], PLURAL, meta["name"], patch)
+        _raw(API.custom.patch_namespaced_custom_object_status, GROUP, VERSION, meta["namespace"], PLURAL, meta["name"], patch)
     except client.ApiException as exc:
         if exc.status != 404:
             raise kopf.TemporaryError(f"cannot write status: {exc.reason}", delay=5) from exc
@@ -204,17 +234,18 @@ def invalid_status(status: dict[str, Any], message: str, generation: int | None)
     return {**status, "phase": Phase.FAILED.value, "conditions": conditions, "observedGeneration": generation}
 
 
-def sync(namespace: str, name: str) -> None:
+def sync(namespace: str, name: str, body: dict[str, Any] | None = None) -> None:
     with _locks[f"{namespace}/{name}"]:
         started = time.monotonic()
         try:
-            _sync(namespace, name)
+            _sync(namespace, name, body)
         finally:
             metrics.reconciled(time.monotonic() - started)
 
 
-def _sync(namespace: str, name: str) -> None:
-    body = _read(API.custom.get_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL, name)
+def _sync(namespace: str, name: str, body: dict[str, Any] | None) -> None:
+    if body is None:
+        body = _read(API.custom.get_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL, name)
     if body is None or body["metadata"].get("deletionTimestamp"):
         return
     status: dict[str, Any] = dict(body.get("status") or {})
@@ -238,15 +269,14 @@ def _sync(namespace: str, name: str) -> None:
         started = datetime.datetime.strptime(status["startTime"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=datetime.UTC)
         elapsed = (datetime.datetime.now(datetime.UTC) - started).total_seconds()
     plan = make_plan(body, result.job, SETTINGS, restarts, elapsed)
-    _ensure(plan, builders.build_configmap(plan))
-    _ensure(plan, builders.build_service(plan))
-    job = _read(API.batch.read_namespaced_job, plan.job_name, namespace)
-    job_dict = _plain(job) if job is not None else None
+    job = _json(API.batch.read_namespaced_job, plan.job_name, namespace)
+    _ensure(plan, builders.build_configmap(plan), fresh=job is None)
+    _ensure(plan, builders.build_service(plan), fresh=job is None)
     pods = []
     if job is not None:
-        listed = _read(API.core.list_namespaced_pod, namespace, label_selector=f"{JOB_NAME_LABEL}={name}")
-        pods = [_plain(p) for p in (listed.items if listed else [])]
-    obs = observe(job_dict, pods, plan.workers)
+        listed = _json(API.core.list_namespaced_pod, namespace, label_selector=f"{JOB_NAME_LABEL}={name}")
+        pods = list((listed or {}).get("items") or [])
+    obs = observe(job, pods, plan.workers)
     new["workers"] = {"ready": obs.ready, "total": plan.workers}
     spec = result.job.spec
 
@@ -262,7 +292,7 @@ def _sync(namespace: str, name: str) -> None:
             )
         else:
             try:
-                API.batch.create_namespaced_job(namespace, builders.build_job(plan))
+                _raw(API.batch.create_namespaced_job, namespace, builders.build_job(plan))
             except client.ApiException as exc:
                 if exc.status != 409:
                     raise kopf.TemporaryError(f"cannot create Job {plan.job_name}: {exc.reason}", delay=5) from exc

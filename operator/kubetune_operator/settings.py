@@ -15,6 +15,8 @@ class Settings:
     peering: str = ""  # a peering name for a standby replica; empty runs standalone
     peering_lifetime: int = 60  # seconds a silent active replica keeps its claim before a standby takes over
     health_port: int = 8080
+    workers: int = 8  # threads that run syncs at once; each waits on the API server most of its time
+    idle_seconds: float = 1.0  # how long Kopf keeps an object's worker (and its last body) after its last event
     metrics_port: int = 9090
 
     @classmethod
@@ -29,5 +31,7 @@ class Settings:
             peering=env.get("KUBETUNE_PEERING", ""),
             peering_lifetime=int(env.get("KUBETUNE_PEERING_LIFETIME", cls.peering_lifetime)),
             health_port=int(env.get("KUBETUNE_HEALTH_PORT", cls.health_port)),
+            workers=int(env.get("KUBETUNE_WORKERS", cls.workers)),
+            idle_seconds=float(env.get("KUBETUNE_IDLE_SECONDS", cls.idle_seconds)),
             metrics_port=int(env.get("KUBETUNE_METRICS_PORT", cls.metrics_port)),
         )
