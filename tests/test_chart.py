@@ -3,6 +3,8 @@ the CRDs identical to crds/, and every documented option rendering objects the r
 
 from __future__ import annotations
 
+import json
+import re
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -116,7 +118,12 @@ def test_operator_pod_is_restricted_and_its_settings_reach_the_operator(monkeypa
     for probe in ("livenessProbe", "readinessProbe"):
         assert container[probe]["httpGet"] == {"path": "/healthz", "port": "health"}
     assert container["resources"]["limits"]["memory"] and container["resources"]["requests"]["cpu"]
-    assert container["args"] == ["operator"]  # the image's entry point is `kubetune`
+    # the command and user are the operator image's (the Dockerfile's `operator` stage)
+    operator_stage = (ROOT / "Dockerfile").read_text().split("AS operator")[1].split("\nFROM ")[0]
+    entrypoint = json.loads(re.search(r"^ENTRYPOINT (.*)$", operator_stage, flags=re.MULTILINE).group(1))  # type: ignore[union-attr]
+    user = re.search(r"^USER (\d+):(\d+)$", operator_stage, flags=re.MULTILINE)
+    assert container["command"] == entrypoint and "args" not in container
+    assert user and (pod["securityContext"]["runAsUser"], pod["securityContext"]["runAsGroup"]) == (int(user[1]), int(user[2]))
     assert deployment["spec"]["strategy"]["type"] == "Recreate"  # never two standalone operators at once
     environment = _environment(deployment)
     for key, value in environment.items():
@@ -127,6 +134,12 @@ def test_operator_pod_is_restricted_and_its_settings_reach_the_operator(monkeypa
     assert settings.trainer_image == "ghcr.io/kubetune/trainer:0.1.0" and settings.peering == ""
     read = set((ROOT / "operator" / "kubetune_operator" / "settings.py").read_text().split('"'))
     assert set(environment) <= read, "the chart sets an environment variable the operator never reads"
+
+
+def test_debug_logging_adds_the_verbose_flag() -> None:
+    (deployment,) = of_kind(render("--set", "logLevel=debug"), "Deployment")
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    assert container["command"] == ["kubetune", "operator"] and container["args"] == ["--verbose"]
 
 
 def test_peering_runs_a_standby_replica() -> None:
@@ -193,3 +206,29 @@ def test_rendered_chart_is_accepted_by_the_api_server(plane, third_party_crds, o
 def test_kueue_and_gitops_examples_are_accepted_by_the_api_server(plane, third_party_crds, example: Path) -> None:  # type: ignore[no-untyped-def]
     result = plane.kubectl("apply", "--dry-run=server", "-f", str(example), check=False)
     assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.cluster
+def test_upgrade_and_uninstall_as_documented(plane, crd) -> None:  # type: ignore[no-untyped-def]
+    """docs/platform.md: CRDs first, then `helm upgrade --reuse-values`; `helm uninstall` leaves CRDs and jobs."""
+    from kubetune_api.manifests import dump
+
+    from .conftest import RELEASE, RELEASE_NAMESPACE, job
+
+    plane.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CHART / "crds"))
+    plane.helm("upgrade", RELEASE, str(CHART), "-n", RELEASE_NAMESPACE, "--reuse-values")
+    upgraded = json.loads(plane.helm("status", RELEASE, "-n", RELEASE_NAMESPACE, "-o", "json").stdout)
+    assert upgraded["info"]["status"] == "deployed" and upgraded["version"] >= 2
+    # a second release watching one namespace, then removed: its RBAC goes, the CRDs and the jobs stay
+    plane.kubectl("create", "namespace", "chart-tenant", check=False)
+    plane.helm(
+        "install", "second", str(CHART), "-n", "second-system", "--create-namespace",
+        "--set", "replicas=0", "--set", "watchNamespaces={chart-tenant}",
+    )  # fmt: skip
+    assert plane.kubectl("get", "role/second-kubetune", "-n", "chart-tenant", check=False).returncode == 0
+    plane.kubectl("apply", "-f", "-", input=dump(job(**{"metadata.name": "kept", "metadata.namespace": "chart-tenant"})))
+    plane.helm("uninstall", "second", "-n", "second-system")
+    assert plane.kubectl("get", "role/second-kubetune", "-n", "chart-tenant", check=False).returncode != 0
+    assert plane.kubectl("get", "clusterrole/second-kubetune", check=False).returncode != 0
+    assert plane.kubectl("get", "crd/finetunejobs.kubetune.dev", check=False).returncode == 0
+    assert plane.kubectl("get", "ftj/kept", "-n", "chart-tenant", check=False).returncode == 0
