@@ -3,6 +3,7 @@ the CRDs identical to crds/, and every documented option rendering objects the r
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 import subprocess
@@ -41,6 +42,7 @@ OPTIONS: dict[str, list[str]] = {
         "trainer.image=registry.internal/kubetune/trainer:0.1.0",
     ],
     "no-metrics-service": ["--set", "metrics.service.enabled=false"],
+    "webhook": ["--set", "webhook.enabled=true", "--set", "watchNamespaces={team-a}"],
 }
 
 
@@ -134,6 +136,35 @@ def test_operator_pod_is_restricted_and_its_settings_reach_the_operator(monkeypa
     assert settings.trainer_image == "ghcr.io/kubetune/trainer:0.1.0" and settings.peering == ""
     read = set((ROOT / "operator" / "kubetune_operator" / "settings.py").read_text().split('"'))
     assert set(environment) <= read, "the chart sets an environment variable the operator never reads"
+
+
+def test_webhook_serves_the_operators_handler_with_a_certificate_for_its_service(monkeypatch: pytest.MonkeyPatch) -> None:
+    from cryptography import x509
+
+    docs = render(*OPTIONS["webhook"])
+    (configuration,) = of_kind(docs, "ValidatingWebhookConfiguration")
+    (hook,) = configuration["webhooks"]
+    (secret,) = [d for d in of_kind(docs, "Secret") if d["type"] == "kubernetes.io/tls"]
+    (deployment,) = of_kind(docs, "Deployment")
+    service = hook["clientConfig"]["service"]
+    # Kopf serves each handler at its id (read, not imported: importing registers the handler in this process)
+    assert (
+        service["path"] == "/validate"
+        and 'id="validate"' in (ROOT / "operator" / "kubetune_operator" / "admission.py").read_text()
+    )
+    assert hook["namespaceSelector"]["matchExpressions"][0]["values"] == ["team-a"] and hook["sideEffects"] == "None"
+    certificate = x509.load_pem_x509_certificate(base64.b64decode(secret["data"]["tls.crt"]))
+    authority = x509.load_pem_x509_certificate(base64.b64decode(hook["clientConfig"]["caBundle"]))
+    certificate.verify_directly_issued_by(authority)
+    names = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(x509.DNSName)
+    assert f"{service['name']}.kubetune-system.svc" in names
+    pod = deployment["spec"]["template"]["spec"]
+    assert {"name": "webhook-tls", "secret": {"secretName": secret["metadata"]["name"]}} in pod["volumes"]
+    for key, value in _environment(deployment).items():
+        monkeypatch.setenv(key, value)
+    settings = Settings.from_environ()
+    assert settings.webhook_port == 9443 and settings.webhook_cert == "/etc/kubetune/webhook/tls.crt"
+    assert {"name": "webhook", "containerPort": 9443} in pod["containers"][0]["ports"]
 
 
 def test_debug_logging_adds_the_verbose_flag() -> None:

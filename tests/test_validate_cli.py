@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
 import pytest
 
@@ -138,3 +139,33 @@ def test_crd_command_prints_the_checked_in_crd() -> None:
     result = kubetune("crd")
     assert result.returncode == 0
     assert result.stdout == CRD_FILE.read_text()
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "overlap"),
+    [
+        ("s3://out/x/", "s3://out/x/", True),
+        ("s3://out/x/", "s3://out/x/run-2/", True),
+        ("s3://out/x", "s3://out/x/", True),
+        ("s3://out/x/", "s3://out/xy/", False),
+        ("s3://out/x/", "s3://other/x/", False),
+    ],
+)
+def test_overlapping_outputs(a: str, b: str, overlap: bool) -> None:
+    from kubetune_api.outputs import overlaps
+
+    assert overlaps(a, b) is overlap and overlaps(b, a) is overlap
+
+
+def test_manifests_validated_together_need_outputs_of_their_own(tmp_path: Path) -> None:
+    first = job(**{"metadata.name": "first", "spec.output": {"uri": "s3://adapters/shared/"}})
+    second = job(**{"metadata.name": "second", "metadata.namespace": "team-b", "spec.output": {"uri": "s3://adapters/shared/x/"}})
+    (tmp_path / "a.yaml").write_bytes(dump(first))
+    (tmp_path / "b.yaml").write_bytes(dump(second))
+    result = kubetune("validate", str(tmp_path))
+    assert result.returncode == 1
+    assert (
+        "b.yaml:1 (second): spec.output.uri: overlaps the output of FineTuneJob default/first (s3://adapters/shared/); "
+        "each job needs an output prefix of its own (got s3://adapters/shared/x/)"
+    ) in result.stdout
+    assert kubetune("validate", str(tmp_path / "a.yaml")).returncode == 0  # alone, each is fine

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from kubetune_api.manifests import MAX_BYTES
+from kubetune_api.outputs import conflict
 from kubetune_api.validate import Result, validate_bytes
 
 MANIFEST_SUFFIXES = (".yaml", ".yml", ".json")
@@ -48,6 +49,21 @@ def _text(result: Result) -> list[str]:
     return [f"{where}: {problem}" for problem in result.problems]
 
 
+def _check_outputs(results: list[Result]) -> None:
+    """Manifests validated together (a GitOps folder) must not share an output prefix: a later one that overlaps
+    an earlier one gets the problem, in the admission webhook's words."""
+    seen: list[tuple[str, str]] = []
+    for result in results:
+        if result.job is None:
+            continue
+        meta = result.job.metadata  # plain metadata, as given
+        uri = result.job.spec.output.uri
+        problem = conflict(uri, seen)
+        if problem is not None:
+            result.problems.append(problem)
+        seen.append((f"{meta.get('namespace') or 'default'}/{meta.get('name')}", uri))
+
+
 def run(args: argparse.Namespace) -> int:
     files, io_errors = _expand(args.files)
     results: list[Result] = []
@@ -58,6 +74,7 @@ def run(args: argparse.Namespace) -> int:
             io_errors.append(f"{name}: {exc.strerror or exc}")
             continue
         results += validate_bytes(data, "<stdin>" if name == "-" else name)
+    _check_outputs(results)
     invalid = sum(1 for r in results if not r.valid)
     if args.output == "json":
         report = {"valid": not invalid and not io_errors, "results": [r.to_dict() for r in results], "ioErrors": io_errors}

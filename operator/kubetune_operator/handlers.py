@@ -87,6 +87,11 @@ def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
         settings.peering.priority = time.time_ns() // 1_000_000 % 2**31
     else:
         settings.peering.standalone = True
+    if SETTINGS.webhook_port:  # the chart's ValidatingWebhookConfiguration points its Service here
+        settings.admission.server = kopf.WebhookServer(
+            addr="0.0.0.0", port=SETTINGS.webhook_port, certfile=SETTINGS.webhook_cert, pkeyfile=SETTINGS.webhook_key
+        )
+        settings.admission.managed = None
     metrics.serve(SETTINGS.metrics_port)
 
 
@@ -419,3 +424,7 @@ def _expire(body: dict[str, Any], status: dict[str, Any]) -> None:
     if (datetime.datetime.now(datetime.UTC) - finished).total_seconds() >= ttl:
         meta = body["metadata"]
         _read(API.custom.delete_namespaced_custom_object, GROUP, VERSION, meta["namespace"], PLURAL, meta["name"])
+
+
+if SETTINGS.webhook_port:
+    from . import admission  # noqa: F401  (registers the webhook's handlers only when it is served)

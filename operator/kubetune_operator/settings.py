@@ -15,6 +15,9 @@ class Settings:
     peering: str = ""  # a peering name for a standby replica; empty runs standalone
     peering_lifetime: int = 60  # seconds a silent active replica keeps its claim before a standby takes over
     health_port: int = 8080
+    webhook_port: int = 0  # the validating webhook's HTTPS port; 0: no webhook
+    webhook_cert: str = "/etc/kubetune/webhook/tls.crt"
+    webhook_key: str = "/etc/kubetune/webhook/tls.key"
     workers: int = 8  # threads that run syncs at once; each waits on the API server most of its time
     idle_seconds: float = 1.0  # how long Kopf keeps an object's worker (and its last body) after its last event
     metrics_port: int = 9090
@@ -32,6 +35,9 @@ class Settings:
             peering_lifetime=int(env.get("KUBETUNE_PEERING_LIFETIME", cls.peering_lifetime)),
             health_port=int(env.get("KUBETUNE_HEALTH_PORT", cls.health_port)),
             workers=int(env.get("KUBETUNE_WORKERS", cls.workers)),
+            webhook_port=int(env.get("KUBETUNE_WEBHOOK_PORT", cls.webhook_port)),
+            webhook_cert=env.get("KUBETUNE_WEBHOOK_CERT", cls.webhook_cert),
+            webhook_key=env.get("KUBETUNE_WEBHOOK_KEY", cls.webhook_key),
             idle_seconds=float(env.get("KUBETUNE_IDLE_SECONDS", cls.idle_seconds)),
             metrics_port=int(env.get("KUBETUNE_METRICS_PORT", cls.metrics_port)),
         )

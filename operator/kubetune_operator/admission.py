@@ -1,0 +1,37 @@
+"""The optional validating webhook (on when KUBETUNE_WEBHOOK_PORT is set; the chart's `webhook.enabled`).
+
+Every rule of a single FineTuneJob is already in the CRD's schema and CEL, which the API server checks before any
+webhook; the webhook runs the same validation as `kubetune validate` once more, and adds the one rule that spans
+objects: no two FineTuneJobs write to overlapping output prefixes, in the words `kubetune validate` uses for
+manifests in one folder."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import kopf
+
+from kubetune_api import validate_object
+from kubetune_api.names import GROUP, PLURAL, VERSION
+from kubetune_api.outputs import conflict
+
+
+@kopf.index(GROUP, VERSION, PLURAL)
+def outputs(*, name: str, namespace: str | None, spec: kopf.Spec, **_: Any) -> dict[str, str]:
+    """Every watched job's output prefix, kept in memory from the watch: admission needs no API call."""
+    uri = (spec.get("output") or {}).get("uri")
+    return {f"{namespace}/{name}": uri} if uri else {}
+
+
+@kopf.on.validate(GROUP, VERSION, PLURAL, operations=["CREATE"], id="validate")
+def admit(*, body: kopf.Body, **kwargs: Any) -> None:
+    index: kopf.Index[str, str] = kwargs["outputs"]  # the index above, passed by name
+    meta = body.get("metadata") or {}
+    result = validate_object(dict(body), source=f"{meta.get('namespace')}/{meta.get('name')}")
+    if result.job is None:
+        raise kopf.AdmissionError("; ".join(str(problem) for problem in result.problems), code=422)
+    me = f"{meta.get('namespace')}/{meta.get('name')}"
+    others = [(who, uri) for who, uris in index.items() if who != me for uri in uris]
+    problem = conflict(result.job.spec.output.uri, others)
+    if problem is not None:
+        raise kopf.AdmissionError(str(problem), code=409)
