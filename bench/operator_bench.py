@@ -79,7 +79,8 @@ def events(list_fn: Callable[..., Any], *args: Any, done: threading.Event) -> It
 
 @dataclass
 class Burst:
-    accepted: float = 0.0
+    accepted: float = 0.0  # seconds the API server took to accept the burst
+    accepted_at: float = 0.0  # monotonic time the last create returned
     created: dict[str, float] = field(default_factory=dict)
     children: dict[str, float] = field(default_factory=dict)
     settled: dict[str, float] = field(default_factory=dict)
@@ -149,7 +150,7 @@ def run_burst(plane: Plane, namespace: str, jobs: int, overrides: dict[str, str]
         with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as response:
             lines = response.read().decode().splitlines()
         result.reconcile = reconcile_summary(lines)
-        result.accepted_at = started + result.accepted  # type: ignore[attr-defined]
+        result.accepted_at = started + result.accepted
         return result
     finally:
         done.set()
@@ -177,8 +178,7 @@ def reconcile_summary(lines: list[str]) -> str:
 def report(label: str, jobs: int, burst: Burst) -> dict[str, float]:
     to_children = [burst.children[n] - t for n, t in burst.created.items() if n in burst.children]
     to_settled = [burst.settled[n] - t for n, t in burst.created.items() if n in burst.settled]
-    accepted_at = burst.accepted_at  # type: ignore[attr-defined]
-    after_burst = max(burst.settled.values(), default=accepted_at) - accepted_at
+    after_burst = max(burst.settled.values(), default=burst.accepted_at) - burst.accepted_at
     print(f"{label}: {jobs} FineTuneJobs created in {burst.accepted:.1f}s from 8 threads")
     for name, values in (("create -> children created", to_children), ("create -> settled status", to_settled)):
         if values:

@@ -30,7 +30,3 @@ CLUSTER_SCOPED = frozenset({"customresourcedefinitions", "namespaces", "clusterk
 def scoped(cluster: bool) -> list[dict[str, Any]]:
     """The rules on cluster-scoped resources (cluster=True) or on namespaced ones; each rule is one or the other."""
     return [rule for rule in RULES if all(r.split("/")[0] in CLUSTER_SCOPED for r in rule["resources"]) == cluster]
-
-
-def cluster_role(name: str = "kubetune-operator") -> dict[str, Any]:
-    return {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole", "metadata": {"name": name}, "rules": RULES}

@@ -217,27 +217,27 @@ class Plane:
         plane.timings["ready"] = time.monotonic() - started
         return plane
 
-    def kubectl(
-        self, *args: str, input: str | None = None, check: bool = True, timeout: float = 120
+    def _as_admin(
+        self, tool: Path, args: tuple[str, ...], input: str | None, check: bool, timeout: float, env: dict[str, str] | None = None
     ) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [str(KUBECTL), f"--kubeconfig={self.admin_kubeconfig}", *args],
+            [str(tool), f"--kubeconfig={self.admin_kubeconfig}", *args],
             input=input,
             capture_output=True,
             text=True,
             check=check,
             timeout=timeout,
+            env=env,
         )
 
+    def kubectl(
+        self, *args: str, input: str | None = None, check: bool = True, timeout: float = 120
+    ) -> subprocess.CompletedProcess[str]:
+        return self._as_admin(KUBECTL, args, input, check, timeout)
+
     def helm(self, *args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [str(HELM), f"--kubeconfig={self.admin_kubeconfig}", *args],
-            capture_output=True,
-            text=True,
-            check=check,
-            timeout=timeout,
-            env={**os.environ, "HELM_CACHE_HOME": str(self.directory / "helm"), "HELM_CONFIG_HOME": str(self.directory / "helm")},
-        )
+        home = str(self.directory / "helm")  # helm's cache and config stay with this cluster
+        return self._as_admin(HELM, args, None, check, timeout, {**os.environ, "HELM_CACHE_HOME": home, "HELM_CONFIG_HOME": home})
 
     def stop(self) -> float:
         """Stop every component and wait for them (SIGKILL after 5 s: the data is throw-away); returns the seconds it took."""
