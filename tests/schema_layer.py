@@ -12,11 +12,17 @@ from typing import Any
 import celpy
 import jsonschema
 
+from kubetune_api._types import quantity_value
 from kubetune_api.crd import object_schema
 from kubetune_api.validate import drop_nulls
 
 _CEL = celpy.Environment()
 _PROGRAMS: dict[str, Any] = {}
+# Kubernetes' CEL quantity library, as far as the CRD's rules use it
+_FUNCTIONS = {
+    "quantity": lambda text: celpy.celtypes.DoubleType(quantity_value(str(text))),
+    "compareTo": lambda a, b: celpy.celtypes.IntType((a > b) - (a < b)),
+}
 
 
 def apply_defaults(schema: dict[str, Any], value: Any) -> Any:
@@ -76,7 +82,7 @@ def _cel_error_paths(schema: dict[str, Any], value: Any, where: list[Any]) -> li
             continue  # a transition rule: only checked on update, against the stored object
         program = _PROGRAMS.get(rule["rule"])
         if program is None:
-            program = _PROGRAMS[rule["rule"]] = _CEL.program(_CEL.compile(rule["rule"]))
+            program = _PROGRAMS[rule["rule"]] = _CEL.program(_CEL.compile(rule["rule"]), functions=_FUNCTIONS)
         if not bool(program.evaluate({"self": celpy.json_to_cel(value)})):
             paths.append(_path(where) + rule.get("fieldPath", "") if where else rule.get("fieldPath", "").lstrip("."))
     return paths

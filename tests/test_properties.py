@@ -12,6 +12,9 @@ from kubetune_api import validate_bytes, validate_object
 from kubetune_api.crd import object_schema
 
 from .conftest import MINIMAL, dump
+
+# messages of the checks pydantic makes (offline, in the operator's status and in the webhook) that the CRD cannot
+BEYOND_CRD = ("or example.com/device", "at most 63 letters, digits, '-', '_' or '.'")
 from .schema_layer import error_paths
 
 
@@ -73,6 +76,9 @@ def test_generated_specs_agree_across_layers(changes: list[tuple[tuple[str, ...]
     again = validate_bytes(dump(body), "gen")[0]
     assert [str(p) for p in again.problems] == [str(p) for p in result.problems]  # YAML round trip changes nothing
     server = error_paths(body)
+    if not result.valid and not server:  # only the map-key checks are beyond what CEL may cost in the CRD
+        assert all(p.message.endswith(BEYOND_CRD) for p in result.problems), (body, result.problems)
+        return
     assert result.valid == (not server), (body, result.problems, server)
     if not result.valid:
         assert {p.path for p in result.problems} & set(server), (result.problems, server)

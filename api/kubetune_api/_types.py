@@ -19,6 +19,7 @@ DNS_LABEL_PATTERN = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
 DNS_SUBDOMAIN_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 QUANTITY_PATTERN = r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+|[KMGTPE]i|[numkMGTPE])?$"
 ENV_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_.-]*$"
+ENDPOINT_PATTERN = r"^https?://[^\s/@?#]+(/[^\s@?#]*)?$"
 
 
 def _matcher(pattern: str, what: str) -> AfterValidator:
@@ -59,6 +60,14 @@ DnsSubdomain = Annotated[
     Field(json_schema_extra={"pattern": DNS_SUBDOMAIN_PATTERN}, min_length=1, max_length=253),
     _matcher(DNS_SUBDOMAIN_PATTERN, "a Kubernetes object name: lowercase letters, digits, '-' and '.'"),
 ]
+Endpoint = Annotated[
+    StrictStr,
+    Field(json_schema_extra={"pattern": ENDPOINT_PATTERN}, min_length=1, max_length=1024),
+    _matcher(
+        ENDPOINT_PATTERN,
+        "http(s)://host[:port][/path] with no user:password@, query or fragment (credentials come from credentialsSecret)",
+    ),
+]
 EnvName = Annotated[
     StrictStr,
     Field(json_schema_extra={"pattern": ENV_NAME_PATTERN}, min_length=1, max_length=253),
@@ -69,7 +78,7 @@ EnvName = Annotated[
 def _quantity(value: object) -> int | str:
     if isinstance(value, int) and not isinstance(value, bool):
         return value
-    if isinstance(value, str) and re.match(QUANTITY_PATTERN, value):
+    if isinstance(value, str) and len(value) <= 64 and re.match(QUANTITY_PATTERN, value):
         return value
     raise ValueError("must be a Kubernetes quantity such as 8, '500m' or '16Gi' (quote fractions: '0.5')")
 
@@ -78,5 +87,50 @@ def _quantity(value: object) -> int | str:
 Quantity = Annotated[
     int | str,
     PlainValidator(_quantity),
-    WithJsonSchema({"x-kubernetes-int-or-string": True, "pattern": QUANTITY_PATTERN}),
+    WithJsonSchema({"x-kubernetes-int-or-string": True, "pattern": QUANTITY_PATTERN, "maxLength": 64}),
 ]
+NON_NEGATIVE_QUANTITY_PATTERN = r"^\+?(\d+\.?\d*|\.\d+)([eE][+-]?\d+|[KMGTPE]i|[numkMGTPE])?$"
+
+
+def _non_negative_quantity(value: object) -> int | str:
+    checked = _quantity(value)
+    if (isinstance(checked, int) and checked < 0) or (isinstance(checked, str) and checked.startswith("-")):
+        raise ValueError("must be a quantity of at least 0, such as 8, '500m' or '16Gi'")
+    return checked
+
+
+NonNegativeQuantity = Annotated[
+    int | str,
+    PlainValidator(_non_negative_quantity),
+    WithJsonSchema({"x-kubernetes-int-or-string": True, "pattern": NON_NEGATIVE_QUANTITY_PATTERN, "maxLength": 64, "minimum": 0}),
+]
+
+
+_SUFFIX = {
+    "": 1,
+    "n": 10**-9,
+    "u": 10**-6,
+    "m": 10**-3,
+    "k": 10**3,
+    "M": 10**6,
+    "G": 10**9,
+    "T": 10**12,
+    "P": 10**15,
+    "E": 10**18,
+    "Ki": 2**10,
+    "Mi": 2**20,
+    "Gi": 2**30,
+    "Ti": 2**40,
+    "Pi": 2**50,
+    "Ei": 2**60,
+}
+
+
+def quantity_value(value: int | str) -> float:
+    """A Kubernetes quantity as a number: '16Gi' -> 17179869184, '500m' -> 0.5."""
+    if isinstance(value, int):
+        return float(value)
+    match = re.match(r"^([+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?)([KMGTPE]i|[numkMGTPE])?$", value)
+    if not match:
+        raise ValueError(f"not a quantity: {value!r}")
+    return float(match.group(1)) * _SUFFIX[match.group(2) or ""]

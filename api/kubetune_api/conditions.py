@@ -45,6 +45,8 @@ class Reason(StrEnum):
     COMPLETED = "Completed"  # Succeeded=True: the adapter, metrics and _SUCCESS were written
     BACKOFF_LIMIT_EXCEEDED = "BackoffLimitExceeded"  # Failed=True: workers failed more than runPolicy.backoffLimit times
     DEADLINE_EXCEEDED = "DeadlineExceeded"  # Failed=True: ran longer than runPolicy.activeDeadlineSeconds
+    NAME_CONFLICT = "NameConflict"  # Failed=True: an object the job needs exists and is not this job's; left untouched
+    POLICY_DENIED = "PolicyDenied"  # Failed=True: the platform policy does not allow what the spec asks for
     # Reported by the trainer in its termination message, then used as the Failed reason:
     MODEL_MISSING = "ModelMissing"  # the base model is not at model.uri
     DATASET_MISSING = "DatasetMissing"  # a dataset object or file does not exist
@@ -55,6 +57,10 @@ class Reason(StrEnum):
     OUTPUT_EXISTS = "OutputExists"  # output.uri already holds a finished adapter and output.overwrite is false
     OUT_OF_MEMORY = "OutOfMemory"  # a process ran out of GPU or host memory
     NAN_LOSS = "NaNLoss"  # the training loss became NaN or infinite
+    UNSAFE_OBJECT_KEY = "UnsafeObjectKey"  # an object key would land outside its directory (.., empty or absolute parts)
+    MODEL_TOO_LARGE = "ModelTooLarge"  # the base model is larger than the worker's cache (workers.cacheSize)
+    DATASET_TOO_LARGE = "DatasetTooLarge"  # the datasets are larger than what is left of the worker's cache
+    CHECKPOINT_MISMATCH = "CheckpointMismatch"  # output.uri holds checkpoints another job or spec wrote
     TRAINER_ERROR = "TrainerError"  # any other trainer failure; the message has the last error line
 
 
@@ -69,6 +75,10 @@ TRAINER_FAILURE_REASONS = frozenset(
         Reason.OUTPUT_EXISTS,
         Reason.OUT_OF_MEMORY,
         Reason.NAN_LOSS,
+        Reason.UNSAFE_OBJECT_KEY,
+        Reason.MODEL_TOO_LARGE,
+        Reason.DATASET_TOO_LARGE,
+        Reason.CHECKPOINT_MISMATCH,
         Reason.TRAINER_ERROR,
     }
 )

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
 CONFIG_DIR = "/etc/kubetune"
 CONFIG_FILE = "trainer.yaml"  # the resolved FineTuneJob spec (every default filled), ConfigMap key and file name
@@ -14,6 +19,7 @@ TERMINATION_MESSAGE_PATH = "/dev/termination-log"
 
 ENV_CONFIG = "KUBETUNE_CONFIG"  # path of CONFIG_FILE; DEEPSPEED_FILE sits beside it
 ENV_JOB_NAME = "KUBETUNE_JOB_NAME"  # the FineTuneJob's name, for log lines and the manifest
+ENV_JOB_UID = "KUBETUNE_JOB_UID"  # the FineTuneJob's uid: recorded in checkpoints, which only this job resumes
 ENV_NUM_WORKERS = "KUBETUNE_NUM_WORKERS"  # workers.replicas
 ENV_PROCS_PER_WORKER = "KUBETUNE_PROCS_PER_WORKER"  # training processes in this pod
 ENV_WORKER_RANK = "JOB_COMPLETION_INDEX"  # this pod's node rank: the Indexed Job completion index
@@ -37,6 +43,7 @@ class WorkerEnv:
 
     config_path: Path
     job_name: str
+    job_uid: str
     num_workers: int
     procs_per_worker: int
     worker_rank: int
@@ -71,6 +78,7 @@ class WorkerEnv:
         return cls(
             config_path=Path(config),
             job_name=env.get(ENV_JOB_NAME, "local"),
+            job_uid=env.get(ENV_JOB_UID, ""),
             num_workers=num_workers,
             procs_per_worker=integer(ENV_PROCS_PER_WORKER, 1, 1),
             worker_rank=rank,
@@ -78,3 +86,135 @@ class WorkerEnv:
             master_port=integer(ENV_MASTER_PORT, DEFAULT_MASTER_PORT, 1),
             termination_log=Path(termination) if termination else None,
         )
+
+
+# What pods say: rank 0's progress lines, the launcher's summary (the termination message) and each rank's failure
+# file. Pods are untrusted input to the operator, so the writer and the reader share these models: integers and
+# floats are bounded and finite, reasons come from the enum, strings are bounded and stripped of control characters
+# (ANSI escapes included). A line that does not fit is ignored, never copied.
+
+TERMINATION_LIMIT = 4096  # bytes Kubernetes keeps of a termination message
+MESSAGE_LIMIT = 1000  # characters of a failure message kept in a summary
+_ANSI = re.compile(r"\x1b(\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(\x07|\x1b\\)?|[@-Z\\-_])")
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def clean_text(value: object, limit: int = MESSAGE_LIMIT) -> str:
+    """Printable text of at most `limit` characters: escapes and control characters removed, newlines kept."""
+    if not isinstance(value, str):
+        raise ValueError("must be a string")
+    text = _CONTROL.sub("", _ANSI.sub("", value)).strip()
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+Text = Annotated[str, BeforeValidator(clean_text)]
+ShortText = Annotated[str, BeforeValidator(lambda v: clean_text(v, 64))]
+Count = Annotated[int, Field(strict=True, ge=0, le=10**12)]
+Number = Annotated[float, Field(allow_inf_nan=False, ge=-1e15, le=1e15)]
+NonNegative = Annotated[float, Field(allow_inf_nan=False, ge=0, le=1e15)]
+
+
+class _Message(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+class ProgressLine(_Message):
+    """One of rank 0's `{"event": "progress", ...}` log lines."""
+
+    event: Literal["progress"]
+    step: Count
+    totalSteps: Count
+    epoch: NonNegative = 0.0
+    loss: Number | None = None
+    learningRate: NonNegative | None = None
+    tokensPerSecond: NonNegative | None = None
+    etaSeconds: NonNegative | None = None
+    eta: ShortText | None = None
+
+
+class SummaryMetrics(_Message):
+    """Held-out metrics before and after training, as the summary reports them."""
+
+    baseEvalLoss: Number | None = None
+    evalLoss: Number | None = None
+    basePerplexity: Number | None = None
+    perplexity: Number | None = None
+    baseTokenAccuracy: Number | None = None
+    tokenAccuracy: Number | None = None
+    trainLoss: Number | None = None
+
+
+class Summary(_Message):
+    """The launcher's final word: the last line of its log and its termination message."""
+
+    event: Literal["summary"] = "summary"
+    status: Literal["Succeeded", "Failed"]
+    reason: str | None = None
+    message: Text = ""
+    metrics: SummaryMetrics | None = None
+    steps: Count | None = None
+    usefulTokensPerSecond: NonNegative | None = None
+    adapterUri: Text | None = None  # for a person reading `kubetune run`; the operator derives its own
+
+    @field_validator("reason")
+    @classmethod
+    def _known_reason(cls, value: str | None) -> str | None:
+        from .conditions import TRAINER_FAILURE_REASONS
+
+        if value is not None and value not in {r.value for r in TRAINER_FAILURE_REASONS}:
+            raise ValueError("must be a trainer failure reason")
+        return value
+
+    def termination_message(self) -> str:
+        """JSON of at most TERMINATION_LIMIT bytes: the message is shortened, never the JSON."""
+        data = self.model_dump(mode="json", exclude_none=True)
+        text = json.dumps(data, allow_nan=False)
+        message = str(data.get("message", ""))
+        while len(text.encode()) > TERMINATION_LIMIT and message:
+            message = message[: max(0, len(message) - max(16, len(text.encode()) - TERMINATION_LIMIT))]
+            data["message"] = message + "..." if message else ""
+            text = json.dumps(data, allow_nan=False)
+        if len(text.encode()) > TERMINATION_LIMIT:  # nothing left to shorten but the optional parts
+            text = json.dumps({k: data[k] for k in ("event", "status", "reason") if k in data}, allow_nan=False)
+        return text
+
+
+class RankFailure(_Message):
+    """What a failed rank leaves for its launcher (failure-<rank>.json)."""
+
+    rank: Count
+    reason: str
+    message: Text
+
+    @field_validator("reason")
+    @classmethod
+    def _known_reason(cls, value: str) -> str:
+        from .conditions import TRAINER_FAILURE_REASONS
+
+        if value not in {r.value for r in TRAINER_FAILURE_REASONS}:
+            raise ValueError("must be a trainer failure reason")
+        return value
+
+
+def parse_progress(line: str) -> ProgressLine | None:
+    """A progress line, or None for any line that is not a valid one."""
+    line = line.strip()
+    if not line.startswith("{") or len(line) > 4096:
+        return None
+    try:
+        return ProgressLine.model_validate_json(line)
+    except ValueError:
+        return None
+
+
+def parse_summary(text: str) -> Summary | None:
+    """The summary in a termination message (its last JSON line), or None when there is no valid one."""
+    for line in reversed(text.strip().splitlines()[-20:]):
+        line = line.strip()
+        if not line.startswith("{"):
+            continue
+        try:
+            return Summary.model_validate_json(line)
+        except ValueError:
+            continue
+    return None

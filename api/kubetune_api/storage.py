@@ -7,17 +7,16 @@ from typing import Literal
 from pydantic import Field, StrictBool, StrictStr
 
 from ._base import Section
-from ._types import DnsSubdomain
+from ._types import DnsSubdomain, Endpoint
 
 
 class StorageSpec(Section):
     """Object storage for model, data, checkpoints and adapter. Credentials never appear here, only a Secret's name."""
 
-    endpoint: StrictStr | None = Field(
+    endpoint: Endpoint | None = Field(
         None,
-        max_length=1024,
-        pattern=r"^https?://[^\s/]+(/[^\s]*)?$",
-        description="S3-compatible endpoint URL, http(s)://host[:port]; empty means AWS S3.",
+        description="S3-compatible endpoint URL, http(s)://host[:port][/path], with no user:password@, query or "
+        "fragment (credentials come from credentialsSecret); empty means AWS S3.",
     )
     region: StrictStr | None = Field(None, max_length=64, pattern=r"^[a-z0-9-]+$", description="Region, e.g. us-east-1.")
     credentialsSecret: DnsSubdomain | None = Field(

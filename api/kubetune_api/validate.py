@@ -69,12 +69,16 @@ class Result:
         }
 
 
+_USERINFO = re.compile(r"(://)[^/\s@\"']*@")
+
+
 def show(value: Any) -> str:
-    """A short, JSON-like rendering of a given value for messages."""
+    """A short, JSON-like rendering of a given value for messages; a URL's user:password@ is never echoed."""
     try:
         text = json.dumps(value, default=str, ensure_ascii=False)
     except (TypeError, ValueError, RecursionError):
         text = repr(value)
+    text = _USERINFO.sub(r"\1***@", text)
     return text if len(text) <= _VALUE_WIDTH else text[: _VALUE_WIDTH - 3] + "..."
 
 

@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 from kubetune_api import contract
+from kubetune_api._types import quantity_value
 from kubetune_api.ds_config import deepspeed_config
 from kubetune_api.manifests import dump
 
@@ -52,6 +53,7 @@ def _env(plan: Plan) -> list[dict[str, Any]]:
     env: list[dict[str, Any]] = [
         {"name": contract.ENV_CONFIG, "value": f"{contract.CONFIG_DIR}/{contract.CONFIG_FILE}"},
         {"name": contract.ENV_JOB_NAME, "value": plan.name},
+        {"name": contract.ENV_JOB_UID, "value": plan.uid},
         {"name": contract.ENV_NUM_WORKERS, "value": str(plan.workers)},
         {"name": contract.ENV_PROCS_PER_WORKER, "value": str(plan.processes)},
         {"name": contract.ENV_MASTER_ADDR, "value": plan.master_addr},
@@ -61,6 +63,7 @@ def _env(plan: Plan) -> list[dict[str, Any]]:
         {"name": "KUBETUNE_CACHE", "value": f"{CACHE_DIR}/cache"},
         {"name": "KUBETUNE_WORK_DIR", "value": f"{CACHE_DIR}/work"},
         {"name": "HOME", "value": "/tmp"},
+        {"name": "PYTHONNOUSERSITE", "value": "1"},  # nothing under the writable HOME is ever imported
     ]
     if spec.storage.credentialsSecret:
         env += [
@@ -76,9 +79,14 @@ def _env(plan: Plan) -> list[dict[str, Any]]:
     return env
 
 
+TMP_SIZE = "4Gi"  # /tmp (HOME): compiled kernels, torch's caches
+
+
 def _resources(plan: Plan) -> dict[str, Any]:
     requests = dict(plan.spec.workers.resources.requests)
     limits = dict(plan.spec.workers.resources.limits)
+    if "ephemeral-storage" not in requests:  # the cache and /tmp volumes, so the scheduler places the pod where they fit
+        requests["ephemeral-storage"] = f"{int(quantity_value(plan.spec.workers.cacheSize) + quantity_value(TMP_SIZE))}"
     if plan.gpus:
         limits[plan.spec.workers.gpuResourceName] = plan.gpus
         requests[plan.spec.workers.gpuResourceName] = plan.gpus
@@ -129,8 +137,8 @@ def build_pod_spec(plan: Plan) -> dict[str, Any]:
         ],
         "volumes": [
             {"name": "config", "configMap": {"name": plan.config_name}},
-            {"name": "cache", "emptyDir": {}},
-            {"name": "tmp", "emptyDir": {}},
+            {"name": "cache", "emptyDir": {"sizeLimit": str(spec.workers.cacheSize)}},
+            {"name": "tmp", "emptyDir": {"sizeLimit": TMP_SIZE}},
             {"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": str(spec.workers.sharedMemory)}},
         ],
     }

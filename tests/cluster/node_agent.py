@@ -82,7 +82,13 @@ class NodeAgent:
         self.coordination = client.CoordinationV1Api(self.api_client)
         self.directory = directory
         self.nodes = nodes
-        self.capacity = {"cpu": cpu, "memory": memory, "pods": "110", "nvidia.com/gpu": str(gpus)}
+        self.capacity = {
+            "cpu": cpu,
+            "memory": memory,
+            "pods": "110",
+            "ephemeral-storage": "2Ti",
+            "nvidia.com/gpu": str(gpus),
+        }
         self.pods: dict[str, PodRun] = {}
         self.lock = threading.RLock()
         self.stopping = threading.Event()

@@ -1,12 +1,36 @@
-"""Checkpoints under output.uri/checkpoints/step-NNNNNN/: written by every rank, marked COMPLETE last, pruned, resumed."""
+"""Checkpoints under output.uri/checkpoints/step-NNNNNN/: written by every rank, marked COMPLETE last, pruned, resumed.
+
+What storage holds is untrusted: a checkpoint is resumed only when its COMPLETE record names this job (the spec's
+training digest and, in a cluster, the FineTuneJob's uid), and its files are read as tensors and plain data only
+(`safe_loading`: every torch.load is weights_only, with DeepSpeed's few state classes allow-listed), never unpickled.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
+import pickle
 import re
+from collections.abc import Iterator
 from typing import Any
 
+from kubetune_api.conditions import Reason
+from kubetune_api.job import FineTuneJobSpec
+
+from .errors import TrainerFailure
 from .storage import Store, join
+
+# What decides the weights a run produces; workers and runPolicy may change between attempts (a resume on another
+# world size reloads the weights alone), storage holds only where to reach the bucket.
+IDENTITY_SECTIONS = ("model", "dataset", "lora", "training", "deepspeed", "output")
+# The only classes (beyond tensors, numbers, strings and containers) that DeepSpeed's checkpoints may hold.
+SAFE_GLOBALS = (
+    "deepspeed.utils.tensor_fragment.fragment_address",
+    "deepspeed.runtime.zero.config.ZeroStageEnum",
+    "deepspeed.runtime.fp16.loss_scaler.LossScaler",
+    "deepspeed.runtime.fp16.loss_scaler.DynamicLossScaler",
+)
 
 COMPLETE = "COMPLETE"
 TAG = re.compile(r"^step-(\d{6,})$")
@@ -39,8 +63,72 @@ def mark_complete(store: Store, output_uri: str, step: int, info: dict[str, Any]
 
 
 def read_info(store: Store, output_uri: str, name: str) -> dict[str, Any]:
-    data: dict[str, Any] = json.loads(store.read_text(join(root(output_uri), name, COMPLETE)))
+    uri = join(root(output_uri), name, COMPLETE)
+    try:
+        data = json.loads(store.read_text(uri))
+    except ValueError:
+        data = None
+    if not isinstance(data, dict) or not isinstance(data.get("step"), int) or not isinstance(data.get("worldSize"), int):
+        raise TrainerFailure(Reason.CHECKPOINT_MISMATCH, f"{uri} is not a checkpoint record kubetune wrote")
     return data
+
+
+def identity(spec: FineTuneJobSpec, job_uid: str) -> dict[str, str]:
+    """What a checkpoint records about the job that wrote it."""
+    sections = {name: getattr(spec, name).model_dump(mode="json") for name in IDENTITY_SECTIONS}
+    digest = hashlib.sha256(json.dumps(sections, sort_keys=True).encode()).hexdigest()
+    return {"specDigest": digest, "jobUid": job_uid}
+
+
+def check_identity(info: dict[str, Any], mine: dict[str, str], where: str) -> None:
+    """Refuse a checkpoint that another job, or another spec, wrote: resuming it would continue someone else's run."""
+    theirs_uid, my_uid = str(info.get("jobUid") or ""), mine["jobUid"]
+    if info.get("specDigest") != mine["specDigest"]:
+        raise TrainerFailure(
+            Reason.CHECKPOINT_MISMATCH,
+            f"{where} was written for another spec (training digest {str(info.get('specDigest'))[:12] or 'none'}, this "
+            f"job's is {mine['specDigest'][:12]}); not resuming it. Delete the checkpoints or choose another output.uri",
+        )
+    if theirs_uid and my_uid and theirs_uid != my_uid:
+        raise TrainerFailure(
+            Reason.CHECKPOINT_MISMATCH,
+            f"{where} was written by another FineTuneJob (uid {theirs_uid}, this one is {my_uid}); not resuming it. "
+            "Delete the checkpoints or choose another output.uri",
+        )
+
+
+@contextlib.contextmanager
+def safe_loading() -> Iterator[None]:
+    """Within this block every torch.load reads tensors and plain data only: DeepSpeed's engines ask for
+    weights_only=False, which would run any pickle a writer of the bucket left there."""
+    import importlib
+
+    import torch
+
+    allowed = []
+    for dotted in SAFE_GLOBALS:
+        module, _, name = dotted.rpartition(".")
+        with contextlib.suppress(ImportError, AttributeError):
+            allowed.append(getattr(importlib.import_module(module), name))
+    original = torch.load
+
+    def load(*args: Any, **kwargs: Any) -> Any:
+        kwargs["weights_only"] = True
+        try:
+            with torch.serialization.safe_globals(allowed):
+                return original(*args, **kwargs)
+        except pickle.UnpicklingError as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise TrainerFailure(
+                Reason.CHECKPOINT_MISMATCH,
+                f"a checkpoint file holds objects other than tensors and DeepSpeed's state: refusing to load it ({first})",
+            ) from None
+
+    torch.load = load
+    try:
+        yield
+    finally:
+        torch.load = original
 
 
 def prune(store: Store, output_uri: str, keep: int) -> list[str]:

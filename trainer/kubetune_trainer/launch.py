@@ -15,6 +15,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from kubetune_api._types import quantity_value
 from kubetune_api.conditions import Reason
 from kubetune_api.contract import WorkerEnv
 from kubetune_api.job import FineTuneJobSpec
@@ -23,7 +24,7 @@ from . import report
 from .errors import TrainerFailure
 from .rank_env import RankEnv
 from .spec_io import load_spec
-from .storage import Store, is_s3, join
+from .storage import Store, human_bytes, is_s3, join
 
 CACHE_ENV = "KUBETUNE_CACHE"
 
@@ -60,10 +61,29 @@ def preflight(spec: FineTuneJobSpec, store: Store) -> None:
 
 
 def fetch_inputs(spec: FineTuneJobSpec, store: Store, cache: Path) -> tuple[str, Path, Path | None]:
-    """Model directory (or hub id) and local dataset files, downloaded and verified once per worker."""
+    """Model directory (or hub id) and local dataset files, downloaded and verified once per worker. Sizes are
+    checked against workers.cacheSize from the listing, before a byte is fetched."""
     uri = spec.model.uri
+    room = int(quantity_value(spec.workers.cacheSize))
+    data_uris = [u for u in (spec.dataset.train, spec.dataset.validation) if u is not None and is_s3(u)]
+    data_bytes = sum(store.size_of(u, Reason.DATASET_MISSING, "dataset") for u in data_uris)
+    if data_bytes > room:
+        raise TrainerFailure(
+            Reason.DATASET_TOO_LARGE,
+            f"the datasets are {human_bytes(data_bytes)}, more than the worker's cache holds "
+            f"(workers.cacheSize {spec.workers.cacheSize} = {human_bytes(room)}): raise workers.cacheSize",
+        )
     if is_s3(uri):
-        model = str(store.download_prefix(uri, cache / "models" / _local_name(uri), Reason.MODEL_MISSING, "base model"))
+        model = str(
+            store.download_prefix(
+                uri,
+                cache / "models" / _local_name(uri),
+                Reason.MODEL_MISSING,
+                "base model",
+                max_bytes=room - data_bytes,
+                too_large=Reason.MODEL_TOO_LARGE,
+            )
+        )
     elif uri.startswith(("/", "./", "../")):
         if not Path(uri).is_dir():
             raise TrainerFailure(Reason.MODEL_MISSING, f"base model not found: {uri} is not a directory")

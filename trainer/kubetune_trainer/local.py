@@ -35,6 +35,7 @@ def run(job: FineTuneJob, processes: int, progress: str, work_dir: Path) -> dict
     worker = WorkerEnv(
         config_path=config_dir / CONFIG_FILE,
         job_name=name,
+        job_uid="",
         num_workers=1,
         procs_per_worker=processes,
         worker_rank=0,

@@ -24,6 +24,30 @@ _DENIED = {
     "AllAccessDisabled",
 }
 _MISSING = {"NoSuchKey", "404", "NoSuchBucket", "NotFound"}
+MAX_OBJECTS = 100_000  # objects under one prefix: a model or checkpoint has tens, a hostile bucket could have billions
+HASH_CHUNK = 8 << 20  # bytes read at a time while hashing: memory stays flat whatever the file's size
+
+
+def safe_target(dest: Path, relative: str, uri: str) -> Path:
+    """Where an object with this key (relative to its prefix) goes under dest. Object keys are untrusted input: a
+    key whose parts are empty, '.' or '..', that is absolute, holds a control character or a backslash, or that
+    resolves outside dest (through a link already there) is refused, so nothing from storage lands elsewhere."""
+    parts = relative.split("/")
+    bad = (
+        not relative
+        or relative.startswith("/")
+        or any(part in ("", ".", "..") for part in parts)
+        or any(ord(ch) < 32 or ch in "\\\x7f" for ch in relative)
+    )
+    target = dest.joinpath(*parts) if not bad else dest
+    root = dest.resolve()
+    if bad or not target.resolve().is_relative_to(root) or target.resolve() == root:
+        raise TrainerFailure(
+            Reason.UNSAFE_OBJECT_KEY,
+            f"refusing object {uri}: its key has an empty, '.', '..' or absolute part, a control character or a "
+            f"backslash, or leads outside {dest.name}/ (got {relative!r}); nothing was written",
+        )
+    return target
 
 
 def is_s3(uri: str) -> bool:
@@ -142,43 +166,75 @@ class Store:
         partial.replace(dest)
         return dest
 
-    def list(self, prefix_uri: str) -> list[tuple[str, int, str]]:
-        """(relative key, size, etag) of every object under a prefix."""
+    def list(self, prefix_uri: str, limit: int = MAX_OBJECTS) -> list[tuple[str, int, str]]:
+        """(relative key, size, etag) of every object under a prefix, page by page, at most `limit` of them."""
         if not is_s3(prefix_uri):
             root = Path(prefix_uri)
             if not root.is_dir():
                 return []
-            return [(str(p.relative_to(root)), p.stat().st_size, "") for p in sorted(root.rglob("*")) if p.is_file()]
+            found = [(str(p.relative_to(root)), p.stat().st_size, "") for p in sorted(root.rglob("*")) if p.is_file()]
+            return _bounded(found, prefix_uri, limit)
         bucket, key = split_s3(prefix_uri)
         prefix = key.rstrip("/") + "/" if key else ""
-        out = []
+        out: list[tuple[str, int, str]] = []
         paginator = self.client.get_paginator("list_objects_v2")
-        pages = self._call(
-            prefix_uri, Reason.TRAINER_ERROR, "prefix", lambda: list(paginator.paginate(Bucket=bucket, Prefix=prefix))
-        )
-        for page in pages:
+        pages = self._call(prefix_uri, Reason.TRAINER_ERROR, "prefix", paginator.paginate, Bucket=bucket, Prefix=prefix)
+        iterator = iter(pages)
+        while True:
+            page = self._call(prefix_uri, Reason.TRAINER_ERROR, "prefix", next, iterator, None)
+            if page is None:
+                return out
             for item in page.get("Contents", []):
                 out.append((item["Key"][len(prefix) :], int(item["Size"]), str(item.get("ETag", "")).strip('"')))
-        return out
+            _bounded(out, prefix_uri, limit)
 
-    def download_prefix(self, uri: str, dest: Path, missing: Reason, what: str) -> Path:
-        """Mirror a prefix into dest, verified (sizes, and MD5 where the ETag is one); reused when already complete."""
+    def size_of_prefix(self, uri: str) -> int:
+        """Total bytes under a prefix (a local directory's files)."""
+        return sum(size for _, size, _ in self.list(uri))
+
+    def size_of(self, uri: str, missing: Reason, what: str) -> int:
+        """Bytes of one object or local file."""
+        if not is_s3(uri):
+            path = Path(uri)
+            if not path.is_file():
+                raise TrainerFailure(missing, f"{what} not found: {uri}")
+            return path.stat().st_size
+        bucket, key = split_s3(uri)
+        return int(self._call(uri, missing, what, self.client.head_object, Bucket=bucket, Key=key)["ContentLength"])
+
+    def download_prefix(
+        self,
+        uri: str,
+        dest: Path,
+        missing: Reason,
+        what: str,
+        max_bytes: int | None = None,
+        too_large: Reason = Reason.TRAINER_ERROR,
+    ) -> Path:
+        """Mirror a prefix into dest, verified (sizes, and MD5 where the ETag is one); reused when already complete.
+        Every key is checked before anything is fetched (safe_target), and so is the total against max_bytes."""
         if not is_s3(uri):
             source = Path(uri)
             if not source.is_dir():
                 raise TrainerFailure(missing, f"{what} not found: {uri}")
             return source
-        objects = self.list(uri)
+        objects = [o for o in self.list(uri) if not (o[0].endswith("/") and o[1] == 0)]  # folder placeholders
         if not objects:
             raise TrainerFailure(missing, f"{what} not found: nothing under {uri}")
+        dest.mkdir(parents=True, exist_ok=True)
+        targets = [safe_target(dest, relative, join(uri, relative)) for relative, _, _ in objects]
+        total = sum(size for _, size, _ in objects)
+        if max_bytes is not None and total > max_bytes:
+            raise TrainerFailure(
+                too_large,
+                f"{what} at {uri} is {human_bytes(total)} ({len(objects)} objects), more than the worker's cache holds "
+                f"({human_bytes(max_bytes)}): raise workers.cacheSize (within the platform policy) or use a smaller {what}",
+            )
         fingerprint = hashlib.sha256(json.dumps(sorted(objects)).encode()).hexdigest()
         marker = dest / ".kubetune-complete"
         if marker.is_file() and marker.read_text() == fingerprint:
             return dest
-        for relative, size, etag in objects:
-            if not relative or relative.endswith("/"):
-                continue
-            target = dest / relative
+        for (relative, size, etag), target in zip(objects, targets, strict=True):
             self.download_file(join(uri, relative), target, missing, what)
             _verify(target, size, etag, join(uri, relative))
         marker.write_text(fingerprint)
@@ -221,7 +277,7 @@ class Store:
         bucket, key = split_s3(uri)
         keys = [{"Key": join(key, relative)} for relative, _, _ in self.list(uri)]
         for start in range(0, len(keys), 1000):
-            self._call(
+            response = self._call(
                 uri,
                 Reason.TRAINER_ERROR,
                 "prefix",
@@ -229,6 +285,47 @@ class Store:
                 Bucket=bucket,
                 Delete={"Objects": keys[start : start + 1000]},
             )
+            errors = response.get("Errors") or []  # DeleteObjects answers 200 and lists the keys it could not delete
+            if errors:
+                first = errors[0]
+                raise self._fail(
+                    _client_error(str(first.get("Code", "")), str(first.get("Message", ""))),
+                    f"s3://{bucket}/{first.get('Key', '')}",
+                    Reason.TRAINER_ERROR,
+                    "object",
+                )
+
+
+def _bounded(found: list[tuple[str, int, str]], uri: str, limit: int) -> list[tuple[str, int, str]]:
+    if len(found) > limit:
+        raise TrainerFailure(Reason.TRAINER_ERROR, f"more than {limit} objects under {uri}: refusing to list them all")
+    return found
+
+
+def _client_error(code: str, message: str) -> Exception:
+    from botocore.exceptions import ClientError
+
+    error: Exception = ClientError({"Error": {"Code": code, "Message": message}}, "DeleteObjects")
+    return error
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")
+
+
+def file_digest(path: Path, algorithm: str) -> str:
+    """A file's digest, read in chunks: memory stays flat however large the file."""
+    digest = hashlib.new(algorithm, usedforsecurity=False) if algorithm == "md5" else hashlib.new(algorithm)
+    buffer = bytearray(HASH_CHUNK)
+    view = memoryview(buffer)
+    with path.open("rb", buffering=0) as handle:
+        while count := handle.readinto(buffer):
+            digest.update(view[:count])
+    return digest.hexdigest()
 
 
 def _verify(path: Path, size: int, etag: str, uri: str) -> None:
@@ -236,6 +333,6 @@ def _verify(path: Path, size: int, etag: str, uri: str) -> None:
     if actual != size:
         raise TrainerFailure(Reason.TRAINER_ERROR, f"download of {uri} is {actual} bytes, expected {size}")
     if len(etag) == 32 and "-" not in etag:  # a single-part upload's ETag is its MD5
-        digest = hashlib.md5(path.read_bytes(), usedforsecurity=False).hexdigest()
+        digest = file_digest(path, "md5")
         if digest != etag:
             raise TrainerFailure(Reason.TRAINER_ERROR, f"download of {uri} is corrupt: md5 {digest}, expected {etag}")

@@ -30,7 +30,7 @@ from .errors import TrainerFailure
 from .model import add_lora, load_model, load_tokenizer
 from .rank_env import RankEnv
 from .report import Progress
-from .storage import Store, is_s3, join
+from .storage import Store, file_digest, is_s3, join
 
 
 @dataclass
@@ -86,12 +86,19 @@ def _all_sum(run: Run, values: list[float]) -> list[float]:
     return [float(x) for x in tensor.cpu()]
 
 
-def _broadcast(value: Any) -> Any:
+def _broadcast(run: Run, value: Any) -> Any:
+    """Rank 0's JSON-able value on every rank, sent as bytes in a tensor: nothing pickled crosses the wire."""
+    import torch
     import torch.distributed as dist
 
-    box = [value]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
+    payload = json.dumps(value).encode() if run.is_main else b""
+    size = torch.tensor([len(payload)], dtype=torch.int64, device=run.device)
+    dist.broadcast(size, src=0)
+    buffer = torch.zeros(int(size.item()), dtype=torch.uint8, device=run.device)
+    if run.is_main:
+        buffer.copy_(torch.frombuffer(bytearray(payload), dtype=torch.uint8))
+    dist.broadcast(buffer, src=0)
+    return json.loads(bytes(buffer.cpu().tolist()).decode())
 
 
 def prepare_data(run: Run) -> None:
@@ -191,14 +198,13 @@ def _staging(run: Run) -> Path:
 
 
 def save_checkpoint(run: Run, step: int) -> None:
-    import torch
 
     assert run.store is not None
     local = _staging(run)
     name = checkpoint.tag(step)
     state = {"step": step, "base": run.base, "history": run.history, "worldSize": run.world}
     run.engine.save_checkpoint(str(local), tag=name, client_state={"kubetune": state}, exclude_frozen_parameters=True)
-    torch.save({"python": random.getstate(), "torch": torch.get_rng_state()}, local / name / f"rng-rank{run.rank}.pt")
+    _save_rng(local / name, run.rank)
     if run.is_main:
         (local / name / "kubetune-config.yaml").write_text(spec_io.dump_spec(run.spec))
     _barrier()
@@ -206,7 +212,12 @@ def save_checkpoint(run: Run, step: int) -> None:
         run.store.upload_dir(local / name, join(checkpoint.root(run.spec.output.uri), name))
     _barrier()
     if run.is_main:
-        checkpoint.mark_complete(run.store, run.spec.output.uri, step, {"step": step, "worldSize": run.world})
+        checkpoint.mark_complete(
+            run.store,
+            run.spec.output.uri,
+            step,
+            {"step": step, "worldSize": run.world, **checkpoint.identity(run.spec, run.worker.job_uid)},
+        )
         checkpoint.prune(run.store, run.spec.output.uri, run.spec.training.keepCheckpoints)
         print(
             json.dumps({"event": "checkpoint", "step": step, "uri": join(checkpoint.root(run.spec.output.uri), name)}), flush=True
@@ -217,16 +228,47 @@ def save_checkpoint(run: Run, step: int) -> None:
         shutil.rmtree(local / name, ignore_errors=True)
 
 
-def resume(run: Run) -> int:
-    """Load the newest complete checkpoint, if any; returns the step to continue from."""
+def _save_rng(directory: Path, rank: int) -> None:
+    """RNG state as JSON (Python's) and safetensors (torch's), so resuming reads no pickle."""
     import torch
+    from safetensors.torch import save_file
 
+    version, state, gauss = random.getstate()
+    (directory / f"rng-rank{rank}.json").write_text(json.dumps({"version": version, "state": list(state), "gauss": gauss}))
+    save_file({"torch": torch.get_rng_state()}, str(directory / f"rng-rank{rank}.safetensors"))
+
+
+def _load_rng(directory: Path, rank: int) -> None:
+    import torch
+    from safetensors.torch import load_file
+
+    python, tensors = directory / f"rng-rank{rank}.json", directory / f"rng-rank{rank}.safetensors"
+    if not (python.is_file() and tensors.is_file()):
+        return
+    saved = json.loads(python.read_text())
+    state = saved.get("state") if isinstance(saved, dict) else None
+    if not (isinstance(state, list) and len(state) == 625 and all(isinstance(x, int) for x in state)):
+        raise TrainerFailure(Reason.CHECKPOINT_MISMATCH, f"{python.name} is not an RNG state kubetune wrote")
+    random.setstate((int(saved["version"]), tuple(state), saved.get("gauss")))
+    rng = load_file(str(tensors)).get("torch")
+    if rng is None or rng.dtype != torch.uint8:
+        raise TrainerFailure(Reason.CHECKPOINT_MISMATCH, f"{tensors.name} is not an RNG state kubetune wrote")
+    torch.set_rng_state(rng)
+
+
+def resume(run: Run) -> int:
+    """Load the newest complete checkpoint this job wrote, if any; returns the step to continue from. A checkpoint
+    another job or spec wrote fails the run (CheckpointMismatch) rather than being continued or silently ignored."""
     assert run.store is not None
-    name = _broadcast(checkpoint.complete_tags(run.store, run.spec.output.uri)[-1:] if run.is_main else None)
+    newest = checkpoint.complete_tags(run.store, run.spec.output.uri)[-1:] if run.is_main else None
+    name = _broadcast(run, newest)
     if not name:
         return 0
     name = name[0]
     info = checkpoint.read_info(run.store, run.spec.output.uri, name)
+    checkpoint.check_identity(
+        info, checkpoint.identity(run.spec, run.worker.job_uid), join(checkpoint.root(run.spec.output.uri), name)
+    )
     local = run.paths.work_dir / "resume" if is_s3(run.spec.output.uri) else _staging(run)
     if is_s3(run.spec.output.uri) and run.local_rank == 0:
         run.store.download_prefix(
@@ -234,16 +276,14 @@ def resume(run: Run) -> int:
         )
     _barrier()
     same_world = info.get("worldSize") == run.world
-    _, client = run.engine.load_checkpoint(
-        str(local), tag=name, load_module_strict=False, load_optimizer_states=same_world, load_lr_scheduler_states=same_world
-    )
+    with checkpoint.safe_loading():
+        _, client = run.engine.load_checkpoint(
+            str(local), tag=name, load_module_strict=False, load_optimizer_states=same_world, load_lr_scheduler_states=same_world
+        )
     state = (client or {}).get("kubetune", {})
     run.base, run.history = state.get("base", {}), state.get("history", [])
-    rng = local / name / f"rng-rank{run.rank}.pt"
-    if rng.is_file() and same_world:
-        saved = torch.load(rng, weights_only=False)
-        random.setstate(saved["python"])
-        torch.set_rng_state(saved["torch"])
+    if same_world:
+        _load_rng(local / name, run.rank)
     step = int(state.get("step", info["step"]))
     if run.is_main:
         print(json.dumps({"event": "resumed", "step": step, "checkpoint": name, "optimizerRestored": same_world}), flush=True)
@@ -269,11 +309,7 @@ def save_adapter(run: Run) -> Path:
 
 
 def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return file_digest(path, "sha256")
 
 
 def _model_digest(source: str) -> str | None:
