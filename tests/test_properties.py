@@ -12,10 +12,10 @@ from kubetune_api import validate_bytes, validate_object
 from kubetune_api.crd import object_schema
 
 from .conftest import MINIMAL, dump
+from .schema_layer import error_paths
 
 # messages of the checks pydantic makes (offline, in the operator's status and in the webhook) that the CRD cannot
 BEYOND_CRD = ("or example.com/device", "at most 63 letters, digits, '-', '_' or '.'")
-from .schema_layer import error_paths
 
 
 def _leaf_paths(schema: dict[str, Any], prefix: tuple[str, ...]) -> list[tuple[str, ...]]:

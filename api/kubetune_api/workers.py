@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, StrictInt, StrictStr, field_validator
 
 from ._base import Rule, Section, section_default
-from ._types import DnsSubdomain, EnvName, NonNegativeQuantity, Quantity, quantity_value
+from ._types import DnsSubdomain, EnvName, NonNegativeQuantity, quantity_value
 
 # Credentials reach pods only from storage.credentialsSecret: a variable whose name says it holds one is refused in
 # workers.env (AWS_SECURITY_TOKEN, HUGGING_FACE_HUB_TOKEN, WANDB_API_KEY, ... all match), and so is a name the
@@ -139,8 +139,8 @@ class WorkersSpec(Section):
     priorityClassName: DnsSubdomain | None = Field(
         None, description="PriorityClass of the pods, for preemption on shared clusters."
     )
-    sharedMemory: Quantity = Field("8Gi", description="Size of /dev/shm (used by NCCL and data loading).")
-    cacheSize: Quantity = Field(
+    sharedMemory: NonNegativeQuantity = Field("8Gi", description="Size of /dev/shm (used by NCCL and data loading).")
+    cacheSize: NonNegativeQuantity = Field(
         "100Gi",
         description="Disk per worker for the base model, the datasets and checkpoints in flight: the cache volume's "
         "sizeLimit and the pod's ephemeral-storage request. A model or dataset that does not fit fails before download.",

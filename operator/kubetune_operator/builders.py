@@ -85,7 +85,9 @@ TMP_SIZE = "4Gi"  # /tmp (HOME): compiled kernels, torch's caches
 def _resources(plan: Plan) -> dict[str, Any]:
     requests = dict(plan.spec.workers.resources.requests)
     limits = dict(plan.spec.workers.resources.limits)
-    if "ephemeral-storage" not in requests:  # the cache and /tmp volumes, so the scheduler places the pod where they fit
+    if (
+        "ephemeral-storage" not in requests and "ephemeral-storage" not in limits
+    ):  # the cache and /tmp volumes, so the scheduler places the pod where they fit
         requests["ephemeral-storage"] = f"{int(quantity_value(plan.spec.workers.cacheSize) + quantity_value(TMP_SIZE))}"
     if plan.gpus:
         limits[plan.spec.workers.gpuResourceName] = plan.gpus

@@ -18,14 +18,18 @@ from kubernetes import client, config
 
 from kubetune_api import validate_object
 from kubetune_api.conditions import ConditionType, Phase, Reason
-from kubetune_api.names import GROUP, JOB_NAME_LABEL, PLURAL, VERSION
+from kubetune_api.names import GROUP, JOB_NAME_LABEL, PLURAL, QUEUE_LABEL, VERSION
 
 from . import builders, metrics
 from .plan import Plan, make_plan
 from .settings import Settings
-from .status import PERMANENT, last_progress, now, observe, progress_status, set_condition
+from .status import PERMANENT, last_progress, now, observe, progress_status, set_condition, succeeded_fields
 
 SETTINGS = Settings.from_environ()
+LOG_LIMIT = 64 * 1024  # bytes of rank 0's log read per sync
+LOG_TIMEOUT = 5  # seconds a log read may take
+
+
 _locks: dict[str, threading.Lock] = defaultdict(threading.Lock)
 _last_log_read: dict[str, float] = {}
 
@@ -170,6 +174,39 @@ def _event(body: dict[str, Any], reason: str, message: str, warning: bool = Fals
         _raw(API.core.create_namespaced_event, meta["namespace"], event)
 
 
+class Refused(Exception):
+    """The job cannot go on: a name is taken by an object it does not own, or the API server rejects a child."""
+
+    def __init__(self, reason: Reason, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+def owned(obj: Mapping[str, Any], uid: str) -> bool:
+    """Whether obj's controller owner reference is the object with this uid: the only children the operator touches."""
+    refs = (obj.get("metadata") or {}).get("ownerReferences") or []
+    return bool(uid) and any(ref.get("uid") == uid and ref.get("controller") for ref in refs)
+
+
+def _conflict(kind: str, plan: Plan) -> Refused:
+    name = plan.config_name if kind == "ConfigMap" else plan.job_name
+    return Refused(
+        Reason.NAME_CONFLICT,
+        f"{kind} {plan.namespace}/{name} exists and is not owned by this FineTuneJob; it was left untouched. "
+        "Rename the FineTuneJob or remove that object",
+    )
+
+
+def _rejected(kind: str, exc: client.ApiException) -> Refused:
+    """A 422 (or 400) on a child: the API server's own words, as InvalidSpec. Retrying cannot help."""
+    try:
+        message = str(json.loads(exc.body or "{}").get("message") or exc.reason)
+    except (ValueError, AttributeError):
+        message = str(exc.reason)
+    return Refused(Reason.INVALID_SPEC, f"the API server rejected the {kind}: {message}"[:2000])
+
+
 def _ensure(plan: Plan, obj: dict[str, Any], fresh: bool) -> None:
     """Create a ConfigMap or Service, or put back what someone changed by hand. For a new gang (fresh) it is
     created straight away; only if it exists already is it read and compared."""
@@ -184,21 +221,31 @@ def _ensure(plan: Plan, obj: dict[str, Any], fresh: bool) -> None:
             _raw(create, plan.namespace, obj)
             return
         except client.ApiException as exc:
+            if exc.status in (400, 422):
+                raise _rejected(kind, exc) from exc
             if exc.status != 409:
                 raise kopf.TemporaryError(f"cannot create {kind} {name}: {exc.reason}", delay=5) from exc
         current = _json(read, name, plan.namespace)
         if current is None:
             raise kopf.TemporaryError(f"{kind} {name} exists and does not: retrying", delay=1)
+    if not owned(current, plan.uid):
+        raise _conflict(kind, plan)
+    # the uid in the patch is a precondition: an object replaced since the read is refused, not rewritten
+    uid = {"uid": current["metadata"]["uid"]}
     if kind == "ConfigMap" and current.get("data") != obj["data"]:
-        _raw(patch, name, plan.namespace, {"data": obj["data"]})
+        _raw(patch, name, plan.namespace, {"metadata": uid, "data": obj["data"]})
     elif kind == "Service" and ((current.get("spec") or {}).get("selector") or {}) != obj["spec"]["selector"]:
-        _raw(patch, name, plan.namespace, {"spec": {"selector": obj["spec"]["selector"]}})
+        _raw(patch, name, plan.namespace, {"metadata": uid, "spec": {"selector": obj["spec"]["selector"]}})
 
 
 def _write_status(body: dict[str, Any], new: dict[str, Any]) -> None:
     old = body.get("status") or {}
     if new == old:
         return  # status is written only when it changed
+    try:
+        json.dumps(new, allow_nan=False)
+    except ValueError:  # cannot happen with the contract's finite models; never let it block the status for ever
+        new = {k: v for k, v in new.items() if k not in ("progress", "metrics")}
     meta = body["metadata"]
     patch = {"status": {**{k: None for k in old if k not in new}, **new}}
     try:
@@ -226,8 +273,18 @@ def _progress(plan: Plan, pods: list[dict[str, Any]], force: bool) -> dict[str, 
     if rank0 is None:
         return None
     _last_log_read[key] = time.monotonic()
-    log = _read(API.core.read_namespaced_pod_log, rank0["metadata"]["name"], plan.namespace, container="trainer", tail_lines=100)
-    line = last_progress(log or "")
+    try:  # best effort and bounded: a slow or failing log read never holds up the status
+        log = API.core.read_namespaced_pod_log(
+            rank0["metadata"]["name"],
+            plan.namespace,
+            container="trainer",
+            tail_lines=100,
+            limit_bytes=LOG_LIMIT,
+            _request_timeout=LOG_TIMEOUT,
+        )
+    except Exception:
+        return None
+    line = last_progress(log if isinstance(log, str) else "")
     return progress_status(line) if line else None
 
 
@@ -239,11 +296,24 @@ def invalid_status(status: dict[str, Any], message: str, generation: int | None)
     return {**status, "phase": Phase.FAILED.value, "conditions": conditions, "observedGeneration": generation}
 
 
+def refused_status(status: dict[str, Any], refusal: Refused, generation: int | None) -> dict[str, Any]:
+    conditions = set_condition(
+        status.get("conditions", []), ConditionType.RUNNING, False, refusal.reason, refusal.message, generation
+    )
+    conditions = set_condition(conditions, ConditionType.FAILED, True, refusal.reason, refusal.message, generation)
+    return {**status, "phase": Phase.FAILED.value, "conditions": conditions, "completionTime": now()}
+
+
 def sync(namespace: str, name: str, body: dict[str, Any] | None = None) -> None:
     with _locks[f"{namespace}/{name}"]:
         started = time.monotonic()
         try:
             _sync(namespace, name, body)
+        except Refused as refusal:
+            current = _read(API.custom.get_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL, name)
+            if current is not None:
+                status = dict(current.get("status") or {})
+                _write_status(current, refused_status(status, refusal, current["metadata"].get("generation")))
         finally:
             metrics.reconciled(time.monotonic() - started)
 
@@ -273,14 +343,19 @@ def _sync(namespace: str, name: str, body: dict[str, Any] | None) -> None:
     if status.get("startTime"):
         started = datetime.datetime.strptime(status["startTime"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=datetime.UTC)
         elapsed = (datetime.datetime.now(datetime.UTC) - started).total_seconds()
-    plan = make_plan(body, result.job, SETTINGS, restarts, elapsed)
-    job = _json(API.batch.read_namespaced_job, plan.job_name, namespace)
+    job = _json(API.batch.read_namespaced_job, name, namespace)
+    if job is not None and not owned(job, body["metadata"].get("uid", "")):
+        raise _conflict("Job", make_plan(body, result.job, SETTINGS, restarts, elapsed))
+    # the queue is fixed when the Job is made: removing the label from a started job does not skip the queue
+    queue = ((job or {}).get("metadata") or {}).get("labels", {}).get(QUEUE_LABEL) if job is not None else None
+    plan = make_plan(body, result.job, SETTINGS, restarts, elapsed, queue=queue)
     _ensure(plan, builders.build_configmap(plan), fresh=job is None)
     _ensure(plan, builders.build_service(plan), fresh=job is None)
     pods = []
     if job is not None:
         listed = _json(API.core.list_namespaced_pod, namespace, label_selector=f"{JOB_NAME_LABEL}={name}")
-        pods = list((listed or {}).get("items") or [])
+        job_uid = job["metadata"]["uid"]
+        pods = [p for p in (listed or {}).get("items") or [] if owned(p, job_uid)]  # the Job's own pods, no look-alikes
     obs = observe(job, pods, plan.workers)
     new["workers"] = {"ready": obs.ready, "total": plan.workers}
     spec = result.job.spec
@@ -299,6 +374,8 @@ def _sync(namespace: str, name: str, body: dict[str, Any] | None) -> None:
             try:
                 _raw(API.batch.create_namespaced_job, namespace, builders.build_job(plan))
             except client.ApiException as exc:
+                if exc.status in (400, 422):
+                    raise _rejected("Job", exc) from exc
                 if exc.status != 409:
                     raise kopf.TemporaryError(f"cannot create Job {plan.job_name}: {exc.reason}", delay=5) from exc
             new["phase"] = Phase.SUSPENDED.value if plan.suspend else (Phase.QUEUED.value if plan.queue else Phase.PENDING.value)
@@ -324,13 +401,13 @@ def _sync(namespace: str, name: str, body: dict[str, Any] | None) -> None:
                 conditions, ConditionType.QUEUED, True, Reason.WAITING_FOR_QUEUE, f"waiting for queue {plan.queue}", generation
             )
         else:
-            API.batch.patch_namespaced_job(plan.job_name, namespace, {"spec": {"suspend": False}})
+            _patch_job(plan, job, {"spec": {"suspend": False}})
             new["phase"] = Phase.PENDING.value
             conditions = set_condition(
                 conditions, ConditionType.SUSPENDED, False, Reason.RESUMED, "resumed from the newest checkpoint", generation
             )
     elif plan.suspend and obs.state in ("pending", "running"):
-        API.batch.patch_namespaced_job(plan.job_name, namespace, {"spec": {"suspend": True}})
+        _patch_job(plan, job, {"spec": {"suspend": True}})
         new["phase"] = Phase.SUSPENDED.value
         conditions = set_condition(
             conditions,
@@ -360,22 +437,10 @@ def _sync(namespace: str, name: str, body: dict[str, Any] | None) -> None:
             if progress:
                 new["progress"] = progress
         elif obs.state == "succeeded":
-            summary = obs.summary or {}
             new["phase"] = Phase.SUCCEEDED.value
             new["completionTime"] = now()
             new.setdefault("startTime", new["completionTime"])
-            if summary.get("metrics"):
-                new["metrics"] = {k: v for k, v in summary["metrics"].items() if v is not None}
-            if summary.get("adapterUri"):
-                new["adapterUri"] = summary["adapterUri"]
-            steps = summary.get("steps")
-            if steps:
-                new["progress"] = {
-                    **(new.get("progress") or {}),
-                    "step": steps,
-                    "totalSteps": steps,
-                    "summary": f"{steps}/{steps} (100%)",
-                }
+            new.update(succeeded_fields(obs.summary, spec.output.uri, new.get("progress")))
             conditions = set_condition(conditions, ConditionType.RUNNING, False, Reason.COMPLETED, "finished", generation)
             conditions = set_condition(conditions, ConditionType.SUCCEEDED, True, Reason.COMPLETED, obs.message, generation)
         elif obs.state == "failed":
@@ -399,18 +464,38 @@ def _sync(namespace: str, name: str, body: dict[str, Any] | None) -> None:
                 new["phase"] = Phase.PENDING.value
                 message = f"restart {restarts + 1} of {spec.runPolicy.backoffLimit} after {obs.reason}: {obs.message}"
                 conditions = set_condition(conditions, ConditionType.RUNNING, False, Reason.GANG_RESTARTING, message, generation)
-                _delete_job(plan)
+                new["conditions"] = conditions
+                # counted first: were the count written after the delete and lost, the gang would restart for ever
+                _write_status(body, new)
+                assert job is not None
+                _delete_job(plan, job)
                 _event(body, Reason.GANG_RESTARTING.value, message, warning=True)
                 metrics.restarted()
+                return
     new["conditions"] = conditions
     _write_status(body, new)
 
 
-def _delete_job(plan: Plan) -> None:
+def _patch_job(plan: Plan, job: dict[str, Any] | None, patch: dict[str, Any]) -> None:
+    """Patch our Job; its uid in the patch makes the API server refuse it if the Job was replaced since it was read."""
+    assert job is not None
     try:
-        API.batch.delete_namespaced_job(plan.job_name, plan.namespace, propagation_policy="Foreground")
+        _raw(
+            API.batch.patch_namespaced_job, plan.job_name, plan.namespace, {"metadata": {"uid": job["metadata"]["uid"]}, **patch}
+        )
     except client.ApiException as exc:
-        if exc.status != 404:
+        raise kopf.TemporaryError(f"cannot patch Job {plan.job_name}: {exc.reason}", delay=5) from exc
+
+
+def _delete_job(plan: Plan, job: dict[str, Any]) -> None:
+    """Delete our Job and, first, its pods (foreground); the uid precondition spares a Job someone put in its place."""
+    options = client.V1DeleteOptions(
+        propagation_policy="Foreground", preconditions=client.V1Preconditions(uid=job["metadata"]["uid"])
+    )
+    try:
+        _raw(API.batch.delete_namespaced_job, plan.job_name, plan.namespace, body=options)
+    except client.ApiException as exc:
+        if exc.status not in (404, 409):  # 409: the precondition failed, the Job is another one now
             raise kopf.TemporaryError(f"cannot delete Job {plan.job_name}: {exc.reason}", delay=5) from exc
 
 

@@ -66,7 +66,15 @@ class Plan:
         }
 
 
-def make_plan(body: dict[str, Any], job: FineTuneJob, settings: Settings, restart: int = 0, elapsed: float = 0.0) -> Plan:
+def make_plan(
+    body: dict[str, Any],
+    job: FineTuneJob,
+    settings: Settings,
+    restart: int = 0,
+    elapsed: float = 0.0,
+    queue: str | None = None,
+) -> Plan:
+    """The plan for a FineTuneJob; `queue` is the queue its existing Job was made with, which then wins."""
     meta = body.get("metadata", {})
     spec = job.spec
     return Plan(
@@ -78,7 +86,7 @@ def make_plan(body: dict[str, Any], job: FineTuneJob, settings: Settings, restar
         workers=spec.workers.replicas,
         processes=spec.workers.processes,
         gpus=spec.workers.gpusPerWorker,
-        queue=(meta.get("labels") or {}).get(QUEUE_LABEL),
+        queue=queue or (meta.get("labels") or {}).get(QUEUE_LABEL),
         suspend=spec.runPolicy.suspend,
         master_port=settings.master_port,
         restart=restart,

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import datetime
-import json
 from dataclasses import dataclass
 from typing import Any
 
 from kubetune_api.conditions import TRAINER_FAILURE_REASONS, ConditionType, Reason
-from kubetune_api.contract import PROGRESS_EVENT, SUMMARY_EVENT
+from kubetune_api.contract import TERMINATION_LIMIT, ProgressLine, Summary, parse_progress, parse_summary
 
 # Failures that another attempt cannot fix: the job fails at once instead of restarting the gang.
 PERMANENT = frozenset(TRAINER_FAILURE_REASONS - {Reason.OUT_OF_MEMORY, Reason.TRAINER_ERROR, Reason.NAN_LOSS})
@@ -40,48 +39,36 @@ def set_condition(
     return sorted(out, key=lambda c: order.index(c["type"]) if c["type"] in order else len(order))
 
 
-def summary_of(pod: dict[str, Any]) -> dict[str, Any] | None:
-    """The trainer's final summary from a pod's termination message, if it left one."""
+def summary_of(pod: dict[str, Any]) -> Summary | None:
+    """The trainer's final summary from a pod's termination message, if it left a valid one. The message is the
+    pod's word: parsed by the contract's bounded model, anything else is ignored."""
     for status in (pod.get("status") or {}).get("containerStatuses") or []:
         message = ((status.get("state") or {}).get("terminated") or {}).get("message") or ""
-        for line in reversed(message.strip().splitlines()):
-            try:
-                data = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(data, dict) and data.get("event") == SUMMARY_EVENT:
-                return data
+        if isinstance(message, str):
+            found = parse_summary(message[: TERMINATION_LIMIT * 2])
+            if found is not None:
+                return found
     return None
 
 
-def last_progress(log: str) -> dict[str, Any] | None:
-    """The newest structured progress line of rank 0's log."""
+def last_progress(log: str) -> ProgressLine | None:
+    """The newest valid progress line of rank 0's log."""
     for line in reversed(log.splitlines()):
-        line = line.strip()
-        if not line.startswith("{"):
-            continue
-        try:
-            data = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(data, dict) and data.get("event") == PROGRESS_EVENT:
-            return data
+        found = parse_progress(line)
+        if found is not None:
+            return found
     return None
 
 
-def progress_status(line: dict[str, Any]) -> dict[str, Any]:
-    step, total = int(line.get("step", 0)), int(line.get("totalSteps", 0))
+def progress_status(line: ProgressLine) -> dict[str, Any]:
+    step, total = min(line.step, line.totalSteps) if line.totalSteps else line.step, line.totalSteps
     percent = int(100 * step / total) if total else 0
-    return {
-        "step": step,
-        "totalSteps": total,
-        "epoch": line.get("epoch", 0.0),
-        "loss": line.get("loss"),
-        "learningRate": line.get("learningRate"),
-        "tokensPerSecond": line.get("tokensPerSecond"),
-        "eta": line.get("eta"),
-        "summary": f"{step}/{total} ({percent}%)",
-    }
+    out: dict[str, Any] = {"step": step, "totalSteps": total, "epoch": line.epoch, "summary": f"{step}/{total} ({percent}%)"}
+    for key in ("loss", "learningRate", "tokensPerSecond", "eta"):
+        value = getattr(line, key)
+        if value is not None:
+            out[key] = value
+    return out
 
 
 def _job_condition(job: dict[str, Any], type_: str) -> dict[str, Any] | None:
@@ -99,7 +86,7 @@ class Observation:
     reason: str = ""
     message: str = ""
     ready: int = 0
-    summary: dict[str, Any] | None = None
+    summary: Summary | None = None
 
 
 def pending_reason(pods: list[dict[str, Any]]) -> tuple[str, str]:
@@ -129,20 +116,20 @@ def observe(job: dict[str, Any] | None, pods: list[dict[str, Any]], workers: int
     if job is None or (job.get("metadata") or {}).get("deletionTimestamp"):
         return Observation("missing")
     if _job_condition(job, "Complete") or _job_condition(job, "SuccessCriteriaMet"):
-        summaries = [s for s in (summary_of(p) for p in pods) if s and s.get("status") == "Succeeded"]
-        rank0 = next((s for s in summaries if s.get("metrics")), summaries[0] if summaries else None)
+        summaries = [s for s in (summary_of(p) for p in pods) if s and s.status == "Succeeded"]
+        rank0 = next((s for s in summaries if s.metrics), summaries[0] if summaries else None)
         return Observation("succeeded", Reason.COMPLETED.value, "adapter, metrics and _SUCCESS written", summary=rank0)
     failed = _job_condition(job, "Failed") or _job_condition(job, "FailureTarget")
-    finished = next((s for s in (summary_of(p) for p in pods) if s and s.get("status") == "Succeeded" and s.get("metrics")), None)
+    finished = next((s for s in (summary_of(p) for p in pods) if s and s.status == "Succeeded" and s.metrics), None)
     if failed and finished:  # worker 0 wrote the adapter and _SUCCESS; a worker failing afterwards changes nothing
         return Observation("succeeded", Reason.COMPLETED.value, "adapter, metrics and _SUCCESS written", summary=finished)
     if failed:
         if failed.get("reason") == "DeadlineExceeded":
             return Observation("failed", Reason.DEADLINE_EXCEEDED.value, "runPolicy.activeDeadlineSeconds passed")
-        summaries = [s for s in (summary_of(p) for p in pods) if s and s.get("status") == "Failed"]
-        summaries.sort(key=lambda s: s.get("reason") == Reason.TRAINER_ERROR.value)
+        summaries = [s for s in (summary_of(p) for p in pods) if s and s.status == "Failed"]
+        summaries.sort(key=lambda s: s.reason in (None, Reason.TRAINER_ERROR.value))
         if summaries:
-            return Observation("failed", str(summaries[0].get("reason")), str(summaries[0].get("message", "")))
+            return Observation("failed", summaries[0].reason or Reason.TRAINER_ERROR.value, summaries[0].message)
         pending = pending_reason(pods)
         if pending[0] != Reason.PODS_PENDING.value:
             return Observation("failed", *pending)
@@ -156,3 +143,20 @@ def observe(job: dict[str, Any] | None, pods: list[dict[str, Any]], workers: int
         return Observation("running", ready=len(running))
     why, message = pending_reason(pods)
     return Observation("pending", why, message, ready=len(running))
+
+
+def adapter_uri(output_uri: str) -> str:
+    """Where the adapter is: derived from the spec, never taken from what a pod says."""
+    return output_uri.rstrip("/") + "/adapter/"
+
+
+def succeeded_fields(summary: Summary | None, output_uri: str, progress: dict[str, Any] | None) -> dict[str, Any]:
+    """The status fields of a finished job: metrics and steps from rank 0's (validated) summary, the adapter's URI
+    from the spec."""
+    out: dict[str, Any] = {"adapterUri": adapter_uri(output_uri)}
+    if summary is not None and summary.metrics is not None:
+        out["metrics"] = summary.metrics.model_dump(exclude_none=True)
+    steps = summary.steps if summary is not None else None
+    if steps:
+        out["progress"] = {**(progress or {}), "step": steps, "totalSteps": steps, "summary": f"{steps}/{steps} (100%)"}
+    return out

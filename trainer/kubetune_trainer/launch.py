@@ -17,7 +17,7 @@ from typing import Any
 
 from kubetune_api._types import quantity_value
 from kubetune_api.conditions import Reason
-from kubetune_api.contract import WorkerEnv
+from kubetune_api.contract import RankFailure, WorkerEnv
 from kubetune_api.job import FineTuneJobSpec
 
 from . import report
@@ -106,11 +106,16 @@ def _outcome(result_dir: Path, returncode: int) -> dict[str, Any]:
     summary = result_dir / "summary.json"
     if returncode == 0:  # rank 0's worker has the metrics; the other workers only finished their part
         return {"status": "Succeeded", "metrics": json.loads(summary.read_text()) if summary.is_file() else {}}
-    failures = [json.loads(p.read_text()) for p in sorted(result_dir.glob("failure-*.json"))]
-    failures.sort(key=lambda f: (f["reason"] == Reason.TRAINER_ERROR.value, f["rank"]))
+    failures = []
+    for path in sorted(result_dir.glob("failure-*.json")):
+        try:
+            failures.append(RankFailure.model_validate_json(path.read_bytes()[:65536]))
+        except ValueError:
+            continue  # a rank died writing it; its exit code still fails the worker
+    failures.sort(key=lambda f: (f.reason == Reason.TRAINER_ERROR.value, f.rank))
     if failures:
         first = failures[0]
-        return {"status": "Failed", "reason": first["reason"], "message": f"rank {first['rank']}: {first['message']}"}
+        return {"status": "Failed", "reason": first.reason, "message": f"rank {first.rank}: {first.message}"}
     return {
         "status": "Failed",
         "reason": Reason.TRAINER_ERROR.value,

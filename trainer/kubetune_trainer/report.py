@@ -10,9 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from kubetune_api.contract import PROGRESS_EVENT, SUMMARY_EVENT
-
-TERMINATION_LIMIT = 4096  # bytes Kubernetes keeps of a termination message
+from kubetune_api.contract import PROGRESS_EVENT, Summary
 
 
 def format_eta(seconds: float | None) -> str | None:
@@ -52,7 +50,7 @@ class Progress:
             "step": step,
             "totalSteps": self.total_steps,
             "epoch": round(epoch, 4),
-            "loss": round(loss, 6),
+            "loss": round(loss, 6) if math.isfinite(loss) else None,
             "learningRate": lr,
             "tokensPerSecond": round(tokens_per_second, 1),
             "etaSeconds": None if eta is None else round(eta, 1),
@@ -77,19 +75,20 @@ class Progress:
 
 
 def summary(status: str, **fields: Any) -> dict[str, Any]:
-    return {"event": SUMMARY_EVENT, "status": status, **{k: v for k, v in fields.items() if v is not None}}
+    """The final summary, through the same model the operator reads it with (bounded, finite, known reasons)."""
+    metrics = fields.get("metrics")
+    if isinstance(metrics, dict):  # a non-finite metric is reported as missing rather than breaking the summary
+        fields["metrics"] = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and math.isfinite(v)}
+    return Summary.model_validate({"status": status, **{k: v for k, v in fields.items() if v is not None}}).model_dump(
+        mode="json", exclude_none=True
+    )
 
 
 def write_termination(path: Path | None, data: dict[str, Any]) -> None:
-    """Write the summary where Kubernetes reads the termination message, within its 4 KiB limit."""
+    """Write the summary where Kubernetes reads the termination message: valid JSON within its 4 KiB limit."""
     if path is None:
         return
-    text = json.dumps(data)
-    if len(text.encode()) > TERMINATION_LIMIT:
-        data = dict(data)
-        data["message"] = str(data.get("message", ""))[:1000]
-        data.pop("history", None)
-        text = json.dumps(data)[:TERMINATION_LIMIT]
+    text = Summary.model_validate(data).termination_message()
     try:
         path.write_text(text)
     except OSError as exc:

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from kubetune_api.conditions import Reason
-from kubetune_api.contract import WorkerEnv
+from kubetune_api.contract import RankFailure, WorkerEnv
 from kubetune_api.job import FineTuneJobSpec
 
 from . import checkpoint, data, evaluate, spec_io
@@ -504,7 +504,7 @@ def main() -> int:
         reason, message = _classify(exc)
         paths.result_dir.mkdir(parents=True, exist_ok=True)
         (paths.result_dir / f"failure-{rank}.json").write_text(
-            json.dumps({"rank": rank, "reason": reason.value, "message": message})
+            RankFailure(rank=rank, reason=reason.value, message=message).model_dump_json()
         )
         if not isinstance(exc, TrainerFailure):
             traceback.print_exc()

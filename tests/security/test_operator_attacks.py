@@ -1,0 +1,81 @@
+"""A tenant with rights in one namespace must not be able to make the operator act on objects that are not its
+job's children, nor leave a job retrying for ever. The real API server, the operator under the chart's RBAC."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from kubetune_api.manifests import dump
+
+from ..conftest import job
+from ..test_operator_cluster import condition, ftj, wait_for
+
+pytestmark = pytest.mark.cluster
+
+NS = "team-a"
+
+
+def failed_with(plane: Any, name: str, reason: str) -> dict[str, Any]:
+    return wait_for(  # type: ignore[no-any-return]
+        f"{name} Failed/{reason}",
+        lambda: condition(ftj(plane, name, NS), "Failed").get("reason") == reason and ftj(plane, name, NS),
+    )
+
+
+def test_a_job_named_like_another_service_leaves_it_alone(plane, operator) -> None:  # type: ignore[no-untyped-def]
+    service = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": "web", "namespace": NS},
+        "spec": {"selector": {"app": "web"}, "ports": [{"port": 80}]},
+    }
+    plane.kubectl("apply", "-f", "-", input=dump(service))
+    plane.kubectl("apply", "-n", NS, "-f", "-", input=dump(job(**{"metadata.name": "web", "spec.output.uri": "s3://out/web/"})))
+    failed = failed_with(plane, "web", "NameConflict")
+    assert failed["status"]["phase"] == "Failed"
+    assert "Service team-a/web exists and is not owned by this FineTuneJob" in condition(failed, "Failed")["message"]
+    after = json.loads(plane.kubectl("get", "service", "web", "-n", NS, "-o", "json").stdout)
+    assert after["spec"]["selector"] == {"app": "web"}  # not rewritten
+    assert plane.kubectl("get", "job", "web", "-n", NS, check=False).returncode != 0  # no Job made under its name
+
+
+def test_a_leftover_complete_job_does_not_make_a_new_job_succeed(plane, operator, node_agent) -> None:  # type: ignore[no-untyped-def]
+    leftover = {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"name": "old-run", "namespace": NS, "labels": {"kubetune.dev/job-name": "old-run"}},
+        "spec": {
+            "template": {
+                "metadata": {"labels": {"kubetune.dev/job-name": "old-run"}},
+                "spec": {"restartPolicy": "Never", "containers": [{"name": "c", "image": "x", "command": ["true"]}]},
+            },
+        },
+    }
+    plane.kubectl("apply", "-f", "-", input=dump(leftover))
+    wait_for(
+        "the leftover Job to complete",
+        lambda: (
+            "Complete" in plane.kubectl("get", "job", "old-run", "-n", NS, "-o", "jsonpath={.status.conditions[*].type}").stdout
+        ),
+        timeout=90,
+    )
+    plane.kubectl(
+        "apply", "-n", NS, "-f", "-", input=dump(job(**{"metadata.name": "old-run", "spec.output.uri": "s3://out/old/"}))
+    )
+    failed = failed_with(plane, "old-run", "NameConflict")
+    assert "adapterUri" not in failed["status"] and condition(failed, "Succeeded") == {}
+    assert plane.kubectl("get", "job", "old-run", "-n", NS).returncode == 0  # left untouched, not deleted
+
+
+def test_a_child_the_api_server_rejects_fails_the_job_with_its_words(plane, operator) -> None:  # type: ignore[no-untyped-def]
+    # an image name with a trailing space passes the spec's checks, and the Job's validation refuses it: the job
+    # fails with the API server's words instead of retrying the create every few seconds for ever
+    name = "spaced-image"
+    body = job(**{"metadata.name": name, "spec.output.uri": "s3://out/spaced/", "spec.workers.image": "trainer:v1 "})
+    plane.kubectl("apply", "-n", NS, "-f", "-", input=dump(body))
+    failed = failed_with(plane, name, "InvalidSpec")
+    message = condition(failed, "Failed")["message"]
+    assert message.startswith("the API server rejected the Job") and "whitespace" in message, message
