@@ -40,6 +40,7 @@ test-fast: ## the fast tier only
 generate: ## regenerate the CRD, the API reference and the quickstart's tiny model and data
 	$(VENV)/bin/kubetune crd > crds/finetunejob.yaml
 	cp crds/*.yaml charts/kubetune/crds/
+	$(VENV)/bin/kubetune admission-policy > charts/kubetune/templates/admission-policy.yaml
 	$(VENV)/bin/kubetune reference > docs/api.md
 	$(PY) -c "from pathlib import Path; from kubetune_trainer.tiny import write_quickstart; write_quickstart(Path('examples/quickstart'))"
 

@@ -147,6 +147,10 @@ def crd(plane) -> None:  # type: ignore[no-untyped-def]
         "--create-namespace",
         "--set",
         "replicas=0",
+        "-f",  # the shipped platform policy (examples/platform), watching every namespace the tests use
+        str(ROOT / "examples" / "platform" / "values.yaml"),
+        "--set-json",
+        "watchNamespaces=[]",
     )
     import time
 
@@ -178,10 +182,17 @@ def operator(plane, crd, operator_kubeconfig):  # type: ignore[no-untyped-def]
 
     config = operator_kubeconfig
     saved = {
-        k: os.environ.get(k) for k in ("KUBECONFIG", "KUBETUNE_SYNC_SECONDS", "KUBETUNE_METRICS_PORT", "KUBETUNE_TRAINER_IMAGE")
+        k: os.environ.get(k)
+        for k in ("KUBECONFIG", "KUBETUNE_SYNC_SECONDS", "KUBETUNE_METRICS_PORT", "KUBETUNE_TRAINER_IMAGE", "KUBETUNE_POLICY")
     }
     os.environ.update(
-        {"KUBECONFIG": str(config), "KUBETUNE_SYNC_SECONDS": "2", "KUBETUNE_METRICS_PORT": "0", "KUBETUNE_TRAINER_IMAGE": "local"}
+        {
+            "KUBECONFIG": str(config),
+            "KUBETUNE_SYNC_SECONDS": "2",
+            "KUBETUNE_METRICS_PORT": "0",
+            "KUBETUNE_TRAINER_IMAGE": "local",
+            "KUBETUNE_POLICY": str(ROOT / "examples" / "platform" / "values.yaml"),  # as the chart mounts its policy
+        }
     )
     import logging
 

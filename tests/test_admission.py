@@ -110,3 +110,14 @@ def test_overlapping_output_is_refused_at_admission_in_the_offline_words(webhook
     assert offline.returncode == 1 and words in offline.stdout
     # a job with a prefix of its own passes the webhook
     assert plane.kubectl("apply", "-f", "-", input=dump(body("third", "s3://adapters/other/"))).returncode == 0
+
+
+def test_another_namespace_learns_nothing_from_the_overlap_rule(webhook, plane) -> None:  # type: ignore[no-untyped-def]
+    """The rule is per namespace: a tenant elsewhere neither sees the other job's name or URI in a denial nor can it
+    probe which prefixes are in use (the platform policy's writePrefixes keep tenants apart)."""
+    plane.kubectl("create", "namespace", "admission-other", check=False)
+    probe = body("probe", "s3://adapters/shared/")
+    probe["metadata"]["namespace"] = "admission-other"
+    applied = plane.kubectl("apply", "-f", "-", input=dump(probe), check=False)
+    assert applied.returncode == 0, applied.stderr
+    assert "admission/first" not in applied.stderr + applied.stdout

@@ -43,6 +43,8 @@ OPTIONS: dict[str, list[str]] = {
     ],
     "no-metrics-service": ["--set", "metrics.service.enabled=false"],
     "webhook": ["--set", "webhook.enabled=true", "--set", "watchNamespaces={team-a}"],
+    "platform-policy": ["-f", str(ROOT / "examples" / "platform" / "values.yaml")],
+    "policy-not-enforced": ["--set", "policy.enforce=false"],
 }
 
 
@@ -233,7 +235,11 @@ def test_rendered_chart_is_accepted_by_the_api_server(plane, third_party_crds, o
 
 
 @pytest.mark.cluster
-@pytest.mark.parametrize("example", sorted((ROOT / "examples").glob("*/*.yaml")), ids=lambda p: f"{p.parent.name}/{p.name}")
+@pytest.mark.parametrize(
+    "example",
+    sorted(p for p in (ROOT / "examples").glob("*/*.yaml") if p.parent.name != "platform"),  # platform/: Helm values
+    ids=lambda p: f"{p.parent.name}/{p.name}",
+)
 def test_kueue_and_gitops_examples_are_accepted_by_the_api_server(plane, third_party_crds, example: Path) -> None:  # type: ignore[no-untyped-def]
     result = plane.kubectl("apply", "--dry-run=server", "-f", str(example), check=False)
     assert result.returncode == 0, result.stderr
@@ -263,3 +269,20 @@ def test_upgrade_and_uninstall_as_documented(plane, crd) -> None:  # type: ignor
     assert plane.kubectl("get", "clusterrole/second-kubetune", check=False).returncode != 0
     assert plane.kubectl("get", "crd/finetunejobs.kubetune.dev", check=False).returncode == 0
     assert plane.kubectl("get", "ftj/kept", "-n", "chart-tenant", check=False).returncode == 0
+
+
+def test_the_policy_configmap_is_the_policy_the_operator_and_the_api_server_read(tmp_path: Path) -> None:
+    """The chart renders its `policy` values once as the admission policy's parameters and once as the operator's
+    policy.yaml: both must be exactly what kubetune_api.policy makes of the same values."""
+    from kubetune_api.policy import load_policy
+
+    values = ROOT / "examples" / "platform" / "values.yaml"
+    (configmap,) = [d for d in of_kind(render("-f", str(values)), "ConfigMap") if d["metadata"]["name"].endswith("-policy")]
+    mounted = tmp_path / "policy.yaml"
+    mounted.write_text(configmap["data"]["policy.yaml"])
+    policy = load_policy(values)
+    assert load_policy(mounted) == policy
+    assert {k: v for k, v in configmap["data"].items() if k != "policy.yaml"} == policy.params()
+    (deployment,) = of_kind(render("-f", str(values)), "Deployment")
+    env = {e["name"]: e.get("value") for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["KUBETUNE_POLICY"] == "/etc/kubetune/policy/policy.yaml"

@@ -159,7 +159,7 @@ def test_overlapping_outputs(a: str, b: str, overlap: bool) -> None:
 
 def test_manifests_validated_together_need_outputs_of_their_own(tmp_path: Path) -> None:
     first = job(**{"metadata.name": "first", "spec.output": {"uri": "s3://adapters/shared/"}})
-    second = job(**{"metadata.name": "second", "metadata.namespace": "team-b", "spec.output": {"uri": "s3://adapters/shared/x/"}})
+    second = job(**{"metadata.name": "second", "spec.output": {"uri": "s3://adapters/shared/x/"}})
     (tmp_path / "a.yaml").write_bytes(dump(first))
     (tmp_path / "b.yaml").write_bytes(dump(second))
     result = kubetune("validate", str(tmp_path))
@@ -169,3 +169,7 @@ def test_manifests_validated_together_need_outputs_of_their_own(tmp_path: Path) 
         "each job needs an output prefix of its own (got s3://adapters/shared/x/)"
     ) in result.stdout
     assert kubetune("validate", str(tmp_path / "a.yaml")).returncode == 0  # alone, each is fine
+    # per namespace, as at admission: across tenants the policy's writePrefixes keep outputs apart
+    other = job(**{"metadata.name": "second", "metadata.namespace": "team-b", "spec.output": {"uri": "s3://adapters/shared/x/"}})
+    (tmp_path / "b.yaml").write_bytes(dump(other))
+    assert kubetune("validate", str(tmp_path)).returncode == 0

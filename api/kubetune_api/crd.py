@@ -32,6 +32,15 @@ IMMUTABLE_RULE = {
     "reason": "FieldValueForbidden",
 }
 
+# The output prefix is fixed at creation: an UPDATE cannot move a job onto another job's prefix (the admission
+# checks of prefixes then hold for the job's whole life). Kopf's annotation patches leave spec alone.
+OUTPUT_FROZEN_RULE = {
+    "rule": "self.spec.output.uri == oldSelf.spec.output.uri",
+    "message": "spec.output.uri is immutable: create a new FineTuneJob to write elsewhere",
+    "fieldPath": ".spec.output.uri",
+    "reason": "FieldValueForbidden",
+}
+
 _DROP = {"title", "discriminator", "$defs"}
 
 
@@ -96,7 +105,7 @@ def object_schema(strict: bool = False) -> dict[str, Any]:
             "spec": _schema(FineTuneJobSpec, strict),
             "status": _status_schema(strict),
         },
-        "x-kubernetes-validations": [cel_rule(NAME_RULE), IMMUTABLE_RULE],
+        "x-kubernetes-validations": [cel_rule(NAME_RULE), IMMUTABLE_RULE, OUTPUT_FROZEN_RULE],
     }
 
 

@@ -1,6 +1,8 @@
-"""One rule the CRD cannot express, since it spans objects: two FineTuneJobs must not write to overlapping output
-prefixes (the later one would overwrite the other's checkpoints and adapter). `kubetune validate` applies it
-across the manifests it is given and the admission webhook across the jobs in the cluster, in the same words."""
+"""One rule the CRD cannot express, since it spans objects: two FineTuneJobs of a namespace must not write to
+overlapping output prefixes (the later one would overwrite the other's checkpoints and adapter). `kubetune validate`
+applies it across the manifests it is given and the admission webhook across the jobs in the cluster, in the same
+words. Across namespaces the platform policy's writePrefixes keep tenants apart, without telling one tenant what
+another runs."""
 
 from __future__ import annotations
 

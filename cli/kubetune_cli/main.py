@@ -16,6 +16,13 @@ def _crd(_: argparse.Namespace) -> int:
     return 0
 
 
+def _admission_policy(_: argparse.Namespace) -> int:
+    from kubetune_api.policy import admission_policy_template
+
+    sys.stdout.write(admission_policy_template())
+    return 0
+
+
 def _reference(_: argparse.Namespace) -> int:
     from kubetune_api.reference import render
 
@@ -57,6 +64,12 @@ def parser() -> argparse.ArgumentParser:
     validate = commands.add_parser("validate", help="check FineTuneJob manifests offline (exit 0 valid, 1 invalid, 2 usage/I-O)")
     validate.add_argument("files", nargs="+", metavar="FILE", help="manifest files or directories; - reads standard input")
     validate.add_argument("-o", "--output", choices=["text", "json"], default="text", help="output format (default: text)")
+    validate.add_argument(
+        "--policy", metavar="FILE", help="also check the platform policy (a policy file, or the chart's values file)"
+    )
+    validate.add_argument(
+        "-n", "--namespace", help="namespace the jobs go to, for the policy's per-namespace prefixes (default: each job's)"
+    )
     validate.set_defaults(func=validate_cmd.run)
 
     crd = commands.add_parser("crd", help="print the FineTuneJob CustomResourceDefinition")
@@ -81,6 +94,11 @@ def parser() -> argparse.ArgumentParser:
     render.add_argument("manifest", metavar="MANIFEST", help="a FineTuneJob manifest; - reads standard input")
     render.add_argument("-n", "--namespace", help="namespace to render into (default: the manifest's, else default)")
     render.set_defaults(func=_render)
+
+    policy = commands.add_parser(
+        "admission-policy", help="print the chart's ValidatingAdmissionPolicy template (the platform policy's rules in CEL)"
+    )
+    policy.set_defaults(func=_admission_policy)
 
     reference = commands.add_parser("reference", help="print the API reference in Markdown (docs/api.md)")
     reference.set_defaults(func=_reference)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from kubetune_api.manifests import MAX_BYTES
 from kubetune_api.outputs import conflict
+from kubetune_api.policy import Policy, PolicyError, check, load_policy
 from kubetune_api.validate import Result, validate_bytes
 
 MANIFEST_SUFFIXES = (".yaml", ".yml", ".json")
@@ -58,13 +59,29 @@ def _check_outputs(results: list[Result]) -> None:
             continue
         meta = result.job.metadata  # plain metadata, as given
         uri = result.job.spec.output.uri
-        problem = conflict(uri, seen)
+        namespace = f"{meta.get('namespace') or 'default'}/"
+        problem = conflict(uri, [(who, other) for who, other in seen if who.startswith(namespace)])  # as at admission
         if problem is not None:
             result.problems.append(problem)
-        seen.append((f"{meta.get('namespace') or 'default'}/{meta.get('name')}", uri))
+        seen.append((f"{namespace}{meta.get('name')}", uri))
+
+
+def _check_policy(results: list[Result], policy: Policy, namespace: str | None) -> None:
+    """The platform policy, for the namespace each job goes to (--namespace, else its own, else default)."""
+    for result in results:
+        if result.job is not None:
+            where = namespace or result.job.metadata.get("namespace") or "default"
+            result.problems += check(result.job.spec, str(where), policy)
 
 
 def run(args: argparse.Namespace) -> int:
+    policy = None
+    if args.policy:
+        try:
+            policy = load_policy(Path(args.policy))
+        except PolicyError as exc:
+            print(f"kubetune validate: policy {exc}", file=sys.stderr)
+            return 2
     files, io_errors = _expand(args.files)
     results: list[Result] = []
     for name in files:
@@ -75,6 +92,8 @@ def run(args: argparse.Namespace) -> int:
             continue
         results += validate_bytes(data, "<stdin>" if name == "-" else name)
     _check_outputs(results)
+    if policy is not None:
+        _check_policy(results, policy, args.namespace)
     invalid = sum(1 for r in results if not r.valid)
     if args.output == "json":
         report = {"valid": not invalid and not io_errors, "results": [r.to_dict() for r in results], "ioErrors": io_errors}

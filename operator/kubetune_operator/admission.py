@@ -14,6 +14,7 @@ import kopf
 from kubetune_api import validate_object
 from kubetune_api.names import GROUP, PLURAL, VERSION
 from kubetune_api.outputs import conflict
+from kubetune_api.policy import check as policy_check
 
 
 @kopf.index(GROUP, VERSION, PLURAL)
@@ -30,8 +31,16 @@ def admit(*, body: kopf.Body, **kwargs: Any) -> None:
     result = validate_object(dict(body), source=f"{meta.get('namespace')}/{meta.get('name')}")
     if result.job is None:
         raise kopf.AdmissionError("; ".join(str(problem) for problem in result.problems), code=422)
+    from .handlers import POLICY
+
+    denied = policy_check(result.job.spec, str(meta.get("namespace") or "default"), POLICY) if POLICY is not None else []
+    if denied:
+        raise kopf.AdmissionError("; ".join(str(problem) for problem in denied), code=403)
     me = f"{meta.get('namespace')}/{meta.get('name')}"
-    others = [(who, uri) for who, uris in index.items() if who != me for uri in uris]
+    # within the namespace only: across tenants the policy's writePrefixes keep outputs apart, and a denial naming
+    # (or merely hinting at) another namespace's job would let a tenant probe what its neighbours run
+    mine = f"{meta.get('namespace')}/"
+    others = [(who, uri) for who, uris in index.items() if who != me and who.startswith(mine) for uri in uris]
     problem = conflict(result.job.spec.output.uri, others)
     if problem is not None:
         raise kopf.AdmissionError(str(problem), code=409)

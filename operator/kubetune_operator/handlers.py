@@ -11,6 +11,7 @@ import threading
 import time
 from collections import defaultdict
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import kopf
@@ -19,6 +20,8 @@ from kubernetes import client, config
 from kubetune_api import validate_object
 from kubetune_api.conditions import ConditionType, Phase, Reason
 from kubetune_api.names import GROUP, JOB_NAME_LABEL, PLURAL, QUEUE_LABEL, VERSION
+from kubetune_api.policy import Policy, load_policy
+from kubetune_api.policy import check as policy_check
 
 from . import builders, metrics
 from .plan import Plan, make_plan
@@ -26,6 +29,8 @@ from .settings import Settings
 from .status import PERMANENT, last_progress, now, observe, progress_status, set_condition, succeeded_fields
 
 SETTINGS = Settings.from_environ()
+# the platform policy, read once at start-up: a policy that cannot be read stops the operator rather than admit all
+POLICY: Policy | None = load_policy(Path(SETTINGS.policy_file)) if SETTINGS.policy_file else None
 LOG_LIMIT = 64 * 1024  # bytes of rank 0's log read per sync
 LOG_TIMEOUT = 5  # seconds a log read may take
 
@@ -333,6 +338,7 @@ def _sync(namespace: str, name: str, body: dict[str, Any] | None) -> None:
     if status.get("phase") in (Phase.SUCCEEDED, Phase.FAILED):
         _expire(body, status)
         return
+
     new = dict(status)
     new["observedGeneration"] = generation
     conditions = set_condition(
@@ -344,6 +350,9 @@ def _sync(namespace: str, name: str, body: dict[str, Any] | None) -> None:
         started = datetime.datetime.strptime(status["startTime"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=datetime.UTC)
         elapsed = (datetime.datetime.now(datetime.UTC) - started).total_seconds()
     job = _json(API.batch.read_namespaced_job, name, namespace)
+    denied = policy_check(result.job.spec, namespace, POLICY) if POLICY is not None and job is None else []
+    if denied:  # before any child (a first start or a gang restart); the API server enforced it at admission already
+        raise Refused(Reason.POLICY_DENIED, "; ".join(str(p) for p in denied))
     if job is not None and not owned(job, body["metadata"].get("uid", "")):
         raise _conflict("Job", make_plan(body, result.job, SETTINGS, restarts, elapsed))
     # the queue is fixed when the Job is made: removing the label from a started job does not skip the queue

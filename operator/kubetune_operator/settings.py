@@ -21,6 +21,7 @@ class Settings:
     workers: int = 8  # threads that run syncs at once; each waits on the API server most of its time
     idle_seconds: float = 1.0  # how long Kopf keeps an object's worker (and its last body) after its last event
     metrics_port: int = 9090
+    policy_file: str = ""  # the platform policy (the chart mounts its ConfigMap); empty: no policy
 
     @classmethod
     def from_environ(cls) -> Settings:
@@ -40,4 +41,5 @@ class Settings:
             webhook_key=env.get("KUBETUNE_WEBHOOK_KEY", cls.webhook_key),
             idle_seconds=float(env.get("KUBETUNE_IDLE_SECONDS", cls.idle_seconds)),
             metrics_port=int(env.get("KUBETUNE_METRICS_PORT", cls.metrics_port)),
+            policy_file=env.get("KUBETUNE_POLICY", ""),
         )

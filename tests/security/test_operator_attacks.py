@@ -71,11 +71,17 @@ def test_a_leftover_complete_job_does_not_make_a_new_job_succeed(plane, operator
 
 
 def test_a_child_the_api_server_rejects_fails_the_job_with_its_words(plane, operator) -> None:  # type: ignore[no-untyped-def]
-    # an image name with a trailing space passes the spec's checks, and the Job's validation refuses it: the job
+    # an extended resource requested without its limit passes the spec's checks and the Job's validation refuses it: the job
     # fails with the API server's words instead of retrying the create every few seconds for ever
-    name = "spaced-image"
-    body = job(**{"metadata.name": name, "spec.output.uri": "s3://out/spaced/", "spec.workers.image": "trainer:v1 "})
+    name = "no-limit"
+    body = job(
+        **{
+            "metadata.name": name,
+            "spec.output.uri": "s3://out/spaced/",
+            "spec.workers.resources": {"requests": {"example.com/fpga": "1"}},
+        }
+    )
     plane.kubectl("apply", "-n", NS, "-f", "-", input=dump(body))
     failed = failed_with(plane, name, "InvalidSpec")
     message = condition(failed, "Failed")["message"]
-    assert message.startswith("the API server rejected the Job") and "whitespace" in message, message
+    assert message.startswith("the API server rejected the Job") and "Limit must be set" in message, message

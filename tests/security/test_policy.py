@@ -1,0 +1,113 @@
+"""The platform policy offline: each rule refuses what a tenant may not choose, with the field path and what is
+allowed; `kubetune validate --policy` says it in the words the API server uses; the chart's admission policy is the
+one generated from these rules."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kubetune_api import validate_object
+from kubetune_api.policy import Policy, PolicyError, admission_policy_template, check, load_policy
+
+from ..conftest import ROOT, job, kubetune
+
+PLATFORM = ROOT / "examples" / "platform" / "values.yaml"
+STRICT = Policy(
+    images=["registry.corp/kubetune/"],
+    serviceAccounts=["trainer-irsa"],
+    credentialSecrets=["s3-credentials"],
+    priorityClasses=["batch-low"],
+    nodeSelectorKeys=["nvidia.com/gpu.product"],
+    tolerationKeys=["nvidia.com/gpu"],
+    readPrefixes=["s3://models/", "s3://datasets/{namespace}/"],
+    writePrefixes=["s3://adapters/{namespace}/"],
+    maxGpusPerJob=16,
+)
+ALLOWED = {
+    "spec.model.uri": "s3://models/base/",
+    "spec.dataset.train": "s3://datasets/team-a/train.jsonl",
+    "spec.output.uri": "s3://adapters/team-a/run-1/",
+}
+
+# (what a tenant tries, the field refused, words of the message)
+ATTACKS = [
+    ({"spec.workers.image": "evil.io/miner:latest"}, "spec.workers.image", "allowed image prefixes: registry.corp/kubetune/"),
+    ({"spec.storage.serviceAccountName": "cluster-admin-sa"}, "spec.storage.serviceAccountName", "allowed: trainer-irsa"),
+    ({"spec.storage.credentialsSecret": "platform-root-keys"}, "spec.storage.credentialsSecret", "allowed: s3-credentials"),
+    ({"spec.workers.priorityClassName": "system-node-critical"}, "spec.workers.priorityClassName", "allowed: batch-low"),
+    ({"spec.workers.nodeSelector": {"kubernetes.io/hostname": "n1"}}, "spec.workers.nodeSelector", "allowed keys"),
+    ({"spec.workers.tolerations": [{"operator": "Exists"}]}, "spec.workers.tolerations", "every toleration names a key"),
+    (
+        {"spec.workers.tolerations": [{"key": "node-role/control-plane", "operator": "Exists"}]},
+        "spec.workers.tolerations",
+        "allowed keys",
+    ),
+    ({"spec.model.trustRemoteCode": True}, "spec.model.trustRemoteCode", "does not allow running a model's own code"),
+    ({"spec.workers": {"replicas": 4, "gpusPerWorker": 8}}, "spec.workers", 'per job: 16 (got "32 GPUs")'),
+    ({"spec.model.uri": "s3://other-tenant/models/"}, "spec.model.uri", "read only under: s3://models/, s3://datasets/team-a/"),
+    ({"spec.dataset.train": "s3://datasets/team-b/secret.jsonl"}, "spec.dataset", "read only under"),
+    ({"spec.output.uri": "s3://adapters/team-b/run/"}, "spec.output.uri", "write only under: s3://adapters/team-a/"),
+]
+
+
+def spec_of(**changes: Any) -> Any:
+    result = validate_object(job(**{**ALLOWED, **changes}))
+    assert result.job is not None, result.problems
+    return result.job.spec
+
+
+def test_an_allowed_job_passes() -> None:
+    assert check(spec_of(), "team-a", STRICT) == []
+
+
+@pytest.mark.parametrize(("changes", "field", "words"), ATTACKS, ids=[a[1] + ":" + str(i) for i, a in enumerate(ATTACKS)])
+def test_each_choice_outside_the_policy_is_refused(changes: dict[str, Any], field: str, words: str) -> None:
+    problems = check(spec_of(**changes), "team-a", STRICT)
+    assert [p.path for p in problems] == [field], problems
+    assert words in str(problems[0]), str(problems[0])
+
+
+def test_the_namespace_decides_the_prefix() -> None:
+    assert check(spec_of(), "team-b", STRICT) != []  # team-a's prefixes are not team-b's
+
+
+def test_every_shipped_example_passes_the_shipped_platform_policy() -> None:
+    from ..conftest import EXAMPLES
+
+    policy = load_policy(PLATFORM)
+    for path in EXAMPLES:
+        result = validate_object(__import__("yaml").safe_load(path.read_text()))
+        assert result.job is not None and check(result.job.spec, "team-a", policy) == [], path
+
+
+def test_validate_cli_with_a_policy(tmp_path: Path, tmp_manifest) -> None:  # type: ignore[no-untyped-def]
+    policy = tmp_path / "policy.yaml"
+    policy.write_text("writePrefixes: ['s3://adapters/{namespace}/']\npriorityClasses: [batch-low]\n")
+    bad = tmp_manifest(job(**{"spec.output.uri": "s3://adapters/team-b/x/", "spec.workers.priorityClassName": "high"}))
+    result = kubetune("validate", "--policy", str(policy), "--namespace", "team-a", str(bad))
+    assert result.returncode == 1
+    assert "spec.output.uri: the platform policy lets this namespace write only under: s3://adapters/team-a/ " in result.stdout
+    assert (
+        'spec.workers.priorityClassName: this priority class is not allowed by the platform policy; allowed: batch-low (got "high")'
+        in result.stdout
+    )
+    good = tmp_manifest(job(**{"spec.output.uri": "s3://adapters/team-a/x/"}), "good.yaml")
+    assert kubetune("validate", "--policy", str(policy), "-n", "team-a", str(good)).returncode == 0
+    assert kubetune("validate", "--policy", str(PLATFORM), str(good)).returncode == 0  # the chart's values file works too
+
+
+@pytest.mark.parametrize("text", ["images: ['a,b']\n", "imagez: []\n", "maxGpusPerJob: -1\n", "images: [' x']\n"])
+def test_a_wrong_policy_file_is_a_usage_error(tmp_path: Path, tmp_manifest, text: str) -> None:  # type: ignore[no-untyped-def]
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(text)
+    with pytest.raises(PolicyError):
+        load_policy(policy)
+    assert kubetune("validate", "--policy", str(policy), str(tmp_manifest(job()))).returncode == 2
+
+
+def test_the_chart_holds_the_generated_admission_policy() -> None:
+    shipped = (ROOT / "charts" / "kubetune" / "templates" / "admission-policy.yaml").read_text()
+    assert shipped == admission_policy_template(), "run `make generate`"
