@@ -28,6 +28,11 @@ MINIMAL: dict[str, Any] = {
 }
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The audit test reads what the whole session did: it runs last."""
+    items.sort(key=lambda item: item.get_closest_marker("audit") is not None)
+
+
 def job(**changes: Any) -> dict[str, Any]:
     """A minimal valid FineTuneJob body with dotted-path changes, e.g. job(**{"spec.lora.r": 8})."""
     body = copy.deepcopy(MINIMAL)

@@ -164,10 +164,7 @@ def _quoted(expr: str) -> str:
 
 _W = "object.spec.workers"
 _S = "object.spec.storage"
-_READ_URIS = (
-    "([object.spec.model.uri, object.spec.dataset.train] + "
-    "(has(object.spec.dataset.validation) ? [object.spec.dataset.validation] : []))"
-)
+_READ_URIS = "([object.spec.dataset.train] + (has(object.spec.dataset.validation) ? [object.spec.dataset.validation] : []))"
 
 
 def _prefixed(list_name: str, uri: str) -> str:

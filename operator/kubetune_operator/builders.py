@@ -48,6 +48,23 @@ def build_service(plan: Plan) -> dict[str, Any]:
     }
 
 
+def build_network_policy(plan: Plan) -> dict[str, Any]:
+    """Only this job's own pods may reach its pods, on any port: torch.distributed's rendezvous and the collectives'
+    ports carry no authentication, so nothing else in the cluster (another tenant's pod above all) may connect.
+    Egress stays open: the pods need DNS and object storage."""
+    selector = {k: v for k, v in plan.labels.items() if k != "kueue.x-k8s.io/queue-name"}
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": _meta(plan, plan.network_policy_name),
+        "spec": {
+            "podSelector": {"matchLabels": selector},
+            "policyTypes": ["Ingress"],
+            "ingress": [{"from": [{"podSelector": {"matchLabels": selector}}]}],
+        },
+    }
+
+
 def _env(plan: Plan) -> list[dict[str, Any]]:
     spec = plan.spec
     env: list[dict[str, Any]] = [
@@ -179,4 +196,4 @@ def build_job(plan: Plan) -> dict[str, Any]:
 
 
 def build_children(plan: Plan) -> list[dict[str, Any]]:
-    return [build_configmap(plan), build_service(plan), build_job(plan)]
+    return [build_configmap(plan), build_service(plan), build_network_policy(plan), build_job(plan)]

@@ -44,6 +44,7 @@ class Api:
 
     core: client.CoreV1Api
     batch: client.BatchV1Api
+    networking: client.NetworkingV1Api
     custom: client.CustomObjectsApi
 
 
@@ -77,6 +78,7 @@ def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     configuration.connection_pool_maxsize = SETTINGS.workers  # one kept-alive connection per sync thread
     api = client.ApiClient(configuration)
     API.core, API.batch, API.custom = client.CoreV1Api(api), client.BatchV1Api(api), client.CustomObjectsApi(api)
+    API.networking = client.NetworkingV1Api(api)
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="kopf.kubetune.dev")
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix="kopf.kubetune.dev")
     settings.posting.level = 40  # kopf's own log lines stay out of Events; ours are posted explicitly
@@ -195,7 +197,7 @@ def owned(obj: Mapping[str, Any], uid: str) -> bool:
 
 
 def _conflict(kind: str, plan: Plan) -> Refused:
-    name = plan.config_name if kind == "ConfigMap" else plan.job_name
+    name = plan.config_name if kind == "ConfigMap" else plan.job_name  # the Job, Service and NetworkPolicy: the job's name
     return Refused(
         Reason.NAME_CONFLICT,
         f"{kind} {plan.namespace}/{name} exists and is not owned by this FineTuneJob; it was left untouched. "
@@ -216,10 +218,16 @@ def _ensure(plan: Plan, obj: dict[str, Any], fresh: bool) -> None:
     """Create a ConfigMap or Service, or put back what someone changed by hand. For a new gang (fresh) it is
     created straight away; only if it exists already is it read and compared."""
     kind, name = obj["kind"], obj["metadata"]["name"]
-    core = API.core
-    create = core.create_namespaced_config_map if kind == "ConfigMap" else core.create_namespaced_service
-    read = core.read_namespaced_config_map if kind == "ConfigMap" else core.read_namespaced_service
-    patch = core.patch_namespaced_config_map if kind == "ConfigMap" else core.patch_namespaced_service
+    core, net = API.core, API.networking
+    create, read, patch = {
+        "ConfigMap": (core.create_namespaced_config_map, core.read_namespaced_config_map, core.patch_namespaced_config_map),
+        "Service": (core.create_namespaced_service, core.read_namespaced_service, core.patch_namespaced_service),
+        "NetworkPolicy": (
+            net.create_namespaced_network_policy,
+            net.read_namespaced_network_policy,
+            net.patch_namespaced_network_policy,
+        ),
+    }[kind]
     current = None if fresh else _json(read, name, plan.namespace)
     if current is None:
         try:
@@ -241,6 +249,8 @@ def _ensure(plan: Plan, obj: dict[str, Any], fresh: bool) -> None:
         _raw(patch, name, plan.namespace, {"metadata": uid, "data": obj["data"]})
     elif kind == "Service" and ((current.get("spec") or {}).get("selector") or {}) != obj["spec"]["selector"]:
         _raw(patch, name, plan.namespace, {"metadata": uid, "spec": {"selector": obj["spec"]["selector"]}})
+    elif kind == "NetworkPolicy" and {k: (current.get("spec") or {}).get(k) for k in obj["spec"]} != obj["spec"]:
+        _raw(patch, name, plan.namespace, {"metadata": uid, "spec": obj["spec"]})
 
 
 def _write_status(body: dict[str, Any], new: dict[str, Any]) -> None:
@@ -360,6 +370,7 @@ def _sync(namespace: str, name: str, body: dict[str, Any] | None) -> None:
     plan = make_plan(body, result.job, SETTINGS, restarts, elapsed, queue=queue)
     _ensure(plan, builders.build_configmap(plan), fresh=job is None)
     _ensure(plan, builders.build_service(plan), fresh=job is None)
+    _ensure(plan, builders.build_network_policy(plan), fresh=job is None)
     pods = []
     if job is not None:
         listed = _json(API.core.list_namespaced_pod, namespace, label_selector=f"{JOB_NAME_LABEL}={name}")

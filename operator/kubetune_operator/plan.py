@@ -40,6 +40,10 @@ class Plan:
         return self.name
 
     @property
+    def network_policy_name(self) -> str:
+        return self.name
+
+    @property
     def config_name(self) -> str:
         return f"{self.name}-config"
 

