@@ -43,8 +43,9 @@ def used(entries: list[dict[str, Any]]) -> Counter[tuple[str, str, str]]:
 
 def standby_watching_everything(plane, kubeconfig: Path, log: Path) -> None:  # type: ignore[no-untyped-def]
     """The one mode no other test runs: the operator watching every namespace with peering, which keeps its
-    record in a ClusterKopfPeering. It starts as a standby behind a live peer of higher priority, so it touches
-    nothing but the peering record, and is stopped once it says it pauses."""
+    record in a ClusterKopfPeering. It starts as a standby behind a live peer of higher priority (Kopf starts
+    paused until peering says otherwise), so it touches nothing but the peering record, and is stopped once its
+    record is there."""
     import datetime
     import os
     import subprocess
@@ -77,10 +78,15 @@ def standby_watching_everything(plane, kubeconfig: Path, log: Path) -> None:  # 
     )
     try:
         deadline = time.monotonic() + 60
-        while "Pausing" not in log.read_text():
+
+        def peers() -> int:
+            out = plane.kubectl("get", "clusterkopfpeering", "kubetune-audit", "-o", "json").stdout
+            return len(json.loads(out).get("status") or {})
+
+        while peers() < 2:  # its own record beside the active one: it listed, watched and patched the peering
             assert process.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
             time.sleep(0.3)
-        time.sleep(2)  # its keep-alive patch of its own record
+        assert "Resuming" not in log.read_text()  # it never became active
     finally:
         process.terminate()
         try:

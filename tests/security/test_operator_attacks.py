@@ -122,3 +122,26 @@ def test_only_the_jobs_own_pods_reach_its_rendezvous(plane, operator) -> None:  
             json.loads(plane.kubectl("get", "networkpolicy", name, "-n", NS, "-o", "json").stdout)["spec"]["ingress"] == [rule]
         ),
     )
+
+
+def test_removing_the_queue_label_does_not_skip_the_queue(plane, operator) -> None:  # type: ignore[no-untyped-def]
+    """The queue is fixed when the Job is made: a tenant who drops the Kueue label from a waiting job does not get
+    its workers started past the quota."""
+    name = "queue-jumper"
+    body = job(
+        **{
+            "metadata.name": name,
+            "metadata.labels": {"kueue.x-k8s.io/queue-name": "team-gpus"},
+            "spec.output.uri": "s3://out/queue-jumper/",
+            "spec.workers": {"gpusPerWorker": 16},
+        }
+    )
+    plane.kubectl("apply", "-n", NS, "-f", "-", input=dump(body))
+    wait_for("Queued", lambda: (ftj(plane, name, NS).get("status") or {}).get("phase") == "Queued")
+    plane.kubectl("label", "ftj", name, "-n", NS, "kueue.x-k8s.io/queue-name-")
+    import time
+
+    time.sleep(6)  # several syncs (every 2 s in the tests)
+    suspended = plane.kubectl("get", "job", name, "-n", NS, "-o", "jsonpath={.spec.suspend}").stdout
+    assert suspended == "true", "the Job was started without the queue's admission"
+    assert (ftj(plane, name, NS).get("status") or {}).get("phase") == "Queued"
