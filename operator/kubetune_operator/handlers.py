@@ -248,9 +248,19 @@ def _ensure(plan: Plan, obj: dict[str, Any], fresh: bool) -> None:
     if kind == "ConfigMap" and current.get("data") != obj["data"]:
         _raw(patch, name, plan.namespace, {"metadata": uid, "data": obj["data"]})
     elif kind == "Service" and ((current.get("spec") or {}).get("selector") or {}) != obj["spec"]["selector"]:
-        _raw(patch, name, plan.namespace, {"metadata": uid, "spec": {"selector": obj["spec"]["selector"]}})
+        selector = replacing((current.get("spec") or {}).get("selector"), obj["spec"]["selector"])
+        _raw(patch, name, plan.namespace, {"metadata": uid, "spec": {"selector": selector}})
     elif kind == "NetworkPolicy" and {k: (current.get("spec") or {}).get(k) for k in obj["spec"]} != obj["spec"]:
-        _raw(patch, name, plan.namespace, {"metadata": uid, "spec": obj["spec"]})
+        _raw(patch, name, plan.namespace, {"metadata": uid, "spec": replacing(current.get("spec"), obj["spec"])})
+
+
+def replacing(current: Any, desired: Any) -> Any:
+    """A JSON merge patch that turns current into desired: keys someone added by hand are removed (null), not kept."""
+    if not isinstance(current, dict) or not isinstance(desired, dict):
+        return desired
+    out = {k: None for k in current if k not in desired}
+    out.update({k: replacing(current.get(k), v) for k, v in desired.items()})
+    return out
 
 
 def _write_status(body: dict[str, Any], new: dict[str, Any]) -> None:

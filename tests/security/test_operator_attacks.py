@@ -145,3 +145,27 @@ def test_removing_the_queue_label_does_not_skip_the_queue(plane, operator) -> No
     suspended = plane.kubectl("get", "job", name, "-n", NS, "-o", "jsonpath={.spec.suspend}").stdout
     assert suspended == "true", "the Job was started without the queue's admission"
     assert (ftj(plane, name, NS).get("status") or {}).get("phase") == "Queued"
+
+
+def test_a_service_pointed_elsewhere_is_pointed_back(plane, operator) -> None:  # type: ignore[no-untyped-def]
+    name = "repointed"
+    body = job(**{"metadata.name": name, "spec.output.uri": "s3://out/repointed/", "spec.workers": {"gpusPerWorker": 16}})
+    plane.kubectl("apply", "-n", NS, "-f", "-", input=dump(body))
+    wait_for("the Service", lambda: plane.kubectl("get", "service", name, "-n", NS, check=False).returncode == 0)
+    original = json.loads(plane.kubectl("get", "service", name, "-n", NS, "-o", "json").stdout)["spec"]["selector"]
+    plane.kubectl("patch", "service", name, "-n", NS, "--type=merge", "-p", json.dumps({"spec": {"selector": {"app": "other"}}}))
+    wait_for(  # the unschedulable job is polled: the next sync restores the selector exactly, extra keys removed
+        "the Service's selector put back",
+        lambda: json.loads(plane.kubectl("get", "service", name, "-n", NS, "-o", "json").stdout)["spec"]["selector"] == original,
+    )
+
+
+def test_a_failed_job_goes_after_its_ttl(plane, operator) -> None:  # type: ignore[no-untyped-def]
+    plane.kubectl("create", "configmap", "taken-config", "-n", NS, check=False)  # the name its ConfigMap needs
+    body = job(
+        **{"metadata.name": "taken", "spec.output.uri": "s3://out/taken/", "spec.runPolicy": {"ttlSecondsAfterFinished": 3}}
+    )
+    plane.kubectl("apply", "-n", NS, "-f", "-", input=dump(body))
+    failed_with(plane, "taken", "NameConflict")
+    wait_for("the failed job to be deleted after its TTL", lambda: not ftj(plane, "taken", NS), timeout=90)
+    assert plane.kubectl("get", "configmap", "taken-config", "-n", NS).returncode == 0  # the other object stays
