@@ -114,6 +114,15 @@ Number = Annotated[float, Field(allow_inf_nan=False, ge=-1e15, le=1e15)]
 NonNegative = Annotated[float, Field(allow_inf_nan=False, ge=0, le=1e15)]
 
 
+def _known_reason(value: str | None) -> str | None:
+    """Only reasons of the enum: a pod cannot invent one (nor turn a permanent failure into a retried one)."""
+    from .conditions import TRAINER_FAILURE_REASONS
+
+    if value is not None and value not in {r.value for r in TRAINER_FAILURE_REASONS}:
+        raise ValueError("must be a trainer failure reason")
+    return value
+
+
 class _Message(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
 
@@ -156,14 +165,7 @@ class Summary(_Message):
     usefulTokensPerSecond: NonNegative | None = None
     adapterUri: Text | None = None  # for a person reading `kubetune run`; the operator derives its own
 
-    @field_validator("reason")
-    @classmethod
-    def _known_reason(cls, value: str | None) -> str | None:
-        from .conditions import TRAINER_FAILURE_REASONS
-
-        if value is not None and value not in {r.value for r in TRAINER_FAILURE_REASONS}:
-            raise ValueError("must be a trainer failure reason")
-        return value
+    _reason = field_validator("reason")(classmethod(lambda cls, value: _known_reason(value)))
 
     def termination_message(self) -> str:
         """JSON of at most TERMINATION_LIMIT bytes: the message is shortened, never the JSON."""
@@ -186,14 +188,7 @@ class RankFailure(_Message):
     reason: str
     message: Text
 
-    @field_validator("reason")
-    @classmethod
-    def _known_reason(cls, value: str) -> str:
-        from .conditions import TRAINER_FAILURE_REASONS
-
-        if value not in {r.value for r in TRAINER_FAILURE_REASONS}:
-            raise ValueError("must be a trainer failure reason")
-        return value
+    _reason = field_validator("reason")(classmethod(lambda cls, value: _known_reason(value)))
 
 
 def parse_progress(line: str) -> ProgressLine | None:

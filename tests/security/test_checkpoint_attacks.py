@@ -76,7 +76,7 @@ def test_a_pickle_planted_in_a_checkpoint_never_runs(s3: S3Server, stored: dict[
     out = "s3://adapters/ckpt-planted/"
     body = manifest("ckpt-planted", s3, spec(stored, out))
     copy_prefix(s3, finished, out)
-    newest = sorted({k.split("/")[1] for k in s3.keys(out + "checkpoints/")})[-1]
+    newest = sorted({k.split("/")[0] for k in s3.keys(out + "checkpoints/")})[-1]
     marker = tmp_path / "pwned"
     bucket, _, prefix = out[len("s3://") :].partition("/")
     client = s3.client()
