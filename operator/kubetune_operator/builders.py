@@ -105,7 +105,8 @@ def _resources(plan: Plan) -> dict[str, Any]:
     if (
         "ephemeral-storage" not in requests and "ephemeral-storage" not in limits
     ):  # the cache and /tmp volumes, so the scheduler places the pod where they fit
-        requests["ephemeral-storage"] = f"{int(quantity_value(plan.spec.workers.cacheSize) + quantity_value(TMP_SIZE))}"
+        total = int(quantity_value(plan.spec.workers.cacheSize) + quantity_value(TMP_SIZE))
+        requests["ephemeral-storage"] = f"{total >> 30}Gi" if total % (1 << 30) == 0 else str(total)
     if plan.gpus:
         limits[plan.spec.workers.gpuResourceName] = plan.gpus
         requests[plan.spec.workers.gpuResourceName] = plan.gpus
@@ -172,12 +173,22 @@ def build_pod_spec(plan: Plan) -> dict[str, Any]:
     return pod
 
 
+ATTEMPT_ANNOTATION = "kubetune.dev/attempt"  # gang restarts before this Job: a failure is counted once per Job
+
+
+def attempt_of(job: dict[str, Any], default: int) -> int:
+    try:
+        return int(((job.get("metadata") or {}).get("annotations") or {})[ATTEMPT_ANNOTATION])
+    except (KeyError, ValueError):
+        return default
+
+
 def build_job(plan: Plan) -> dict[str, Any]:
     """An Indexed Job, one pod per worker; the completion index is the node rank."""
     job: dict[str, Any] = {
         "apiVersion": "batch/v1",
         "kind": "Job",
-        "metadata": _meta(plan, plan.job_name),
+        "metadata": {**_meta(plan, plan.job_name), "annotations": {ATTEMPT_ANNOTATION: str(plan.restart)}},
         "spec": {
             "completionMode": "Indexed",
             "completions": plan.workers,

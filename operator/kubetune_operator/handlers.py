@@ -474,6 +474,10 @@ def _sync(namespace: str, name: str, body: dict[str, Any] | None) -> None:
             conditions = set_condition(conditions, ConditionType.RUNNING, False, Reason.COMPLETED, "finished", generation)
             conditions = set_condition(conditions, ConditionType.SUCCEEDED, True, Reason.COMPLETED, obs.message, generation)
         elif obs.state == "failed":
+            # the failed gang's own attempt number, not the status's count: counting is idempotent, so a delete that
+            # fails after the count was written, and is tried again, never counts the same failure twice
+            assert job is not None
+            restarts = builders.attempt_of(job, restarts)
             new["lastFailureReason"] = obs.reason
             final = obs.reason in PERMANENT or obs.reason == Reason.DEADLINE_EXCEEDED or restarts >= spec.runPolicy.backoffLimit
             if final:

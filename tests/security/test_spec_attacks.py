@@ -81,6 +81,6 @@ def test_the_cache_is_bounded_and_the_user_site_is_off() -> None:
     volumes = {v["name"]: v for v in pod["volumes"]}
     assert volumes["cache"]["emptyDir"]["sizeLimit"] == "300Gi" and volumes["tmp"]["emptyDir"]["sizeLimit"] == "4Gi"
     container = pod["containers"][0]
-    assert container["resources"]["requests"]["ephemeral-storage"] == str(300 * 2**30 + 4 * 2**30)
+    assert container["resources"]["requests"]["ephemeral-storage"] == "304Gi"  # the cache and /tmp
     env = {e["name"]: e.get("value") for e in container["env"]}
     assert env["PYTHONNOUSERSITE"] == "1" and env["KUBETUNE_JOB_UID"] == "u-1"
