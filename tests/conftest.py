@@ -29,8 +29,9 @@ MINIMAL: dict[str, Any] = {
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """The audit test reads what the whole session did: it runs last."""
-    items.sort(key=lambda item: item.get_closest_marker("audit") is not None)
+    """tests/security/ after the other tests of each run, and the audit test, which reads what the whole session
+    did, last of all."""
+    items.sort(key=lambda item: (item.get_closest_marker("audit") is not None, "/security/" in str(item.path)))
 
 
 def job(**changes: Any) -> dict[str, Any]:

@@ -44,7 +44,8 @@ def test_cel_rules_give_the_same_message_as_kubetune_validate(plane, crd) -> Non
 
 
 def test_status_subresource_and_printer_columns(plane, crd) -> None:  # type: ignore[no-untyped-def]
-    plane.kubectl("apply", "-f", "-", input=dump(job(**{"metadata.name": "columns"})))
+    plane.kubectl("create", "namespace", "unwatched", check=False)  # no operator writes this job's status here
+    plane.kubectl("apply", "-n", "unwatched", "-f", "-", input=dump(job(**{"metadata.name": "columns"})))
     status = {
         "status": {
             "phase": "Running",
@@ -52,18 +53,20 @@ def test_status_subresource_and_printer_columns(plane, crd) -> None:  # type: ig
             "metrics": {"evalLoss": 1.2345},
         }
     }
-    plane.kubectl("patch", "ftj/columns", "--subresource=status", "--type=merge", "-p", json.dumps(status))
-    table = plane.kubectl("get", "ftj", "columns").stdout
+    plane.kubectl("patch", "-n", "unwatched", "ftj/columns", "--subresource=status", "--type=merge", "-p", json.dumps(status))
+    table = plane.kubectl("get", "-n", "unwatched", "ftj", "columns").stdout
     assert table.split()[:5] == ["NAME", "PHASE", "PROGRESS", "EVAL", "LOSS"]
     assert "Running" in table and "120/900 (13%)" in table and "1.2345" in table
-    spec_change = plane.kubectl("patch", "ftj/columns", "--type=merge", "-p", json.dumps({"status": {"phase": "Failed"}}))
+    spec_change = plane.kubectl(
+        "patch", "-n", "unwatched", "ftj/columns", "--type=merge", "-p", json.dumps({"status": {"phase": "Failed"}})
+    )
     assert spec_change.returncode == 0
     assert (
-        plane.kubectl("get", "ftj/columns", "-o", "jsonpath={.status.phase}").stdout == "Running"
+        plane.kubectl("get", "-n", "unwatched", "ftj/columns", "-o", "jsonpath={.status.phase}").stdout == "Running"
     )  # status only via subresource
     explain = plane.kubectl("explain", "ftj.spec.lora.r").stdout
     assert "Adapter rank" in explain
-    plane.kubectl("delete", "ftj/columns")
+    plane.kubectl("delete", "-n", "unwatched", "ftj/columns")
 
 
 POD_SCRIPT = textwrap.dedent(
