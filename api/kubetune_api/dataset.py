@@ -26,10 +26,12 @@ class DatasetSpec(Section):
         description="Fraction of train held out for evaluation, 0 < x <= 0.5, chosen with the seed and never "
         "trained on. Used when validation is not set; defaults to 0.05 when neither is set.",
     )
-    format: Literal["prompt-completion", "chat", "text"] = Field(
+    format: Literal["prompt-completion", "chat", "text", "alpaca"] = Field(
         "prompt-completion",
         description="Record format: prompt-completion (loss on the completion only), chat (the model's chat "
-        "template, loss on assistant turns only), or text (loss on every token).",
+        "template, loss on assistant turns only, none on OpenAI's weight: 0 turns), text (loss on every token), or "
+        "alpaca (instruction, optional input, output: the chat template when the model has one, else the Alpaca "
+        "prompt; loss on the output only).",
     )
     promptField: StrictStr = Field(
         "prompt", min_length=1, max_length=128, description="Record field holding the prompt (prompt-completion)."

@@ -127,44 +127,120 @@ def _ids(tokenizer: Any, text: str, special: bool) -> list[int]:
 
 
 def _chat_ids(tokenizer: Any, messages: list[dict[str, Any]], name: str, index: int) -> Sample:
-    """Render with the model's chat template; loss only on assistant turns (found by rendering prefixes)."""
+    """Render the conversation once with the model's chat template and take loss on exactly each assistant
+    message's content and the end-of-turn token after it. Each message is located in that one rendering by its own
+    text, in order, so a template that renders earlier turns differently from the last one (Qwen3's think block)
+    cannot shift a span. An assistant message with OpenAI's `weight: 0` carries no loss."""
     if not getattr(tokenizer, "chat_template", None):
         raise TrainerFailure(Reason.BAD_RECORD, "dataset.format is chat but the model's tokenizer has no chat template")
+    where = f"{name} record {index + 1}"
     for turn, message in enumerate(messages):
         if (
             not isinstance(message, dict)
             or not isinstance(message.get("role"), str)
             or not isinstance(message.get("content"), str)
         ):
-            raise TrainerFailure(
-                Reason.BAD_RECORD, f"{name} record {index + 1}: message {turn + 1} needs string 'role' and 'content'"
-            )
-
-    def render(upto: int, prompt: bool) -> list[int]:
-        out = tokenizer.apply_chat_template(messages[:upto], tokenize=True, add_generation_prompt=prompt, return_dict=False)
-        if isinstance(out, dict) or hasattr(out, "keys"):
-            out = out["input_ids"]
-        return list(out)
-
-    full = render(len(messages), False)
-    labels = [IGNORE] * len(full)
+            raise TrainerFailure(Reason.BAD_RECORD, f"{where}: message {turn + 1} needs string 'role' and 'content'")
+        if "weight" in message and message["weight"] not in (0, 1):
+            raise TrainerFailure(Reason.BAD_RECORD, f"{where}: message {turn + 1}: weight must be 0 or 1")
+    try:
+        text = str(tokenizer.apply_chat_template(messages, tokenize=False))
+    except Exception as exc:  # jinja2's TemplateError and the template's own raise_exception
+        raise TrainerFailure(Reason.BAD_RECORD, f"{where}: the chat template refused it: {exc}") from exc
+    encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    ids, offsets = list(encoded["input_ids"]), [tuple(o) for o in encoded["offset_mapping"]]
+    special = set(tokenizer.all_special_ids) | {i for i, t in tokenizer.added_tokens_decoder.items() if t.special}
+    labels = [IGNORE] * len(ids)
+    cursor = 0
     for turn, message in enumerate(messages):
-        if message["role"] != "assistant":
+        span = _locate(text, message["content"], cursor)
+        if span is None:
+            if message["role"] == "assistant":
+                raise TrainerFailure(
+                    Reason.BAD_RECORD,
+                    f"{where}: the chat template does not render assistant message {turn + 1} as written, so its loss "
+                    "span cannot be found",
+                )
             continue
-        start = len(render(turn, True))
-        end = len(render(turn + 1, False))
-        labels[start:end] = full[start:end]
-    return Sample(full, labels)
+        start, end = span
+        cursor = end
+        if message["role"] != "assistant" or message.get("weight", 1) == 0:
+            continue
+        last = -1
+        for k, (a, b) in enumerate(offsets):
+            if b > start and a < end and ids[k] not in special:
+                labels[k] = ids[k]
+                last = k
+        follower = last + 1  # the end-of-turn token, when the template puts one right after the content
+        while (
+            0 <= last < follower < len(ids)
+            and ids[follower] not in special
+            and not text[offsets[follower][0] : offsets[follower][1]].strip()
+        ):
+            follower += 1
+        if 0 <= last < follower < len(ids) and ids[follower] in special:
+            labels[follower] = ids[follower]
+    return Sample(ids, labels)
+
+
+def _locate(text: str, content: str, cursor: int) -> tuple[int, int] | None:
+    """Where a message's text stands in the rendering, from cursor on (templates may trim it)."""
+    for candidate in (content, content.strip()):
+        if candidate:
+            at = text.find(candidate, cursor)
+            if at >= 0:
+                return at, at + len(candidate)
+    return None
+
+
+ALPACA_PROMPT = (
+    "Below is an instruction that describes a task{paired}. Write a response that appropriately completes the "
+    "request.\n\n### Instruction:\n{instruction}\n\n{input}### Response:\n"
+)
+
+
+def _alpaca(record: dict[str, Any], tokenizer: Any, name: str, index: int) -> Sample:
+    """instruction, optional input, output: through the chat template when the model has one, else the prompt the
+    Alpaca data was written for. Loss on the output (and the end of turn) only."""
+    instruction = _field(record, "instruction", name, index, str)
+    extra = record.get("input") or ""
+    if not isinstance(extra, str):
+        raise TrainerFailure(Reason.BAD_RECORD, f"{name} record {index + 1}: field 'input' must be a str")
+    output = _field(record, "output", name, index, str)
+    if getattr(tokenizer, "chat_template", None):
+        user = instruction + (f"\n\n{extra}" if extra else "")
+        messages = [{"role": "user", "content": user}, {"role": "assistant", "content": output}]
+        return _chat_ids(tokenizer, messages, name, index)
+    prompt = ALPACA_PROMPT.format(
+        paired=", paired with an input that provides further context" if extra else "",
+        instruction=instruction,
+        input=f"### Input:\n{extra}\n\n" if extra else "",
+    )
+    return _prompt_completion(tokenizer, prompt, output)
+
+
+def _prompt_completion(tokenizer: Any, prompt_text: str, completion_text: str) -> Sample:
+    prompt = _ids(tokenizer, prompt_text, True)
+    completion = _ids(tokenizer, completion_text, False)
+    if tokenizer.eos_token_id is not None:
+        completion.append(tokenizer.eos_token_id)
+    return Sample(prompt + completion, [IGNORE] * len(prompt) + completion)
 
 
 def tokenize_record(record: dict[str, Any], spec: DatasetSpec, tokenizer: Any, name: str, index: int) -> Sample:
     eos = tokenizer.eos_token_id
+    if spec.format == "alpaca":
+        return _alpaca(record, tokenizer, name, index)
     if spec.format == "prompt-completion":
-        prompt = _ids(tokenizer, _field(record, spec.promptField, name, index, str), True)
-        completion = _ids(tokenizer, _field(record, spec.completionField, name, index, str), False)
-        if eos is not None:
-            completion.append(eos)
-        return Sample(prompt + completion, [IGNORE] * len(prompt) + completion)
+        if spec.promptField == "instruction" and isinstance(record.get("input"), str) and record["input"].strip():
+            # mapping Alpaca's instruction to the prompt would silently train without its input
+            raise TrainerFailure(
+                Reason.BAD_RECORD,
+                f"{name} record {index + 1}: has a non-empty 'input' that promptField: instruction would drop; "
+                "use dataset.format: alpaca for instruction/input/output records",
+            )
+        prompt = _field(record, spec.promptField, name, index, str)
+        return _prompt_completion(tokenizer, prompt, _field(record, spec.completionField, name, index, str))
     if spec.format == "chat":
         return _chat_ids(tokenizer, _field(record, spec.messagesField, name, index, list), name, index)
     ids = _ids(tokenizer, _field(record, spec.textField, name, index, str), True)

@@ -23,6 +23,44 @@ def torch_dtype(spec: ModelSpec, on_gpu: bool) -> Any:
     return {"float16": torch.float16, "float32": torch.float32}[spec.dtype]
 
 
+# Families whose attention keeps packed samples apart when positions restart at each sample (transformers builds
+# their masks from position_ids). Each is checked by tests/test_packing_families.py against the pinned
+# transformers: a packed sample's logits equal the sample's alone. OPT is not among them (its mask ignores
+# position_ids: a packed sample attends to the one before it), nor is any family not checked here.
+PACKING_FAMILIES = frozenset(
+    {
+        "llama",
+        "mistral",
+        "mixtral",
+        "qwen2",
+        "qwen2_moe",
+        "qwen3",
+        "gemma",
+        "gemma2",
+        "phi",
+        "phi3",
+        "gpt2",
+        "gpt_neox",
+        "olmo2",
+        "granite",
+        "falcon",
+        "stablelm",
+        "starcoder2",
+        "cohere",
+    }
+)
+
+
+def model_type(source: str, spec: ModelSpec) -> str:
+    """The model's family (config.json's model_type), read without loading weights."""
+    from transformers import AutoConfig
+
+    try:
+        return str(AutoConfig.from_pretrained(source, revision=spec.revision, trust_remote_code=spec.trustRemoteCode).model_type)
+    except (OSError, ValueError) as exc:
+        raise TrainerFailure(Reason.MODEL_MISSING, f"no model config at {spec.uri}: {exc}") from exc
+
+
 def load_tokenizer(source: str, spec: ModelSpec) -> Any:
     from transformers import AutoTokenizer
 

@@ -27,7 +27,7 @@ from kubetune_api.job import FineTuneJobSpec
 
 from . import checkpoint, data, evaluate, spec_io
 from .errors import TrainerFailure
-from .model import add_lora, load_model, load_tokenizer
+from .model import PACKING_FAMILIES, add_lora, load_model, load_tokenizer, model_type
 from .rank_env import RankEnv
 from .report import Progress
 from .storage import Store, file_digest, is_s3, join
@@ -120,10 +120,31 @@ def prepare_data(run: Run) -> None:
                 f"the {name} set has no usable samples: {counts.records} records, {counts.dropped} dropped as too long, "
                 f"{counts.empty} with nothing to learn",
             )
-    run.train_rows = data.rows(train_samples, spec.maxSeqLength, spec.packing)
-    val_rows = data.rows(val_samples, spec.maxSeqLength, spec.packing)
+    packing = spec.packing
+    family = model_type(run.paths.model_source, run.spec.model)
+    if packing and family not in PACKING_FAMILIES:
+        packing = False  # a packed sample would attend to the one before it: correctness first, then speed
+        if run.is_main:
+            print(
+                json.dumps(
+                    {
+                        "event": "notice",
+                        "message": f"dataset.packing turned off: {family} models do not keep packed samples apart "
+                        "(their attention mask ignores restarted positions); each sample gets a row of its own",
+                    }
+                ),
+                flush=True,
+            )
+    run.train_rows = data.rows(train_samples, spec.maxSeqLength, packing)
+    val_rows = data.rows(val_samples, spec.maxSeqLength, packing)
     run.eval_batches = evaluate.shard_rows(val_rows, run.world, run.rank, run.spec.training.microBatchSize)
-    run.counts = {"train": train_counts.as_dict(), "validation": val_counts.as_dict(), "trainSequences": len(run.train_rows)}
+    run.counts = {
+        "train": train_counts.as_dict(),
+        "validation": val_counts.as_dict(),
+        "trainSequences": len(run.train_rows),
+        "packing": packing,
+        "modelType": family,
+    }
 
 
 def deepspeed_config(run: Run, on_gpu: bool) -> dict[str, Any]:

@@ -1,0 +1,122 @@
+"""Loss masks under the chat templates of the major model families (their Jinja in tests/fixtures/chat_templates):
+exactly each assistant message's content and the end-of-turn token after it carry loss, in every turn of a
+multi-turn conversation, however the template renders earlier turns. Fails with masks found by rendering prefixes
+(Qwen3 renders the last assistant turn with a think block and earlier ones without)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kubetune_api.dataset import DatasetSpec
+from kubetune_trainer import data
+from kubetune_trainer.errors import TrainerFailure
+from kubetune_trainer.tiny import byte_tokenizer
+
+TEMPLATES = Path(__file__).parent / "fixtures" / "chat_templates"
+
+# family: (bos, eos, end-of-turn, extra special tokens, whether the template takes a system message)
+FAMILIES: dict[str, tuple[str, str, str, list[str], bool]] = {
+    "llama3": (
+        "<|begin_of_text|>",
+        "<|end_of_text|>",
+        "<|eot_id|>",
+        ["<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"],
+        True,
+    ),
+    "qwen2.5": ("<|endoftext|>", "<|im_end|>", "<|im_end|>", ["<|im_start|>", "<|im_end|>"], True),
+    "qwen3": ("<|endoftext|>", "<|im_end|>", "<|im_end|>", ["<|im_start|>", "<|im_end|>"], True),
+    "mistral": ("<s>", "</s>", "</s>", [], False),
+    "gemma": ("<bos>", "<eos>", "<end_of_turn>", ["<start_of_turn>", "<end_of_turn>"], False),
+    "phi3": ("<s>", "<|endoftext|>", "<|end|>", ["<|system|>", "<|user|>", "<|assistant|>", "<|end|>"], True),
+    "chatml": ("<s>", "<|im_end|>", "<|im_end|>", ["<|im_start|>", "<|im_end|>"], True),
+}
+ANSWERS = ["Paris is the capital.", "About 2.1 million people live there."]
+
+
+def tokenizer_for(family: str) -> Any:
+    bos, eos, _, extra, _ = FAMILIES[family]
+    tokenizer = byte_tokenizer()
+    tokenizer.add_special_tokens({"bos_token": bos, "eos_token": eos, "additional_special_tokens": extra})
+    tokenizer.chat_template = (TEMPLATES / f"{family}.jinja").read_text()
+    return tokenizer
+
+
+def conversation(system: bool, **first: Any) -> list[dict[str, Any]]:
+    messages = [
+        {"role": "user", "content": "What is the capital of France?"},
+        {"role": "assistant", "content": ANSWERS[0], **first},
+        {"role": "user", "content": "How many people live there?"},
+        {"role": "assistant", "content": ANSWERS[1]},
+    ]
+    return ([{"role": "system", "content": "You answer briefly."}] if system else []) + messages
+
+
+def learned(sample: data.Sample, tokenizer: Any) -> list[str]:
+    """The runs of tokens that carry loss, decoded."""
+    runs: list[list[int]] = []
+    previous = False
+    for token, label in zip(sample.input_ids, sample.labels, strict=True):
+        on = label != data.IGNORE
+        if on and not previous:
+            runs.append([])
+        if on:
+            runs[-1].append(token)
+        previous = on
+    return [tokenizer.decode(run) for run in runs]
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_exactly_the_assistant_content_and_its_end_of_turn_carry_loss(family: str) -> None:
+    tokenizer = tokenizer_for(family)
+    eot = FAMILIES[family][2]
+    sample = data.tokenize_record(
+        {"messages": conversation(FAMILIES[family][4])}, DatasetSpec(train="./t.jsonl", format="chat"), tokenizer, "t", 0
+    )
+    assert learned(sample, tokenizer) == [answer + eot for answer in ANSWERS]
+    rendered = tokenizer.apply_chat_template(conversation(FAMILIES[family][4]), tokenize=False)
+    assert tokenizer.decode(sample.input_ids) == rendered  # the one rendering, tokenized as the template wrote it
+
+
+def test_weight_zero_turns_carry_no_loss() -> None:
+    tokenizer = tokenizer_for("chatml")
+    sample = data.tokenize_record(
+        {"messages": conversation(True, weight=0)}, DatasetSpec(train="./t.jsonl", format="chat"), tokenizer, "t", 0
+    )
+    assert learned(sample, tokenizer) == [ANSWERS[1] + "<|im_end|>"]
+
+
+def test_a_bad_weight_and_a_refusing_template_name_the_record() -> None:
+    spec = DatasetSpec(train="./t.jsonl", format="chat")
+    with pytest.raises(TrainerFailure, match=r"t record 4: message 2: weight must be 0 or 1"):
+        data.tokenize_record({"messages": conversation(False, weight=0.5)}, spec, tokenizer_for("chatml"), "t", 3)
+    with pytest.raises(TrainerFailure, match=r"t record 1: the chat template refused it: System role not supported"):
+        data.tokenize_record({"messages": conversation(True)}, spec, tokenizer_for("gemma"), "t", 0)
+
+
+ALPACA = {"instruction": "Translate to French.", "input": "Good morning", "output": "Bonjour"}
+
+
+def test_alpaca_keeps_the_input_and_learns_only_the_output() -> None:
+    spec = DatasetSpec(train="./t.jsonl", format="alpaca")
+    chat = tokenizer_for("chatml")
+    sample = data.tokenize_record(ALPACA, spec, chat, "t", 0)
+    assert "Translate to French.\n\nGood morning" in chat.decode(sample.input_ids)
+    assert learned(sample, chat) == ["Bonjour<|im_end|>"]
+    plain = byte_tokenizer()
+    plain.chat_template = None
+    sample = data.tokenize_record(ALPACA, spec, plain, "t", 0)
+    text = plain.decode(sample.input_ids, skip_special_tokens=True)
+    assert "### Instruction:\nTranslate to French.\n\n### Input:\nGood morning\n\n### Response:\nBonjour" in text
+    assert learned(sample, plain) == ["Bonjour<|eos|>"]
+
+
+def test_mapping_alpacas_instruction_to_the_prompt_cannot_drop_its_input() -> None:
+    spec = DatasetSpec(train="./t.jsonl", promptField="instruction", completionField="output")
+    with pytest.raises(
+        TrainerFailure, match=r"non-empty 'input' that promptField: instruction would drop; use dataset\.format: alpaca"
+    ):
+        data.tokenize_record(ALPACA, spec, byte_tokenizer(), "t", 0)
+    assert data.tokenize_record({**ALPACA, "input": ""}, spec, byte_tokenizer(), "t", 0).input_ids  # nothing dropped

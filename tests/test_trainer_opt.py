@@ -1,0 +1,43 @@
+"""A family that cannot keep packed samples apart trains with packing turned off, and says so."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from kubetune_trainer import tiny
+
+from .s3server import S3Server
+from .test_packing_families import tiny as tiny_model
+from .trainer_helpers import manifest, run
+
+pytestmark = pytest.mark.trainer
+
+
+def test_an_opt_model_trains_unpacked_with_a_notice(s3: S3Server, tmp_path: Path) -> None:
+    tokenizer = tiny.byte_tokenizer()
+    model = tiny_model("opt")
+    model.resize_token_embeddings(len(tokenizer))
+    model_dir = tmp_path / "tiny-opt"
+    model.save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    train = tiny.write_jsonl(tmp_path / "train.jsonl", tiny.records(120, seed=1))
+    body = manifest(
+        "opt",
+        s3,
+        {
+            "model": {"uri": str(model_dir)},
+            "dataset": {"train": str(train), "maxSeqLength": 128, "packing": True},
+            "lora": {"r": 4, "alpha": 8, "targetModules": ["q_proj", "v_proj"]},
+            "training": {"maxSteps": 2, "evalEverySteps": 0},
+            "output": {"uri": str(tmp_path / "out")},
+        },
+    )
+    outcome = run(body, s3, tmp_path, processes=1)
+    assert outcome.returncode == 0, outcome.stdout[-2000:] + outcome.stderr[-2000:]
+    (notice,) = outcome.of("notice")
+    assert "dataset.packing turned off: opt models do not keep packed samples apart" in notice["message"]
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert metrics["data"]["packing"] is False and metrics["data"]["modelType"] == "opt"
