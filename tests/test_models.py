@@ -40,7 +40,7 @@ INVALID_CASES: list[tuple[dict[str, Any], str]] = [
     ({"spec.dataset.train": "s3://data/train.csv"}, "spec.dataset.train"),
     ({"spec.dataset.validation": "s3://data/v.jsonl", "spec.dataset.validationSplit": 0.1}, "spec.dataset.validationSplit"),
     ({"spec.dataset.validationSplit": 0.9}, "spec.dataset.validationSplit"),
-    ({"spec.dataset.format": "alpaca"}, "spec.dataset.format"),
+    ({"spec.dataset.format": "orca"}, "spec.dataset.format"),
     ({"spec.deepspeed.zeroStage": 4}, "spec.deepspeed.zeroStage"),
     ({"spec.deepspeed.offload": "all"}, "spec.deepspeed.offload"),
     ({"spec.training.learningRate": 0}, "spec.training.learningRate"),

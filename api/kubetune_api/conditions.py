@@ -25,6 +25,7 @@ class ConditionType(StrEnum):
     SUSPENDED = "Suspended"
     SUCCEEDED = "Succeeded"
     FAILED = "Failed"
+    QUALITY_GATE = "QualityGate"  # False with BelowThreshold when the adapter missed output.minImprovement
 
 
 class Reason(StrEnum):
@@ -61,6 +62,7 @@ class Reason(StrEnum):
     MODEL_TOO_LARGE = "ModelTooLarge"  # the base model is larger than the worker's cache (workers.cacheSize)
     DATASET_TOO_LARGE = "DatasetTooLarge"  # the datasets are larger than what is left of the worker's cache
     CHECKPOINT_MISMATCH = "CheckpointMismatch"  # output.uri holds checkpoints another job or spec wrote
+    BELOW_THRESHOLD = "BelowThreshold"  # QualityGate=False: the adapter missed output.minImprovement; no _SUCCESS
     TRAINER_ERROR = "TrainerError"  # any other trainer failure; the message has the last error line
 
 
@@ -79,6 +81,7 @@ TRAINER_FAILURE_REASONS = frozenset(
         Reason.MODEL_TOO_LARGE,
         Reason.DATASET_TOO_LARGE,
         Reason.CHECKPOINT_MISMATCH,
+        Reason.BELOW_THRESHOLD,
         Reason.TRAINER_ERROR,
     }
 )

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from pydantic import Field, StrictBool
+from typing import Literal
+
+from pydantic import Field, StrictBool, StrictFloat
 
 from ._base import Section
 from ._types import OutputUri
@@ -14,4 +16,17 @@ class OutputSpec(Section):
     uri: OutputUri = Field(description="s3://bucket/prefix/ (or, for kubetune run only, a local path).")
     overwrite: StrictBool = Field(
         False, description="Replace a finished output (one with _SUCCESS). Off: a finished output is never overwritten."
+    )
+    adapter: Literal["best", "last"] = Field(
+        "best",
+        description="Which adapter is written: best (the lowest held-out loss among the evaluations, the final one "
+        "included) or last (the final step's). metrics.json records both.",
+    )
+    minImprovement: StrictFloat | None = Field(
+        None,
+        gt=0,
+        lt=1,
+        description="Quality gate: the relative drop of held-out loss against the base model the adapter must reach "
+        "(0.1: 10% lower). Below it the job fails with BelowThreshold and _SUCCESS is not written; the adapter and "
+        "metrics stay for inspection. Empty: no gate.",
     )

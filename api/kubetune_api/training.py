@@ -9,6 +9,13 @@ from pydantic import Field, StrictBool, StrictFloat, StrictInt
 from ._base import Rule, Section
 
 
+class EarlyStopping(Section):
+    """Stop when the held-out loss has not improved for a while (checked at every evaluation)."""
+
+    patience: StrictInt = Field(3, ge=1, le=1000, description="Evaluations in a row without improvement before stopping.")
+    minDelta: StrictFloat = Field(0.0, ge=0, le=100, description="Smallest drop of held-out loss that counts as an improvement.")
+
+
 class TrainingSpec(Section):
     """How long and how the adapter is optimised, and how often it is evaluated and checkpointed."""
 
@@ -51,8 +58,17 @@ class TrainingSpec(Section):
         200, ge=0, le=1_000_000, description="Optimizer steps between checkpoints to output.uri/checkpoints/; 0 turns them off."
     )
     keepCheckpoints: StrictInt = Field(2, ge=1, le=100, description="Newest complete checkpoints kept; older ones are deleted.")
+    earlyStopping: EarlyStopping | None = Field(
+        None, description="Stop early when the held-out loss stops improving; needs evalEverySteps > 0. Empty: off."
+    )
 
     rules = (
+        Rule(
+            field="earlyStopping",
+            message="earlyStopping needs evalEverySteps > 0",
+            cel="!has(self.earlyStopping) || self.evalEverySteps > 0",
+            check=lambda t: t.earlyStopping is None or t.evalEverySteps > 0,
+        ),
         Rule(
             field="warmupSteps",
             message="warmupSteps must be smaller than maxSteps",

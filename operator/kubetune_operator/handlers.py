@@ -493,6 +493,8 @@ def _sync(namespace: str, name: str, body: dict[str, Any] | None) -> None:
                 new["completionTime"] = now()
                 conditions = set_condition(conditions, ConditionType.RUNNING, False, reason, message, generation)
                 conditions = set_condition(conditions, ConditionType.FAILED, True, reason, message, generation)
+                if reason == Reason.BELOW_THRESHOLD:  # the run finished; its adapter missed output.minImprovement
+                    conditions = set_condition(conditions, ConditionType.QUALITY_GATE, False, reason, message, generation)
             else:
                 new["restarts"] = restarts + 1
                 new["phase"] = Phase.PENDING.value

@@ -112,17 +112,23 @@ def pending_reason(pods: list[dict[str, Any]]) -> tuple[str, str]:
     return Reason.PODS_PENDING.value, "waiting for worker pods to start"
 
 
+def _done(summary: Summary | None) -> str:
+    """The Succeeded condition's message: what was written, and rank 0's notes (which adapter, an early stop)."""
+    words = "adapter, metrics and _SUCCESS written"
+    return f"{words}; {summary.message}" if summary is not None and summary.message else words
+
+
 def observe(job: dict[str, Any] | None, pods: list[dict[str, Any]], workers: int) -> Observation:
     if job is None or (job.get("metadata") or {}).get("deletionTimestamp"):
         return Observation("missing")
     if _job_condition(job, "Complete") or _job_condition(job, "SuccessCriteriaMet"):
         summaries = [s for s in (summary_of(p) for p in pods) if s and s.status == "Succeeded"]
         rank0 = next((s for s in summaries if s.metrics), summaries[0] if summaries else None)
-        return Observation("succeeded", Reason.COMPLETED.value, "adapter, metrics and _SUCCESS written", summary=rank0)
+        return Observation("succeeded", Reason.COMPLETED.value, _done(rank0), summary=rank0)
     failed = _job_condition(job, "Failed") or _job_condition(job, "FailureTarget")
     finished = next((s for s in (summary_of(p) for p in pods) if s and s.status == "Succeeded" and s.metrics), None)
     if failed and finished:  # worker 0 wrote the adapter and _SUCCESS; a worker failing afterwards changes nothing
-        return Observation("succeeded", Reason.COMPLETED.value, "adapter, metrics and _SUCCESS written", summary=finished)
+        return Observation("succeeded", Reason.COMPLETED.value, _done(finished), summary=finished)
     if failed:
         if failed.get("reason") == "DeadlineExceeded":
             return Observation("failed", Reason.DEADLINE_EXCEEDED.value, "runPolicy.activeDeadlineSeconds passed")

@@ -130,8 +130,14 @@ def final_summary(spec: FineTuneJobSpec, outcome: dict[str, Any]) -> dict[str, A
     if not metrics:
         return report.summary("Succeeded", message="this worker's ranks finished; worker 0 reports the metrics")
     base, final = metrics.get("base", {}), metrics.get("final", {})
+    chosen = metrics.get("adapter") or {}
+    notes = [f"adapter from step {chosen['step']} ({chosen['choice']})"] if chosen else []
+    stopped = (metrics.get("train") or {}).get("earlyStopping")
+    if stopped:
+        notes.append(f"stopped early at step {stopped['stoppedAtStep']}: {stopped['reason']}")
     return report.summary(
         "Succeeded",
+        message="; ".join(notes) or None,
         adapterUri=join(spec.output.uri, "adapter") + "/",
         metrics={
             "baseEvalLoss": base.get("evalLoss"),

@@ -34,6 +34,28 @@ from .storage import Store, file_digest, is_s3, join
 
 
 @dataclass
+class Watch:
+    """The held-out evaluations so far, as early stopping and best-adapter selection see them."""
+
+    best_step: int = 0
+    best_loss: float = math.inf
+    reference: float = math.inf  # the loss of the last evaluation that improved by more than minDelta
+    stale: int = 0  # evaluations since then
+    snapshot_step: int | None = None  # the step whose adapter is kept in adapter-best/
+
+    def see(self, step: int, loss: float, min_delta: float) -> bool:
+        """Record an evaluation; True when it is the best so far."""
+        if loss < self.reference - min_delta:
+            self.reference, self.stale = loss, 0
+        else:
+            self.stale += 1
+        if loss < self.best_loss:
+            self.best_step, self.best_loss = step, loss
+            return True
+        return False
+
+
+@dataclass
 class Run:
     """Everything one process needs while training."""
 
@@ -54,6 +76,7 @@ class Run:
     total_steps: int = 0
     base: dict[str, float] = field(default_factory=dict)
     history: list[dict[str, Any]] = field(default_factory=list)
+    watch: Watch = field(default_factory=lambda: Watch())
     zero3_config: Any = None  # keeps transformers' HfDeepSpeedConfig alive so from_pretrained partitions weights
 
     @property
@@ -311,10 +334,10 @@ def resume(run: Run) -> int:
     return step
 
 
-def save_adapter(run: Run) -> Path:
+def save_adapter(run: Run, name: str = "adapter") -> Path:
     import deepspeed
 
-    target = run.paths.work_dir / "adapter"
+    target = run.paths.work_dir / name
     module = run.engine.module
     gather = (
         deepspeed.zero.GatheredParameters([p for p in module.parameters() if p.requires_grad], modifier_rank=None)
@@ -377,19 +400,43 @@ def manifest(run: Run) -> dict[str, Any]:
     }
 
 
-def write_outputs(run: Run, adapter_dir: Path, final: dict[str, float], train_stats: dict[str, Any]) -> dict[str, Any]:
+def write_outputs(
+    run: Run, adapter_dir: Path, chosen: dict[str, Any], last: dict[str, float], train_stats: dict[str, Any]
+) -> dict[str, Any]:
+    """adapter/, metrics.json, manifest.json, then _SUCCESS, unless the adapter misses output.minImprovement: then
+    everything but _SUCCESS is written (for inspection) and the run fails with BelowThreshold."""
     assert run.store is not None
     out = run.spec.output.uri
-    metrics = {
+    final = {k: v for k, v in chosen.items() if k not in ("step", "choice")}
+    metrics: dict[str, Any] = {
         "base": run.base,
-        "final": final,
+        "final": final,  # what the written adapter scores
+        "adapter": {"choice": chosen["choice"], "step": chosen["step"]},
+        "best": next((h for h in run.history if h["step"] == run.watch.best_step), None),
+        "last": last,
         "history": run.history,
         "train": train_stats,
         "data": run.counts,
     }
+    gate = run.spec.output.minImprovement
+    base_loss, loss = run.base.get("evalLoss"), final.get("evalLoss")
+    improvement = (base_loss - loss) / base_loss if base_loss and loss is not None else None
+    if gate is not None:
+        metrics["qualityGate"] = {
+            "minImprovement": gate,
+            "improvement": improvement,
+            "passed": bool(improvement and improvement >= gate),
+        }
     run.store.upload_dir(adapter_dir, join(out, "adapter"))
     run.store.write_text(join(out, "metrics.json"), json.dumps(metrics, indent=2))
     run.store.write_text(join(out, "manifest.json"), json.dumps(manifest(run), indent=2))
+    if gate is not None and not metrics["qualityGate"]["passed"]:
+        raise TrainerFailure(
+            Reason.BELOW_THRESHOLD,
+            f"the adapter's held-out loss {loss:.4f} is {0.0 if improvement is None else improvement:.1%} below the base "
+            f"model's {base_loss:.4f}; output.minImprovement asks for {gate:.1%}. The adapter and metrics.json are in "
+            f"{out} for inspection; _SUCCESS was not written",
+        )
     run.store.write_text(join(out, "_SUCCESS"), "")
     return metrics
 
@@ -423,6 +470,10 @@ def train(run: Run) -> dict[str, Any]:
     epoch_batches: dict[int, list[list[data.Row]]] = {}
     window_loss, window_steps, window_tokens, window_start, loss = 0.0, 0, 0.0, time.monotonic(), float("nan")
     trained_tokens, trained_started = 0.0, time.monotonic()
+    for seen in run.history:  # a resumed run picks up where its evaluations left off
+        _observe(run, int(seen["step"]), seen)
+    stopped: dict[str, Any] | None = None
+    done = start
     run.engine.train()
     for step in range(start, run.total_steps):
         epoch, offset = divmod(step, run.steps_per_epoch)
@@ -470,25 +521,58 @@ def train(run: Run) -> dict[str, Any]:
             run.history.append({"step": done, **result})
             if progress:
                 progress.emit({"event": "eval", "step": done, "model": "adapter", **result})
+            if _observe(run, done, result) and run.spec.output.adapter == "best":
+                save_adapter(run, "adapter-best")  # every rank: under ZeRO-3 the weights are gathered
+                run.watch.snapshot_step = done
+            if t.earlyStopping and run.watch.stale >= t.earlyStopping.patience:
+                stopped = {
+                    "stoppedAtStep": done,
+                    "reason": f"held-out loss did not improve by more than {t.earlyStopping.minDelta} for "
+                    f"{t.earlyStopping.patience} evaluations (best {run.watch.best_loss:.4f} at step {run.watch.best_step})",
+                }
+                if progress:
+                    progress.emit({"event": "earlyStopping", **stopped})
+                break
         if t.checkpointEverySteps and done % t.checkpointEverySteps == 0 and done != run.total_steps:
             save_checkpoint(run, done)
     elapsed = time.monotonic() - trained_started
     if progress:
         progress.close()
-    final = run_eval(run, adapter=True)
-    run.history.append({"step": run.total_steps, **final})
-    adapter_dir = save_adapter(run)
+    last_step = done
+    if stopped:  # the evaluation that stopped the run is the last one: no second pass over the held-out set
+        last = {k: v for k, v in run.history[-1].items() if k != "step"}
+    else:
+        last = run_eval(run, adapter=True)
+        run.history.append({"step": last_step, **last})
+        _observe(run, last_step, last)
+    adapter_dir, chosen = _choose_adapter(run, last_step, last)
     stats = {
-        "steps": run.total_steps,
-        "epochs": run.total_steps / run.steps_per_epoch,
+        "steps": last_step,
+        "epochs": last_step / run.steps_per_epoch,
         "loss": loss,
         "usefulTokensPerSecond": round(trained_tokens / elapsed, 1) if elapsed > 0 and trained_tokens else None,
         "worldSize": run.world,
+        **({"earlyStopping": stopped} if stopped else {}),
     }
     if run.is_main:
-        metrics = write_outputs(run, adapter_dir, final, stats)
+        metrics = write_outputs(run, adapter_dir, chosen, last, stats)
         return metrics
     return {}
+
+
+def _observe(run: Run, step: int, result: dict[str, float]) -> bool:
+    stopping = run.spec.training.earlyStopping
+    return run.watch.see(step, float(result["evalLoss"]), stopping.minDelta if stopping else 0.0)
+
+
+def _choose_adapter(run: Run, last_step: int, last: dict[str, float]) -> tuple[Path, dict[str, Any]]:
+    """The adapter to write and its evaluation: the best one kept (output.adapter: best), else the last."""
+    want_best = run.spec.output.adapter == "best" and run.watch.best_step != last_step
+    if want_best and run.watch.snapshot_step == run.watch.best_step:
+        best = next(h for h in run.history if h["step"] == run.watch.best_step)
+        return run.paths.work_dir / "adapter-best", {**best, "choice": "best"}
+    why = "last" if not want_best else "last (the best adapter was evaluated before a restart and not kept)"
+    return save_adapter(run), {"step": last_step, **last, "choice": why}
 
 
 def _classify(exc: BaseException) -> tuple[Reason, str]:

@@ -1,0 +1,69 @@
+"""How a run finishes: early stopping, the best adapter rather than the last, and a quality gate."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .s3server import S3Server
+from .trainer_helpers import manifest, run
+
+pytestmark = pytest.mark.trainer
+
+
+def spec(stored: dict[str, str], out: str, training: dict[str, Any], output: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {
+        "model": {"uri": stored["model"]},
+        "dataset": {"train": stored["train"], "validation": stored["validation"], "maxSeqLength": 128},
+        "lora": {"r": 4, "alpha": 8},
+        "training": {"microBatchSize": 4, "checkpointEverySteps": 0, "scheduler": "constant", "warmupSteps": 0, **training},
+        "output": {"uri": out, **(output or {})},
+    }
+
+
+def test_early_stopping_stops_when_the_held_out_loss_stalls(s3: S3Server, stored: dict[str, str], tmp_path: Path) -> None:
+    out = "s3://adapters/outcomes/early/"
+    training = {"maxSteps": 30, "learningRate": 1e-9, "evalEverySteps": 1, "earlyStopping": {"patience": 2, "minDelta": 0.01}}
+    outcome = run(manifest("early", s3, spec(stored, out, training)), s3, tmp_path)
+    assert outcome.returncode == 0, outcome.stdout[-2000:] + outcome.stderr[-2000:]
+    (stopped,) = outcome.of("earlyStopping")
+    assert stopped["stoppedAtStep"] == 3  # step 1 sets the reference, steps 2 and 3 do not beat it by 0.01
+    metrics = json.loads(s3.get(out + "metrics.json"))
+    assert metrics["train"]["steps"] == 3 and metrics["train"]["earlyStopping"]["stoppedAtStep"] == 3
+    assert "did not improve by more than 0.01 for 2 evaluations" in metrics["train"]["earlyStopping"]["reason"]
+    assert max(e["step"] for e in outcome.of("progress")) == 3
+    assert "stopped early at step 3" in outcome.summary["message"]
+    assert "_SUCCESS" in s3.keys(out)
+
+
+def test_the_best_adapter_is_written_not_the_last(s3: S3Server, stored: dict[str, str], tmp_path: Path) -> None:
+    """A learning rate far too high: the held-out loss falls, then climbs. The adapter written is the one of the
+    lowest evaluation, and reloads to exactly that loss."""
+    out = "s3://adapters/outcomes/best/"
+    training = {"maxSteps": 12, "learningRate": 0.3, "evalEverySteps": 2}
+    outcome = run(manifest("best", s3, spec(stored, out, training)), s3, tmp_path)
+    assert outcome.returncode == 0, outcome.stdout[-2000:] + outcome.stderr[-2000:]
+    metrics = json.loads(s3.get(out + "metrics.json"))
+    losses = {h["step"]: h["evalLoss"] for h in metrics["history"]}
+    best = min(losses, key=lambda s: losses[s])
+    assert best != max(losses), f"the loss never climbed back: {losses}"  # the case this test is about
+    assert metrics["adapter"] == {"choice": "best", "step": best}
+    assert metrics["final"]["evalLoss"] == losses[best] and metrics["last"]["evalLoss"] == losses[max(losses)]
+    assert f"adapter from step {best} (best)" in outcome.summary["message"]
+    assert outcome.summary["metrics"]["evalLoss"] == pytest.approx(losses[best])
+
+
+def test_an_adapter_below_the_quality_gate_is_not_marked_done(s3: S3Server, stored: dict[str, str], tmp_path: Path) -> None:
+    out = "s3://adapters/outcomes/gate/"
+    training = {"maxSteps": 2, "evalEverySteps": 0}
+    outcome = run(manifest("gate", s3, spec(stored, out, training, {"minImprovement": 0.95})), s3, tmp_path)
+    assert outcome.returncode == 1
+    assert outcome.summary["reason"] == "BelowThreshold"
+    assert "output.minImprovement asks for 95.0%" in outcome.summary["message"]
+    keys = s3.keys(out)
+    assert "_SUCCESS" not in keys and "metrics.json" in keys and any(k.startswith("adapter/") for k in keys)
+    gate = json.loads(s3.get(out + "metrics.json"))["qualityGate"]
+    assert gate["passed"] is False and gate["minImprovement"] == 0.95 and gate["improvement"] < 0.95
