@@ -131,3 +131,51 @@ def test_malformed_files_name_the_position(tmp_path: Path, content: str, suffix:
 def test_a_record_without_its_field_is_named(tokenizer) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(TrainerFailure, match=r"train.jsonl record 2: missing field 'completion' \(has: prompt, answer\)"):
         data.tokenize([{"prompt": "a", "completion": "b"}, {"prompt": "a", "answer": "b"}], spec(), tokenizer, "train.jsonl")
+
+
+def test_a_long_prompt_keeps_its_completion_by_default(tokenizer) -> None:  # type: ignore[no-untyped-def]
+    """keep-end (the default for prompt-completion): a prompt longer than maxSeqLength loses its start, not the
+    completion; cut from the end instead, nothing would be left to learn."""
+    records = [{"prompt": "context " * 20 + "Q: 2+2?", "completion": " 4"}]
+    kept, counts = data.tokenize(records, spec(maxSeqLength=32), tokenizer, "t")
+    assert counts.kept_end == 1 and counts.empty == 0
+    assert labelled_text(tokenizer, kept[0]) == " 4<|eos|>" and len(kept[0].input_ids) == 32
+    right, counts = data.tokenize(records, spec(maxSeqLength=32, overlength="right"), tokenizer, "t")
+    assert right == [] and counts.truncated == 1 and counts.empty == 1
+    text, _ = data.tokenize([{"text": "y" * 100}], spec(format="text", maxSeqLength=32), tokenizer, "t")
+    assert tokenizer.decode(text[0].input_ids).startswith("<|bos|>yyy")  # text keeps its start by default
+
+
+def test_a_bad_record_is_named_by_its_place_in_the_file(tokenizer) -> None:  # type: ignore[no-untyped-def]
+    """With a held-out split, record N of the file is still record N in the error (not its place in a part)."""
+    records = [{"prompt": "p", "completion": "c"} for _ in range(40)]
+    records[30] = {"prompt": "p"}
+    keep, held = data.split_positions(len(records), 0.25, seed=7)
+    assert sorted(keep + held) == list(range(40)) and data.split(records, 0.25, 7)[1] == [records[i] for i in held]
+    part, at = (keep, [records[i] for i in keep]) if 30 in keep else (held, [records[i] for i in held])
+    with pytest.raises(TrainerFailure, match=r"t\.jsonl record 31: missing field 'completion'"):
+        data.tokenize(at, spec(), tokenizer, "t.jsonl", part)
+
+
+def test_files_as_they_come(tmp_path: Path) -> None:
+    """A BOM, CRLF line ends and blank lines in JSONL; gzip and zstd variants of each format."""
+    import gzip
+    import json
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = [{"prompt": f"p{i}", "completion": f"c{i}"} for i in range(5)]
+    jsonl = "\ufeff" + "\r\n\r\n".join(json.dumps(r) for r in rows) + "\r\n\r\n"
+    (tmp_path / "a.jsonl").write_bytes(jsonl.encode())
+    (tmp_path / "b.jsonl.gz").write_bytes(gzip.compress(jsonl.encode()))
+    with pa.output_stream(str(tmp_path / "c.json.zst"), compression="zstd") as out:
+        out.write(json.dumps(rows).encode())
+    buffer = pa.BufferOutputStream()
+    pq.write_table(pa.Table.from_pylist(rows), buffer)
+    (tmp_path / "d.parquet.gz").write_bytes(gzip.compress(buffer.getvalue().to_pybytes()))
+    for name in ("a.jsonl", "b.jsonl.gz", "c.json.zst", "d.parquet.gz"):
+        assert data.read_records(tmp_path / name, name) == rows, name
+    (tmp_path / "bad.jsonl.gz").write_bytes(b"not gzip at all")
+    with pytest.raises(TrainerFailure, match=r"bad\.jsonl\.gz: cannot be decompressed"):
+        data.read_records(tmp_path / "bad.jsonl.gz", "bad.jsonl.gz")

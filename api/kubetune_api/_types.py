@@ -10,7 +10,7 @@ from pydantic import AfterValidator, Field, PlainValidator, StrictStr, WithJsonS
 S3_URI = r"s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/[^\s]*)?"
 LOCAL_PATH = r"(/|\./|\.\./)[^\s]*"
 HUB_ID = r"[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?"
-DATA_FILE = r"[^\s]*\.(jsonl|json|parquet)"
+DATA_FILE = r"[^\s]*\.(jsonl|json|parquet)(\.gz|\.zst)?"
 
 MODEL_URI_PATTERN = rf"^({S3_URI}|{LOCAL_PATH}|{HUB_ID})$"
 DATA_URI_PATTERN = rf"^(s3://[a-z0-9][a-z0-9.-]{{1,61}}[a-z0-9]/{DATA_FILE}|(/|\./|\.\./){DATA_FILE})$"
@@ -44,7 +44,7 @@ DataUri = Annotated[
     _matcher(
         DATA_URI_PATTERN,
         "s3://bucket/key (bucket: 3 to 63 lowercase letters, digits, dots or dashes) or an absolute or ./relative path, "
-        "ending in .jsonl, .json or .parquet",
+        "ending in .jsonl, .json or .parquet (optionally .gz or .zst)",
     ),
 ]
 OutputUri = Annotated[

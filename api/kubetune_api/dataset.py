@@ -15,7 +15,10 @@ DEFAULT_VALIDATION_SPLIT = 0.05
 class DatasetSpec(Section):
     """Training data, held-out data and how records become token sequences."""
 
-    train: DataUri = Field(description="Training records: s3://bucket/key or a path, ending in .jsonl, .json or .parquet.")
+    train: DataUri = Field(
+        description="Training records: s3://bucket/key or a path, ending in .jsonl, .json or .parquet, each optionally "
+        ".gz or .zst compressed."
+    )
     validation: DataUri | None = Field(
         None, description="Held-out records in the same format. Set this or validationSplit, not both."
     )
@@ -49,11 +52,21 @@ class DatasetSpec(Section):
         description="Pack several samples into each sequence, with attention kept inside each sample. "
         "Removes padding; usually the biggest speed-up on variable-length data.",
     )
-    overlength: Literal["truncate", "drop"] = Field(
-        "truncate",
-        description="What happens to samples longer than maxSeqLength: truncate them, or drop them. "
-        "Both are counted in metrics.json.",
+    overlength: Literal["keep-end", "right", "truncate", "drop"] | None = Field(
+        None,
+        description="What happens to samples longer than maxSeqLength: keep-end (cut from the start, so the "
+        "completion or the latest turns survive), right (cut from the end; truncate is its older name), or drop. "
+        "Default: keep-end for prompt-completion, chat and alpaca, right for text. Each outcome is counted in "
+        "metrics.json and printed at start.",
     )
+
+    @property
+    def overlength_policy(self) -> str:
+        """The policy in force: the default for the format when none is set."""
+        if self.overlength is None:
+            return "right" if self.format == "text" else "keep-end"
+        return "right" if self.overlength == "truncate" else self.overlength
+
     shuffle: StrictBool = Field(True, description="Shuffle training samples every epoch, seeded by training.seed.")
 
     rules = (

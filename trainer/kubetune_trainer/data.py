@@ -39,7 +39,8 @@ class Counts:
 
     records: int = 0
     samples: int = 0
-    truncated: int = 0
+    truncated: int = 0  # cut from the end (right)
+    kept_end: int = 0  # cut from the start (keep-end): the completion or the latest turns kept
     dropped: int = 0
     empty: int = 0  # samples with no token to learn from (e.g. the completion was truncated away)
     tokens: int = 0
@@ -52,18 +53,37 @@ class Counts:
 # reading
 
 
+COMPRESSION = {".gz": "gzip", ".zst": "zstd"}
+
+
+def _open(path: Path, name: str) -> tuple[str, Any]:
+    """The file's format suffix and a binary stream of its content, decompressed (.gz, .zst) as it is read."""
+    import pyarrow as pa
+
+    suffixes = [s.lower() for s in path.suffixes]
+    codec = COMPRESSION.get(suffixes[-1]) if suffixes else None
+    fmt = suffixes[-2] if codec and len(suffixes) > 1 else (suffixes[-1] if suffixes else "")
+    try:
+        return fmt, pa.input_stream(str(path), compression=codec)
+    except (OSError, pa.ArrowInvalid) as exc:
+        raise TrainerFailure(Reason.BAD_RECORD, f"{name}: cannot be read: {exc}") from exc
+
+
 def read_records(path: Path, name: str) -> list[dict[str, Any]]:
-    """Records from .jsonl, .json (a list) or .parquet. A malformed record stops the run with its position."""
-    suffix = path.suffix.lower()
-    if suffix == ".parquet":
+    """Records from .jsonl, .json (a list) or .parquet, each optionally .gz or .zst compressed; JSON text may start
+    with a UTF-8 byte-order mark and use CRLF line ends. A malformed record stops the run with its position."""
+    fmt, stream = _open(path, name)
+    if fmt == ".parquet":
+        import pyarrow as pa
         import pyarrow.parquet as pq
 
         try:
-            return list(pq.read_table(path).to_pylist())
+            with stream:
+                return list(pq.read_table(pa.BufferReader(stream.read())).to_pylist())
         except Exception as exc:  # pyarrow raises several types for a bad file
             raise TrainerFailure(Reason.BAD_RECORD, f"{name}: not a readable Parquet file: {exc}") from exc
-    text = _text(path, name)
-    if suffix == ".json":
+    text = _text(stream, name)
+    if fmt == ".json":
         try:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
@@ -88,21 +108,30 @@ def read_records(path: Path, name: str) -> list[dict[str, Any]]:
     return records
 
 
-def _text(path: Path, name: str) -> str:
+def _text(stream: Any, name: str) -> str:
     try:
-        return path.read_text(encoding="utf-8")
+        with stream:
+            raw = stream.read()
+    except OSError as exc:  # a corrupt .gz or .zst
+        raise TrainerFailure(Reason.BAD_RECORD, f"{name}: cannot be decompressed: {exc}") from exc
+    try:
+        return bytes(raw).decode("utf-8-sig")  # a leading byte-order mark is not part of the first record
     except UnicodeDecodeError as exc:
         raise TrainerFailure(Reason.BAD_RECORD, f"{name}: not UTF-8 at byte {exc.start}") from exc
 
 
 def split(records: list[dict[str, Any]], fraction: float, seed: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Seeded train/held-out split with no record in both."""
-    order = list(range(len(records)))
-    random.Random(seed).shuffle(order)
-    held = max(1, round(len(records) * fraction)) if records else 0
-    held_out = sorted(order[:held])
-    keep = sorted(order[held:])
+    keep, held_out = split_positions(len(records), fraction, seed)
     return [records[i] for i in keep], [records[i] for i in held_out]
+
+
+def split_positions(count: int, fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """The positions (in the file) of the training and held-out records of a seeded split."""
+    order = list(range(count))
+    random.Random(seed).shuffle(order)
+    held = max(1, round(count * fraction)) if count else 0
+    return sorted(order[held:]), sorted(order[:held])
 
 
 # tokenizing
@@ -249,18 +278,26 @@ def tokenize_record(record: dict[str, Any], spec: DatasetSpec, tokenizer: Any, n
     return Sample(ids, list(ids))
 
 
-def tokenize(records: list[dict[str, Any]], spec: DatasetSpec, tokenizer: Any, name: str) -> tuple[list[Sample], Counts]:
-    """Every record as a Sample, with overlength samples truncated or dropped and counted."""
+def tokenize(
+    records: list[dict[str, Any]], spec: DatasetSpec, tokenizer: Any, name: str, positions: list[int] | None = None
+) -> tuple[list[Sample], Counts]:
+    """Every record as a Sample, with overlength samples truncated or dropped and counted. positions: each record's
+    place in its file (0-based), so an error names the record a person can find there."""
     counts = Counts(records=len(records))
     samples = []
     for index, record in enumerate(records):
-        sample = tokenize_record(record, spec, tokenizer, name, index)
+        sample = tokenize_record(record, spec, tokenizer, name, positions[index] if positions else index)
         if len(sample.input_ids) > spec.maxSeqLength:
-            if spec.overlength == "drop":
+            policy = spec.overlength_policy
+            if policy == "drop":
                 counts.dropped += 1
                 continue
-            counts.truncated += 1
-            sample = Sample(sample.input_ids[: spec.maxSeqLength], sample.labels[: spec.maxSeqLength])
+            if policy == "keep-end":
+                counts.kept_end += 1
+                sample = Sample(sample.input_ids[-spec.maxSeqLength :], sample.labels[-spec.maxSeqLength :])
+            else:
+                counts.truncated += 1
+                sample = Sample(sample.input_ids[: spec.maxSeqLength], sample.labels[: spec.maxSeqLength])
         # the first token is never predicted; masking it also keeps packed neighbours from scoring across the boundary
         labels = [IGNORE, *sample.labels[1:]]
         if all(label == IGNORE for label in labels):

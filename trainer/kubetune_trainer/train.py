@@ -126,16 +126,21 @@ def _broadcast(run: Run, value: Any) -> Any:
 
 def prepare_data(run: Run) -> None:
     spec = run.spec.dataset
-    train_records = data.read_records(run.paths.train_file, Path(spec.train).name)
+    train_name = Path(spec.train).name
+    train_records = data.read_records(run.paths.train_file, train_name)
+    train_at: list[int] | None = None
     if run.paths.validation_file is not None:
-        val_records = data.read_records(run.paths.validation_file, Path(spec.validation or "validation").name)
-    else:
-        train_records, val_records = data.split(train_records, run.spec.validation_split, run.spec.training.seed)
+        val_name, val_at = Path(spec.validation or "validation").name, None
+        val_records = data.read_records(run.paths.validation_file, val_name)
+    else:  # a split of one file: errors still give each record's place in that file
+        val_name = train_name
+        train_at, val_at = data.split_positions(len(train_records), run.spec.validation_split, run.spec.training.seed)
+        train_records, val_records = [train_records[i] for i in train_at], [train_records[i] for i in val_at]
     for name, records in (("training", train_records), ("held-out", val_records)):
         if not records:
             raise TrainerFailure(Reason.EMPTY_DATASET, f"the {name} set has no records")
-    train_samples, train_counts = data.tokenize(train_records, spec, run.tokenizer, Path(spec.train).name)
-    val_samples, val_counts = data.tokenize(val_records, spec, run.tokenizer, "held-out set")
+    train_samples, train_counts = data.tokenize(train_records, spec, run.tokenizer, train_name, train_at)
+    val_samples, val_counts = data.tokenize(val_records, spec, run.tokenizer, val_name, val_at)
     for name, samples, counts in (("training", train_samples, train_counts), ("held-out", val_samples, val_counts)):
         if not samples:
             raise TrainerFailure(
@@ -168,6 +173,19 @@ def prepare_data(run: Run) -> None:
         "packing": packing,
         "modelType": family,
     }
+    if run.is_main:  # what became of the records, before any step: truncations and drops are no surprise later
+        line = {"event": "data", "overlength": spec.overlength_policy, **run.counts}
+        if run.paths.progress == "json":
+            print(json.dumps(line), flush=True)
+        else:
+            c = train_counts
+            print(
+                f"data: {c.records} training records -> {c.samples} samples ({c.kept_end} cut from the start, "
+                f"{c.truncated} cut from the end, {c.dropped} dropped, {c.empty} with nothing to learn; "
+                f"overlength: {spec.overlength_policy}), {len(run.train_rows)} sequences, packing {'on' if packing else 'off'}",
+                file=sys.stderr,
+                flush=True,
+            )
 
 
 def deepspeed_config(run: Run, on_gpu: bool) -> dict[str, Any]:
