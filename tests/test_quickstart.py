@@ -46,3 +46,8 @@ def test_quickstart_runs_to_completion_twice(tmp_path: Path) -> None:
         assert adapter < base
         assert (tmp_path / "out" / "quickstart" / "adapter" / "adapter_model.safetensors").is_file()
         assert (tmp_path / "out" / "quickstart" / "_SUCCESS").is_file()
+        # the curves, for a person: a sparkline at the end and a picture beside the adapter
+        spark = next(line for line in result.stdout.splitlines() if line.startswith("training loss"))
+        assert len(set(spark.split()[-1]) - set("▁▂▃▄▅▆▇█")) == 0 and len(spark.split()[-1]) > 5
+        picture = (tmp_path / "out" / "quickstart" / "curves.svg").read_text()
+        assert picture.startswith("<svg") and picture.count("<polyline") == 2

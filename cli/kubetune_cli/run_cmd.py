@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
@@ -40,5 +41,10 @@ def run(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     summary = run_local(job, processes, progress, work.resolve())
-    print_report(summary)
+    written = work.resolve() / "results" / "summary.json"  # rank 0's metrics, for the curves
+    try:
+        metrics = json.loads(written.read_text()) if written.is_file() else None
+    except ValueError:
+        metrics = None
+    print_report(summary, metrics=metrics)
     return 0 if summary["status"] == "Succeeded" else 1

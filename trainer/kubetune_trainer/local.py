@@ -50,10 +50,17 @@ def run(job: FineTuneJob, processes: int, progress: str, work_dir: Path) -> dict
     return run_worker(spec, worker, progress=progress, work_dir=work_dir)
 
 
-def print_report(summary: dict[str, Any], stream: Any = sys.stdout) -> None:
+def print_report(summary: dict[str, Any], stream: Any = sys.stdout, metrics: dict[str, Any] | None = None) -> None:
     if summary["status"] != "Succeeded":
         print(f"\nFailed: {summary['reason']}: {summary['message']}", file=stream)
         return
+    drawn = (metrics or {}).get("curves") or {}
+    if drawn.get("train"):
+        from .curves import sparkline
+
+        print(f"\ntraining loss  {sparkline([p['loss'] for p in drawn['train']])}", file=stream)
+        if len(drawn.get("eval") or []) > 1:
+            print(f"held-out loss  {sparkline([p['evalLoss'] for p in drawn['eval']])}", file=stream)
     m = summary["metrics"]
     print("\nheld-out            base      adapter", file=stream)
     for label, base, tuned in (

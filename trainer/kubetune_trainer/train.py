@@ -25,7 +25,7 @@ from kubetune_api.conditions import Reason
 from kubetune_api.contract import RankFailure, WorkerEnv
 from kubetune_api.job import FineTuneJobSpec
 
-from . import checkpoint, data, evaluate, spec_io
+from . import checkpoint, curves, data, evaluate, spec_io
 from .errors import TrainerFailure
 from .model import PACKING_FAMILIES, add_lora, load_model, load_tokenizer, model_type
 from .rank_env import RankEnv
@@ -76,6 +76,7 @@ class Run:
     total_steps: int = 0
     base: dict[str, float] = field(default_factory=dict)
     history: list[dict[str, Any]] = field(default_factory=list)
+    curve: list[dict[str, Any]] = field(default_factory=list)  # rank 0: training loss and learning rate per logged step
     watch: Watch = field(default_factory=lambda: Watch())
     zero3_config: Any = None  # keeps transformers' HfDeepSpeedConfig alive so from_pretrained partitions weights
 
@@ -264,7 +265,7 @@ def save_checkpoint(run: Run, step: int) -> None:
     assert run.store is not None
     local = _staging(run)
     name = checkpoint.tag(step)
-    state = {"step": step, "base": run.base, "history": run.history, "worldSize": run.world}
+    state = {"step": step, "base": run.base, "history": run.history, "curve": run.curve, "worldSize": run.world}
     run.engine.save_checkpoint(str(local), tag=name, client_state={"kubetune": state}, exclude_frozen_parameters=True)
     _save_rng(local / name, run.rank)
     if run.is_main:
@@ -343,7 +344,7 @@ def resume(run: Run) -> int:
             str(local), tag=name, load_module_strict=False, load_optimizer_states=same_world, load_lr_scheduler_states=same_world
         )
     state = (client or {}).get("kubetune", {})
-    run.base, run.history = state.get("base", {}), state.get("history", [])
+    run.base, run.history, run.curve = state.get("base", {}), state.get("history", []), state.get("curve", [])
     if same_world:
         _load_rng(local / name, run.rank)
     step = int(state.get("step", info["step"]))
@@ -433,9 +434,13 @@ def write_outputs(
         "best": next((h for h in run.history if h["step"] == run.watch.best_step), None),
         "last": last,
         "history": run.history,
+        "curves": {"train": run.curve, "eval": [{"step": h["step"], "evalLoss": h["evalLoss"]} for h in run.history]},
         "train": train_stats,
         "data": run.counts,
     }
+    picture = run.paths.work_dir / "curves.svg"
+    picture.write_text(curves.svg(metrics["curves"]["train"], metrics["curves"]["eval"]))
+    run.store.upload_file(picture, join(out, "curves.svg"))
     gate = run.spec.output.minImprovement
     base_loss, loss = run.base.get("evalLoss"), final.get("evalLoss")
     improvement = (base_loss - loss) / base_loss if base_loss and loss is not None else None
@@ -533,6 +538,7 @@ def train(run: Run) -> dict[str, Any]:
             if progress:
                 lr = float(run.engine.get_lr()[0])
                 progress.step(done, done / run.steps_per_epoch, loss, lr, tokens / max(now - window_start, 1e-9))
+                run.curve.append({"step": done, "loss": round(loss, 6), "learningRate": lr})
             window_loss, window_steps, window_tokens, window_start = 0.0, 0, 0.0, now
         if t.evalEverySteps and done % t.evalEverySteps == 0 and done != run.total_steps:
             result = run_eval(run, adapter=True)
