@@ -92,8 +92,9 @@ def test_a_bad_weight_and_a_refusing_template_name_the_record() -> None:
     spec = DatasetSpec(train="./t.jsonl", format="chat")
     with pytest.raises(TrainerFailure, match=r"t record 4: message 2: weight must be 0 or 1"):
         data.tokenize_record({"messages": conversation(False, weight=0.5)}, spec, tokenizer_for("chatml"), "t", 3)
-    with pytest.raises(TrainerFailure, match=r"t record 1: the chat template refused it: System role not supported"):
-        data.tokenize_record({"messages": conversation(True)}, spec, tokenizer_for("gemma"), "t", 0)
+    twice = [{"role": "user", "content": "a"}, {"role": "user", "content": "b"}]
+    with pytest.raises(TrainerFailure, match=r"t record 1: the chat template refused it: Conversation roles must alternate"):
+        data.tokenize_record({"messages": twice}, spec, tokenizer_for("mistral"), "t", 0)
 
 
 ALPACA = {"instruction": "Translate to French.", "input": "Good morning", "output": "Bonjour"}
@@ -120,3 +121,36 @@ def test_mapping_alpacas_instruction_to_the_prompt_cannot_drop_its_input() -> No
     ):
         data.tokenize_record(ALPACA, spec, byte_tokenizer(), "t", 0)
     assert data.tokenize_record({**ALPACA, "input": ""}, spec, byte_tokenizer(), "t", 0).input_ids  # nothing dropped
+
+
+def test_sharegpt_and_openai_text_parts_train_like_chat() -> None:
+    tokenizer = tokenizer_for("chatml")
+    chat = data.tokenize_record(
+        {"messages": conversation(True)}, DatasetSpec(train="./t.jsonl", format="chat"), tokenizer, "t", 0
+    )
+    names = {"system": "system", "user": "human", "assistant": "gpt"}
+    share = {"conversations": [{"from": names[m["role"]], "value": m["content"]} for m in conversation(True)]}
+    assert data.tokenize_record(share, DatasetSpec(train="./t.jsonl", format="sharegpt"), tokenizer, "t", 0) == chat
+    parts = [
+        {**m, "content": [{"type": "text", "text": m["content"][:5]}, {"type": "text", "text": m["content"][5:]}]}
+        for m in conversation(True)
+    ]
+    assert data.tokenize_record({"messages": parts}, DatasetSpec(train="./t.jsonl", format="chat"), tokenizer, "t", 0) == chat
+    with pytest.raises(TrainerFailure, match=r"t record 1: conversation turn 1 needs 'from'"):
+        data.tokenize_record(
+            {"conversations": [{"from": "bot", "value": "x"}]},
+            DatasetSpec(train="./t.jsonl", format="sharegpt"),
+            tokenizer,
+            "t",
+            0,
+        )
+
+
+def test_a_template_without_a_system_role_gets_it_in_the_first_user_turn() -> None:
+    tokenizer = tokenizer_for("gemma")
+    samples, counts = data.tokenize(
+        [{"messages": conversation(True)}], DatasetSpec(train="./t.jsonl", format="chat"), tokenizer, "t"
+    )
+    assert counts.system_folded == 1
+    assert "<start_of_turn>user\nYou answer briefly.\n\nWhat is the capital of France?" in tokenizer.decode(samples[0].input_ids)
+    assert learned(samples[0], tokenizer) == [answer + "<end_of_turn>" for answer in ANSWERS]

@@ -73,3 +73,13 @@ def test_packing_is_used_exactly_where_it_isolates(family: str) -> None:
 
 def test_every_packing_family_is_checked() -> None:
     assert set(PACKING_FAMILIES) <= set(CONFIGS)
+
+
+def test_a_refused_attention_kernel_falls_back_to_eager_and_says_so(tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+    from kubetune_api.model import ModelSpec
+    from kubetune_trainer.model import load_model
+
+    tiny("gemma2").save_pretrained(tmp_path / "gemma2")
+    model = load_model(str(tmp_path / "gemma2"), ModelSpec(uri="./gemma2", attnImplementation="sdpa"), on_gpu=False)
+    assert model.config._attn_implementation == "eager"
+    assert "model.attnImplementation sdpa is not supported by this model" in capsys.readouterr().out

@@ -29,12 +29,14 @@ class DatasetSpec(Section):
         description="Fraction of train held out for evaluation, 0 < x <= 0.5, chosen with the seed and never "
         "trained on. Used when validation is not set; defaults to 0.05 when neither is set.",
     )
-    format: Literal["prompt-completion", "chat", "text", "alpaca"] = Field(
+    format: Literal["prompt-completion", "chat", "text", "alpaca", "sharegpt"] = Field(
         "prompt-completion",
         description="Record format: prompt-completion (loss on the completion only), chat (the model's chat "
         "template, loss on assistant turns only, none on OpenAI's weight: 0 turns), text (loss on every token), or "
         "alpaca (instruction, optional input, output: the chat template when the model has one, else the Alpaca "
-        "prompt; loss on the output only).",
+        "prompt; loss on the output only), or sharegpt (conversations of from/value with human, gpt, system, tool: as "
+        "chat). Chat messages may give content as a list of text parts (OpenAI); a template that refuses a system "
+        "role (Gemma) gets the system text at the start of the first user turn, counted in metrics.json.",
     )
     promptField: StrictStr = Field(
         "prompt", min_length=1, max_length=128, description="Record field holding the prompt (prompt-completion)."

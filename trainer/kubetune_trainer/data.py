@@ -22,6 +22,7 @@ class Sample:
 
     input_ids: list[int]
     labels: list[int]
+    system_folded: bool = False  # the template refuses a system role: it was put at the start of the first user turn
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,7 @@ class Counts:
     kept_end: int = 0  # cut from the start (keep-end): the completion or the latest turns kept
     dropped: int = 0
     empty: int = 0  # samples with no token to learn from (e.g. the completion was truncated away)
+    system_folded: int = 0  # conversations whose system message went into the first user turn (Gemma's templates)
     tokens: int = 0
     loss_tokens: int = 0
 
@@ -163,19 +165,20 @@ def _chat_ids(tokenizer: Any, messages: list[dict[str, Any]], name: str, index: 
     if not getattr(tokenizer, "chat_template", None):
         raise TrainerFailure(Reason.BAD_RECORD, "dataset.format is chat but the model's tokenizer has no chat template")
     where = f"{name} record {index + 1}"
-    for turn, message in enumerate(messages):
-        if (
-            not isinstance(message, dict)
-            or not isinstance(message.get("role"), str)
-            or not isinstance(message.get("content"), str)
-        ):
-            raise TrainerFailure(Reason.BAD_RECORD, f"{where}: message {turn + 1} needs string 'role' and 'content'")
-        if "weight" in message and message["weight"] not in (0, 1):
-            raise TrainerFailure(Reason.BAD_RECORD, f"{where}: message {turn + 1}: weight must be 0 or 1")
+    messages = [_message(message, where, turn) for turn, message in enumerate(messages)]
+    folded = False
     try:
         text = str(tokenizer.apply_chat_template(messages, tokenize=False))
     except Exception as exc:  # jinja2's TemplateError and the template's own raise_exception
-        raise TrainerFailure(Reason.BAD_RECORD, f"{where}: the chat template refused it: {exc}") from exc
+        if not (len(messages) > 1 and messages[0]["role"] == "system" and messages[1]["role"] == "user"):
+            raise TrainerFailure(Reason.BAD_RECORD, f"{where}: the chat template refused it: {exc}") from exc
+        # templates that refuse a system role (Gemma's): the system text opens the first user turn instead
+        first = {**messages[1], "content": f"{messages[0]['content']}\n\n{messages[1]['content']}"}
+        messages, folded = [first, *messages[2:]], True
+        try:
+            text = str(tokenizer.apply_chat_template(messages, tokenize=False))
+        except Exception as again:
+            raise TrainerFailure(Reason.BAD_RECORD, f"{where}: the chat template refused it: {again}") from again
     encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     ids, offsets = list(encoded["input_ids"]), [tuple(o) for o in encoded["offset_mapping"]]
     special = set(tokenizer.all_special_ids) | {i for i, t in tokenizer.added_tokens_decoder.items() if t.special}
@@ -209,7 +212,52 @@ def _chat_ids(tokenizer: Any, messages: list[dict[str, Any]], name: str, index: 
             follower += 1
         if 0 <= last < follower < len(ids) and ids[follower] in special:
             labels[follower] = ids[follower]
-    return Sample(ids, labels)
+    return Sample(ids, labels, folded)
+
+
+def _message(message: Any, where: str, turn: int) -> dict[str, Any]:
+    """One message as the template wants it: OpenAI's content as a list of text parts is joined; weight is 0 or 1."""
+    if not isinstance(message, dict) or not isinstance(message.get("role"), str):
+        raise TrainerFailure(Reason.BAD_RECORD, f"{where}: message {turn + 1} needs string 'role' and 'content'")
+    content = message.get("content")
+    if isinstance(content, list):
+        parts = [p.get("text") for p in content if isinstance(p, dict) and p.get("type") == "text"]
+        if len(parts) != len(content) or not all(isinstance(t, str) for t in parts):
+            raise TrainerFailure(
+                Reason.BAD_RECORD, f"{where}: message {turn + 1}: only text parts ({{type: text, text}}) are supported"
+            )
+        content = "".join(str(t) for t in parts)
+    if not isinstance(content, str):
+        raise TrainerFailure(Reason.BAD_RECORD, f"{where}: message {turn + 1} needs string 'role' and 'content'")
+    if "weight" in message and message["weight"] not in (0, 1):
+        raise TrainerFailure(Reason.BAD_RECORD, f"{where}: message {turn + 1}: weight must be 0 or 1")
+    return {**message, "content": content}
+
+
+SHAREGPT_ROLES = {
+    "human": "user",
+    "user": "user",
+    "gpt": "assistant",
+    "assistant": "assistant",
+    "system": "system",
+    "tool": "tool",
+}
+
+
+def _sharegpt(record: dict[str, Any], tokenizer: Any, name: str, index: int) -> Sample:
+    """{conversations: [{from: human|gpt|system|tool, value}]} as chat messages."""
+    turns = _field(record, "conversations", name, index, list)
+    messages = []
+    for turn, item in enumerate(turns):
+        role = SHAREGPT_ROLES.get(str(item.get("from"))) if isinstance(item, dict) else None
+        if role is None or not isinstance(item.get("value"), str):
+            raise TrainerFailure(
+                Reason.BAD_RECORD,
+                f"{name} record {index + 1}: conversation turn {turn + 1} needs 'from' ({', '.join(SHAREGPT_ROLES)}) and a "
+                "string 'value'",
+            )
+        messages.append({"role": role, "content": item["value"]})
+    return _chat_ids(tokenizer, messages, name, index)
 
 
 def _locate(text: str, content: str, cursor: int) -> tuple[int, int] | None:
@@ -256,26 +304,37 @@ def _prompt_completion(tokenizer: Any, prompt_text: str, completion_text: str) -
     return Sample(prompt + completion, [IGNORE] * len(prompt) + completion)
 
 
-def tokenize_record(record: dict[str, Any], spec: DatasetSpec, tokenizer: Any, name: str, index: int) -> Sample:
-    eos = tokenizer.eos_token_id
-    if spec.format == "alpaca":
-        return _alpaca(record, tokenizer, name, index)
-    if spec.format == "prompt-completion":
-        if spec.promptField == "instruction" and isinstance(record.get("input"), str) and record["input"].strip():
-            # mapping Alpaca's instruction to the prompt would silently train without its input
-            raise TrainerFailure(
-                Reason.BAD_RECORD,
-                f"{name} record {index + 1}: has a non-empty 'input' that promptField: instruction would drop; "
-                "use dataset.format: alpaca for instruction/input/output records",
-            )
-        prompt = _field(record, spec.promptField, name, index, str)
-        return _prompt_completion(tokenizer, prompt, _field(record, spec.completionField, name, index, str))
-    if spec.format == "chat":
-        return _chat_ids(tokenizer, _field(record, spec.messagesField, name, index, list), name, index)
+def _prompt_completion_record(record: dict[str, Any], spec: DatasetSpec, tokenizer: Any, name: str, index: int) -> Sample:
+    if spec.promptField == "instruction" and isinstance(record.get("input"), str) and record["input"].strip():
+        # mapping Alpaca's instruction to the prompt would silently train without its input
+        raise TrainerFailure(
+            Reason.BAD_RECORD,
+            f"{name} record {index + 1}: has a non-empty 'input' that promptField: instruction would drop; "
+            "use dataset.format: alpaca for instruction/input/output records",
+        )
+    prompt = _field(record, spec.promptField, name, index, str)
+    return _prompt_completion(tokenizer, prompt, _field(record, spec.completionField, name, index, str))
+
+
+def _text_record(record: dict[str, Any], spec: DatasetSpec, tokenizer: Any, name: str, index: int) -> Sample:
     ids = _ids(tokenizer, _field(record, spec.textField, name, index, str), True)
-    if eos is not None:
-        ids.append(eos)
+    if tokenizer.eos_token_id is not None:
+        ids.append(tokenizer.eos_token_id)
     return Sample(ids, list(ids))
+
+
+# Each format: a record to token ids and labels. A new format is one function and one line here.
+FORMATS: dict[str, Any] = {
+    "prompt-completion": _prompt_completion_record,
+    "chat": lambda r, spec, tok, name, i: _chat_ids(tok, _field(r, spec.messagesField, name, i, list), name, i),
+    "text": _text_record,
+    "alpaca": lambda r, spec, tok, name, i: _alpaca(r, tok, name, i),
+    "sharegpt": lambda r, spec, tok, name, i: _sharegpt(r, tok, name, i),
+}
+
+
+def tokenize_record(record: dict[str, Any], spec: DatasetSpec, tokenizer: Any, name: str, index: int) -> Sample:
+    return FORMATS[spec.format](record, spec, tokenizer, name, index)  # type: ignore[no-any-return]
 
 
 def tokenize(
@@ -287,6 +346,7 @@ def tokenize(
     samples = []
     for index, record in enumerate(records):
         sample = tokenize_record(record, spec, tokenizer, name, positions[index] if positions else index)
+        counts.system_folded += sample.system_folded
         if len(sample.input_ids) > spec.maxSeqLength:
             policy = spec.overlength_policy
             if policy == "drop":

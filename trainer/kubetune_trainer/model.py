@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import Any
@@ -78,14 +79,34 @@ def load_model(source: str, spec: ModelSpec, on_gpu: bool) -> Any:
 
     if not source.startswith(("/", ".")) and Path(source).exists():
         source = str(Path(source).resolve())
-    try:
-        model = AutoModelForCausalLM.from_pretrained(
+
+    def load(attention: str) -> Any:
+        return AutoModelForCausalLM.from_pretrained(
             source,
             revision=spec.revision,
             trust_remote_code=spec.trustRemoteCode,
             dtype=torch_dtype(spec, on_gpu),
-            attn_implementation=spec.attnImplementation,
+            attn_implementation=attention,
         )
+
+    try:
+        try:
+            model = load(spec.attnImplementation)
+        except ValueError as exc:
+            if "attention" not in str(exc).lower() or spec.attnImplementation == "eager":
+                raise
+            # a kernel this family refuses (Gemma 2 and sdpa): eager attention always works, and the run says so
+            model = load("eager")
+            print(
+                json.dumps(
+                    {
+                        "event": "notice",
+                        "message": f"model.attnImplementation {spec.attnImplementation} is not supported by this model "
+                        f"({str(exc).splitlines()[0][:200]}); using eager attention",
+                    }
+                ),
+                flush=True,
+            )
     except (OSError, ValueError) as exc:
         raise TrainerFailure(Reason.MODEL_MISSING, f"no loadable model at {spec.uri}: {exc}") from exc
     model.config.use_cache = False
