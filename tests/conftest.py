@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +12,7 @@ from typing import Any
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach a model hub: a hub id fails at once, not after retries
 EXAMPLES = [
     *sorted((ROOT / "examples").glob("*.yaml")),
     ROOT / "examples" / "kueue" / "finetunejob.yaml",

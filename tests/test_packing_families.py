@@ -83,3 +83,23 @@ def test_a_refused_attention_kernel_falls_back_to_eager_and_says_so(tmp_path, ca
     model = load_model(str(tmp_path / "gemma2"), ModelSpec(uri="./gemma2", attnImplementation="sdpa"), on_gpu=False)
     assert model.config._attn_implementation == "eager"
     assert "model.attnImplementation sdpa is not supported by this model" in capsys.readouterr().out
+
+
+def test_targets_that_match_nothing_list_the_real_layers_even_for_conv1d_models() -> None:
+    from kubetune_api.lora import LoraSpec
+    from kubetune_trainer.errors import TrainerFailure
+    from kubetune_trainer.model import check_targets
+
+    with pytest.raises(TrainerFailure) as caught:
+        check_targets(tiny("gpt2"), LoraSpec(targetModules=["q_proj"]))
+    assert "c_attn" in caught.value.message and "c_fc" in caught.value.message  # GPT-2's Conv1D layers
+
+
+def test_a_model_path_without_dot_slash_says_it_was_read_as_a_hub_id() -> None:
+    from kubetune_api.model import ModelSpec
+    from kubetune_trainer.errors import TrainerFailure
+    from kubetune_trainer.model import load_tokenizer
+
+    with pytest.raises(TrainerFailure) as caught:
+        load_tokenizer("models/nowhere", ModelSpec(uri="models/nowhere"))
+    assert "read as a hub id since it is not a directory here; write ./models/nowhere for a local folder" in caught.value.message

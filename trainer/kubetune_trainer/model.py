@@ -59,7 +59,7 @@ def model_type(source: str, spec: ModelSpec) -> str:
     try:
         return str(AutoConfig.from_pretrained(source, revision=spec.revision, trust_remote_code=spec.trustRemoteCode).model_type)
     except (OSError, ValueError) as exc:
-        raise TrainerFailure(Reason.MODEL_MISSING, f"no model config at {spec.uri}: {exc}") from exc
+        raise TrainerFailure(Reason.MODEL_MISSING, f"no model config at {spec.uri}{_hub_hint(spec)}: {exc}") from exc
 
 
 def load_tokenizer(source: str, spec: ModelSpec) -> Any:
@@ -68,7 +68,7 @@ def load_tokenizer(source: str, spec: ModelSpec) -> Any:
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, revision=spec.revision, trust_remote_code=spec.trustRemoteCode)
     except (OSError, ValueError) as exc:
-        raise TrainerFailure(Reason.MODEL_MISSING, f"no usable tokenizer at {spec.uri}: {exc}") from exc
+        raise TrainerFailure(Reason.MODEL_MISSING, f"no usable tokenizer at {spec.uri}{_hub_hint(spec)}: {exc}") from exc
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
@@ -108,16 +108,27 @@ def load_model(source: str, spec: ModelSpec, on_gpu: bool) -> Any:
                 flush=True,
             )
     except (OSError, ValueError) as exc:
-        raise TrainerFailure(Reason.MODEL_MISSING, f"no loadable model at {spec.uri}: {exc}") from exc
+        raise TrainerFailure(Reason.MODEL_MISSING, f"no loadable model at {spec.uri}{_hub_hint(spec)}: {exc}") from exc
     model.config.use_cache = False
     return model
 
 
-def linear_module_names(model: Any) -> list[str]:
-    """Short names of the linear layers LoRA can adapt (what a user may put in lora.targetModules)."""
-    import torch
+def _hub_hint(spec: ModelSpec) -> str:
+    """A model.uri that is neither s3:// nor a ./ or / path is read as a hub id: say so, in case a folder was meant."""
+    uri = spec.uri
+    if uri.startswith(("s3://", "/", "./", "../")):
+        return ""
+    return f" (read as a hub id since it is not a directory here; write ./{uri} for a local folder)"
 
-    names = {name.rsplit(".", 1)[-1] for name, module in model.named_modules() if isinstance(module, torch.nn.Linear)}
+
+def linear_module_names(model: Any) -> list[str]:
+    """Short names of the layers LoRA can adapt (what a user may put in lora.targetModules): linear layers, and the
+    Conv1D layers GPT-2-style models use in their place."""
+    import torch
+    from transformers.pytorch_utils import Conv1D
+
+    kinds = (torch.nn.Linear, Conv1D)
+    names = {name.rsplit(".", 1)[-1] for name, module in model.named_modules() if isinstance(module, kinds)}
     return sorted(names)
 
 
