@@ -169,6 +169,19 @@ def crd(plane) -> None:  # type: ignore[no-untyped-def]
         time.sleep(0.2)
     for namespace in ("team-a", "research"):
         plane.kubectl("create", "namespace", namespace, check=False)
+    wait_until_admitting(plane)
+
+
+def wait_until_admitting(plane, timeout: float = 60) -> None:  # type: ignore[no-untyped-def]
+    """The chart's ValidatingAdmissionPolicy fails closed (parameterNotFoundAction: Deny), and the API server sees a
+    new or removed binding and its parameters a moment after helm does: wait until a valid job is admitted."""
+    import time
+
+    probe = dump(job(**{"metadata.name": "admission-probe"})).decode()
+    deadline = time.monotonic() + timeout
+    while (result := plane.kubectl("apply", "--dry-run=server", "-f", "-", input=probe, check=False)).returncode != 0:
+        assert time.monotonic() < deadline, result.stderr
+        time.sleep(0.3)
 
 
 @pytest.fixture(scope="session")

@@ -250,7 +250,7 @@ def test_upgrade_and_uninstall_as_documented(plane, crd) -> None:  # type: ignor
     """docs/platform.md: CRDs first, then `helm upgrade --reuse-values`; `helm uninstall` leaves CRDs and jobs."""
     from kubetune_api.manifests import dump
 
-    from .conftest import RELEASE, RELEASE_NAMESPACE, job
+    from .conftest import RELEASE, RELEASE_NAMESPACE, job, wait_until_admitting
 
     plane.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CHART / "crds"))
     plane.helm("upgrade", RELEASE, str(CHART), "-n", RELEASE_NAMESPACE, "--reuse-values")
@@ -265,6 +265,7 @@ def test_upgrade_and_uninstall_as_documented(plane, crd) -> None:  # type: ignor
     assert plane.kubectl("get", "role/second-kubetune", "-n", "chart-tenant", check=False).returncode == 0
     plane.kubectl("apply", "-f", "-", input=dump(job(**{"metadata.name": "kept", "metadata.namespace": "chart-tenant"})))
     plane.helm("uninstall", "second", "-n", "second-system")
+    wait_until_admitting(plane)  # the API server drops the removed release's admission policy a moment later
     assert plane.kubectl("get", "role/second-kubetune", "-n", "chart-tenant", check=False).returncode != 0
     assert plane.kubectl("get", "clusterrole/second-kubetune", check=False).returncode != 0
     assert plane.kubectl("get", "crd/finetunejobs.kubetune.dev", check=False).returncode == 0
