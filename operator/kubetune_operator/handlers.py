@@ -373,11 +373,11 @@ def _sync(namespace: str, name: str, body: dict[str, Any] | None) -> None:
     denied = policy_check(result.job.spec, namespace, POLICY) if POLICY is not None and job is None else []
     if denied:  # before any child (a first start or a gang restart); the API server enforced it at admission already
         raise Refused(Reason.POLICY_DENIED, "; ".join(str(p) for p in denied))
-    if job is not None and not owned(job, body["metadata"].get("uid", "")):
-        raise _conflict("Job", make_plan(body, result.job, SETTINGS, restarts, elapsed))
     # the queue is fixed when the Job is made: removing the label from a started job does not skip the queue
-    queue = ((job or {}).get("metadata") or {}).get("labels", {}).get(QUEUE_LABEL) if job is not None else None
+    queue = (job["metadata"].get("labels") or {}).get(QUEUE_LABEL) if job is not None else None
     plan = make_plan(body, result.job, SETTINGS, restarts, elapsed, queue=queue)
+    if job is not None and not owned(job, plan.uid):
+        raise _conflict("Job", plan)
     _ensure(plan, builders.build_configmap(plan), fresh=job is None)
     _ensure(plan, builders.build_service(plan), fresh=job is None)
     _ensure(plan, builders.build_network_policy(plan), fresh=job is None)

@@ -39,9 +39,9 @@ def safe_target(dest: Path, relative: str, uri: str) -> Path:
         or any(part in ("", ".", "..") for part in parts)
         or any(ord(ch) < 32 or ch in "\\\x7f" for ch in relative)
     )
-    target = dest.joinpath(*parts) if not bad else dest
-    root = dest.resolve()
-    if bad or not target.resolve().is_relative_to(root) or target.resolve() == root:
+    target = dest if bad else dest.joinpath(*parts)  # a bad key (a NUL byte, say) is never resolved
+    resolved, root = target.resolve(), dest.resolve()
+    if bad or resolved == root or not resolved.is_relative_to(root):
         raise TrainerFailure(
             Reason.UNSAFE_OBJECT_KEY,
             f"refusing object {uri}: its key has an empty, '.', '..' or absolute part, a control character or a "
@@ -187,10 +187,6 @@ class Store:
             for item in page.get("Contents", []):
                 out.append((item["Key"][len(prefix) :], int(item["Size"]), str(item.get("ETag", "")).strip('"')))
             _bounded(out, prefix_uri, limit)
-
-    def size_of_prefix(self, uri: str) -> int:
-        """Total bytes under a prefix (a local directory's files)."""
-        return sum(size for _, size, _ in self.list(uri))
 
     def size_of(self, uri: str, missing: Reason, what: str) -> int:
         """Bytes of one object or local file."""

@@ -371,10 +371,6 @@ def save_adapter(run: Run, name: str = "adapter") -> Path:
     return target
 
 
-def _sha256(path: Path) -> str:
-    return file_digest(path, "sha256")
-
-
 def _model_digest(source: str) -> str | None:
     root = Path(source)
     if not root.is_dir():
@@ -394,9 +390,12 @@ def manifest(run: Run) -> dict[str, Any]:
     import transformers
 
     spec_json = json.dumps(run.spec.model_dump(mode="json"), sort_keys=True)
-    datasets = {"train": {"uri": run.spec.dataset.train, "sha256": _sha256(run.paths.train_file)}}
+    datasets = {"train": {"uri": run.spec.dataset.train, "sha256": file_digest(run.paths.train_file, "sha256")}}
     if run.paths.validation_file is not None:
-        datasets["validation"] = {"uri": run.spec.dataset.validation or "", "sha256": _sha256(run.paths.validation_file)}
+        datasets["validation"] = {
+            "uri": run.spec.dataset.validation or "",
+            "sha256": file_digest(run.paths.validation_file, "sha256"),
+        }
     return {
         "job": run.worker.job_name,
         "specSha256": hashlib.sha256(spec_json.encode()).hexdigest(),
