@@ -154,3 +154,79 @@ def test_a_template_without_a_system_role_gets_it_in_the_first_user_turn() -> No
     assert counts.system_folded == 1
     assert "<start_of_turn>user\nYou answer briefly.\n\nWhat is the capital of France?" in tokenizer.decode(samples[0].input_ids)
     assert learned(samples[0], tokenizer) == [answer + "<end_of_turn>" for answer in ANSWERS]
+
+
+WEATHER_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "The weather in a city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+    },
+}
+
+
+def tool_conversation(arguments: Any = '{"city": "Paris"}') -> dict[str, Any]:
+    """An OpenAI function-calling fine-tuning record, as the API takes it (arguments as a JSON string)."""
+    return {
+        "tools": [WEATHER_TOOL],
+        "messages": [
+            {"role": "user", "content": "How warm is it in Paris?"},
+            {
+                "role": "assistant",
+                "content": None,
+                "tool_calls": [{"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": arguments}}],
+            },
+            {"role": "tool", "tool_call_id": "call_1", "content": '{"celsius": 18}'},
+            {"role": "assistant", "content": "It is 18 degrees."},
+        ],
+    }
+
+
+def chat(record: dict[str, Any], family: str) -> data.Sample:
+    return data.tokenize_record(record, DatasetSpec(train="./t.jsonl", format="chat"), tokenizer_for(family), "t.jsonl", 6)
+
+
+def test_tool_calls_carry_loss_as_the_template_writes_them_and_tool_results_do_not() -> None:
+    tokenizer = tokenizer_for("qwen2.5")
+    sample = chat(tool_conversation(), "qwen2.5")
+    assert learned(sample, tokenizer) == [
+        '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call><|im_end|>',
+        "It is 18 degrees.<|im_end|>",
+    ]
+    text = tokenizer.decode(sample.input_ids)
+    assert '"name": "get_weather"' in text.split("<|im_end|>")[0]  # the tool definitions reach the system turn
+    assert '<tool_response>\n{"celsius": 18}\n</tool_response>' in text
+
+
+def test_a_template_without_tool_support_is_a_clear_error_not_a_silent_drop() -> None:
+    with pytest.raises(TrainerFailure) as caught:
+        chat(tool_conversation(), "chatml")
+    assert caught.value.message == "t.jsonl record 7: has 'tools' but the model's chat template does not render tool definitions"
+    record = tool_conversation()
+    del record["tools"]
+    with pytest.raises(TrainerFailure) as caught:
+        chat(record, "chatml")
+    assert "t.jsonl record 7: message 2 has tool_calls but the model's chat template does not render tool calls" in (
+        caught.value.message
+    )
+
+
+@pytest.mark.parametrize(
+    ("arguments", "words"),
+    [
+        ("{city: Paris}", "tool call 1 (get_weather): arguments are not JSON"),
+        ('["Paris"]', "tool call 1: arguments must be a JSON object"),
+    ],
+)
+def test_bad_tool_call_arguments_name_the_record_and_the_call(arguments: str, words: str) -> None:
+    with pytest.raises(TrainerFailure) as caught:
+        chat(tool_conversation(arguments), "qwen2.5")
+    assert caught.value.message.startswith("t.jsonl record 7: message 2: ") and words in caught.value.message
+
+
+def test_an_empty_assistant_message_is_skipped_not_refused() -> None:
+    messages = conversation(True)
+    messages[2] = {"role": "assistant", "content": ""}
+    sample = chat({"messages": messages}, "chatml")
+    assert learned(sample, tokenizer_for("chatml")) == [ANSWERS[1] + "<|im_end|>"]

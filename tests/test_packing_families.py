@@ -57,6 +57,18 @@ def tiny(family: str) -> Any:
     return transformers.AutoModelForCausalLM.from_config(config, attn_implementation=ATTENTION.get(family, "sdpa")).eval()
 
 
+def save_with_byte_tokenizer(family: str, directory: Any) -> Any:
+    """A tiny model of the family with the byte-level tokenizer of the trainer tests, saved for `kubetune run`."""
+    from kubetune_trainer.tiny import byte_tokenizer
+
+    tokenizer = byte_tokenizer()
+    model = tiny(family)
+    model.resize_token_embeddings(len(tokenizer))
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
 @pytest.mark.parametrize("family", sorted(CONFIGS))
 def test_packing_is_used_exactly_where_it_isolates(family: str) -> None:
     model = tiny(family)

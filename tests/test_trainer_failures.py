@@ -88,8 +88,16 @@ def test_bad_input_fails_early_with_its_reason(
     assert termination == summary
     if env is None:
         assert s3.get(earlier) == b'{"step": 4}'  # earlier checkpoints intact
+    log = tmp_path / f"work-bad-{name}" / "trainer.log"
+    logged = log.read_text() if log.is_file() else ""
     for secret in (s3.secret_key, "wrong-secret-value-1234"):
-        assert secret not in outcome.stdout + outcome.stderr
+        assert secret not in outcome.stdout + outcome.stderr + logged
+    # the terminal ends with the reason and where the full log is; tracebacks stay in that log
+    assert f"Failed: {reason}: " in outcome.stdout
+    assert "Traceback" not in outcome.stderr and "ChildFailedError" not in outcome.stderr, outcome.stderr[-2000:]
+    if logged:  # failures after the ranks started: their report and torch elastic's are in the log it names
+        assert f"the full log, with every rank's output: {log}" in outcome.stdout
+        assert f"failed: {reason}: " in logged and "ChildFailedError" in logged
 
 
 def test_finished_output_is_never_overwritten(s3: S3Server, stored: dict[str, str], tmp_path: Path) -> None:

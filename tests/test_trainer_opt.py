@@ -10,19 +10,14 @@ import pytest
 from kubetune_trainer import tiny
 
 from .s3server import S3Server
-from .test_packing_families import tiny as tiny_model
+from .test_packing_families import save_with_byte_tokenizer
 from .trainer_helpers import manifest, run
 
 pytestmark = pytest.mark.trainer
 
 
 def test_an_opt_model_trains_unpacked_with_a_notice(s3: S3Server, tmp_path: Path) -> None:
-    tokenizer = tiny.byte_tokenizer()
-    model = tiny_model("opt")
-    model.resize_token_embeddings(len(tokenizer))
-    model_dir = tmp_path / "tiny-opt"
-    model.save_pretrained(model_dir)
-    tokenizer.save_pretrained(model_dir)
+    model_dir = save_with_byte_tokenizer("opt", tmp_path / "tiny-opt")
     train = tiny.write_jsonl(tmp_path / "train.jsonl", tiny.records(120, seed=1))
     body = manifest(
         "opt",

@@ -13,7 +13,10 @@ HUB_ID = r"[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?"
 DATA_FILE = r"[^\s]*\.(jsonl|json|parquet)(\.gz|\.zst)?"
 
 MODEL_URI_PATTERN = rf"^({S3_URI}|{LOCAL_PATH}|{HUB_ID})$"
-DATA_URI_PATTERN = rf"^(s3://[a-z0-9][a-z0-9.-]{{1,61}}[a-z0-9]/{DATA_FILE}|(/|\./|\.\./){DATA_FILE})$"
+DATA_SHARDS = r"([^\s]*/)?"  # a prefix or directory (ending in /) of data files, read in key order
+DATA_URI_PATTERN = (
+    rf"^(s3://[a-z0-9][a-z0-9.-]{{1,61}}[a-z0-9]/({DATA_FILE}|{DATA_SHARDS})|(/|\./|\.\./)({DATA_FILE}|{DATA_SHARDS}))$"
+)
 OUTPUT_URI_PATTERN = rf"^({S3_URI}|{LOCAL_PATH})$"
 DNS_LABEL_PATTERN = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
 DNS_SUBDOMAIN_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
@@ -44,7 +47,7 @@ DataUri = Annotated[
     _matcher(
         DATA_URI_PATTERN,
         "s3://bucket/key (bucket: 3 to 63 lowercase letters, digits, dots or dashes) or an absolute or ./relative path, "
-        "ending in .jsonl, .json or .parquet (optionally .gz or .zst)",
+        "ending in .jsonl, .json or .parquet (optionally .gz or .zst), or a prefix or directory of such files ending in /",
     ),
 ]
 OutputUri = Annotated[

@@ -30,3 +30,8 @@ class OutputSpec(Section):
         "(0.1: 10% lower). Below it the job fails with BelowThreshold and _SUCCESS is not written; the adapter and "
         "metrics stay for inspection. Empty: no gate.",
     )
+    merged: StrictBool = Field(
+        False,
+        description="Also write the base model with the adapter merged in under merged/ (safetensors shards, config, "
+        "tokenizer, generation config), one shard at a time. Needs the base weights as safetensors.",
+    )

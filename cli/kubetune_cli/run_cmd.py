@@ -31,13 +31,14 @@ def run(args: argparse.Namespace) -> int:
     processes = args.processes or job.spec.workers.world_size
     if not os.environ.get("CUDA_VISIBLE_DEVICES") and job.spec.workers.gpusPerWorker == 0:
         os.environ["CUDA_VISIBLE_DEVICES"] = ""
-    from kubetune_trainer.local import print_report
+    from kubetune_trainer.local import log_path, print_report
     from kubetune_trainer.local import run as run_local
 
     progress = args.progress if args.progress != "auto" else ("bar" if sys.stderr.isatty() else "json")
     work = Path(args.work_dir or Path(".kubetune") / str(job.metadata.get("name", "local")))
     print(
-        f"kubetune run: {job.metadata.get('name')} with {processes} local process(es), ZeRO-{job.spec.deepspeed.zeroStage}",
+        f"kubetune run: {job.metadata.get('name')} with {processes} local process(es), ZeRO-{job.spec.deepspeed.zeroStage} "
+        f"(log: {log_path(work)})",
         file=sys.stderr,
     )
     summary = run_local(job, processes, progress, work.resolve())
@@ -46,5 +47,5 @@ def run(args: argparse.Namespace) -> int:
         metrics = json.loads(written.read_text()) if written.is_file() else None
     except ValueError:
         metrics = None
-    print_report(summary, metrics=metrics)
+    print_report(summary, metrics=metrics, log=log_path(work.resolve()))
     return 0 if summary["status"] == "Succeeded" else 1

@@ -11,15 +11,18 @@ import contextlib
 import hashlib
 import json
 import pickle
+import random
 import re
+import shutil
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 from kubetune_api.conditions import Reason
 from kubetune_api.job import FineTuneJobSpec
 
 from .errors import TrainerFailure
-from .storage import Store, join
+from .storage import Store, is_s3, join
 
 # What decides the weights a run produces; workers and runPolicy may change between attempts (a resume on another
 # world size reloads the weights alone), storage holds only where to reach the bucket.
@@ -142,3 +145,72 @@ def prune(store: Store, output_uri: str, keep: int) -> list[str]:
     for name in sorted(doomed):
         store.delete_prefix(join(root(output_uri), name))
     return sorted(doomed)
+
+
+# the best adapter so far, kept beside the checkpoints (an adapter is small) so a gang restart does not lose it
+
+BEST = "best"
+
+
+def save_best(store: Store, output_uri: str, adapter_dir: Path, info: dict[str, Any]) -> None:
+    """Upload under best/step-N/ first, then the BEST record naming it, then drop older ones: a crash in between
+    leaves the previous record pointing at complete files."""
+    where = join(root(output_uri), BEST)
+    name = tag(int(info["step"]))
+    store.upload_dir(adapter_dir, join(where, name))
+    store.write_text(join(where, "BEST"), json.dumps({**info, "tag": name}))
+    for old in {r.split("/")[0] for r, _, _ in store.list(where)} - {name, "BEST"}:
+        if TAG.match(old):
+            store.delete_prefix(join(where, old))
+
+
+def load_best(store: Store, output_uri: str, target: Path, step: int, mine: dict[str, str]) -> bool:
+    """Fetch the kept best adapter into target when its record is this job's and names `step`; False otherwise."""
+    where = join(root(output_uri), BEST)
+    if not store.exists(join(where, "BEST")):
+        return False
+    try:
+        info = json.loads(store.read_text(join(where, "BEST")))
+    except ValueError:
+        return False
+    if not isinstance(info, dict) or info.get("step") != step or info.get("tag") != tag(step):
+        return False
+    if info.get("specDigest") != mine["specDigest"] or (info.get("jobUid") or "") != (mine["jobUid"] or ""):
+        return False
+    source = join(where, tag(step))
+    shutil.rmtree(target, ignore_errors=True)
+    if is_s3(source):
+        store.download_prefix(source, target, Reason.TRAINER_ERROR, "best adapter")
+    else:
+        shutil.copytree(source, target)
+    return True
+
+
+# RNG state, as JSON (Python's) and safetensors (torch's): resuming reads no pickle
+
+
+def save_rng(directory: Path, rank: int) -> None:
+    import torch
+    from safetensors.torch import save_file
+
+    version, state, gauss = random.getstate()
+    (directory / f"rng-rank{rank}.json").write_text(json.dumps({"version": version, "state": list(state), "gauss": gauss}))
+    save_file({"torch": torch.get_rng_state()}, str(directory / f"rng-rank{rank}.safetensors"))
+
+
+def load_rng(directory: Path, rank: int) -> None:
+    import torch
+    from safetensors.torch import load_file
+
+    python, tensors = directory / f"rng-rank{rank}.json", directory / f"rng-rank{rank}.safetensors"
+    if not (python.is_file() and tensors.is_file()):
+        return
+    saved = json.loads(python.read_text())
+    state = saved.get("state") if isinstance(saved, dict) else None
+    if not (isinstance(state, list) and len(state) == 625 and all(isinstance(x, int) for x in state)):
+        raise TrainerFailure(Reason.CHECKPOINT_MISMATCH, f"{python.name} is not an RNG state kubetune wrote")
+    random.setstate((int(saved["version"]), tuple(state), saved.get("gauss")))
+    rng = load_file(str(tensors)).get("torch")
+    if rng is None or rng.dtype != torch.uint8:
+        raise TrainerFailure(Reason.CHECKPOINT_MISMATCH, f"{tensors.name} is not an RNG state kubetune wrote")
+    torch.set_rng_state(rng)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import random
+import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -110,6 +112,33 @@ def read_records(path: Path, name: str) -> list[dict[str, Any]]:
     return records
 
 
+DATA_SUFFIX = re.compile(r"\.(jsonl|json|parquet)(\.gz|\.zst)?$", re.IGNORECASE)
+
+
+def is_data_file(relative: str) -> bool:
+    """A shard under a data prefix: a data file whose name does not start with _ or . (Spark's _SUCCESS, .crc)."""
+    leaf = relative.rsplit("/", 1)[-1]
+    return bool(DATA_SUFFIX.search(leaf)) and not leaf.startswith(("_", "."))
+
+
+def read_dataset(path: Path, name: str) -> tuple[list[dict[str, Any]], list[tuple[str, int]]]:
+    """The records of a file, or of every shard of a directory in name order, and where each came from (the
+    shard's name and the record's 0-based place in it)."""
+    if not path.is_dir():
+        records = read_records(path, name)
+        return records, [(name, i) for i in range(len(records))]
+    shards = sorted(p for p in path.rglob("*") if p.is_file() and is_data_file(str(p.relative_to(path))))
+    if not shards:
+        raise TrainerFailure(Reason.DATASET_MISSING, f"{name}: no .jsonl, .json or .parquet files (optionally .gz or .zst)")
+    records, origins = [], []
+    for shard in shards:
+        shard_name = f"{name.rstrip('/')}/{shard.relative_to(path)}"
+        part = read_records(shard, shard_name)
+        records += part
+        origins += [(shard_name, i) for i in range(len(part))]
+    return records, origins
+
+
 def _text(stream: Any, name: str) -> str:
     try:
         with stream:
@@ -157,35 +186,53 @@ def _ids(tokenizer: Any, text: str, special: bool) -> list[int]:
     return list(tokenizer(text, add_special_tokens=special)["input_ids"])
 
 
-def _chat_ids(tokenizer: Any, messages: list[dict[str, Any]], name: str, index: int) -> Sample:
+def _chat_ids(tokenizer: Any, messages: list[dict[str, Any]], name: str, index: int, tools: list[Any] | None = None) -> Sample:
     """Render the conversation once with the model's chat template and take loss on exactly each assistant
     message's content and the end-of-turn token after it. Each message is located in that one rendering by its own
     text, in order, so a template that renders earlier turns differently from the last one (Qwen3's think block)
-    cannot shift a span. An assistant message with OpenAI's `weight: 0` carries no loss."""
+    cannot shift a span. An assistant message with OpenAI's `weight: 0` carries no loss. An assistant message with
+    tool calls is located by rendering the conversation a second time with only that message replaced by a
+    marker: what differs is exactly how the template wrote the calls."""
     if not getattr(tokenizer, "chat_template", None):
         raise TrainerFailure(Reason.BAD_RECORD, "dataset.format is chat but the model's tokenizer has no chat template")
     where = f"{name} record {index + 1}"
     messages = [_message(message, where, turn) for turn, message in enumerate(messages)]
+    if tools is not None and not (isinstance(tools, list) and all(isinstance(t, dict) for t in tools)):
+        raise TrainerFailure(Reason.BAD_RECORD, f"{where}: 'tools' must be a list of objects")
+
+    def render(conversation: list[dict[str, Any]], with_tools: list[Any] | None = tools) -> str:
+        try:
+            return str(tokenizer.apply_chat_template(conversation, tools=with_tools or None, tokenize=False))
+        except Exception as exc:  # jinja2's TemplateError and the template's own raise_exception
+            raise TrainerFailure(Reason.BAD_RECORD, f"{where}: the chat template refused it: {exc}") from exc
+
     folded = False
     try:
-        text = str(tokenizer.apply_chat_template(messages, tokenize=False))
-    except Exception as exc:  # jinja2's TemplateError and the template's own raise_exception
+        text = render(messages)
+    except TrainerFailure:
         if not (len(messages) > 1 and messages[0]["role"] == "system" and messages[1]["role"] == "user"):
-            raise TrainerFailure(Reason.BAD_RECORD, f"{where}: the chat template refused it: {exc}") from exc
+            raise
         # templates that refuse a system role (Gemma's): the system text opens the first user turn instead
         first = {**messages[1], "content": f"{messages[0]['content']}\n\n{messages[1]['content']}"}
         messages, folded = [first, *messages[2:]], True
-        try:
-            text = str(tokenizer.apply_chat_template(messages, tokenize=False))
-        except Exception as again:
-            raise TrainerFailure(Reason.BAD_RECORD, f"{where}: the chat template refused it: {again}") from again
+        text = render(messages)
+    if tools and render(messages, None) == text:
+        raise TrainerFailure(
+            Reason.BAD_RECORD, f"{where}: has 'tools' but the model's chat template does not render tool definitions"
+        )
     encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     ids, offsets = list(encoded["input_ids"]), [tuple(o) for o in encoded["offset_mapping"]]
     special = set(tokenizer.all_special_ids) | {i for i, t in tokenizer.added_tokens_decoder.items() if t.special}
     labels = [IGNORE] * len(ids)
     cursor = 0
     for turn, message in enumerate(messages):
-        span = _locate(text, message["content"], cursor)
+        span: tuple[int, int] | None
+        if message.get("tool_calls"):
+            span = _tool_call_span(render, messages, turn, text, where)
+        elif message["role"] == "assistant" and not message["content"].strip():
+            continue  # nothing written, nothing to learn
+        else:
+            span = _locate(text, message["content"], cursor)
         if span is None:
             if message["role"] == "assistant":
                 raise TrainerFailure(
@@ -215,11 +262,68 @@ def _chat_ids(tokenizer: Any, messages: list[dict[str, Any]], name: str, index: 
     return Sample(ids, labels, folded)
 
 
+MARKER = "\x00kubetune-marker\x00"
+
+
+def _tool_call_span(render: Any, messages: list[dict[str, Any]], turn: int, text: str, where: str) -> tuple[int, int]:
+    """Where the template wrote assistant message `turn` (its text and tool calls): the rendering differs from
+    one with that message's content replaced by a marker exactly there (the marker shares no first or last
+    character with anything a template writes, so the common prefix and suffix end where the message does)."""
+    plain = {k: v for k, v in messages[turn].items() if k != "tool_calls"}
+    other = render([*messages[:turn], {**plain, "content": MARKER}, *messages[turn + 1 :]])
+    start = 0
+    while start < min(len(text), len(other)) and text[start] == other[start]:
+        start += 1
+    end = 0
+    while end < min(len(text), len(other)) - start and text[-1 - end] == other[-1 - end]:
+        end += 1
+    span = (start, len(text) - end)
+    if not text[span[0] : span[1]].strip() or MARKER not in other:
+        raise TrainerFailure(
+            Reason.BAD_RECORD,
+            f"{where}: message {turn + 1} has tool_calls but the model's chat template does not render tool calls",
+        )
+    return span
+
+
+def _tool_calls(calls: Any, where: str, turn: int) -> list[dict[str, Any]]:
+    """OpenAI's tool calls as chat templates take them: arguments as an object, not a JSON string."""
+    shape = "a list of {id, type: function, function: {name, arguments}}"
+    if not isinstance(calls, list) or not calls:
+        raise TrainerFailure(Reason.BAD_RECORD, f"{where}: message {turn + 1}: tool_calls must be {shape}")
+    out = []
+    for number, call in enumerate(calls, start=1):
+        function = call.get("function") if isinstance(call, dict) else None
+        if not isinstance(function, dict) or not isinstance(function.get("name"), str):
+            raise TrainerFailure(Reason.BAD_RECORD, f"{where}: message {turn + 1}: tool call {number} must be {shape}")
+        arguments = function.get("arguments", {})
+        if isinstance(arguments, str):
+            try:
+                arguments = json.loads(arguments) if arguments.strip() else {}
+            except json.JSONDecodeError as exc:
+                raise TrainerFailure(
+                    Reason.BAD_RECORD,
+                    f"{where}: message {turn + 1}: tool call {number} ({function['name']}): arguments are not JSON: {exc.msg}",
+                ) from exc
+        if not isinstance(arguments, dict):
+            raise TrainerFailure(
+                Reason.BAD_RECORD, f"{where}: message {turn + 1}: tool call {number}: arguments must be a JSON object"
+            )
+        out.append({**call, "type": "function", "function": {"name": function["name"], "arguments": arguments}})
+    return out
+
+
 def _message(message: Any, where: str, turn: int) -> dict[str, Any]:
-    """One message as the template wants it: OpenAI's content as a list of text parts is joined; weight is 0 or 1."""
+    """One message as the template wants it: OpenAI's content as a list of text parts is joined; weight is 0 or 1;
+    an assistant message may carry tool_calls (its content then may be empty or null)."""
     if not isinstance(message, dict) or not isinstance(message.get("role"), str):
         raise TrainerFailure(Reason.BAD_RECORD, f"{where}: message {turn + 1} needs string 'role' and 'content'")
     content = message.get("content")
+    if message.get("tool_calls") is not None:
+        if message["role"] != "assistant":
+            raise TrainerFailure(Reason.BAD_RECORD, f"{where}: message {turn + 1}: only assistant messages have tool_calls")
+        message = {**message, "tool_calls": _tool_calls(message["tool_calls"], where, turn)}
+        content = "" if content is None else content
     if isinstance(content, list):
         parts = [p.get("text") for p in content if isinstance(p, dict) and p.get("type") == "text"]
         if len(parts) != len(content) or not all(isinstance(t, str) for t in parts):
@@ -326,7 +430,7 @@ def _text_record(record: dict[str, Any], spec: DatasetSpec, tokenizer: Any, name
 # Each format: a record to token ids and labels. A new format is one function and one line here.
 FORMATS: dict[str, Any] = {
     "prompt-completion": _prompt_completion_record,
-    "chat": lambda r, spec, tok, name, i: _chat_ids(tok, _field(r, spec.messagesField, name, i, list), name, i),
+    "chat": lambda r, spec, tok, name, i: _chat_ids(tok, _field(r, spec.messagesField, name, i, list), name, i, r.get("tools")),
     "text": _text_record,
     "alpaca": lambda r, spec, tok, name, i: _alpaca(r, tok, name, i),
     "sharegpt": lambda r, spec, tok, name, i: _sharegpt(r, tok, name, i),
@@ -338,14 +442,21 @@ def tokenize_record(record: dict[str, Any], spec: DatasetSpec, tokenizer: Any, n
 
 
 def tokenize(
-    records: list[dict[str, Any]], spec: DatasetSpec, tokenizer: Any, name: str, positions: list[int] | None = None
+    records: list[dict[str, Any]],
+    spec: DatasetSpec,
+    tokenizer: Any,
+    name: str,
+    positions: Sequence[int | tuple[str, int]] | None = None,
 ) -> tuple[list[Sample], Counts]:
     """Every record as a Sample, with overlength samples truncated or dropped and counted. positions: each record's
-    place in its file (0-based), so an error names the record a person can find there."""
+    place in its file (0-based), or (shard, place) for a prefix of shards, so an error names the record a person
+    can find there."""
     counts = Counts(records=len(records))
     samples = []
     for index, record in enumerate(records):
-        sample = tokenize_record(record, spec, tokenizer, name, positions[index] if positions else index)
+        at = positions[index] if positions else index
+        shard, number = at if isinstance(at, tuple) else (name, at)
+        sample = tokenize_record(record, spec, tokenizer, shard, number)
         counts.system_folded += sample.system_folded
         if len(sample.input_ids) > spec.maxSeqLength:
             policy = spec.overlength_policy

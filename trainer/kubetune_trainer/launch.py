@@ -21,6 +21,7 @@ from kubetune_api.contract import RankFailure, WorkerEnv
 from kubetune_api.job import FineTuneJobSpec
 
 from . import report
+from .data import is_data_file
 from .errors import TrainerFailure
 from .rank_env import RankEnv
 from .spec_io import load_spec
@@ -60,13 +61,24 @@ def preflight(spec: FineTuneJobSpec, store: Store) -> None:
             store.delete_prefix(target)
 
 
+def _data_size(store: Store, uri: str) -> int:
+    if not uri.endswith("/"):
+        return store.size_of(uri, Reason.DATASET_MISSING, "dataset")
+    shards = [size for relative, size, _ in store.list(uri) if is_data_file(relative)]
+    if not shards:
+        raise TrainerFailure(
+            Reason.DATASET_MISSING, f"dataset not found: no .jsonl, .json or .parquet files (optionally .gz or .zst) under {uri}"
+        )
+    return sum(shards)
+
+
 def fetch_inputs(spec: FineTuneJobSpec, store: Store, cache: Path) -> tuple[str, Path, Path | None]:
     """Model directory (or hub id) and local dataset files, downloaded and verified once per worker. Sizes are
     checked against workers.cacheSize from the listing, before a byte is fetched."""
     uri = spec.model.uri
     room = int(quantity_value(spec.workers.cacheSize))
     data_uris = [u for u in (spec.dataset.train, spec.dataset.validation) if u is not None and is_s3(u)]
-    data_bytes = sum(store.size_of(u, Reason.DATASET_MISSING, "dataset") for u in data_uris)
+    data_bytes = sum(_data_size(store, u) for u in data_uris)
     if data_bytes > room:
         raise TrainerFailure(
             Reason.DATASET_TOO_LARGE,
@@ -94,9 +106,13 @@ def fetch_inputs(spec: FineTuneJobSpec, store: Store, cache: Path) -> tuple[str,
     for name in (spec.dataset.train, spec.dataset.validation):
         if name is None:
             files.append(None)
-            continue
-        target = cache / "data" / _local_name(name) / Path(name).name
-        files.append(store.download_file(name, target, Reason.DATASET_MISSING, "dataset").resolve())
+        elif name.endswith("/"):  # a prefix or directory of shards
+            local = cache / "data" / _local_name(name)
+            got = store.download_prefix(name, local, Reason.DATASET_MISSING, "dataset", keep=is_data_file)
+            files.append(got.resolve())
+        else:
+            target = cache / "data" / _local_name(name) / Path(name).name
+            files.append(store.download_file(name, target, Reason.DATASET_MISSING, "dataset").resolve())
     train = files[0]
     assert train is not None
     return model, train, files[1]
@@ -154,9 +170,11 @@ def final_summary(spec: FineTuneJobSpec, outcome: dict[str, Any]) -> dict[str, A
 
 
 def run_worker(
-    spec: FineTuneJobSpec, worker: WorkerEnv, *, progress: str = "json", work_dir: Path | None = None
+    spec: FineTuneJobSpec, worker: WorkerEnv, *, progress: str = "json", work_dir: Path | None = None, log: Path | None = None
 ) -> dict[str, Any]:
-    """Run this worker's ranks to the end; returns the summary (also written to the termination message)."""
+    """Run this worker's ranks to the end; returns the summary (also written to the termination message). With
+    `log`, everything the ranks and torchrun write to stderr (warnings, tracebacks, torch elastic's report) goes to
+    that file instead of this process's stderr (`kubetune run`: the terminal keeps the progress and the outcome)."""
     work = work_dir or Path(tempfile.mkdtemp(prefix="kubetune-"))
     result_dir = work / "results"
     shutil.rmtree(result_dir, ignore_errors=True)
@@ -190,7 +208,12 @@ def run_worker(
     if spec.workers.gpusPerWorker == 0:
         env.setdefault("DS_ACCELERATOR", "cpu")
         env.setdefault("CUDA_VISIBLE_DEVICES", "")
-    code = subprocess.call(command, env=env)
+    if log is None:
+        code = subprocess.call(command, env=env)
+    else:
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with log.open("ab") as stream:
+            code = subprocess.call(command, env=env, stderr=stream)
     summary = final_summary(spec, _outcome(result_dir, code))
     report.write_termination(worker.termination_log, summary)
     if worker.worker_rank == 0 or summary["status"] != "Succeeded":

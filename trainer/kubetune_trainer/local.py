@@ -22,8 +22,16 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+LOG_NAME = "trainer.log"
+
+
+def log_path(work_dir: Path) -> Path:
+    return work_dir / LOG_NAME
+
+
 def run(job: FineTuneJob, processes: int, progress: str, work_dir: Path) -> dict[str, Any]:
-    """Train `job` with `processes` local ranks; the config is written exactly as the operator mounts it."""
+    """Train `job` with `processes` local ranks; the config is written exactly as the operator mounts it. The
+    ranks' stderr (library warnings, tracebacks, torch elastic's report) goes to work_dir/trainer.log."""
     spec = job.spec
     name = str(job.metadata.get("name", "local"))
     config_dir = work_dir / "config"
@@ -47,12 +55,18 @@ def run(job: FineTuneJob, processes: int, progress: str, work_dir: Path) -> dict
 
     os.environ["KUBETUNE_CONFIG"] = str(worker.config_path)
     os.environ["KUBETUNE_JOB_NAME"] = name
-    return run_worker(spec, worker, progress=progress, work_dir=work_dir)
+    log = log_path(work_dir)
+    log.unlink(missing_ok=True)
+    return run_worker(spec, worker, progress=progress, work_dir=work_dir, log=log)
 
 
-def print_report(summary: dict[str, Any], stream: Any = sys.stdout, metrics: dict[str, Any] | None = None) -> None:
+def print_report(
+    summary: dict[str, Any], stream: Any = sys.stdout, metrics: dict[str, Any] | None = None, log: Path | None = None
+) -> None:
     if summary["status"] != "Succeeded":
         print(f"\nFailed: {summary['reason']}: {summary['message']}", file=stream)
+        if log is not None and log.is_file():
+            print(f"the full log, with every rank's output: {log}", file=stream)
         return
     drawn = (metrics or {}).get("curves") or {}
     if drawn.get("train"):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import re
 from pathlib import Path
@@ -132,12 +133,26 @@ def linear_module_names(model: Any) -> list[str]:
     return sorted(names)
 
 
+def moe_target_names(model: Any) -> set[str]:
+    """Target names peft maps onto a mixture-of-experts model's fused expert parameters (Mixtral's w1, w2, w3 are
+    one gate_up_proj and one down_proj tensor per layer in transformers 5): accepted though no module has them."""
+    try:
+        from peft.utils.transformers_weight_conversion import _MODEL_TO_CONVERSION_PATTERN, _MOE_TARGET_MODULE_MAPPING
+    except ImportError:
+        return set()
+    family = _MODEL_TO_CONVERSION_PATTERN.get(getattr(model.config, "model_type", None))
+    return set(_MOE_TARGET_MODULE_MAPPING.get(family or "", {}))
+
+
 def check_targets(model: Any, lora: LoraSpec) -> None:
     if lora.targetModules == [ALL_LINEAR]:
         return
-    names = [name for name, _ in model.named_modules()]
+    names = [name for name, _ in model.named_modules()] + [name for name, _ in model.named_parameters()]
+    mapped = moe_target_names(model)
     missing = []
     for target in lora.targetModules:
+        if target in mapped:
+            continue
         escaped = re.escape(target).replace(r"\*", ".*")
         pattern = re.compile(r"(^|\.)" + escaped + "$")
         if not any(pattern.search(name) for name in names):
@@ -145,24 +160,55 @@ def check_targets(model: Any, lora: LoraSpec) -> None:
     if missing:
         raise TrainerFailure(
             Reason.TARGET_MODULES_NOT_FOUND,
-            f"lora.targetModules {missing} match no module of the model; its linear layers are: {', '.join(linear_module_names(model))}",
+            f"lora.targetModules {missing} match no module of the model; its linear layers are: "
+            f"{', '.join(linear_module_names(model) + sorted(mapped))}",
         )
 
 
-def add_lora(model: Any, lora: LoraSpec, seed: int) -> Any:
-    """Wrap the model with a fresh LoRA adapter; every base weight is frozen."""
+def fused_targets(model: Any, config: Any) -> list[str]:
+    """The expert parameters a LoRA config will reach on this model (peft rewrites targets such as all-linear or
+    Mixtral's w1 onto transformers 5's fused expert tensors): previewed on a copy, so nothing is wrapped twice."""
+    try:
+        from peft.utils.transformers_weight_conversion import (
+            convert_peft_config_for_transformers,
+            get_model_conversion_mapping,
+        )
+    except ImportError:
+        return []
+    preview = copy.deepcopy(config)
+    convert_peft_config_for_transformers(preview, model=model, conversions=get_model_conversion_mapping(model))
+    return sorted(preview.target_parameters or [])
+
+
+def add_lora(model: Any, lora: LoraSpec, seed: int) -> tuple[Any, dict[str, Any]]:
+    """Wrap the model with a fresh LoRA adapter; every base weight is frozen. Returns the model and what was
+    changed from the spec to make it work (recorded in the manifest): peft's wrappers for fused expert parameters
+    (Mixtral, OLMoE) cannot apply dropout, so on such models the adapter trains with dropout 0, and says so."""
     import torch
     from peft import LoraConfig, get_peft_model
 
     check_targets(model, lora)
-    config = LoraConfig(
-        r=lora.r,
-        lora_alpha=int(lora.alpha) if float(lora.alpha).is_integer() else lora.alpha,
-        lora_dropout=lora.dropout,
-        target_modules=ALL_LINEAR if lora.targetModules == [ALL_LINEAR] else list(lora.targetModules),
-        bias=lora.bias,
-        use_rslora=lora.useRslora,
-        task_type="CAUSAL_LM",
-    )
+
+    def config(dropout: float) -> Any:
+        return LoraConfig(
+            r=lora.r,
+            lora_alpha=int(lora.alpha) if float(lora.alpha).is_integer() else lora.alpha,
+            lora_dropout=dropout,
+            target_modules=ALL_LINEAR if lora.targetModules == [ALL_LINEAR] else list(lora.targetModules),
+            bias=lora.bias,
+            use_rslora=lora.useRslora,
+            task_type="CAUSAL_LM",
+        )
+
+    chosen, adjusted = config(lora.dropout), {}
+    fused = fused_targets(model, chosen) if lora.dropout else []
+    if fused:
+        chosen = config(0.0)
+        adjusted["lora.dropout"] = {
+            "asked": lora.dropout,
+            "used": 0.0,
+            "why": f"the model's experts are fused parameters ({', '.join(fused)}) and peft's wrappers for them "
+            "cannot apply dropout",
+        }
     torch.manual_seed(seed)
-    return get_peft_model(model, config)
+    return get_peft_model(model, chosen), adjusted

@@ -39,7 +39,7 @@ class Progress:
         if self.style == "bar":
             from tqdm import tqdm
 
-            self._bar = tqdm(total=self.total_steps, initial=step, unit="step", dynamic_ncols=True, file=sys.stderr)
+            self._bar = tqdm(total=self.total_steps, initial=step, unit="step", dynamic_ncols=True, file=sys.stdout)
 
     def step(self, step: int, epoch: float, loss: float, lr: float, tokens_per_second: float) -> dict[str, Any]:
         done = step - self._first_step
@@ -65,7 +65,7 @@ class Progress:
 
     def emit(self, line: dict[str, Any]) -> None:
         if self._bar is not None:
-            self._bar.write(json.dumps(line), file=sys.stderr)
+            self._bar.write(json.dumps(line), file=sys.stdout)
         else:
             print(json.dumps(line), file=self.stream, flush=True)
 

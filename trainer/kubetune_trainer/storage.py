@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -206,6 +207,7 @@ class Store:
         what: str,
         max_bytes: int | None = None,
         too_large: Reason = Reason.TRAINER_ERROR,
+        keep: Callable[[str], bool] | None = None,
     ) -> Path:
         """Mirror a prefix into dest, verified (sizes, and MD5 where the ETag is one); reused when already complete.
         Every key is checked before anything is fetched (safe_target), and so is the total against max_bytes."""
@@ -215,6 +217,8 @@ class Store:
                 raise TrainerFailure(missing, f"{what} not found: {uri}")
             return source
         objects = [o for o in self.list(uri) if not (o[0].endswith("/") and o[1] == 0)]  # folder placeholders
+        if keep is not None:
+            objects = [o for o in objects if keep(o[0])]
         if not objects:
             raise TrainerFailure(missing, f"{what} not found: nothing under {uri}")
         dest.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,144 @@
+"""What rank 0 leaves in output.uri when training ends: adapter/, curves.svg, metrics.json, manifest.json, merged/
+(with output.merged) and _SUCCESS last, unless the adapter misses the quality gate."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from kubetune_api.conditions import Reason
+from kubetune_api.job import FineTuneJobSpec
+
+from . import curves, merge
+from .errors import TrainerFailure
+from .rank_env import RankEnv
+from .storage import Store, file_digest, join
+
+
+def model_digest(source: str) -> str | None:
+    root = Path(source)
+    if not root.is_dir():
+        return None
+    listing = [
+        (str(p.relative_to(root)), p.stat().st_size)
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and not p.name.startswith(".")
+    ]
+    return hashlib.sha256(json.dumps(listing).encode()).hexdigest()
+
+
+def data_digest(path: Path) -> str:
+    """A file's SHA-256; for a directory of shards, the SHA-256 of its (name, SHA-256) list."""
+    if not path.is_dir():
+        return file_digest(path, "sha256")
+    from .data import is_data_file
+
+    shards = sorted(p for p in path.rglob("*") if p.is_file() and is_data_file(str(p.relative_to(path))))
+    listing = [(str(p.relative_to(path)), file_digest(p, "sha256")) for p in shards]
+    return hashlib.sha256(json.dumps(listing).encode()).hexdigest()
+
+
+def manifest(spec: FineTuneJobSpec, paths: RankEnv, job_name: str, world: int, adjusted: dict[str, Any]) -> dict[str, Any]:
+    import deepspeed
+    import peft
+    import torch
+    import transformers
+
+    spec_json = json.dumps(spec.model_dump(mode="json"), sort_keys=True)
+    datasets = {"train": {"uri": spec.dataset.train, "sha256": data_digest(paths.train_file)}}
+    if paths.validation_file is not None:
+        datasets["validation"] = {"uri": spec.dataset.validation or "", "sha256": data_digest(paths.validation_file)}
+    return {
+        "job": job_name,
+        "specSha256": hashlib.sha256(spec_json.encode()).hexdigest(),
+        "spec": spec.model_dump(mode="json"),
+        "adjusted": adjusted,  # what the trainer changed from the spec to make the model train, and why
+        "baseModel": {"uri": spec.model.uri, "revision": spec.model.revision, "filesSha256": model_digest(paths.model_source)},
+        "datasets": datasets,
+        "worldSize": world,
+        "versions": {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "peft": peft.__version__,
+            "deepspeed": deepspeed.__version__,
+        },
+        "completedAt": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
+def quality_gate(spec: FineTuneJobSpec, base: dict[str, float], final: dict[str, float]) -> dict[str, Any] | None:
+    gate = spec.output.minImprovement
+    if gate is None:
+        return None
+    base_loss, loss = base.get("evalLoss"), final.get("evalLoss")
+    improvement = (base_loss - loss) / base_loss if base_loss and loss is not None else None
+    return {"minImprovement": gate, "improvement": improvement, "passed": bool(improvement and improvement >= gate)}
+
+
+def model_directory(source: str, spec: FineTuneJobSpec) -> Path:
+    """The base model's files on this machine: the downloaded prefix, a local folder, or the hub cache's snapshot."""
+    if Path(source).is_dir():
+        return Path(source)
+    from huggingface_hub import snapshot_download
+
+    return Path(snapshot_download(source, revision=spec.model.revision, local_files_only=True))
+
+
+def write_merged(
+    store: Store, spec: FineTuneJobSpec, source: str, adapter_dir: Path, work: Path, tokenizer: Any
+) -> dict[str, Any]:
+    """merged/: each file uploaded as soon as it is written and then deleted here, so the local disk holds one shard."""
+    target_uri = join(spec.output.uri, "merged")
+    local = work / "merged"
+    shutil.rmtree(local, ignore_errors=True)
+
+    def publish(path: Path) -> None:
+        store.upload_file(path, join(target_uri, path.name))
+        path.unlink()
+
+    written = merge.merge(model_directory(source, spec), adapter_dir, local, publish, tokenizer.save_pretrained)
+    return {"uri": target_uri + "/", **written}
+
+
+def write(
+    store: Store,
+    spec: FineTuneJobSpec,
+    paths: RankEnv,
+    adapter_dir: Path,
+    metrics: dict[str, Any],
+    manifest_data: dict[str, Any],
+    tokenizer: Any,
+) -> dict[str, Any]:
+    """Upload everything; _SUCCESS last. Below output.minImprovement everything but merged/ and _SUCCESS is written
+    (for inspection) and the run fails with BelowThreshold."""
+    out = spec.output.uri
+    picture = paths.work_dir / "curves.svg"
+    picture.write_text(curves.svg(metrics["curves"]["train"], metrics["curves"]["eval"]))
+    store.upload_file(picture, join(out, "curves.svg"))
+    gate = quality_gate(spec, metrics["base"], metrics["final"])
+    if gate is not None:
+        metrics["qualityGate"] = gate
+    store.upload_dir(adapter_dir, join(out, "adapter"))
+    if gate is not None and not gate["passed"]:
+        store.write_text(join(out, "metrics.json"), json.dumps(metrics, indent=2))
+        store.write_text(join(out, "manifest.json"), json.dumps(manifest_data, indent=2))
+        base_loss, loss, improvement = metrics["base"].get("evalLoss"), metrics["final"].get("evalLoss"), gate["improvement"]
+        raise TrainerFailure(
+            Reason.BELOW_THRESHOLD,
+            f"the adapter's held-out loss {loss:.4f} is {0.0 if improvement is None else improvement:.1%} below the base "
+            f"model's {base_loss:.4f}; output.minImprovement asks for {gate['minImprovement']:.1%}. The adapter and "
+            f"metrics.json are in {out} for inspection; _SUCCESS was not written",
+        )
+    if spec.output.merged:
+        manifest_data["merged"] = write_merged(store, spec, paths.model_source, adapter_dir, paths.work_dir, tokenizer)
+        print(json.dumps({"event": "merged", **manifest_data["merged"]}), flush=True)
+    store.write_text(join(out, "metrics.json"), json.dumps(metrics, indent=2))
+    store.write_text(join(out, "manifest.json"), json.dumps(manifest_data, indent=2))
+    store.write_text(join(out, "_SUCCESS"), "")
+    return metrics
