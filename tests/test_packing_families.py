@@ -94,7 +94,7 @@ def test_a_refused_attention_kernel_falls_back_to_eager_and_says_so(tmp_path, ca
     tiny("gemma2").save_pretrained(tmp_path / "gemma2")
     model = load_model(str(tmp_path / "gemma2"), ModelSpec(uri="./gemma2", attnImplementation="sdpa"), on_gpu=False)
     assert model.config._attn_implementation == "eager"
-    assert "model.attnImplementation sdpa is not supported by this model" in capsys.readouterr().out
+    assert "model.attnImplementation sdpa cannot load this model here" in capsys.readouterr().out
 
 
 def test_targets_that_match_nothing_list_the_real_layers_even_for_conv1d_models() -> None:
@@ -115,3 +115,13 @@ def test_a_model_path_without_dot_slash_says_it_was_read_as_a_hub_id() -> None:
     with pytest.raises(TrainerFailure) as caught:
         load_tokenizer("models/nowhere", ModelSpec(uri="models/nowhere"))
     assert "read as a hub id since it is not a directory here; write ./models/nowhere for a local folder" in caught.value.message
+
+
+def test_a_kernel_this_machine_lacks_falls_back_to_sdpa_not_to_model_missing(tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+    from kubetune_api.model import ModelSpec
+    from kubetune_trainer.model import load_model
+
+    tiny("llama").save_pretrained(tmp_path / "llama")
+    model = load_model(str(tmp_path / "llama"), ModelSpec(uri="./llama", attnImplementation="flash_attention_2"), on_gpu=False)
+    assert model.config._attn_implementation == "sdpa"  # flash-attn is not installed here
+    assert "model.attnImplementation flash_attention_2 cannot load this model here" in capsys.readouterr().out

@@ -63,6 +63,7 @@ class Reason(StrEnum):
     DATASET_TOO_LARGE = "DatasetTooLarge"  # the datasets are larger than what is left of the worker's cache
     CHECKPOINT_MISMATCH = "CheckpointMismatch"  # output.uri holds checkpoints another job or spec wrote
     BELOW_THRESHOLD = "BelowThreshold"  # QualityGate=False: the adapter missed output.minImprovement; no _SUCCESS
+    ATTENTION_UNSUPPORTED = "AttentionUnsupported"  # no attention kernel (model.attnImplementation, sdpa, eager) loads the model
     CANNOT_MERGE = "CannotMerge"  # output.merged cannot fold this adapter into these base weights (checked before training)
     TRAINER_ERROR = "TrainerError"  # any other trainer failure; the message has the last error line
 
@@ -84,6 +85,7 @@ TRAINER_FAILURE_REASONS = frozenset(
         Reason.CHECKPOINT_MISMATCH,
         Reason.BELOW_THRESHOLD,
         Reason.CANNOT_MERGE,
+        Reason.ATTENTION_UNSUPPORTED,
         Reason.TRAINER_ERROR,
     }
 )

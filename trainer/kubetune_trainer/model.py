@@ -90,26 +90,35 @@ def load_model(source: str, spec: ModelSpec, on_gpu: bool) -> Any:
             attn_implementation=attention,
         )
 
-    try:
+    kernels = [spec.attnImplementation] + [k for k in ("sdpa", "eager") if k != spec.attnImplementation]
+    refusals: list[str] = []
+    model = None
+    for kernel in kernels:  # a kernel this model or machine refuses (Gemma 2 and sdpa, no flash-attn): the next
         try:
-            model = load(spec.attnImplementation)
-        except ValueError as exc:
-            if "attention" not in str(exc).lower() or spec.attnImplementation == "eager":
-                raise
-            # a kernel this family refuses (Gemma 2 and sdpa): eager attention always works, and the run says so
-            model = load("eager")
-            print(
-                json.dumps(
-                    {
-                        "event": "notice",
-                        "message": f"model.attnImplementation {spec.attnImplementation} is not supported by this model "
-                        f"({str(exc).splitlines()[0][:200]}); using eager attention",
-                    }
-                ),
-                flush=True,
-            )
-    except (OSError, ValueError) as exc:
-        raise TrainerFailure(Reason.MODEL_MISSING, f"no loadable model at {spec.uri}{_hub_hint(spec)}: {exc}") from exc
+            model = load(kernel)
+            break
+        except (ImportError, ValueError) as exc:
+            if "attention" not in str(exc).lower() and "attn" not in str(exc).lower():
+                raise TrainerFailure(Reason.MODEL_MISSING, f"no loadable model at {spec.uri}{_hub_hint(spec)}: {exc}") from exc
+            refusals.append(f"{kernel}: {str(exc).splitlines()[0][:200]}")
+        except OSError as exc:
+            raise TrainerFailure(Reason.MODEL_MISSING, f"no loadable model at {spec.uri}{_hub_hint(spec)}: {exc}") from exc
+    if model is None:
+        raise TrainerFailure(
+            Reason.ATTENTION_UNSUPPORTED,
+            f"model.attnImplementation: no attention kernel this model accepts here ({'; '.join(refusals)})",
+        )
+    if refusals:
+        print(
+            json.dumps(
+                {
+                    "event": "notice",
+                    "message": f"model.attnImplementation {spec.attnImplementation} cannot load this model here "
+                    f"({refusals[0].split(': ', 1)[1]}); using {model.config._attn_implementation} attention",
+                }
+            ),
+            flush=True,
+        )
     model.config.use_cache = False
     return model
 
