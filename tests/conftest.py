@@ -74,10 +74,20 @@ def tmp_manifest(tmp_path: Path):  # type: ignore[no-untyped-def]
 
 @pytest.fixture(scope="session")
 def s3(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
-    """A moto S3 server on 127.0.0.1 with real credential checks, for the whole session."""
+    """A real S3 server (SeaweedFS, built by `make testbed`) on 127.0.0.1 with signed requests, for the session."""
     from .s3server import start
 
-    server = start(tmp_path_factory.mktemp("moto") / "moto.log")
+    server = start(tmp_path_factory.mktemp("seaweedfs") / "weed.log")
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def moto_s3(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """moto's S3 server, for what only it does: keep hostile object keys verbatim (tests/security/)."""
+    from .s3server import start_moto
+
+    server = start_moto(tmp_path_factory.mktemp("moto") / "moto.log")
     yield server
     server.stop()
 
@@ -195,7 +205,7 @@ def operator_kubeconfig(plane, crd, tmp_path_factory: pytest.TempPathFactory):  
 
 
 @pytest.fixture(scope="session")
-def operator(plane, crd, operator_kubeconfig):  # type: ignore[no-untyped-def]
+def operator(plane, crd, operator_kubeconfig, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
     """The operator in-process (Kopf's KopfRunner) as the chart's ServiceAccount, under the chart's RBAC."""
     import os
 
@@ -204,7 +214,14 @@ def operator(plane, crd, operator_kubeconfig):  # type: ignore[no-untyped-def]
     config = operator_kubeconfig
     saved = {
         k: os.environ.get(k)
-        for k in ("KUBECONFIG", "KUBETUNE_SYNC_SECONDS", "KUBETUNE_METRICS_PORT", "KUBETUNE_TRAINER_IMAGE", "KUBETUNE_POLICY")
+        for k in (
+            "KUBECONFIG",
+            "KUBETUNE_SYNC_SECONDS",
+            "KUBETUNE_METRICS_PORT",
+            "KUBETUNE_TRAINER_IMAGE",
+            "KUBETUNE_POLICY",
+            "KUBETUNE_MODEL_CACHE_VOLUME",
+        )
     }
     os.environ.update(
         {
@@ -213,6 +230,8 @@ def operator(plane, crd, operator_kubeconfig):  # type: ignore[no-untyped-def]
             "KUBETUNE_METRICS_PORT": "0",
             "KUBETUNE_TRAINER_IMAGE": "local",
             "KUBETUNE_POLICY": str(ROOT / "examples" / "platform" / "values.yaml"),  # as the chart mounts its policy
+            # the node's model cache (chart: trainer.modelCache.type hostPath): restarts and later jobs reuse models
+            "KUBETUNE_MODEL_CACHE_VOLUME": f"hostPath:{tmp_path_factory.mktemp('node') / 'models'}",
         }
     )
     import logging

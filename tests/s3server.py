@@ -1,9 +1,15 @@
-"""A real S3 protocol server for the tests: moto's server on 127.0.0.1, with IAM authentication switched on so
-wrong credentials are refused the way AWS refuses them."""
+"""A real S3 server for the tests: SeaweedFS (`weed server -s3`, built from its Go module by
+hack/build-seaweedfs.sh) on 127.0.0.1, with one identity in its S3 config, so requests are signed and checked and
+wrong credentials are refused (SignatureDoesNotMatch, InvalidAccessKeyId) as AWS refuses them.
+
+moto's server (`start_moto`) stays for what only it does: AWS IAM users and policies (a credential allowed to read
+but not to write)."""
 
 from __future__ import annotations
 
+import json
 import os
+import secrets
 import socket
 import subprocess
 import sys
@@ -80,7 +86,89 @@ class S3Server:
             self.process.kill()
 
 
+ROOT = Path(__file__).resolve().parents[1]
+WEED = ROOT / ".cache" / "testbed" / "bin" / "weed"
+
+
+def _wait_port(port: int, process: subprocess.Popen[bytes], log: Path, what: str, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"{what} did not start: {log.read_text()[-3000:]}") from None
+            time.sleep(0.2)
+
+
 def start(log: Path) -> S3Server:
+    """SeaweedFS in one process (master, volume server, filer, S3 gateway), data under log's folder."""
+    if not WEED.is_file():
+        raise RuntimeError(f"{WEED} is missing: run `make testbed` (hack/build-seaweedfs.sh) first")
+    work = log.parent / "seaweedfs"
+    work.mkdir(parents=True, exist_ok=True)
+    access, secret = "kubetune-tests", secrets.token_hex(20)
+    config = work / "s3.json"
+    config.write_text(
+        json.dumps(
+            {
+                "identities": [
+                    {
+                        "name": "kubetune-tests",
+                        "credentials": [{"accessKey": access, "secretKey": secret}],
+                        "actions": ["Admin", "Read", "List", "Tagging", "Write"],
+                    }
+                ]
+            }
+        )
+    )
+    config.chmod(0o600)
+    master, volume, filer, s3 = (free_port() for _ in range(4))
+    grpc = [free_port() for _ in range(4)]
+    process = subprocess.Popen(
+        [
+            str(WEED),
+            "server",
+            f"-dir={work}",
+            "-ip=127.0.0.1",
+            "-ip.bind=127.0.0.1",
+            f"-master.port={master}",
+            f"-master.port.grpc={grpc[0]}",
+            f"-volume.port={volume}",
+            f"-volume.port.grpc={grpc[1]}",
+            "-master.telemetry=false",
+            "-master.volumeSizeLimitMB=1024",
+            "-volume.max=300",  # SeaweedFS grows 7 volumes per bucket; the default 8 would allow one bucket
+            "-filer",
+            f"-filer.port={filer}",
+            f"-filer.port.grpc={grpc[2]}",
+            "-s3",
+            f"-s3.port={s3}",
+            f"-s3.port.grpc={grpc[3]}",
+            f"-s3.config={config}",
+            "-s3.port.iceberg=0",
+            "-s3.port.lance=0",
+        ],
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+    )
+    _wait_port(s3, process, log, "SeaweedFS")
+    server = S3Server(f"http://127.0.0.1:{s3}", access, secret, process)
+    deadline = time.monotonic() + 120
+    while True:  # the gateway listens before the filer and volumes are ready: wait for a real round trip
+        try:
+            server.bucket("kubetune-ready")
+            server.put("kubetune-ready", "probe", b"ok")
+            if server.get("s3://kubetune-ready/probe") == b"ok":
+                return server
+        except Exception:
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"SeaweedFS did not serve S3: {log.read_text()[-3000:]}") from None
+            time.sleep(0.5)
+
+
+def start_moto(log: Path) -> S3Server:
     port = free_port()
     env = {**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": str(SETUP_CALLS)}
     process = subprocess.Popen(
@@ -89,15 +177,7 @@ def start(log: Path) -> S3Server:
         stdout=log.open("wb"),
         stderr=subprocess.STDOUT,
     )
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"moto server did not start: {log.read_text()[-2000:]}") from None
-            time.sleep(0.2)
+    _wait_port(port, process, log, "moto server", timeout=60)
     endpoint = f"http://127.0.0.1:{port}"
     iam = boto3.client(
         "iam", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="setup", aws_secret_access_key="setup"

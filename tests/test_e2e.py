@@ -1,6 +1,7 @@
 """End to end: `kubectl apply` a two-worker ZeRO-2 FineTuneJob; the operator (under its exact RBAC) creates the
-gang, the node agent runs the real trainer pods against moto S3, and the status tells the story. Then a worker
-is killed mid-training: the gang restarts once from its checkpoint and still succeeds; and a job whose dataset
+gang, the node agent runs the real trainer pods against a real S3 server (SeaweedFS), and the status tells the story. Then a worker
+is killed mid-training: the gang restarts once from its checkpoint, takes the base model from the node's cache
+(zero bytes from storage), and still succeeds; and a job whose dataset
 is missing fails at once, saying why. The Argo CD and Flux health checks in examples/gitops/ are run against
 each of these real status objects."""
 
@@ -142,6 +143,12 @@ def rank_process(index: str) -> psutil.Process | None:
     return None
 
 
+def s3_listing(s3: S3Server, uri: str) -> list[tuple[str, int, str]]:
+    bucket, _, prefix = uri[len("s3://") :].partition("/")
+    pages = s3.client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+    return [(o["Key"], o["Size"], o["ETag"]) for page in pages for o in page.get("Contents", [])]
+
+
 def test_killed_worker_restarts_the_gang_from_its_checkpoint(
     plane, operator, node_agent, s3, stored, namespace, tmp_path
 ) -> None:  # type: ignore[no-untyped-def]
@@ -171,6 +178,9 @@ def test_killed_worker_restarts_the_gang_from_its_checkpoint(
         ).stdout.split()
     )
     assert '"event": "resumed"' in logs  # the second gang continued from a checkpoint instead of starting over
+    fetched = json.loads(s3.get(out + "metrics.json"))["fetch"]  # worker 0 of the gang that finished
+    model_bytes = sum(size for _, size, _ in s3_listing(s3, stored["model"]))
+    assert fetched["fromStorage"] == 0 and fetched["fromCache"] == model_bytes  # the node's cache, verified
 
 
 def test_missing_dataset_fails_at_once_and_says_why(plane, operator, node_agent, s3, stored, namespace, tmp_path) -> None:  # type: ignore[no-untyped-def]

@@ -81,8 +81,12 @@ def test_the_best_adapter_survives_a_gang_restart(s3: S3Server, stored: dict[str
     training = {"maxSteps": 12, "learningRate": 0.3, "evalEverySteps": 2, "checkpointEverySteps": 10}
     body = manifest("best-restart", s3, spec(stored, out, training))
     (tmp_path / "first").mkdir()
-    first = subprocess.Popen(
-        command(body, tmp_path / "first"), env=environment(s3, tmp_path / "first"), cwd=ROOT, stdout=subprocess.PIPE, text=True
+    first = subprocess.Popen(  # checkpoints marked COMPLETE at once, so the kill lands before the run can finish
+        command(body, tmp_path / "first"),
+        env=environment(s3, tmp_path / "first", KUBETUNE_SYNC_CHECKPOINTS="1"),
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
     )
     deadline = time.monotonic() + 300
     while first.poll() is None and time.monotonic() < deadline:

@@ -77,7 +77,8 @@ def test_killed_rank_resumes_from_the_newest_checkpoint(s3: S3Server, stored: di
     resumed = second.of("resumed")[0]
     assert resumed["optimizerRestored"] is True
     assert resumed["step"] % every == 0 and resumed["step"] >= killed_after
-    assert last_logged - resumed["step"] <= every  # lost at most one checkpoint interval
+    # lost at most one checkpoint interval and the steps its background upload took before COMPLETE was written
+    assert last_logged - resumed["step"] <= 2 * every
     steps = [e["step"] for e in second.of("progress")]
     assert steps == list(range(resumed["step"] + 1, total + 1))  # no step done twice in the second run, none skipped
     assert second.summary["steps"] == total

@@ -13,6 +13,21 @@ from kubetune_api.manifests import dump
 from .plan import Plan
 
 CACHE_DIR = "/var/cache/kubetune"
+MODEL_CACHE_DIR = "/var/cache/kubetune-models"  # the node's model cache, when the chart gives one
+
+
+def model_cache_volume(setting: str) -> dict[str, Any] | None:
+    """The volume for Settings.model_cache: hostPath:/dir (a directory on the node) or pvc:claim; None for none."""
+    kind, _, where = setting.partition(":")
+    if kind == "hostPath" and where.startswith("/"):
+        return {"name": "models", "hostPath": {"path": where, "type": "DirectoryOrCreate"}}
+    if kind == "pvc" and where:
+        return {"name": "models", "persistentVolumeClaim": {"claimName": where}}
+    if setting:
+        raise ValueError(f"model cache {setting!r}: expected hostPath:/absolute/dir or pvc:claim-name")
+    return None
+
+
 CREDENTIAL_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
 
 
@@ -79,6 +94,14 @@ def _env(plan: Plan) -> list[dict[str, Any]]:
         {"name": contract.ENV_RESTART_COUNT, "value": str(plan.restart)},
         {"name": "KUBETUNE_CACHE", "value": f"{CACHE_DIR}/cache"},
         {"name": "KUBETUNE_WORK_DIR", "value": f"{CACHE_DIR}/work"},
+        *(
+            [
+                {"name": "KUBETUNE_MODEL_CACHE", "value": MODEL_CACHE_DIR},
+                {"name": "KUBETUNE_MODEL_CACHE_MAX_BYTES", "value": str(plan.model_cache_max_bytes)},
+            ]
+            if plan.model_cache
+            else []
+        ),
         {"name": "HOME", "value": "/tmp"},
         {"name": "PYTHONNOUSERSITE", "value": "1"},  # nothing under the writable HOME is ever imported
     ]
@@ -162,6 +185,10 @@ def build_pod_spec(plan: Plan) -> dict[str, Any]:
             {"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": str(spec.workers.sharedMemory)}},
         ],
     }
+    models = model_cache_volume(plan.model_cache)
+    if models is not None:
+        pod["volumes"].append(models)
+        pod["containers"][0]["volumeMounts"].append({"name": "models", "mountPath": MODEL_CACHE_DIR})
     if spec.storage.serviceAccountName:
         pod["serviceAccountName"] = spec.storage.serviceAccountName
     if spec.workers.nodeSelector:

@@ -26,6 +26,8 @@ class Plan:
     master_port: int
     restart: int  # gang restarts so far; passed to pods for their logs
     active_deadline: int | None  # seconds left of runPolicy.activeDeadlineSeconds, counted from the first start
+    model_cache: str = ""  # Settings.model_cache: where the node keeps base models between pods and jobs
+    model_cache_max_bytes: int = 0
 
     @property
     def spec(self) -> Any:
@@ -97,4 +99,6 @@ def make_plan(
         active_deadline=None
         if spec.runPolicy.activeDeadlineSeconds is None
         else max(1, int(spec.runPolicy.activeDeadlineSeconds - elapsed)),
+        model_cache=settings.model_cache,
+        model_cache_max_bytes=settings.model_cache_max_bytes,
     )

@@ -22,6 +22,8 @@ class Settings:
     idle_seconds: float = 1.0  # how long Kopf keeps an object's worker (and its last body) after its last event
     metrics_port: int = 9090
     policy_file: str = ""  # the platform policy (the chart mounts its ConfigMap); empty: no policy
+    model_cache: str = ""  # the node's base-model cache: hostPath:/dir or pvc:claim; empty: the pod's own cache
+    model_cache_max_bytes: int = 0  # least recently used models are evicted above this; 0: no bound
 
     @classmethod
     def from_environ(cls) -> Settings:
@@ -42,4 +44,6 @@ class Settings:
             idle_seconds=float(env.get("KUBETUNE_IDLE_SECONDS", cls.idle_seconds)),
             metrics_port=int(env.get("KUBETUNE_METRICS_PORT", cls.metrics_port)),
             policy_file=env.get("KUBETUNE_POLICY", ""),
+            model_cache=env.get("KUBETUNE_MODEL_CACHE_VOLUME", ""),
+            model_cache_max_bytes=int(env.get("KUBETUNE_MODEL_CACHE_MAX_BYTES") or 0),
         )

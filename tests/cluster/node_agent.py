@@ -1,7 +1,7 @@
 """A node agent for the test control plane: registers Nodes (CPU, memory, nvidia.com/gpu) and runs the pods the
 scheduler binds to them as local processes, the way a kubelet would report them.
 
-Each container runs under `unshare --mount --uts` with its volumes (configMap, secret, emptyDir, downwardAPI)
+Each container runs under `unshare --mount --uts` with its volumes (configMap, secret, emptyDir, downwardAPI, hostPath)
 bind-mounted at their real mountPath, its own hostname, an /etc/hosts that resolves `<pod>.<subdomain>` to a
 loopback address per pod, and its own /dev/termination-log. Logs are served to the API server (kubectl logs)
 from the node's kubelet port. The container image is ignored: pods run this machine's Python environment.
@@ -253,6 +253,10 @@ class NodeAgent:
         out: dict[str, Path] = {}
         namespace = pod.metadata.namespace
         for volume in pod.spec.volumes or []:
+            if volume.host_path:  # the node's own directory, shared by every pod that mounts it
+                out[volume.name] = Path(volume.host_path.path)
+                out[volume.name].mkdir(parents=True, exist_ok=True)
+                continue
             target = run.directory / "volumes" / volume.name
             target.mkdir(parents=True, exist_ok=True)
             files: dict[str, bytes] = {}

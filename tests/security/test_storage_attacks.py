@@ -29,6 +29,13 @@ EVIL_KEYS = [
 
 
 @pytest.fixture
+def s3(moto_s3: S3Server) -> S3Server:
+    """moto keeps hostile keys (`..`, `//`, absolute) verbatim, as AWS S3 does; SeaweedFS, a filesystem underneath,
+    refuses or normalizes them, so it cannot play the attacker's bucket here."""
+    return moto_s3
+
+
+@pytest.fixture
 def store(s3: S3Server, monkeypatch: pytest.MonkeyPatch) -> Store:
     for key, value in s3.env.items():
         monkeypatch.setenv(key, value)

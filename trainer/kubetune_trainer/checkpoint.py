@@ -22,7 +22,7 @@ from kubetune_api.conditions import Reason
 from kubetune_api.job import FineTuneJobSpec
 
 from .errors import TrainerFailure
-from .storage import Store, is_s3, join
+from .storage import Store, join
 
 # What decides the weights a run produces; workers and runPolicy may change between attempts (a resume on another
 # world size reloads the weights alone), storage holds only where to reach the bucket.
@@ -179,10 +179,11 @@ def load_best(store: Store, output_uri: str, target: Path, step: int, mine: dict
         return False
     source = join(where, tag(step))
     shutil.rmtree(target, ignore_errors=True)
-    if is_s3(source):
+    here = store.local_path(source)
+    if here is None:
         store.download_prefix(source, target, Reason.TRAINER_ERROR, "best adapter")
     else:
-        shutil.copytree(source, target)
+        shutil.copytree(here, target)
     return True
 
 

@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +24,10 @@ from kubetune_api.job import FineTuneJobSpec
 from . import report
 from .data import is_data_file
 from .errors import TrainerFailure
+from .model_cache import Entry, ModelCache, fetch_model
 from .rank_env import RankEnv
 from .spec_io import load_spec
-from .storage import Store, human_bytes, is_s3, join
+from .storage import Store, human_bytes, join
 
 CACHE_ENV = "KUBETUNE_CACHE"
 
@@ -72,12 +74,13 @@ def _data_size(store: Store, uri: str) -> int:
     return sum(shards)
 
 
-def fetch_inputs(spec: FineTuneJobSpec, store: Store, cache: Path) -> tuple[str, Path, Path | None]:
-    """Model directory (or hub id) and local dataset files, downloaded and verified once per worker. Sizes are
-    checked against workers.cacheSize from the listing, before a byte is fetched."""
+def fetch_inputs(spec: FineTuneJobSpec, store: Store, cache: Path) -> tuple[str, Path, Path | None, Entry | None]:
+    """Model directory (or hub id) and local dataset files, downloaded and verified once per worker; the model
+    through the node's model cache (its entry is held until released). Sizes are checked against
+    workers.cacheSize from the listing, before a byte is fetched."""
     uri = spec.model.uri
     room = int(quantity_value(spec.workers.cacheSize))
-    data_uris = [u for u in (spec.dataset.train, spec.dataset.validation) if u is not None and is_s3(u)]
+    data_uris = [u for u in (spec.dataset.train, spec.dataset.validation) if u is not None and store.local_path(u) is None]
     data_bytes = sum(_data_size(store, u) for u in data_uris)
     if data_bytes > room:
         raise TrainerFailure(
@@ -85,17 +88,10 @@ def fetch_inputs(spec: FineTuneJobSpec, store: Store, cache: Path) -> tuple[str,
             f"the datasets are {human_bytes(data_bytes)}, more than the worker's cache holds "
             f"(workers.cacheSize {spec.workers.cacheSize} = {human_bytes(room)}): raise workers.cacheSize",
         )
-    if is_s3(uri):
-        model = str(
-            store.download_prefix(
-                uri,
-                cache / "models" / _local_name(uri),
-                Reason.MODEL_MISSING,
-                "base model",
-                max_bytes=room - data_bytes,
-                too_large=Reason.MODEL_TOO_LARGE,
-            )
-        )
+    entry: Entry | None = None
+    if "://" in uri and store.local_path(uri) is None:
+        entry = fetch_model(store, uri, ModelCache.from_environ(cache / "models"), room - data_bytes)
+        model = str(entry.path)
     elif uri.startswith(("/", "./", "../")):
         if not Path(uri).is_dir():
             raise TrainerFailure(Reason.MODEL_MISSING, f"base model not found: {uri} is not a directory")
@@ -115,7 +111,7 @@ def fetch_inputs(spec: FineTuneJobSpec, store: Store, cache: Path) -> tuple[str,
             files.append(store.download_file(name, target, Reason.DATASET_MISSING, "dataset").resolve())
     train = files[0]
     assert train is not None
-    return model, train, files[1]
+    return model, train, files[1], entry
 
 
 def _outcome(result_dir: Path, returncode: int) -> dict[str, Any]:
@@ -182,7 +178,11 @@ def run_worker(
     try:
         store = Store(spec.storage)
         preflight(spec, store)
-        model, train, validation = fetch_inputs(spec, store, cache_dir())
+        model, train, validation, entry = fetch_inputs(spec, store, cache_dir())
+        if entry is not None:
+            fetched = entry.event(spec.model.uri)
+            print(json.dumps(fetched), flush=True)  # how much came from the node's cache, how much from storage
+            (work / "fetch.json").write_text(json.dumps(fetched))
     except Exception as exc:  # every failure before the ranks start still ends in one summary with a reason
         failure = exc if isinstance(exc, TrainerFailure) else TrainerFailure(Reason.TRAINER_ERROR, f"{type(exc).__name__}: {exc}")
         summary = report.summary("Failed", reason=failure.reason.value, message=failure.message)
@@ -204,16 +204,21 @@ def run_worker(
         "kubetune_trainer.train",
     ]
     env = {**os.environ, **ranks.to_environ(), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    env["KUBETUNE_PROCESS_START"] = str(time.time())  # ranks report their start-up cost against it
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
     if spec.workers.gpusPerWorker == 0:
         env.setdefault("DS_ACCELERATOR", "cpu")
         env.setdefault("CUDA_VISIBLE_DEVICES", "")
-    if log is None:
-        code = subprocess.call(command, env=env)
-    else:
-        log.parent.mkdir(parents=True, exist_ok=True)
-        with log.open("ab") as stream:
-            code = subprocess.call(command, env=env, stderr=stream)
+    try:
+        if log is None:
+            code = subprocess.call(command, env=env)
+        else:
+            log.parent.mkdir(parents=True, exist_ok=True)
+            with log.open("ab") as stream:
+                code = subprocess.call(command, env=env, stderr=stream)
+    finally:
+        if entry is not None:
+            entry.release()  # the model is no longer in use here: the cache may evict it
     summary = final_summary(spec, _outcome(result_dir, code))
     report.write_termination(worker.termination_log, summary)
     if worker.worker_rank == 0 or summary["status"] != "Succeeded":

@@ -15,6 +15,7 @@ import os
 import random
 import shutil
 import sys
+import threading
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -30,7 +31,7 @@ from .errors import TrainerFailure
 from .model import PACKING_FAMILIES, add_lora, load_model, load_tokenizer, model_type
 from .rank_env import RankEnv
 from .report import Progress
-from .storage import Store, is_s3, join
+from .storage import Store, join
 
 
 @dataclass(frozen=True)
@@ -116,6 +117,26 @@ class Window:
     steps: int = 0
     tokens: float = 0.0
     started: float = field(default_factory=time.monotonic)
+
+
+@dataclass
+class Upload:
+    """A checkpoint on its way to storage, in a background thread, while training goes on. COMPLETE is written
+    only once every worker's upload has finished (learned through the window all-reduce that is made anyway)."""
+
+    step: int
+    started: float
+    stall: float  # seconds the loop stopped to write the checkpoint locally
+    thread: threading.Thread | None = None  # this worker's upload (local rank 0 of a remote output), else None
+    error: list[BaseException] = field(default_factory=list)
+
+    @property
+    def done(self) -> bool:
+        return self.thread is None or not self.thread.is_alive()
+
+    def check(self) -> None:
+        if self.error:
+            raise self.error[0]
 
 
 # collectives
@@ -306,8 +327,9 @@ def setup_engine(me: Rank, train_rows: int) -> Engine:
 class Recipe:
     """Trains one LoRA adapter: built from what the set-up steps returned; `train` runs the loop."""
 
-    def __init__(self, me: Rank, store: Store, tokenizer: Any, batches: Data, built: Engine) -> None:
+    def __init__(self, me: Rank, store: Store, tokenizer: Any, batches: Data, built: Engine, clock: Clock | None = None) -> None:
         self.me, self.store, self.tokenizer, self.data, self.built = me, store, tokenizer, batches, built
+        self.clock = clock or Clock(False)
         self.engine = built.engine
         self.t = me.spec.training
         self.record = Record()
@@ -316,6 +338,8 @@ class Recipe:
         self.trained_tokens = 0.0
         self.progress = Progress(built.total_steps, style=me.paths.progress) if me.is_main else None
         self._epoch: tuple[int, list[list[data.Row]]] = (-1, [])
+        self.upload: Upload | None = None
+        self.synchronous_checkpoints = os.environ.get("KUBETUNE_SYNC_CHECKPOINTS") == "1"  # the benchmark's baseline
 
     # evaluation
 
@@ -380,7 +404,12 @@ class Recipe:
         if done % self.t.logEverySteps and done != self.built.total_steps:
             return None
         w = self.window
-        loss_sum, tokens = all_sum(self.me.device, [w.loss / w.steps, w.tokens])
+        upload = self.upload
+        if upload is not None and upload.done:
+            upload.check()  # a failed upload fails this rank now; COMPLETE is never written for it
+        loss_sum, tokens, uploaded = all_sum(self.me.device, [w.loss / w.steps, w.tokens, float(upload is None or upload.done)])
+        if upload is not None and uploaded == self.me.world:  # every worker's part is in storage
+            self.complete_checkpoint()
         loss = loss_sum / self.me.world
         self.trained_tokens += tokens
         now = time.monotonic()
@@ -422,10 +451,12 @@ class Recipe:
 
     def train(self) -> dict[str, Any]:
         start = self.resume()
+        self.clock.lap("resume")
         if not self.record.base:
             self.record.base = self.evaluate(adapter=False)
             if self.me.is_main:
                 print(json.dumps({"event": "eval", "step": 0, "model": "base", **self.record.base}), flush=True)
+            self.clock.lap("evaluate the base model")
         for seen in self.record.history:  # a resumed run picks up where its evaluations left off
             self.observe(int(seen["step"]), seen)
         self.restore_best()
@@ -443,14 +474,17 @@ class Recipe:
                 break
             self.maybe_checkpoint(done)
         elapsed = time.monotonic() - started
+        self.settle_upload()
         if self.progress:
             self.progress.close()
+        self.clock.lap("training steps")
         if stopped:  # the evaluation that stopped the run is the last one: no second pass over the held-out set
             last = {k: v for k, v in self.record.history[-1].items() if k != "step"}
         else:
             last = self.evaluate(adapter=True)
             self.record.history.append({"step": done, **last})
             self.observe(done, last)
+        self.clock.lap("final evaluation")
         adapter_dir, chosen = self.choose_adapter(done, last)
         stats = {
             "steps": done,
@@ -462,7 +496,9 @@ class Recipe:
         }
         if not self.me.is_main:
             return {}
-        return self.write_outputs(adapter_dir, chosen, last, stats)
+        metrics = self.write_outputs(adapter_dir, chosen, last, stats)
+        self.clock.lap("save and upload the outputs")
+        return metrics
 
     # adapters
 
@@ -514,29 +550,69 @@ class Recipe:
 
     # checkpoints
 
-    def staging(self) -> Path:
-        uri = self.me.spec.output.uri
-        return self.me.paths.work_dir / "checkpoints" if is_s3(uri) else Path(checkpoint.root(uri))
+    def staging(self) -> tuple[Path, bool]:
+        """Where checkpoints are written on this machine, and whether they must then be uploaded."""
+        here = self.store.local_path(checkpoint.root(self.me.spec.output.uri))
+        return (here, False) if here is not None else (self.me.paths.work_dir / "checkpoints", True)
 
     def save_checkpoint(self, step: int) -> None:
+        """Write the checkpoint here (every rank), then upload it in the background: training goes on meanwhile."""
+        self.settle_upload()  # one upload in flight at a time
         me, uri = self.me, self.me.spec.output.uri
-        local, name = self.staging(), checkpoint.tag(step)
+        started = time.monotonic()
+        (local, remote), name = self.staging(), checkpoint.tag(step)
         state = {"step": step, **self.record.state(), "worldSize": me.world}
         self.engine.save_checkpoint(str(local), tag=name, client_state={"kubetune": state}, exclude_frozen_parameters=True)
         checkpoint.save_rng(local / name, me.rank)
         if me.is_main:
             (local / name / "kubetune-config.yaml").write_text(spec_io.dump_spec(me.spec))
         _barrier()
-        if is_s3(uri) and me.local_rank == 0:
-            self.store.upload_dir(local / name, join(checkpoint.root(uri), name))
+        upload = Upload(step, started, 0.0)
+        if remote and me.local_rank == 0:
+
+            def send() -> None:
+                try:
+                    self.store.upload_dir(local / name, join(checkpoint.root(uri), name))
+                    shutil.rmtree(local / name, ignore_errors=True)
+                except BaseException as exc:  # raised in the training loop by check()
+                    upload.error.append(exc)
+
+            upload.thread = threading.Thread(target=send, name=f"kubetune-upload-{name}", daemon=True)
+            upload.thread.start()
+        upload.stall = time.monotonic() - started
+        self.upload = upload
+        if self.synchronous_checkpoints:
+            self.settle_upload()
+
+    def settle_upload(self) -> None:
+        """Wait for the checkpoint upload in flight, on every worker, and mark it COMPLETE."""
+        if self.upload is None:
+            return
+        if self.upload.thread is not None:
+            self.upload.thread.join()
         _barrier()
+        self.complete_checkpoint()
+
+    def complete_checkpoint(self) -> None:
+        upload, me, uri = self.upload, self.me, self.me.spec.output.uri
+        if upload is None:
+            return
+        upload.check()
+        self.upload = None
         if me.is_main:
+            step = upload.step
             info = {"step": step, "worldSize": me.world, **checkpoint.identity(me.spec, me.worker.job_uid)}
             checkpoint.mark_complete(self.store, uri, step, info)
             checkpoint.prune(self.store, uri, self.t.keepCheckpoints)
-            print(json.dumps({"event": "checkpoint", "step": step, "uri": join(checkpoint.root(uri), name)}), flush=True)
-        if is_s3(uri) and me.local_rank == 0:
-            shutil.rmtree(local / name, ignore_errors=True)
+            event = {
+                "event": "checkpoint",
+                "step": step,
+                "uri": join(checkpoint.root(uri), checkpoint.tag(step)),
+                # the loop stopped this long (with uploads in the loop, until the upload ended too)
+                "stallSeconds": round(time.monotonic() - upload.started if self.synchronous_checkpoints else upload.stall, 3),
+                "completeAfterSeconds": round(time.monotonic() - upload.started, 3),
+            }
+            print(json.dumps(event), flush=True)
 
     def resume(self) -> int:
         """Load the newest complete checkpoint this job wrote, if any; returns the step to continue from. A checkpoint
@@ -549,8 +625,9 @@ class Recipe:
         name = name[0]
         info = checkpoint.read_info(self.store, uri, name)
         checkpoint.check_identity(info, checkpoint.identity(me.spec, me.worker.job_uid), join(checkpoint.root(uri), name))
-        local = me.paths.work_dir / "resume" if is_s3(uri) else self.staging()
-        if is_s3(uri) and me.local_rank == 0:
+        local, remote = self.staging()
+        local = me.paths.work_dir / "resume" if remote else local
+        if remote and me.local_rank == 0:
             self.store.download_prefix(join(checkpoint.root(uri), name), local / name, Reason.TRAINER_ERROR, "checkpoint")
         _barrier()
         same_world = info.get("worldSize") == me.world
@@ -588,18 +665,42 @@ class Recipe:
             "train": train_stats,
             "data": self.data.counts,
         }
+        fetched = self.me.paths.work_dir / "fetch.json"  # the launcher's: base model bytes from the cache and storage
+        if fetched.is_file():
+            metrics["fetch"] = json.loads(fetched.read_text())
         me = self.me
         about = outputs.manifest(me.spec, me.paths, me.worker.job_name, me.world, self.built.adjusted)
         return outputs.write(self.store, me.spec, me.paths, adapter_dir, metrics, about, self.tokenizer)
 
 
+class Clock:
+    """Rank 0's timing events: where the fixed cost of a run goes (bench/data_bench.py prints them)."""
+
+    def __init__(self, main: bool) -> None:
+        self.main, self.last = main, time.monotonic()
+
+    def lap(self, phase: str) -> None:
+        now = time.monotonic()
+        if self.main:
+            print(json.dumps({"event": "timing", "phase": phase, "seconds": round(now - self.last, 3)}), flush=True)
+        self.last = now
+
+
 def train(spec: FineTuneJobSpec, worker: WorkerEnv, paths: RankEnv) -> dict[str, Any]:
+    started = float(os.environ.get("KUBETUNE_PROCESS_START", "0")) or None
+    clock = Clock(os.environ.get("RANK", "0") == "0")
+    if started is not None:  # from the launcher's clock: interpreter start and imports
+        clock.last = time.monotonic() - (time.time() - started)
+        clock.lap("process start and imports")
     me = setup_rank(spec, worker, paths)
+    clock.lap("distributed init")
     store = Store(spec.storage)
     tokenizer = load_tokenizer(paths.model_source, spec.model)
     batches = setup_data(me, tokenizer)
+    clock.lap("read and tokenize data")
     built = setup_engine(me, len(batches.train_rows))
-    return Recipe(me, store, tokenizer, batches, built).train()
+    clock.lap("load model, DeepSpeed init")
+    return Recipe(me, store, tokenizer, batches, built, clock).train()
 
 
 def _classify(exc: BaseException) -> tuple[Reason, str]:
