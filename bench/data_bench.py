@@ -7,7 +7,10 @@ test):
 2. the base model's fetch cold (empty node cache), warm (same node: verified, nothing fetched) and after a gang
    restart (a new pod on the same node), from the fetch events of `kubetune run`, with the time to the first step;
 3. the stall per checkpoint with uploads in the background against uploads in the loop (KUBETUNE_SYNC_CHECKPOINTS);
-4. where the fixed cost of a small run goes (the trainer's timing events).
+4. where the fixed cost of a small run goes (the trainer's timing events);
+5. peak resident memory per rank and the time to read and tokenize 100k and 1M records with 1, 2 and 4 ranks,
+   this checkout against the code before ranks tokenized only their own share (`--baseline-rev`, run from a git
+   worktree of that revision).
 
   .venv/bin/python bench/data_bench.py [--gib 2] [--shards 4]      (or: make bench-data)
 """
@@ -154,11 +157,94 @@ def kubetune_run(
     return events, first, time.monotonic() - started
 
 
+def peak_rss(body: dict[str, Any], s3: S3Server, work: Path, processes: int, pythonpath: str | None) -> tuple[float, float]:
+    """(peak resident MiB of the largest rank, seconds to read and tokenize) of a one-step `kubetune run`."""
+    import psutil
+
+    manifest = work / "rss.yaml"
+    manifest.write_text(dump(body))
+    env = {**os.environ, **s3.env}
+    if pythonpath:
+        env["PYTHONPATH"] = pythonpath
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "kubetune_cli",
+            "run",
+            str(manifest),
+            "--processes",
+            str(processes),
+            "--progress",
+            "json",
+            "--work-dir",
+            str(work / "rss"),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env=env,
+        cwd=work,
+    )
+    peak = 0.0
+    import threading
+
+    def watch() -> None:
+        nonlocal peak
+        while process.poll() is None:
+            try:
+                ranks = [
+                    c
+                    for c in psutil.Process(process.pid).children(recursive=True)
+                    if "kubetune_trainer.train" in " ".join(c.cmdline())
+                ]
+                peak = max([peak, *(c.memory_info().rss / 2**20 for c in ranks)])
+            except psutil.Error:
+                pass
+            time.sleep(0.2)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    out, _ = process.communicate()
+    watcher.join()
+    tokenize = next(
+        (json.loads(line)["seconds"] for line in out.splitlines() if '"read and tokenize data"' in line), float("nan")
+    )
+    return peak, tokenize
+
+
+def tokenizing(s3: S3Server, work: Path, args: argparse.Namespace) -> None:
+    baseline = work / "baseline"
+    subprocess.run(
+        ["git", "worktree", "add", "--detach", str(baseline), args.baseline_rev], cwd=ROOT, check=True, capture_output=True
+    )
+    try:
+        model_dir = tiny.save_tiny_model(work / "tiny-rss")
+        old = os.pathsep.join(str(baseline / part) for part in ("api", "cli", "operator", "trainer"))
+        print(f"\n5. peak resident memory of the largest rank and seconds to read and tokenize (baseline: {args.baseline_rev})")
+        print(f"   {'records':>9} {'ranks':>5} {'baseline MiB':>13} {'now MiB':>9} {'baseline s':>11} {'now s':>7}")
+        for count in (int(c) for c in args.records.split(",")):
+            train = tiny.write_jsonl(work / f"rss-{count}.jsonl", tiny.records(count, seed=1))
+            for ranks in (int(r) for r in args.ranks.split(",")):
+                body = job("rss", s3, str(model_dir), train, str(work / "out-rss"), maxSteps=1)
+                body["spec"]["workers"] = {"replicas": ranks, "gpusPerWorker": 0}
+                body["spec"]["dataset"]["validationSplit"] = 0.01
+                before = peak_rss(body, s3, work, ranks, old)
+                now = peak_rss(body, s3, work, ranks, None)
+                print(f"   {count:9d} {ranks:5d} {before[0]:13.0f} {now[0]:9.0f} {before[1]:11.1f} {now[1]:7.1f}", flush=True)
+    finally:
+        subprocess.run(["git", "worktree", "remove", "--force", str(baseline)], cwd=ROOT, check=False, capture_output=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--gib", type=float, default=2.0, help="size of the synthetic model prefix")
     parser.add_argument("--shards", type=int, default=4)
     parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--records", default="100000,1000000", help="dataset sizes for part 5")
+    parser.add_argument("--ranks", default="1,2,4")
+    parser.add_argument("--baseline-rev", default="d0f999c", help="the revision before rank-sharded tokenization")
+    parser.add_argument("--only", default="", help="run only these parts, e.g. 1,5")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="kubetune-bench-data-"))
     s3 = start(work / "weed.log")
@@ -178,6 +264,10 @@ def main() -> None:
                     left -= min(left, len(block))
             with path.open("rb") as handle:  # one PUT: a single-part object, whose ETag is its MD5
                 client.put_object(Bucket="bench", Key=f"model/model-{i + 1:05d}-of-{args.shards:05d}.safetensors", Body=handle)
+        only = {int(p) for p in args.only.split(",") if p}
+        if only and 5 in only and only <= {5}:
+            tokenizing(s3, work, args)
+            return
         total = shard * args.shards
         store = Store(StorageSpec(endpoint=s3.endpoint, region="us-east-1", addressingStyle="path"))
         best = throughput(s3, store, work, total, args.rounds)
@@ -251,6 +341,7 @@ def main() -> None:
         print(f"\n4. where a 3,000-record, 2-epoch CPU run's {whole:.1f} s go (rank 0's timing events)")
         for timing in timings:
             print(f"   {timing['phase']:28} {timing['seconds']:7.2f} s")
+        tokenizing(s3, work, args)
     finally:
         s3.stop()
         shutil.rmtree(work, ignore_errors=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -103,12 +104,36 @@ def test_split_is_seeded_and_disjoint() -> None:
     assert data.split(records, 0.1, seed=8)[1] != held
 
 
-def test_every_rank_gets_the_same_number_of_batches_and_every_row_is_used() -> None:
+def test_every_rank_runs_the_agreed_number_of_batches_and_every_row_is_used() -> None:
+    """Each rank batches its own share (every world-th row); the share that is short wraps around."""
     rows = [data.Row([i], [i], [0]) for i in range(37)]
-    per_rank = [data.rank_micro_batches(rows, micro=2, world=3, rank=r, multiple=2, seed=1) for r in range(3)]
-    assert len({len(b) for b in per_rank}) == 1 and len(per_rank[0]) % 2 == 0
+    shares = [rows[r::3] for r in range(3)]  # 13, 12 and 12 rows
+    count = 8  # micro-batches per epoch, the largest share's (7) rounded up to the accumulation (2)
+    per_rank = [data.local_micro_batches(share, micro=2, count=count, seed=1 + r) for r, share in enumerate(shares)]
+    assert {len(b) for b in per_rank} == {count} and all(len(batch) == 2 for b in per_rank for batch in b)
     seen = {row.input_ids[0] for batches in per_rank for batch in batches for row in batch}
     assert seen == set(range(37))
+    again = data.local_micro_batches(shares[0], micro=2, count=count, seed=1)
+    assert [[r.input_ids for r in b] for b in again] == [[r.input_ids for r in b] for b in per_rank[0]]  # seeded
+
+
+def test_a_rank_reads_only_its_records_and_knows_where_they_came_from(tmp_path: Path) -> None:
+    records = [{"prompt": f"p{i}", "completion": f"c{i}"} for i in range(10)]
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    (shards / "a.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records[:4]) + "\n")
+    (shards / "b.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records[4:]) + "not json, never parsed\n")
+    assert data.count_records(shards, "shards/") == 11
+    mine, origins, indices = data.read_dataset(shards, "shards/", lambda i: i % 2 == 1 and i < 10)
+    assert [r["prompt"] for r in mine] == ["p1", "p3", "p5", "p7", "p9"]
+    assert origins == [
+        ("shards/a.jsonl", 1),
+        ("shards/a.jsonl", 3),
+        ("shards/b.jsonl", 1),
+        ("shards/b.jsonl", 3),
+        ("shards/b.jsonl", 5),
+    ]
+    assert indices == [1, 3, 5, 7, 9]
 
 
 @pytest.mark.parametrize(

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from boto3.s3.transfer import TransferConfig
 
+from kubetune_api.conditions import Reason
 from kubetune_api.storage import StorageSpec
 from kubetune_trainer.model_cache import ModelCache, fetch_model, multipart_matches
 from kubetune_trainer.storage import Store
@@ -81,6 +82,39 @@ def test_two_pods_starting_at_once_download_the_model_once(s3: S3Server, store: 
     assert results[0].path == results[1].path
     for entry in results:
         entry.release()
+
+
+def test_two_workers_that_both_found_the_entry_missing_do_not_wait_for_each_other(
+    s3: S3Server, store: Store, tmp_path: Path
+) -> None:
+    """Both saw no entry (a reader held the lock meanwhile); one writes it and keeps a shared lock while it trains:
+    the other must take the finished entry, not queue for the exclusive lock behind a reader that never leaves."""
+    import fcntl
+    import os as _os
+    import time
+
+    from kubetune_trainer.storage import fingerprint
+
+    uri, _ = model(s3, "race", size=2_000_000)
+    cache = ModelCache(tmp_path / "node-cache")
+    key = fingerprint(store.listing(uri, Reason.MODEL_MISSING, "base model"))
+    (tmp_path / "node-cache").mkdir()
+    gate = _os.open(tmp_path / "node-cache" / f"{key}.lock", _os.O_RDWR | _os.O_CREAT)
+    fcntl.flock(gate, fcntl.LOCK_SH)  # both workers pass the shared lock, see no entry, and go for the exclusive one
+    results: list[object] = []
+    threads = [
+        threading.Thread(target=lambda: results.append(fetch_model(store, uri, cache, BIG)), daemon=True) for _ in range(2)
+    ]
+    for thread in threads:
+        thread.start()
+    time.sleep(1.0)
+    _os.close(gate)
+    for thread in threads:
+        thread.join(timeout=60)
+    assert not any(t.is_alive() for t in threads), "a worker waits forever for the exclusive lock"
+    assert len(results) == 2
+    for entry in results:
+        entry.release()  # type: ignore[attr-defined]
 
 
 def test_least_recently_used_entries_go_first_and_never_one_in_use(s3: S3Server, store: Store, tmp_path: Path) -> None:

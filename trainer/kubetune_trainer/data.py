@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import functools
+import io
 import json
 import random
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -53,6 +55,13 @@ class Counts:
     def as_dict(self) -> dict[str, int]:
         return dict(self.__dict__)
 
+    def values(self) -> list[float]:
+        return [float(v) for v in self.__dict__.values()]
+
+    @classmethod
+    def of(cls, values: list[float]) -> Counts:
+        return cls(*(round(v) for v in values))
+
 
 # reading
 
@@ -73,43 +82,92 @@ def _open(path: Path, name: str) -> tuple[str, Any]:
         raise TrainerFailure(Reason.BAD_RECORD, f"{name}: cannot be read: {exc}") from exc
 
 
-def read_records(path: Path, name: str) -> list[dict[str, Any]]:
+def read_records(path: Path, name: str, keep: Callable[[int], bool] | None = None) -> list[dict[str, Any]]:
     """Records from .jsonl, .json (a list) or .parquet, each optionally .gz or .zst compressed; JSON text may start
-    with a UTF-8 byte-order mark and use CRLF line ends. A malformed record stops the run with its position."""
+    with a UTF-8 byte-order mark and use CRLF line ends. A malformed record stops the run with its position.
+    `keep(index)`: only those records (0-based) are returned, and JSONL is streamed, the others never parsed."""
+    return [record for _, record in read_indexed(path, name, keep)]
+
+
+def read_indexed(path: Path, name: str, keep: Callable[[int], bool] | None = None) -> list[tuple[int, dict[str, Any]]]:
+    """(index, record) of the records `keep` selects; JSONL line by line, so memory holds only those."""
     fmt, stream = _open(path, name)
+    chosen = keep or (lambda _: True)
+    out: list[tuple[int, Any]] = []
     if fmt == ".parquet":
         import pyarrow as pa
         import pyarrow.parquet as pq
 
         try:
             with stream:
-                return list(pq.read_table(pa.BufferReader(stream.read())).to_pylist())
+                rows = pq.read_table(pa.BufferReader(stream.read())).to_pylist()
         except Exception as exc:  # pyarrow raises several types for a bad file
             raise TrainerFailure(Reason.BAD_RECORD, f"{name}: not a readable Parquet file: {exc}") from exc
-    text = _text(stream, name)
-    if fmt == ".json":
+        out = [(i, r) for i, r in enumerate(rows) if chosen(i)]
+    elif fmt == ".json":
+        text = _text(stream, name)
         try:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
             raise TrainerFailure(Reason.BAD_RECORD, f"{name}: invalid JSON at line {exc.lineno}: {exc.msg}") from exc
         if not isinstance(data, list):
             raise TrainerFailure(Reason.BAD_RECORD, f"{name}: a .json dataset must be a list of objects")
-        records = data
+        out = [(i, r) for i, r in enumerate(data) if chosen(i)]
     else:
-        records = []
-        for number, line in enumerate(text.splitlines(), start=1):
+        index = -1
+        for number, line in enumerate(_lines(stream, name), start=1):
             if not line.strip():
                 continue
+            index += 1
+            if not chosen(index):
+                continue
             try:
-                records.append(json.loads(line))
+                out.append((index, json.loads(line)))
             except json.JSONDecodeError as exc:
                 raise TrainerFailure(Reason.BAD_RECORD, f"{name} line {number}: invalid JSON: {exc.msg}") from exc
-    for index, record in enumerate(records):
+    for index, record in out:
         if not isinstance(record, dict):
             raise TrainerFailure(
                 Reason.BAD_RECORD, f"{name} record {index + 1}: must be a JSON object, got {type(record).__name__}"
             )
-    return records
+    return out
+
+
+def count_records(path: Path, name: str) -> int:
+    """How many records a file (or a directory of shards) holds: JSONL lines are counted, not parsed."""
+    if path.is_dir():
+        return sum(count_records(shard, name) for shard in shards_of(path))
+    fmt, stream = _open(path, name)
+    if fmt != ".jsonl":
+        stream.close()
+        return _count_structured(path, name, fmt)
+    return sum(1 for line in _lines(stream, name) if line.strip())
+
+
+def _count_structured(path: Path, name: str, fmt: str) -> int:
+    if fmt == ".parquet":
+        import pyarrow.parquet as pq
+
+        _, stream = _open(path, name)
+        try:
+            with stream:
+                import pyarrow as pa
+
+                return int(pq.read_metadata(pa.BufferReader(stream.read())).num_rows)
+        except Exception as exc:
+            raise TrainerFailure(Reason.BAD_RECORD, f"{name}: not a readable Parquet file: {exc}") from exc
+    return len(read_indexed(path, name))
+
+
+def _lines(stream: Any, name: str) -> Iterator[str]:
+    """Text lines of a (decompressed) stream: a byte-order mark dropped, CRLF read as LF."""
+    try:
+        with io.TextIOWrapper(stream, encoding="utf-8-sig") as text:
+            yield from text
+    except UnicodeDecodeError as exc:
+        raise TrainerFailure(Reason.BAD_RECORD, f"{name}: not UTF-8 at byte {exc.start}") from exc
+    except OSError as exc:  # a corrupt .gz or .zst
+        raise TrainerFailure(Reason.BAD_RECORD, f"{name}: cannot be decompressed: {exc}") from exc
 
 
 DATA_SUFFIX = re.compile(r"\.(jsonl|json|parquet)(\.gz|\.zst)?$", re.IGNORECASE)
@@ -121,22 +179,39 @@ def is_data_file(relative: str) -> bool:
     return bool(DATA_SUFFIX.search(leaf)) and not leaf.startswith(("_", "."))
 
 
-def read_dataset(path: Path, name: str) -> tuple[list[dict[str, Any]], list[tuple[str, int]]]:
-    """The records of a file, or of every shard of a directory in name order, and where each came from (the
-    shard's name and the record's 0-based place in it)."""
+def shards_of(path: Path) -> list[Path]:
+    return sorted(p for p in path.rglob("*") if p.is_file() and is_data_file(str(p.relative_to(path))))
+
+
+def read_dataset(
+    path: Path, name: str, keep: Callable[[int], bool] | None = None
+) -> tuple[list[dict[str, Any]], list[tuple[str, int]], list[int]]:
+    """The records `keep` selects (by 0-based index across the dataset) of a file, or of every shard of a
+    directory in name order; where each came from (the shard's name and the record's place in it); and each
+    one's index in the whole dataset."""
     if not path.is_dir():
-        records = read_records(path, name)
-        return records, [(name, i) for i in range(len(records))]
-    shards = sorted(p for p in path.rglob("*") if p.is_file() and is_data_file(str(p.relative_to(path))))
+        found = read_indexed(path, name, keep)
+        return [r for _, r in found], [(name, i) for i, _ in found], [i for i, _ in found]
+    shards = shards_of(path)
     if not shards:
         raise TrainerFailure(Reason.DATASET_MISSING, f"{name}: no .jsonl, .json or .parquet files (optionally .gz or .zst)")
-    records, origins = [], []
+    records: list[dict[str, Any]] = []
+    origins: list[tuple[str, int]] = []
+    indices: list[int] = []
+    offset = 0
     for shard in shards:
         shard_name = f"{name.rstrip('/')}/{shard.relative_to(path)}"
-        part = read_records(shard, shard_name)
-        records += part
-        origins += [(shard_name, i) for i in range(len(part))]
-    return records, origins
+        count = count_records(shard, shard_name) if keep is not None else None
+        base = offset
+        shard_keep: Callable[[int], bool] | None = None
+        if keep is not None:
+            shard_keep = functools.partial(lambda start, i: keep(start + i), base)
+        found = read_indexed(shard, shard_name, shard_keep)
+        records += [r for _, r in found]
+        origins += [(shard_name, i) for i, _ in found]
+        indices += [base + i for i, _ in found]
+        offset += count if count is not None else (max((i for i, _ in found), default=-1) + 1)
+    return records, origins, indices
 
 
 def _text(stream: Any, name: str) -> str:
@@ -518,20 +593,16 @@ def rows(samples: list[Sample], max_len: int, packing: bool) -> list[Row]:
     return [Row(s.input_ids, s.labels, list(range(len(s.input_ids)))) for s in samples]
 
 
-def rank_micro_batches(
-    all_rows: list[Row], *, micro: int, world: int, rank: int, multiple: int, seed: int | None
-) -> list[list[Row]]:
-    """Shuffle (seeded; None keeps order), pad by wrapping to a multiple of world x micro x `multiple`, deal to ranks."""
-    order = list(range(len(all_rows)))
+def local_micro_batches(rows: list[Row], *, micro: int, count: int, seed: int | None) -> list[list[Row]]:
+    """This rank's `count` micro-batches of an epoch from its own rows: shuffled (seeded; None keeps order), and
+    wrapped around to fill the count every rank agreed on (collectives stay in step)."""
+    order = list(range(len(rows)))
     if seed is not None:
         random.Random(seed).shuffle(order)
     if not order:
         return []
-    unit = world * micro * multiple
-    missing = -len(order) % unit
-    order += [order[i % len(order)] for i in range(missing)]
-    mine = order[rank::world]
-    return [[all_rows[i] for i in mine[s : s + micro]] for s in range(0, len(mine), micro)]
+    order += [order[i % len(order)] for i in range(count * micro - len(order))]
+    return [[rows[i] for i in order[s : s + micro]] for s in range(0, count * micro, micro)]
 
 
 def collate(batch: list[Row], pad_id: int) -> dict[str, Any]:

@@ -42,6 +42,14 @@ def shard_rows(rows: list[Row], world: int, rank: int, micro: int) -> list[list[
     return [mine[i : i + micro] for i in range(0, len(mine), micro)]
 
 
+def local_batches(rows: list[Row], micro: int, count: int) -> list[list[Row]]:
+    """This rank's eval batches from its own rows, padded with rows that score nothing to the `count` every rank
+    agreed on (under ZeRO-3 every rank must run the same number of forwards)."""
+    dummy = Row([0, 0], [IGNORE, IGNORE], [0, 1])
+    padded = rows + [dummy] * (count * micro - len(rows))
+    return [padded[i : i + micro] for i in range(0, count * micro, micro)]
+
+
 def eval_sums(forward: Callable[[dict[str, Any]], Any], batches: Iterable[list[Row]], pad_id: int, device: Any) -> list[float]:
     """[nll sum, tokens, correct] over batches with a model forward function (no gradients)."""
     import torch

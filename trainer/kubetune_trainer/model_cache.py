@@ -150,14 +150,32 @@ class ModelCache:
                         private = self.root / f"{key}.private-{os.getpid()}"  # in use: a copy of our own
                         return self._fill(store, uri, objects, private, what, fd, private=True)
                     return self._fill(store, uri, objects, entry, what, fd)
-                fcntl.flock(fd, fcntl.LOCK_EX)  # waits while another pod downloads this entry
-                if (entry / COMPLETE).is_file():
-                    continue  # it finished meanwhile: verify and share it
+                fcntl.flock(fd, fcntl.LOCK_UN)
+                if not self._writer(fd, entry):
+                    continue  # another pod finished it meanwhile: verify and share it
                 staging = self.root / f"{key}.partial"  # kept across pods: an interrupted download resumes
                 return self._fill(store, uri, objects, staging, what, fd, rename_to=entry)
         except BaseException:
             os.close(fd)
             raise
+
+    @staticmethod
+    def _writer(fd: int, entry: Path) -> bool:
+        """Take the entry's lock alone to write it (True), or see it completed by the pod writing it (False).
+        Never a blocking wait for the exclusive lock: the writer keeps a shared lock once done, for as long as it
+        trains, and a second worker of the same job queued behind that would wait forever."""
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if (entry / COMPLETE).is_file():
+                    return False
+                time.sleep(0.2)
+                continue
+            if (entry / COMPLETE).is_file():
+                fcntl.flock(fd, fcntl.LOCK_UN)
+                return False
+            return True
 
     def _verify(self, directory: Path, uri: str, objects: list[Object]) -> tuple[list[Fetch], int, float]:
         """The objects whose file here does not match the listing (to fetch), the bytes that do, and the time taken."""

@@ -57,9 +57,10 @@ class Rank:
 
 @dataclass(frozen=True)
 class Data:
-    train_rows: list[data.Row]
+    train_rows: list[data.Row]  # this rank's own rows
     eval_batches: list[list[data.Row]]  # this rank's share of the held-out set
-    counts: dict[str, Any]
+    counts: dict[str, Any]  # the whole dataset's
+    batches_per_epoch: int  # micro-batches every rank runs per epoch (the largest share's, wrapped around)
 
 
 @dataclass(frozen=True)
@@ -148,6 +149,15 @@ def _barrier() -> None:
     dist.barrier()
 
 
+def all_max(device: Any, values: list[float]) -> list[float]:
+    import torch
+    import torch.distributed as dist
+
+    tensor = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return [float(x) for x in tensor.cpu()]
+
+
 def all_sum(device: Any, values: list[float]) -> list[float]:
     import torch
     import torch.distributed as dist
@@ -203,23 +213,43 @@ def _shown(uri: str) -> str:
     return uri.rstrip("/").rsplit("/", 1)[-1] + ("/" if uri.endswith("/") else "")
 
 
+def _positions(me: Rank, name: str, val_name: str) -> tuple[list[int], list[int]]:
+    """The indices of the training and held-out records in their datasets (a validation file, or a seeded split)."""
+    spec, paths = me.spec, me.paths
+    total = data.count_records(paths.train_file, name)
+    if paths.validation_file is not None:
+        return list(range(total)), list(range(data.count_records(paths.validation_file, val_name)))
+    return data.split_positions(total, spec.validation_split, spec.training.seed)
+
+
 def setup_data(me: Rank, tokenizer: Any) -> Data:
+    """Each rank reads and tokenizes only its own share of the records (every world-th), so a node's memory holds
+    the dataset once, however many ranks it runs; the counts are summed across ranks."""
     spec = me.spec.dataset
     train_name = _shown(spec.train)
-    train_records, train_at = data.read_dataset(me.paths.train_file, train_name)
-    if me.paths.validation_file is not None:
-        val_records, val_at = data.read_dataset(me.paths.validation_file, _shown(spec.validation or "validation"))
-    else:  # a split of one dataset: errors still give each record's place in its file
-        keep, held = data.split_positions(len(train_records), me.spec.validation_split, me.spec.training.seed)
-        val_records, val_at = [train_records[i] for i in held], [train_at[i] for i in held]
-        train_records, train_at = [train_records[i] for i in keep], [train_at[i] for i in keep]
-    for name, records in (("training", train_records), ("held-out", val_records)):
-        if not records:
+    val_name = _shown(spec.validation) if spec.validation else train_name
+    train_pos, held_pos = _positions(me, train_name, val_name)
+    for name, positions in (("training", train_pos), ("held-out", held_pos)):
+        if not positions:
             raise TrainerFailure(Reason.EMPTY_DATASET, f"the {name} set has no records")
-    train_samples, train_counts = data.tokenize(train_records, spec, tokenizer, train_name, train_at)
-    val_samples, val_counts = data.tokenize(val_records, spec, tokenizer, train_name, val_at)
-    for name, samples, counts in (("training", train_samples, train_counts), ("held-out", val_samples, val_counts)):
-        if not samples:
+    mine_train, mine_held = set(train_pos[me.rank :: me.world]), set(held_pos[me.rank :: me.world])
+    if me.paths.validation_file is not None:
+        train_records, train_at, _ = data.read_dataset(me.paths.train_file, train_name, mine_train.__contains__)
+        val_records, val_at, _ = data.read_dataset(me.paths.validation_file, val_name, mine_held.__contains__)
+    else:  # one dataset split: errors still give each record's place in its file
+        wanted = mine_train | mine_held
+        records, origins, indices = data.read_dataset(me.paths.train_file, train_name, wanted.__contains__)
+        train = [k for k, i in enumerate(indices) if i in mine_train]
+        held = [k for k, i in enumerate(indices) if i in mine_held]
+        train_records, train_at = [records[k] for k in train], [origins[k] for k in train]
+        val_records, val_at = [records[k] for k in held], [origins[k] for k in held]
+    train_samples, mine_counts = data.tokenize(train_records, spec, tokenizer, train_name, train_at)
+    val_samples, mine_val_counts = data.tokenize(val_records, spec, tokenizer, val_name, val_at)
+    fields = len(mine_counts.values())
+    summed = all_sum(me.device, mine_counts.values() + mine_val_counts.values())
+    train_counts, val_counts = data.Counts.of(summed[:fields]), data.Counts.of(summed[fields:])
+    for name, counts in (("training", train_counts), ("held-out", val_counts)):
+        if not counts.samples:
             raise TrainerFailure(
                 Reason.EMPTY_DATASET,
                 f"the {name} set has no usable samples: {counts.records} records, {counts.dropped} dropped as too long, "
@@ -235,10 +265,20 @@ def setup_data(me: Rank, tokenizer: Any) -> Data:
         )
     train_rows = data.rows(train_samples, spec.maxSeqLength, packing)
     val_rows = data.rows(val_samples, spec.maxSeqLength, packing)
+    t = me.spec.training
+    accumulate, micro = t.gradientAccumulationSteps, t.microBatchSize
+    per_epoch = math.ceil(math.ceil(len(train_rows) / micro) / accumulate) * accumulate
+    batches, eval_count = all_max(me.device, [per_epoch, math.ceil(len(val_rows) / micro)])
+    if not train_rows:
+        raise TrainerFailure(
+            Reason.EMPTY_DATASET,
+            f"rank {me.rank} has no training samples: {train_counts.samples} samples for {me.world} ranks; use fewer "
+            "workers or processes",
+        )
     what = {
         "train": train_counts.as_dict(),
         "validation": val_counts.as_dict(),
-        "trainSequences": len(train_rows),
+        "trainSequences": int(all_sum(me.device, [len(train_rows)])[0]),
         "packing": packing,
         "modelType": family,
     }
@@ -250,12 +290,12 @@ def setup_data(me: Rank, tokenizer: Any) -> Data:
             print(
                 f"data: {c.records} training records -> {c.samples} samples ({c.kept_end} cut from the start, "
                 f"{c.truncated} cut from the end, {c.dropped} dropped, {c.empty} with nothing to learn; "
-                f"overlength: {spec.overlength_policy}), {len(train_rows)} sequences, packing {'on' if packing else 'off'}",
+                f"overlength: {spec.overlength_policy}), {what['trainSequences']} sequences, packing {'on' if packing else 'off'}",
                 file=sys.stdout,
                 flush=True,
             )
-    eval_batches = evaluate.shard_rows(val_rows, me.world, me.rank, me.spec.training.microBatchSize)
-    return Data(train_rows, eval_batches, what)
+    eval_batches = evaluate.local_batches(val_rows, micro, int(eval_count))
+    return Data(train_rows, eval_batches, what, int(batches))
 
 
 def deepspeed_config(me: Rank, on_gpu: bool) -> dict[str, Any]:
@@ -279,15 +319,14 @@ def deepspeed_config(me: Rank, on_gpu: bool) -> dict[str, Any]:
     return config
 
 
-def setup_engine(me: Rank, train_rows: int) -> Engine:
+def setup_engine(me: Rank, batches_per_epoch: int) -> Engine:
     import deepspeed
     from transformers import get_scheduler
 
     on_gpu = me.device.type == "cuda"
     t = me.spec.training
     config = deepspeed_config(me, on_gpu)
-    unit = me.world * t.microBatchSize * t.gradientAccumulationSteps
-    steps_per_epoch = max(1, math.ceil(train_rows / unit))
+    steps_per_epoch = max(1, batches_per_epoch // t.gradientAccumulationSteps)
     total_steps = t.maxSteps or t.epochs * steps_per_epoch
     warmup = t.warmupSteps if t.warmupSteps is not None else math.ceil(t.warmupRatio * total_steps)
     keep_alive = None
@@ -368,13 +407,11 @@ class Recipe:
             t = self.t
             self._epoch = (
                 epoch,
-                data.rank_micro_batches(
+                data.local_micro_batches(
                     self.data.train_rows,
                     micro=t.microBatchSize,
-                    world=self.me.world,
-                    rank=self.me.rank,
-                    multiple=t.gradientAccumulationSteps,
-                    seed=t.seed + epoch if self.me.spec.dataset.shuffle else None,
+                    count=self.data.batches_per_epoch,
+                    seed=t.seed + epoch + 7919 * self.me.rank if self.me.spec.dataset.shuffle else None,
                 ),
             )
         accumulate = self.t.gradientAccumulationSteps
@@ -698,7 +735,7 @@ def train(spec: FineTuneJobSpec, worker: WorkerEnv, paths: RankEnv) -> dict[str,
     tokenizer = load_tokenizer(paths.model_source, spec.model)
     batches = setup_data(me, tokenizer)
     clock.lap("read and tokenize data")
-    built = setup_engine(me, len(batches.train_rows))
+    built = setup_engine(me, batches.batches_per_epoch)
     clock.lap("load model, DeepSpeed init")
     return Recipe(me, store, tokenizer, batches, built, clock).train()
 
