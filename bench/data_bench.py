@@ -267,7 +267,7 @@ def main() -> None:
     parser.add_argument("--records", default="100000,1000000", help="dataset sizes for part 5")
     parser.add_argument("--ranks", default="1,2,4")
     parser.add_argument("--baseline-rev", default="d0f999c", help="the revision before rank-sharded tokenization")
-    parser.add_argument("--only", default="", help="run only these parts, e.g. 1,5")
+    parser.add_argument("--only", default="", help="1 (downloads alone), 5 (tokenizing alone); default: every part")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="kubetune-bench-data-"))
     s3 = start(work / "weed.log")
@@ -306,6 +306,9 @@ def main() -> None:
         print(
             f"   kubetune, checksums off (diagnostic only)         {best['unchecked']:8.1f} MiB/s   ratio {best['unchecked'] / best['plain']:.2f}"
         )
+
+        if only == {1}:
+            return
 
         # 2. cold, warm and restart: a tiny model padded with the synthetic shards' bytes, through `kubetune run`
         model_dir = tiny.save_tiny_model(work / "tiny")
