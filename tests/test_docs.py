@@ -29,7 +29,11 @@ def test_benchmark_script_starts() -> None:
     import subprocess
     import sys
 
-    for script, words in (("bench/trainer_bench.py", "side by side"), ("bench/operator_bench.py", "baseline")):
+    for script, words in (
+        ("bench/trainer_bench.py", "side by side"),
+        ("bench/operator_bench.py", "baseline"),
+        ("bench/data_bench.py", "side by side"),
+    ):
         result = subprocess.run([sys.executable, script, "--help"], cwd=ROOT, capture_output=True, text=True, timeout=120)
         assert result.returncode == 0 and words in result.stdout, script
 
