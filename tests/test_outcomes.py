@@ -3,18 +3,13 @@
 from __future__ import annotations
 
 import json
-import signal
-import subprocess
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from .conftest import ROOT
 from .s3server import S3Server
-from .test_resume import rank_process
-from .trainer_helpers import Outcome, command, environment, manifest, run
+from .trainer_helpers import manifest, run
 
 pytestmark = pytest.mark.trainer
 
@@ -75,31 +70,22 @@ def test_an_adapter_below_the_quality_gate_is_not_marked_done(s3: S3Server, stor
 
 
 def test_the_best_adapter_survives_a_gang_restart(s3: S3Server, stored: dict[str, str], tmp_path: Path) -> None:
-    """The best adapter is kept beside the checkpoints: a restart on a fresh node (a new work directory) still
-    writes the best one, not the last."""
+    """The best adapter is kept beside the checkpoints: a gang that died after its step-10 checkpoint, restarted on
+    a fresh node (a new work directory, so nothing local survives), still writes the best one, not the last."""
     out = "s3://adapters/outcomes/best-restart/"
     training = {"maxSteps": 12, "learningRate": 0.3, "evalEverySteps": 2, "checkpointEverySteps": 10}
     body = manifest("best-restart", s3, spec(stored, out, training))
     (tmp_path / "first").mkdir()
-    first = subprocess.Popen(  # checkpoints marked COMPLETE at once, so the kill lands before the run can finish
-        command(body, tmp_path / "first"),
-        env=environment(s3, tmp_path / "first", KUBETUNE_SYNC_CHECKPOINTS="1"),
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    deadline = time.monotonic() + 300
-    while first.poll() is None and time.monotonic() < deadline:
-        if "checkpoints/step-000010/COMPLETE" in s3.keys(out):
-            victim = rank_process(first.pid, "1")
-            if victim is not None:
-                victim.send_signal(signal.SIGKILL)
-                break
-        time.sleep(0.2)
-    stdout, _ = first.communicate(timeout=300)
-    evals = {e["step"]: e["evalLoss"] for e in Outcome(first.returncode, stdout, "").of("eval") if e["model"] == "adapter"}
-    assert first.returncode != 0 and 10 in evals, stdout[-2000:]
-    best = min(evals, key=lambda s: evals[s])  # evaluated before the restart; the second run's steps 11-12 climb
+    first = run(body, s3, tmp_path / "first")
+    assert first.returncode == 0, first.stdout[-2000:]
+    evals = {e["step"]: e["evalLoss"] for e in first.of("eval") if e["model"] == "adapter"}
+    best = min(evals, key=lambda s: evals[s])
+    assert best <= 10, f"the loss still fell at step 12: {evals}"  # the best was evaluated before the checkpoint
+    # the gang "dies" after its step-10 checkpoint: what a finished run adds beyond it is not there
+    client = s3.client()
+    client.delete_object(Bucket="adapters", Key="outcomes/best-restart/_SUCCESS")
+    for key in [k for k in s3.keys(out) if k.startswith("adapter/")]:
+        client.delete_object(Bucket="adapters", Key=f"outcomes/best-restart/{key}")
     (tmp_path / "second").mkdir()
     second = run(body, s3, tmp_path / "second")
     assert second.returncode == 0, second.stdout[-2000:] + second.stderr[-2000:]

@@ -618,7 +618,7 @@ class Recipe:
             upload.thread.start()
         upload.stall = time.monotonic() - started
         self.upload = upload
-        if self.synchronous_checkpoints:
+        if self.synchronous_checkpoints or not remote:  # written where it belongs already: complete at once
             self.settle_upload()
 
     def settle_upload(self) -> None:
