@@ -138,31 +138,23 @@ def job(name: str, s3: S3Server, model: str, train: Path, out: str, **training: 
     }
 
 
+def start_run(body: dict[str, Any], work: Path, env: dict[str, str], cwd: Path, processes: int | None = None) -> Any:
+    """`kubetune run` of the manifest, JSON progress on a pipe, the log in its work directory."""
+    name = body["metadata"]["name"]
+    manifest = work / f"{name}.yaml"
+    manifest.write_text(dump(body))
+    command = [sys.executable, "-m", "kubetune_cli", "run", str(manifest), "--progress", "json", "--work-dir", str(work / name)]
+    if processes is not None:
+        command += ["--processes", str(processes)]
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env, cwd=cwd)
+
+
 def kubetune_run(
     body: dict[str, Any], s3: S3Server, work: Path, env: dict[str, str]
 ) -> tuple[list[dict[str, Any]], float | None, float]:
     """Events printed by `kubetune run`, the seconds to its first progress line, and the whole run's seconds."""
-    manifest = work / f"{body['metadata']['name']}.yaml"
-    manifest.write_text(dump(body))
     started = time.monotonic()
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "kubetune_cli",
-            "run",
-            str(manifest),
-            "--progress",
-            "json",
-            "--work-dir",
-            str(work / body["metadata"]["name"]),
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-        env={**os.environ, **s3.env, **env},
-        cwd=ROOT,
-    )
+    process = start_run(body, work, {**os.environ, **s3.env, **env}, ROOT)
     events, first = [], None
     assert process.stdout is not None
     for line in process.stdout:
@@ -184,31 +176,10 @@ def peak_rss(body: dict[str, Any], s3: S3Server, work: Path, processes: int, pyt
     """(peak resident MiB of the largest rank, seconds to read and tokenize) of a one-step `kubetune run`."""
     import psutil
 
-    manifest = work / "rss.yaml"
-    manifest.write_text(dump(body))
     env = {**os.environ, **s3.env}
     if pythonpath:
         env["PYTHONPATH"] = pythonpath
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "kubetune_cli",
-            "run",
-            str(manifest),
-            "--processes",
-            str(processes),
-            "--progress",
-            "json",
-            "--work-dir",
-            str(work / "rss"),
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-        env=env,
-        cwd=work,
-    )
+    process = start_run(body, work, env, work, processes)  # outside the checkout: PYTHONPATH picks the revision
     peak = 0.0
     import threading
 

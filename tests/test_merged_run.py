@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -70,23 +71,22 @@ def test_zero3_run_writes_a_merged_model_with_the_adapters_logits(s3: S3Server, 
     assert "_SUCCESS" in s3.keys(out)
 
 
-def mixtral_dir(tmp: Path) -> Path:
-    return Path(save_with_byte_tokenizer("mixtral", tmp / "tiny-mixtral"))
+def mixtral_job(name: str, s3: S3Server, tmp: Path, records: int, spec: dict[str, Any]) -> dict[str, Any]:
+    """A job on a tiny Mixtral with local data and output; `spec` adds to and overrides the sections."""
+    train = tiny.write_jsonl(tmp / "train.jsonl", tiny.records(records, seed=1))
+    base: dict[str, Any] = {
+        "model": {"uri": str(save_with_byte_tokenizer("mixtral", tmp / "tiny-mixtral"))},
+        "dataset": {"train": str(train), "maxSeqLength": 128},
+        "output": {"uri": str(tmp / "out")},
+    }
+    for section, value in spec.items():
+        base[section] = {**base.get(section, {}), **value}
+    return manifest(name, s3, base)
 
 
 def test_a_mixtral_trains_with_the_defaults_and_records_the_dropout_it_used(s3: S3Server, tmp_path: Path) -> None:
-    train = tiny.write_jsonl(tmp_path / "train.jsonl", tiny.records(120, seed=1))
-    body = manifest(
-        "mixtral",
-        s3,
-        {
-            "model": {"uri": str(mixtral_dir(tmp_path))},
-            "dataset": {"train": str(train), "maxSeqLength": 128},
-            "training": {"maxSteps": 3, "evalEverySteps": 0, "checkpointEverySteps": 0},
-            "deepspeed": {"zeroStage": 3},
-            "output": {"uri": str(tmp_path / "out")},
-        },
-    )
+    training = {"maxSteps": 3, "evalEverySteps": 0, "checkpointEverySteps": 0}
+    body = mixtral_job("mixtral", s3, tmp_path, 120, {"training": training, "deepspeed": {"zeroStage": 3}})
     outcome = run(body, s3, tmp_path)
     assert outcome.returncode == 0, outcome.stdout[-3000:] + outcome.stderr[-3000:]
     (notice,) = [n for n in outcome.of("notice") if "lora.dropout" in n["message"]]
@@ -98,17 +98,7 @@ def test_a_mixtral_trains_with_the_defaults_and_records_the_dropout_it_used(s3: 
 
 
 def test_a_merge_that_cannot_happen_fails_before_training(s3: S3Server, tmp_path: Path) -> None:
-    train = tiny.write_jsonl(tmp_path / "train.jsonl", tiny.records(60, seed=1))
-    body = manifest(
-        "cannot-merge",
-        s3,
-        {
-            "model": {"uri": str(mixtral_dir(tmp_path))},
-            "dataset": {"train": str(train), "maxSeqLength": 128},
-            "training": {"maxSteps": 3},
-            "output": {"uri": str(tmp_path / "out"), "merged": True},
-        },
-    )
+    body = mixtral_job("cannot-merge", s3, tmp_path, 60, {"training": {"maxSteps": 3}, "output": {"merged": True}})
     outcome = run(body, s3, tmp_path, processes=1)
     assert outcome.returncode == 1 and outcome.summary["reason"] == "CannotMerge"
     assert "fused expert parameters" in outcome.summary["message"]

@@ -12,21 +12,18 @@ import pytest
 from boto3.s3.transfer import TransferConfig
 
 from kubetune_api.conditions import Reason
-from kubetune_api.storage import StorageSpec
 from kubetune_trainer.model_cache import ModelCache, fetch_model, multipart_matches
 from kubetune_trainer.storage import Store
 
 from .s3server import S3Server
+from .trainer_helpers import store_for
 
 BIG = 1 << 30
 
 
 @pytest.fixture
 def store(s3: S3Server, monkeypatch: pytest.MonkeyPatch) -> Store:
-    for key, value in s3.env.items():
-        monkeypatch.setenv(key, value)
-    s3.bucket("cache")
-    return Store(StorageSpec(endpoint=s3.endpoint, region="us-east-1", addressingStyle="path"))
+    return store_for(s3, monkeypatch, "cache")
 
 
 def model(s3: S3Server, name: str, size: int = 300_000) -> tuple[str, dict[str, bytes]]:

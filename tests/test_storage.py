@@ -12,12 +12,12 @@ from pathlib import Path
 import pytest
 
 from kubetune_api.conditions import Reason
-from kubetune_api.storage import StorageSpec
 from kubetune_trainer import storage_s3
 from kubetune_trainer.errors import TrainerFailure
 from kubetune_trainer.storage import BACKENDS, Store, scheme
 
 from .s3server import S3Server
+from .trainer_helpers import store_for
 
 PART = 64 << 10
 
@@ -25,10 +25,7 @@ PART = 64 << 10
 @pytest.fixture
 def store(s3: S3Server, monkeypatch: pytest.MonkeyPatch) -> Store:
     monkeypatch.setattr(storage_s3, "PART_BYTES", PART)  # small parts: several per object at test sizes
-    for key, value in s3.env.items():
-        monkeypatch.setenv(key, value)
-    s3.bucket("storage")
-    return Store(StorageSpec(endpoint=s3.endpoint, region="us-east-1", addressingStyle="path"))
+    return store_for(s3, monkeypatch, "storage")
 
 
 def put_model(s3: S3Server, prefix: str) -> dict[str, bytes]:

@@ -70,6 +70,17 @@ def command(body: dict[str, Any], tmp: Path, processes: int = 2) -> list[str]:
     ]
 
 
+def store_for(s3: S3Server, monkeypatch: Any, bucket: str) -> Any:
+    """The trainer's Store on the test S3 server, with the credentials in the environment as a pod has them."""
+    from kubetune_api.storage import StorageSpec
+    from kubetune_trainer.storage import Store
+
+    for key, value in s3.env.items():
+        monkeypatch.setenv(key, value)
+    s3.bucket(bucket)
+    return Store(StorageSpec(endpoint=s3.endpoint, region="us-east-1", addressingStyle="path"))
+
+
 def environment(s3: S3Server, tmp: Path, **extra: str) -> dict[str, str]:
     return {**os.environ, **s3.env, "KUBETUNE_CACHE": str(tmp / "cache"), **extra}
 

@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 
 from kubetune_api.conditions import Reason
-from kubetune_api.storage import StorageSpec
 from kubetune_trainer.errors import TrainerFailure
 from kubetune_trainer.storage import Store, file_digest, safe_target
 
 from ..s3server import S3Server
+from ..trainer_helpers import store_for
 
 EVIL_KEYS = [
     "../../../../tmp/.local/lib/python3.11/site-packages/evil.pth",
@@ -37,10 +37,7 @@ def s3(moto_s3: S3Server) -> S3Server:
 
 @pytest.fixture
 def store(s3: S3Server, monkeypatch: pytest.MonkeyPatch) -> Store:
-    for key, value in s3.env.items():
-        monkeypatch.setenv(key, value)
-    s3.bucket("attacks")
-    return Store(StorageSpec(endpoint=s3.endpoint, region="us-east-1", addressingStyle="path"))
+    return store_for(s3, monkeypatch, "attacks")
 
 
 @pytest.mark.parametrize("evil", EVIL_KEYS)

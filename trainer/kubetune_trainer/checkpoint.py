@@ -102,8 +102,9 @@ def check_identity(info: dict[str, Any], mine: dict[str, str], where: str) -> No
 
 @contextlib.contextmanager
 def safe_loading() -> Iterator[None]:
-    """Within this block every torch.load reads tensors and plain data only: DeepSpeed's engines ask for
-    weights_only=False, which would run any pickle a writer of the bucket left there."""
+    """Within this block every torch.load is forced to weights_only mode (tensors and plain data, plus the four
+    allow-listed DeepSpeed classes): DeepSpeed's engines ask torch.load for full unpickling, which would run any
+    pickle a writer of the bucket left there; that request is overridden here, never honoured."""
     import importlib
 
     import torch

@@ -86,12 +86,16 @@ def read_records(path: Path, name: str, keep: Callable[[int], bool] | None = Non
     """Records from .jsonl, .json (a list) or .parquet, each optionally .gz or .zst compressed; JSON text may start
     with a UTF-8 byte-order mark and use CRLF line ends. A malformed record stops the run with its position.
     `keep(index)`: only those records (0-based) are returned, and JSONL is streamed, the others never parsed."""
-    return [record for _, record in read_indexed(path, name, keep)]
+    return [record for _, record in read_indexed(path, name, keep)[0]]
 
 
-def read_indexed(path: Path, name: str, keep: Callable[[int], bool] | None = None) -> list[tuple[int, dict[str, Any]]]:
-    """(index, record) of the records `keep` selects; JSONL line by line, so memory holds only those."""
+def read_indexed(
+    path: Path, name: str, keep: Callable[[int], bool] | None = None
+) -> tuple[list[tuple[int, dict[str, Any]]], int]:
+    """(index, record) of the records `keep` selects, and how many records the file holds; JSONL line by line, so
+    memory holds only the selected ones."""
     fmt, stream = _open(path, name)
+    total = 0
     chosen = keep or (lambda _: True)
     out: list[tuple[int, Any]] = []
     if fmt == ".parquet":
@@ -103,7 +107,7 @@ def read_indexed(path: Path, name: str, keep: Callable[[int], bool] | None = Non
                 rows = pq.read_table(pa.BufferReader(stream.read())).to_pylist()
         except Exception as exc:  # pyarrow raises several types for a bad file
             raise TrainerFailure(Reason.BAD_RECORD, f"{name}: not a readable Parquet file: {exc}") from exc
-        out = [(i, r) for i, r in enumerate(rows) if chosen(i)]
+        out, total = [(i, r) for i, r in enumerate(rows) if chosen(i)], len(rows)
     elif fmt == ".json":
         text = _text(stream, name)
         try:
@@ -112,7 +116,7 @@ def read_indexed(path: Path, name: str, keep: Callable[[int], bool] | None = Non
             raise TrainerFailure(Reason.BAD_RECORD, f"{name}: invalid JSON at line {exc.lineno}: {exc.msg}") from exc
         if not isinstance(data, list):
             raise TrainerFailure(Reason.BAD_RECORD, f"{name}: a .json dataset must be a list of objects")
-        out = [(i, r) for i, r in enumerate(data) if chosen(i)]
+        out, total = [(i, r) for i, r in enumerate(data) if chosen(i)], len(data)
     else:
         index = -1
         for number, line in enumerate(_lines(stream, name), start=1):
@@ -125,12 +129,13 @@ def read_indexed(path: Path, name: str, keep: Callable[[int], bool] | None = Non
                 out.append((index, json.loads(line)))
             except json.JSONDecodeError as exc:
                 raise TrainerFailure(Reason.BAD_RECORD, f"{name} line {number}: invalid JSON: {exc.msg}") from exc
+        total = index + 1
     for index, record in out:
         if not isinstance(record, dict):
             raise TrainerFailure(
                 Reason.BAD_RECORD, f"{name} record {index + 1}: must be a JSON object, got {type(record).__name__}"
             )
-    return out
+    return out, total
 
 
 def count_records(path: Path, name: str) -> int:
@@ -156,7 +161,7 @@ def _count_structured(path: Path, name: str, fmt: str) -> int:
                 return int(pq.read_metadata(pa.BufferReader(stream.read())).num_rows)
         except Exception as exc:
             raise TrainerFailure(Reason.BAD_RECORD, f"{name}: not a readable Parquet file: {exc}") from exc
-    return len(read_indexed(path, name))
+    return read_indexed(path, name, lambda _: False)[1]
 
 
 def _lines(stream: Any, name: str) -> Iterator[str]:
@@ -190,7 +195,7 @@ def read_dataset(
     directory in name order; where each came from (the shard's name and the record's place in it); and each
     one's index in the whole dataset."""
     if not path.is_dir():
-        found = read_indexed(path, name, keep)
+        found, _ = read_indexed(path, name, keep)
         return [r for _, r in found], [(name, i) for i, _ in found], [i for i, _ in found]
     shards = shards_of(path)
     if not shards:
@@ -201,16 +206,14 @@ def read_dataset(
     offset = 0
     for shard in shards:
         shard_name = f"{name.rstrip('/')}/{shard.relative_to(path)}"
-        count = count_records(shard, shard_name) if keep is not None else None
-        base = offset
         shard_keep: Callable[[int], bool] | None = None
         if keep is not None:
-            shard_keep = functools.partial(lambda start, i: keep(start + i), base)
-        found = read_indexed(shard, shard_name, shard_keep)
+            shard_keep = functools.partial(lambda start, i: keep(start + i), offset)
+        found, count = read_indexed(shard, shard_name, shard_keep)
         records += [r for _, r in found]
         origins += [(shard_name, i) for i, _ in found]
-        indices += [base + i for i, _ in found]
-        offset += count if count is not None else (max((i for i, _ in found), default=-1) + 1)
+        indices += [offset + i for i, _ in found]
+        offset += count
     return records, origins, indices
 
 

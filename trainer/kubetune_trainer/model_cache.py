@@ -25,8 +25,7 @@ from typing import Any
 
 from kubetune_api.conditions import Reason
 
-from .errors import TrainerFailure
-from .storage import Store, fingerprint, human_bytes, join
+from .storage import Store, check_room, fingerprint, human_bytes, join
 from .storage_base import CHUNK_MIB, Fetch, Object, is_md5, md5, safe_target
 
 ENV_ROOT = "KUBETUNE_MODEL_CACHE"  # the cache directory (the chart's hostPath or PVC mount); default: the pod's cache
@@ -149,7 +148,7 @@ class ModelCache:
                     except BlockingIOError:
                         private = self.root / f"{key}.private-{os.getpid()}"  # in use: a copy of our own
                         return self._fill(store, uri, objects, private, what, fd, private=True)
-                    return self._fill(store, uri, objects, entry, what, fd)
+                    return self._fill(store, uri, objects, entry, what, fd, known=(bad, cached, verify_seconds))
                 fcntl.flock(fd, fcntl.LOCK_UN)
                 if not self._writer(fd, entry):
                     continue  # another pod finished it meanwhile: verify and share it
@@ -197,11 +196,12 @@ class ModelCache:
         fd: int,
         rename_to: Path | None = None,
         private: bool = False,
+        known: tuple[list[Fetch], int, float] | None = None,
     ) -> Entry:
         """Fetch into `directory` what it lacks (holding the lock exclusively unless private), mark it complete,
-        move it into place, and hold the entry shared."""
+        move it into place, and hold the entry shared. `known`: the verification of `directory` just made."""
         directory.mkdir(parents=True, exist_ok=True)
-        bad, cached, verify_seconds = self._verify(directory, uri, objects)
+        bad, cached, verify_seconds = known if known is not None else self._verify(directory, uri, objects)
         self.make_room(sum(f.size for f in bad), keep=directory.name.split(".")[0])
         started = time.monotonic()
         moved = store.backend(uri).fetch(bad, Reason.MODEL_MISSING, what) if bad else 0
@@ -281,11 +281,5 @@ class ModelCache:
 def fetch_model(store: Store, uri: str, cache: ModelCache, max_bytes: int) -> Entry:
     """List the model prefix (with the job's credentials), check its size, then take it from the cache."""
     objects = store.listing(uri, Reason.MODEL_MISSING, "base model")
-    total = sum(o.size for o in objects)
-    if total > max_bytes:
-        raise TrainerFailure(
-            Reason.MODEL_TOO_LARGE,
-            f"base model at {uri} is {human_bytes(total)} ({len(objects)} objects), more than the worker's cache holds "
-            f"({human_bytes(max_bytes)}): raise workers.cacheSize (within the platform policy) or use a smaller base model",
-        )
+    check_room(objects, uri, "base model", max_bytes, Reason.MODEL_TOO_LARGE)
     return cache.fetch(store, uri, objects)

@@ -36,10 +36,9 @@ def data_digest(path: Path) -> str:
     """A file's SHA-256; for a directory of shards, the SHA-256 of its (name, SHA-256) list."""
     if not path.is_dir():
         return file_digest(path, "sha256")
-    from .data import is_data_file
+    from .data import shards_of
 
-    shards = sorted(p for p in path.rglob("*") if p.is_file() and is_data_file(str(p.relative_to(path))))
-    listing = [(str(p.relative_to(path)), file_digest(p, "sha256")) for p in shards]
+    listing = [(str(p.relative_to(path)), file_digest(p, "sha256")) for p in shards_of(path)]
     return hashlib.sha256(json.dumps(listing).encode()).hexdigest()
 
 

@@ -93,7 +93,7 @@ class Store:
         too_large: Reason = Reason.TRAINER_ERROR,
         keep: Callable[[str], bool] | None = None,
     ) -> Path:
-        """Mirror a prefix into dest, concurrently and verified (sizes, and MD5 where the ETag is one); reused when
+        """Mirror a prefix into dest, concurrently and verified (sizes and checksums, storage_s3.py); reused when
         already complete. Every key is checked before anything is fetched (safe_target), and so is the total
         against max_bytes. A local prefix is read where it is."""
         backend = self.backend(uri)
@@ -105,13 +105,8 @@ class Store:
         objects = self.listing(uri, missing, what, keep)
         dest.mkdir(parents=True, exist_ok=True)
         targets = [safe_target(dest, o.relative, join(uri, o.relative)) for o in objects]
-        total = sum(o.size for o in objects)
-        if max_bytes is not None and total > max_bytes:
-            raise TrainerFailure(
-                too_large,
-                f"{what} at {uri} is {human_bytes(total)} ({len(objects)} objects), more than the worker's cache holds "
-                f"({human_bytes(max_bytes)}): raise workers.cacheSize (within the platform policy) or use a smaller {what}",
-            )
+        if max_bytes is not None:
+            check_room(objects, uri, what, max_bytes, too_large)
         marker = dest / ".kubetune-complete"
         if marker.is_file() and marker.read_text() == fingerprint(objects):
             return dest
@@ -146,6 +141,17 @@ class Store:
 
     def delete_prefix(self, uri: str) -> None:
         self.backend(uri).delete_prefix(uri)
+
+
+def check_room(objects: Objects, uri: str, what: str, max_bytes: int, too_large: Reason) -> None:
+    """Refuse, from the listing and before a byte is fetched, a prefix larger than the room the worker has."""
+    total = sum(o.size for o in objects)
+    if total > max_bytes:
+        raise TrainerFailure(
+            too_large,
+            f"{what} at {uri} is {human_bytes(total)} ({len(objects)} objects), more than the worker's cache holds "
+            f"({human_bytes(max_bytes)}): raise workers.cacheSize (within the platform policy) or use a smaller {what}",
+        )
 
 
 def fingerprint(objects: Objects) -> str:
