@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH := torch==2.13.0
 
-.PHONY: help setup quickstart test test-fast lint generate bench bench-data testbed
+.PHONY: help setup quickstart test test-fast lint generate bench bench-data bench-memory testbed
 
 help: ## list the commands
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -44,6 +44,9 @@ generate: ## regenerate the CRD, the API reference and the quickstart's tiny mod
 	$(VENV)/bin/kubetune admission-policy > charts/kubetune/templates/admission-policy.yaml
 	$(VENV)/bin/kubetune reference > docs/api.md
 	$(PY) -c "from pathlib import Path; from kubetune_trainer.tiny import write_quickstart; write_quickstart(Path('examples/quickstart'))"
+
+bench-memory: ## the memory estimate beside measured peaks, case by case (CPU; --gpu on a GPU machine)
+	$(PY) bench/memory_bench.py
 
 bench-data: ## the data-path benchmark against a real S3 server: downloads, the node cache, checkpoint stalls, fixed costs
 	$(PY) bench/data_bench.py

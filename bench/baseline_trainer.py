@@ -1,6 +1,7 @@
 """The plain baseline a user would write: transformers Trainer + peft LoRA, padding to the longest sample, one process.
 
-Run by trainer_bench.py: `python bench/baseline_trainer.py WORKDIR EPOCHS LR BATCH` prints one JSON line.
+Run by trainer_bench.py: `python bench/baseline_trainer.py WORKDIR EPOCHS LR BATCH [gpu]` prints one JSON line
+(gpu: bf16 on the first GPU).
 """
 
 from __future__ import annotations
@@ -20,12 +21,14 @@ from kubetune_trainer import data, evaluate
 
 def main() -> None:
     work, epochs, lr, batch = Path(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4])
-    torch.set_num_threads(2)
+    gpu = sys.argv[5:] == ["gpu"]
+    if not gpu:
+        torch.set_num_threads(2)
     tokenizer = AutoTokenizer.from_pretrained(work / "model")
     spec = DatasetSpec.model_validate({"train": "./t.jsonl", "maxSeqLength": 256, "packing": False})
     train, _ = data.tokenize(data.read_records(work / "train.jsonl", "train"), spec, tokenizer, "train")
     held, _ = data.tokenize(data.read_records(work / "val.jsonl", "val"), spec, tokenizer, "val")
-    model = AutoModelForCausalLM.from_pretrained(work / "model", dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(work / "model", dtype=torch.bfloat16 if gpu else torch.float32)
     torch.manual_seed(42)  # the same LoRA initialisation as kubetune's (training.seed)
     model = get_peft_model(
         model, LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM")
@@ -43,7 +46,8 @@ def main() -> None:
         save_strategy="no",
         report_to=[],
         disable_tqdm=True,
-        use_cpu=True,
+        use_cpu=not gpu,
+        bf16=gpu,
         seed=42,
         dataloader_num_workers=0,
     )
@@ -56,7 +60,10 @@ def main() -> None:
     model.eval()
     rows = data.rows(held, 256, packing=False)
     sums = evaluate.eval_sums(
-        lambda inputs: model(**inputs, use_cache=False).logits, evaluate.shard_rows(rows, 1, 0, 8), tokenizer.pad_token_id, "cpu"
+        lambda inputs: model(**inputs, use_cache=False).logits,
+        evaluate.shard_rows(rows, 1, 0, 8),
+        tokenizer.pad_token_id,
+        model.device,
     )
     print(
         json.dumps(

@@ -6,6 +6,7 @@ Prints useful (non-padding) tokens/s for each and their ratio, the held-out loss
 parameter and optimizer-state memory of ZeRO-3 against plain data parallel with two ranks.
 
   .venv/bin/python bench/trainer_bench.py [--records 3000] [--epochs 2]     (or: make bench)
+  python bench/trainer_bench.py --gpu --records 20000 --epochs 1             one GPU, bf16, a 0.5B model
 """
 
 from __future__ import annotations
@@ -24,9 +25,18 @@ from kubetune_trainer import tiny
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = {"hidden": 256, "layers": 4, "heads": 8}
+# on a GPU: a Llama-shaped model of about 0.5B parameters, bf16, random weights
+GPU_MODEL = {
+    "config_class": "LlamaConfig",
+    "hidden_size": 2048,
+    "num_hidden_layers": 12,
+    "num_attention_heads": 16,
+    "num_key_value_heads": 8,
+    "intermediate_size": 5632,
+}
 
 
-def kubetune(work: Path, epochs: int, lr: float) -> dict[str, float]:
+def kubetune(work: Path, epochs: int, lr: float, gpu: bool = False) -> dict[str, float]:
     body = {
         "apiVersion": "kubetune.dev/v1alpha1",
         "kind": "FineTuneJob",
@@ -36,20 +46,21 @@ def kubetune(work: Path, epochs: int, lr: float) -> dict[str, float]:
             "dataset": {
                 "train": str(work / "train.jsonl"),
                 "validation": str(work / "val.jsonl"),
-                "maxSeqLength": 192,
+                "maxSeqLength": 1024 if gpu else 192,
                 "packing": True,
             },
             "lora": {"r": 16, "alpha": 32, "dropout": 0.0},
             "training": {
                 "epochs": epochs,
                 "learningRate": lr,
-                "microBatchSize": 1,  # one packed row of up to 192 tokens per rank: about as many samples per step as the baseline
+                # CPU: one packed row of up to 192 tokens per rank, about as many samples per step as the baseline
+                "microBatchSize": 1,
                 "evalEverySteps": 0,
                 "checkpointEverySteps": 0,
                 "logEverySteps": 1000,
             },
             "deepspeed": {"zeroStage": 2},
-            "workers": {"replicas": 2, "gpusPerWorker": 0},
+            "workers": {"replicas": 1, "gpusPerWorker": 1} if gpu else {"replicas": 2, "gpusPerWorker": 0},
             "output": {"uri": str(work / "kubetune-out"), "overwrite": True},
         },
     }
@@ -65,6 +76,8 @@ def kubetune(work: Path, epochs: int, lr: float) -> dict[str, float]:
     )
     metrics = json.loads((work / "kubetune-out" / "metrics.json").read_text())
     return {
+        "peakMemoryBytes": metrics["train"].get("peakMemoryBytes", 0),
+        "estimatedMemoryBytes": metrics["train"].get("estimatedMemoryBytes", 0),
         "usefulTokensPerSecond": metrics["train"]["usefulTokensPerSecond"],
         "evalLoss": metrics["final"]["evalLoss"],
         "steps": metrics["train"]["steps"],
@@ -72,9 +85,17 @@ def kubetune(work: Path, epochs: int, lr: float) -> dict[str, float]:
     }
 
 
-def baseline(work: Path, epochs: int, lr: float) -> dict[str, float]:
+def baseline(work: Path, epochs: int, lr: float, gpu: bool = False) -> dict[str, float]:
     out = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "baseline_trainer.py"), str(work), str(epochs), str(lr), "8"],
+        [
+            sys.executable,
+            str(ROOT / "bench" / "baseline_trainer.py"),
+            str(work),
+            str(epochs),
+            str(lr),
+            "8",
+            *(["gpu"] if gpu else []),
+        ],
         check=True,
         capture_output=True,
         text=True,
@@ -110,23 +131,38 @@ def main() -> None:
     parser.add_argument("--records", type=int, default=3000)
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--gpu", action="store_true", help="one GPU, bf16, NCCL: a 0.5B Llama-shaped model")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="kubetune-bench-"))
-    tiny.save_tiny_model(work / "model", **MODEL, seed=0)
+    if args.gpu:
+        import torch
+
+        tiny.save_config_model(work / "model", dtype="bfloat16", **GPU_MODEL)
+        where = f"{torch.cuda.get_device_name()}, bf16"
+        print(f"model: Llama {GPU_MODEL}, {args.records} records, {args.epochs} epochs, lr {args.lr}, {where}")
+    else:
+        tiny.save_tiny_model(work / "model", **MODEL, seed=0)
+        print(
+            f"model: tiny Llama {MODEL}, {args.records} variable-length records, {args.epochs} epochs, lr {args.lr}, 2 CPU cores"
+        )
     tiny.write_jsonl(work / "train.jsonl", tiny.records(args.records, seed=11))
     tiny.write_jsonl(work / "val.jsonl", tiny.records(300, seed=12))
-    print(f"model: tiny Llama {MODEL}, {args.records} variable-length records, {args.epochs} epochs, lr {args.lr}, 2 CPU cores")
-    ours = kubetune(work, args.epochs, args.lr)
-    base = baseline(work, args.epochs, args.lr)
+    ours = kubetune(work, args.epochs, args.lr, args.gpu)
+    base = baseline(work, args.epochs, args.lr, args.gpu)
     print(f"{'':38}{'useful tok/s':>14}{'held-out loss':>15}{'steps':>7}")
     print(
         f"{'transformers Trainer + peft (1 proc)':38}{base['usefulTokensPerSecond']:>14.0f}{base['evalLoss']:>15.4f}{base['steps']:>7}"
     )
-    print(
-        f"{'kubetune (2 procs, ZeRO-2, packing)':38}{ours['usefulTokensPerSecond']:>14.0f}{ours['evalLoss']:>15.4f}{ours['steps']:>7}"
-    )
+    name = "kubetune (1 GPU, ZeRO-2, packing)" if args.gpu else "kubetune (2 procs, ZeRO-2, packing)"
+    print(f"{name:38}{ours['usefulTokensPerSecond']:>14.0f}{ours['evalLoss']:>15.4f}{ours['steps']:>7}")
     print(f"throughput ratio kubetune/baseline: {ours['usefulTokensPerSecond'] / base['usefulTokensPerSecond']:.2f}x")
     print(f"held-out loss difference kubetune - baseline: {ours['evalLoss'] - base['evalLoss']:+.4f} (negative is better)")
+    if args.gpu:
+        peak, guess = ours["peakMemoryBytes"], ours["estimatedMemoryBytes"]
+        print(
+            f"kubetune peak GPU memory {peak / 2**30:.2f} GiB (torch.cuda.max_memory_allocated), estimate {guess / 2**30:.2f} GiB"
+        )
+        return
     dp, z3 = memory(work, 0), memory(work, 3)
     print("per-rank bytes after one step (parameters, optimizer state), two ranks:")
     for name, ranks in (("plain data parallel", dp), ("ZeRO-3", z3)):

@@ -33,6 +33,7 @@ def test_benchmark_script_starts() -> None:
         ("bench/trainer_bench.py", "side by side"),
         ("bench/operator_bench.py", "baseline"),
         ("bench/data_bench.py", "side by side"),
+        ("bench/memory_bench.py", "beside the measured peak"),
     ):
         result = subprocess.run([sys.executable, script, "--help"], cwd=ROOT, capture_output=True, text=True, timeout=120)
         assert result.returncode == 0 and words in result.stdout, script

@@ -97,6 +97,27 @@ def save_tiny_model(directory: Path, **kwargs: Any) -> Path:
     return directory
 
 
+def save_config_model(directory: Path, config_class: str, dtype: str = "float32", **config: Any) -> Path:
+    """A model of any transformers family built from a config (random weights), with the byte tokenizer: e.g.
+    save_config_model(d, "Qwen2Config", hidden_size=512, vocab_size=32000). The vocabulary is at least the
+    tokenizer's; extra rows are never looked up."""
+    import torch
+    import transformers
+
+    tokenizer = byte_tokenizer()
+    config.setdefault("vocab_size", len(tokenizer))
+    config["vocab_size"] = max(config["vocab_size"], len(tokenizer))
+    made = getattr(transformers, config_class)(
+        pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, **config
+    )
+    torch.manual_seed(0)
+    model = transformers.AutoModelForCausalLM.from_config(made, dtype=getattr(torch, dtype))
+    directory.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
 def _task(rng: random.Random) -> tuple[str, str]:
     kind = rng.randrange(4)
     words = [rng.choice(WORDS) for _ in range(rng.randint(1, 6))]

@@ -25,8 +25,9 @@ from typing import Any
 from kubetune_api.conditions import Reason
 from kubetune_api.contract import RankFailure, WorkerEnv
 from kubetune_api.job import FineTuneJobSpec
+from kubetune_api.memory import bucket_elements
 
-from . import checkpoint, data, evaluate, merge, outputs, spec_io
+from . import checkpoint, data, evaluate, merge, meter, outputs, spec_io
 from .errors import TrainerFailure
 from .model import PACKING_FAMILIES, add_lora, load_model, load_tokenizer, model_type
 from .rank_env import RankEnv
@@ -351,6 +352,8 @@ def setup_engine(me: Rank, batches_per_epoch: int) -> Engine:
             "lora.targetModules (q_proj, k_proj, v_proj, o_proj) or set output.merged: false",
         )
     params = [p for p in model.parameters() if p.requires_grad]
+    # DeepSpeed allocates its gradient buckets at full size: sized to the adapter, a LoRA run keeps the difference
+    config["zero_optimization"]["reduce_bucket_size"] = bucket_elements(sum(p.numel() for p in params))
     schedule = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}[t.scheduler]
 
     def scheduler(optimizer: Any) -> Any:
@@ -366,9 +369,19 @@ def setup_engine(me: Rank, batches_per_epoch: int) -> Engine:
 class Recipe:
     """Trains one LoRA adapter: built from what the set-up steps returned; `train` runs the loop."""
 
-    def __init__(self, me: Rank, store: Store, tokenizer: Any, batches: Data, built: Engine, clock: Clock | None = None) -> None:
+    def __init__(
+        self,
+        me: Rank,
+        store: Store,
+        tokenizer: Any,
+        batches: Data,
+        built: Engine,
+        clock: Clock | None = None,
+        memory: meter.Meter | None = None,
+    ) -> None:
         self.me, self.store, self.tokenizer, self.data, self.built = me, store, tokenizer, batches, built
         self.clock = clock or Clock(False)
+        self.meter = memory or meter.Meter(me.device)
         self.engine = built.engine
         self.t = me.spec.training
         self.record = Record()
@@ -488,6 +501,7 @@ class Recipe:
 
     def train(self) -> dict[str, Any]:
         start = self.resume()
+        self.meter.mark()
         self.clock.lap("resume")
         if not self.record.base:
             self.record.base = self.evaluate(adapter=False)
@@ -504,6 +518,8 @@ class Recipe:
         for step in range(start, self.built.total_steps):
             self.step(step)
             done = step + 1
+            if done - start == 2 and self.me.device.type != "cuda":  # the profiler's count: two steps are enough
+                self.meter.stop()
             logged = self.log_window(done)
             loss = loss if logged is None else logged
             stopped = self.maybe_eval(done)
@@ -511,6 +527,7 @@ class Recipe:
                 break
             self.maybe_checkpoint(done)
         elapsed = time.monotonic() - started
+        peak = self.meter.stop()
         self.settle_upload()
         if self.progress:
             self.progress.close()
@@ -531,11 +548,28 @@ class Recipe:
             "worldSize": self.me.world,
             **({"earlyStopping": stopped} if stopped else {}),
         }
+        memory = self.memory_record(peak)
         if not self.me.is_main:
             return {}
-        metrics = self.write_outputs(adapter_dir, chosen, last, stats)
+        metrics = self.write_outputs(adapter_dir, chosen, last, {**stats, **memory})
         self.clock.lap("save and upload the outputs")
         return metrics
+
+    def memory_record(self, peak: int | None) -> dict[str, Any]:
+        """The largest peak of any rank against the preflight's estimate (same arithmetic), for metrics.json."""
+        from kubetune_api.memory import estimate, shape_from_dir
+
+        measured = all_max(self.me.device, [float(peak if peak is not None else -1)])[0]
+        out: dict[str, Any] = {}
+        if measured >= 0:
+            out["peakMemoryBytes"] = int(measured)
+            out["peakMemoryMeasuredBy"] = "torch.cuda.max_memory_allocated" if self.me.device.type == "cuda" else "profiler"
+        with contextlib.suppress(Exception):  # a model without config.json or safetensors: no estimate, no failure
+            shape = shape_from_dir(outputs.model_directory(self.me.paths.model_source, self.me.spec))
+            guess = estimate(shape, self.me.spec, self.me.world, self.me.device.type == "cuda")
+            out["estimatedMemoryBytes"] = guess.total
+            out["estimatedMemoryParts"] = guess.parts
+        return out
 
     # adapters
 
@@ -735,9 +769,11 @@ def train(spec: FineTuneJobSpec, worker: WorkerEnv, paths: RankEnv) -> dict[str,
     tokenizer = load_tokenizer(paths.model_source, spec.model)
     batches = setup_data(me, tokenizer)
     clock.lap("read and tokenize data")
+    memory = meter.Meter(me.device)
+    memory.start()
     built = setup_engine(me, batches.batches_per_epoch)
     clock.lap("load model, DeepSpeed init")
-    return Recipe(me, store, tokenizer, batches, built, clock).train()
+    return Recipe(me, store, tokenizer, batches, built, clock, memory).train()
 
 
 def _classify(exc: BaseException) -> tuple[Reason, str]:
