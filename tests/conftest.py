@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import os
 import subprocess
 import sys
@@ -26,6 +27,8 @@ MINIMAL: dict[str, Any] = {
         "model": {"uri": "s3://models/base/"},
         "dataset": {"train": "s3://data/train.jsonl"},
         "output": {"uri": "s3://out/job/"},
+        # these objects do not exist: the cluster tests that use this body are about other things than the preflight
+        "runPolicy": {"preflight": False},
     },
 }
 
@@ -45,6 +48,10 @@ def job(**changes: Any) -> dict[str, Any]:
         for part in parents:
             node = node.setdefault(part, {})
         node[last] = value
+    spec = body.get("spec")
+    policy = spec.get("runPolicy") if isinstance(spec, dict) else None
+    if isinstance(policy, dict):  # a test that sets runPolicy keeps MINIMAL's preflight: false unless it says otherwise
+        policy.setdefault("preflight", False)
     return body
 
 
@@ -221,6 +228,7 @@ def operator(plane, crd, operator_kubeconfig, tmp_path_factory: pytest.TempPathF
             "KUBETUNE_TRAINER_IMAGE",
             "KUBETUNE_POLICY",
             "KUBETUNE_MODEL_CACHE_VOLUME",
+            "KUBETUNE_GPU_TYPES",
         )
     }
     os.environ.update(
@@ -232,6 +240,13 @@ def operator(plane, crd, operator_kubeconfig, tmp_path_factory: pytest.TempPathF
             "KUBETUNE_POLICY": str(ROOT / "examples" / "platform" / "values.yaml"),  # as the chart mounts its policy
             # the node's model cache (chart: trainer.modelCache.type hostPath): restarts and later jobs reuse models
             "KUBETUNE_MODEL_CACHE_VOLUME": f"hostPath:{tmp_path_factory.mktemp('node') / 'models'}",
+            # the platform's GPU table (chart: preflight.gpuTypes), with a GPU too small for any model, for WontFit
+            "KUBETUNE_GPU_TYPES": json.dumps(
+                {
+                    "NVIDIA-H100-80GB-HBM3": {"memory": "80Gi", "tflops": 400, "pricePerHour": 4.0},
+                    "kubetune-test-tiny": {"memory": "8Mi", "tflops": 1},
+                }
+            ),
         }
     )
     import logging

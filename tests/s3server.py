@@ -36,6 +36,14 @@ class S3Server:
     access_key: str
     secret_key: str
     process: subprocess.Popen[bytes]
+    readonly: tuple[str, str] | None = None  # a second identity that may read and list, never write
+
+    @property
+    def readonly_env(self) -> dict[str, str]:
+        """The read-only identity's credentials, as a pod gets them."""
+        assert self.readonly is not None, "this server has no read-only identity"
+        key, secret = self.readonly
+        return {"AWS_ACCESS_KEY_ID": key, "AWS_SECRET_ACCESS_KEY": secret, "AWS_DEFAULT_REGION": "us-east-1"}
 
     @property
     def env(self) -> dict[str, str]:
@@ -109,6 +117,7 @@ def start(log: Path) -> S3Server:
     work = log.parent / "seaweedfs"
     work.mkdir(parents=True, exist_ok=True)
     access, secret = "kubetune-tests", secrets.token_hex(20)
+    readonly = ("kubetune-readonly", secrets.token_hex(20))
     config = work / "s3.json"
     config.write_text(
         json.dumps(
@@ -118,7 +127,12 @@ def start(log: Path) -> S3Server:
                         "name": "kubetune-tests",
                         "credentials": [{"accessKey": access, "secretKey": secret}],
                         "actions": ["Admin", "Read", "List", "Tagging", "Write"],
-                    }
+                    },
+                    {
+                        "name": "kubetune-readonly",
+                        "credentials": [{"accessKey": readonly[0], "secretKey": readonly[1]}],
+                        "actions": ["Read", "List"],
+                    },
                 ]
             }
         )
@@ -154,7 +168,7 @@ def start(log: Path) -> S3Server:
         stderr=subprocess.STDOUT,
     )
     _wait_port(s3, process, log, "SeaweedFS")
-    server = S3Server(f"http://127.0.0.1:{s3}", access, secret, process)
+    server = S3Server(f"http://127.0.0.1:{s3}", access, secret, process, readonly)
     deadline = time.monotonic() + 120
     while True:  # the gateway listens before the filer and volumes are ready: wait for a real round trip
         try:

@@ -86,7 +86,7 @@ def apply_and_wait(plane, body: dict[str, Any], tmp_path: Path) -> dict[str, Any
     early = wait_for(
         "the first condition", lambda: condition(ftj(plane, name, NAMESPACE), "Validated") and ftj(plane, name, NAMESPACE)
     )
-    assert early["status"]["phase"] in ("Pending", "Running")
+    assert early["status"]["phase"] in ("Preflight", "Pending", "Running")
     assert argocd_health(early)[0] == "Progressing" and flux_health(early) == "InProgress"
     final = finished(plane, name)
     waited = plane.kubectl("wait", "--for=condition=Succeeded", f"ftj/{name}", "-n", NAMESPACE, "--timeout=10s", check=False)
@@ -101,6 +101,10 @@ def test_two_worker_job_succeeds_and_its_adapter_reloads(
     final = apply_and_wait(plane, body, tmp_path)
     status = final["status"]
     assert status["phase"] == "Succeeded" and status.get("restarts", 0) == 0
+    # the preflight ran first, on a CPU, and counted the steps the trainer then took
+    assert status["preflight"]["passed"] and condition(final, "Preflight")["status"] == "True"
+    assert status["preflight"]["totalSteps"] == status["progress"]["totalSteps"]
+    assert status["preflight"]["records"] == 600 and status["preflight"]["memoryPerGpuBytes"] > 0
     assert status["metrics"]["evalLoss"] < status["metrics"]["baseEvalLoss"]
     assert status["adapterUri"] == "s3://adapters/e2e/e2e/adapter/"
     assert status["progress"]["summary"].endswith("(100%)") and status["completionTime"] and status["startTime"]
@@ -202,6 +206,57 @@ def test_missing_dataset_fails_at_once_and_says_why(plane, operator, node_agent,
     health, message = argocd_health(final)
     assert health == "Degraded" and message.startswith("DatasetMissing: ")
     assert flux_health(final) == "Failed"
-    # nothing is lost: the worker's log is still there to read
+    # the preflight found it on a CPU: no training Job, so no GPU was ever requested; its log is kept
+    assert final["status"]["preflight"]["passed"] is False
+    assert plane.kubectl("get", "job", name, "-n", NAMESPACE, check=False).returncode != 0
     pods = plane.kubectl("get", "pods", "-n", NAMESPACE, "-l", f"kubetune.dev/job-name={name}", "-o", "name").stdout.split()
-    assert pods and any("nowhere" in plane.kubectl("logs", pod, "-n", NAMESPACE).stdout for pod in pods)
+    assert len(pods) == 1 and "nowhere" in plane.kubectl("logs", pods[0], "-n", NAMESPACE).stdout
+
+
+def _failed_in_preflight(plane, name: str) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+    wait_for("a failed job", lambda: (ftj(plane, name, NAMESPACE).get("status") or {}).get("phase") == "Failed", timeout=300)
+    final = ftj(plane, name, NAMESPACE)
+    assert condition(final, "Preflight")["status"] == "False"
+    assert plane.kubectl("get", "job", name, "-n", NAMESPACE, check=False).returncode != 0  # no training Job, no GPU pod
+    pods = plane.kubectl("get", "pods", "-n", NAMESPACE, "-l", f"kubetune.dev/job-name={name}", "-o", "json").stdout
+    for pod in json.loads(pods)["items"]:
+        assert pod["metadata"]["labels"].get("kubetune.dev/role") == "preflight"
+        limits = pod["spec"]["containers"][0]["resources"].get("limits", {})
+        assert not any("gpu" in key for key in limits), limits
+    return final
+
+
+def test_a_bad_record_a_job_too_big_and_an_unwritable_output_fail_in_preflight(
+    plane, operator, node_agent, s3, stored, namespace, tmp_path
+) -> None:  # type: ignore[no-untyped-def]
+    s3.put("data", "e2e/bad.jsonl", b'{"prompt": "a", "completion": "b"}\n' * 3 + b'{"prompt": "a"}\n')
+    plane.kubectl(
+        "create",
+        "secret",
+        "generic",
+        "s3-readonly",
+        "-n",
+        NAMESPACE,
+        f"--from-literal=AWS_ACCESS_KEY_ID={s3.readonly_env['AWS_ACCESS_KEY_ID']}",
+        f"--from-literal=AWS_SECRET_ACCESS_KEY={s3.readonly_env['AWS_SECRET_ACCESS_KEY']}",
+        check=False,
+    )
+    bad = manifest("e2e-bad-record", s3, stored, {"maxSteps": 5})
+    bad["spec"]["dataset"]["train"] = "s3://data/e2e/bad.jsonl"
+    big = manifest("e2e-too-big", s3, stored, {"maxSteps": 5})
+    big["spec"]["workers"] = {"replicas": 1, "gpusPerWorker": 1, "nodeSelector": {"nvidia.com/gpu.product": "kubetune-test-tiny"}}
+    readonly = manifest("e2e-read-only", s3, stored, {"maxSteps": 5})
+    readonly["spec"]["storage"]["credentialsSecret"] = "s3-readonly"
+    for body in (bad, big, readonly):
+        path = tmp_path / f"{body['metadata']['name']}.yaml"
+        path.write_text(dump(body))
+        plane.kubectl("apply", "-f", str(path))
+    failed = condition(_failed_in_preflight(plane, "e2e-bad-record"), "Failed")
+    assert failed["reason"] == "BadRecord" and "bad.jsonl record 4: missing field 'completion'" in failed["message"]
+    final = _failed_in_preflight(plane, "e2e-too-big")
+    failed = condition(final, "Failed")
+    assert failed["reason"] == "WontFit" and "kubetune-test-tiny" in failed["message"], failed
+    assert "needs about" in final["status"]["preflight"]["suggestion"]
+    assert final["status"]["preflight"]["gpuType"] == "kubetune-test-tiny"
+    failed = condition(_failed_in_preflight(plane, "e2e-read-only"), "Failed")
+    assert failed["reason"] == "AccessDenied" and "s3://adapters/e2e/e2e-read-only/" in failed["message"], failed

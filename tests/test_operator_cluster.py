@@ -50,7 +50,7 @@ def test_render_is_accepted_by_the_api_server(plane, crd) -> None:  # type: igno
     ).stdout
     result = plane.kubectl("apply", "--dry-run=server", "-f", "-", input=rendered, check=False)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.count("(server dry run)") == 4  # ConfigMap, Service, NetworkPolicy, Job
+    assert result.stdout.count("(server dry run)") == 5  # ConfigMap, Service, NetworkPolicy, the preflight Job, Job
 
 
 def test_unschedulable_gang_is_pending_with_the_schedulers_words(plane, operator, node_agent) -> None:  # type: ignore[no-untyped-def]

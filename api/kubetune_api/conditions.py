@@ -8,6 +8,7 @@ from enum import StrEnum
 class Phase(StrEnum):
     """The one-word summary shown by `kubectl get ftj`."""
 
+    PREFLIGHT = "Preflight"  # the CPU-only checks run; no GPU is requested until they pass
     PENDING = "Pending"  # accepted, children being created or pods not yet running
     QUEUED = "Queued"  # waiting for a queue (Kueue) to admit the workers
     RUNNING = "Running"  # every worker pod is running
@@ -20,6 +21,7 @@ class ConditionType(StrEnum):
     """Condition types; `kubectl wait --for=condition=Succeeded` waits on these."""
 
     VALIDATED = "Validated"
+    PREFLIGHT = "Preflight"  # True once the CPU-only checks passed; False with the reason they failed
     QUEUED = "Queued"
     RUNNING = "Running"
     SUSPENDED = "Suspended"
@@ -65,6 +67,10 @@ class Reason(StrEnum):
     BELOW_THRESHOLD = "BelowThreshold"  # QualityGate=False: the adapter missed output.minImprovement; no _SUCCESS
     ATTENTION_UNSUPPORTED = "AttentionUnsupported"  # no attention kernel (model.attnImplementation, sdpa, eager) loads the model
     CANNOT_MERGE = "CannotMerge"  # output.merged cannot fold this adapter into these base weights (checked before training)
+    WONT_FIT = "WontFit"  # the preflight's memory estimate exceeds the GPU's; the message names a change that fits
+    PREFLIGHT_RUNNING = "PreflightRunning"  # Preflight=Unknown: the CPU-only checks run before any GPU is requested
+    PREFLIGHT_PASSED = "PreflightPassed"  # Preflight=True: every check passed; the training Job was released
+    PREFLIGHT_ERROR = "PreflightError"  # Failed=True: the preflight pod ended without a report (its log says why)
     TRAINER_ERROR = "TrainerError"  # any other trainer failure; the message has the last error line
 
 
@@ -86,6 +92,7 @@ TRAINER_FAILURE_REASONS = frozenset(
         Reason.BELOW_THRESHOLD,
         Reason.CANNOT_MERGE,
         Reason.ATTENTION_UNSUPPORTED,
+        Reason.WONT_FIT,
         Reason.TRAINER_ERROR,
     }
 )

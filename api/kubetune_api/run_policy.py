@@ -22,6 +22,11 @@ class RunPolicySpec(Section):
     ttlSecondsAfterFinished: StrictInt | None = Field(
         None, ge=0, description="Delete the finished job (and its pods) this many seconds after it ends; output stays."
     )
+    preflight: StrictBool = Field(
+        True,
+        description="Check storage, records, memory per GPU and GPU-hours in a CPU-only pod before any GPU is requested "
+        "(the platform may turn preflights off for every job).",
+    )
     suspend: StrictBool = Field(
         False, description="Stop the pods and keep checkpoints; setting it back to false resumes from the newest checkpoint."
     )

@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from .conditions import Phase
+from .preflight_report import Report
 
 
 class _Status(BaseModel):
@@ -66,6 +67,7 @@ class FineTuneJobStatus(_Status):
     progress: Progress | None = Field(None, description=Progress.__doc__)
     metrics: Metrics | None = Field(None, description=Metrics.__doc__)
     workers: Workers | None = Field(None, description=Workers.__doc__)
+    preflight: Report | None = Field(None, description=Report.__doc__)
     adapterUri: str | None = Field(None, description="Where the finished adapter is (output.uri + adapter/).")
     startTime: str | None = Field(None, description="RFC 3339 time the workers first started.")
     completionTime: str | None = Field(None, description="RFC 3339 time the job succeeded or failed.")

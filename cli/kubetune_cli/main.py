@@ -6,7 +6,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from . import run_cmd, validate_cmd
+from . import preflight_cmd, run_cmd, validate_cmd
 
 
 def _crd(_: argparse.Namespace) -> int:
@@ -85,6 +85,21 @@ def parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--work-dir", help="scratch and staging directory (default: .kubetune/NAME)")
     run.set_defaults(func=run_cmd.run)
+
+    preflight = commands.add_parser(
+        "preflight",
+        help="the checks made before GPUs are held: storage reachable, records, tokens and steps, memory per GPU, GPU-hours",
+    )
+    preflight.add_argument("manifest", metavar="MANIFEST", help="a FineTuneJob manifest; - reads standard input")
+    preflight.add_argument(
+        "--gpu-type", help="the GPU type to check against (default: the job's nodeSelector, else NVIDIA-H100-80GB-HBM3)"
+    )
+    preflight.add_argument(
+        "--gpu-types", metavar="FILE", help="the platform's GPU table, JSON (default: the one the chart ships)"
+    )
+    preflight.add_argument("--tokens", type=int, help="training tokens per epoch, when the dataset cannot be read from here")
+    preflight.add_argument("-o", "--output", choices=["text", "json"], default="text", help="output format (default: text)")
+    preflight.set_defaults(func=preflight_cmd.run)
 
     operator = commands.add_parser("operator", help="run the Kopf operator (settings from KUBETUNE_* environment variables)")
     operator.add_argument("--verbose", action="store_true", help="debug logging")

@@ -233,5 +233,48 @@ def build_job(plan: Plan) -> dict[str, Any]:
     return job
 
 
+PREFLIGHT_ROLE = {"kubetune.dev/role": "preflight"}
+
+
+def build_preflight_job(plan: Plan) -> dict[str, Any]:
+    """The preflight: one pod with no GPU and none of the GPU nodes' placement, the job's own credentials and
+    config, running the CPU-only checks (kubetune_trainer.preflight). Never queued: it takes no GPU quota."""
+    pod = build_pod_spec(plan)
+    for key in ("subdomain", "nodeSelector", "tolerations", "priorityClassName"):
+        pod.pop(key, None)
+    container = pod["containers"][0]
+    container["command"] = ["python", "-m", "kubetune_trainer.preflight"]
+    container.pop("ports", None)
+    cpu, memory = plan.preflight_resources
+    storage = container["resources"].get("requests", {}).get("ephemeral-storage")
+    container["resources"] = {
+        "requests": {"cpu": cpu, "memory": memory, **({"ephemeral-storage": storage} if storage else {})},
+        "limits": {"memory": memory},
+    }
+    container["env"] = [
+        e for e in container["env"] if e["name"] not in ("KUBETUNE_MODEL_CACHE", "KUBETUNE_MODEL_CACHE_MAX_BYTES")
+    ]
+    if plan.gpu_type:
+        container["env"] += [{"name": "KUBETUNE_GPU_TYPE", "value": plan.gpu_type}]
+    if plan.gpu:
+        container["env"] += [{"name": "KUBETUNE_GPU", "value": plan.gpu}]
+    container["volumeMounts"] = [m for m in container["volumeMounts"] if m["name"] != "models"]
+    pod["volumes"] = [v for v in pod["volumes"] if v["name"] != "models"]
+    labels = {k: v for k, v in plan.labels.items() if k != "kueue.x-k8s.io/queue-name"}
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {**_meta(plan, plan.preflight_name), "labels": {**labels, **PREFLIGHT_ROLE}},
+        "spec": {
+            "completions": 1,
+            "parallelism": 1,
+            "backoffLimit": 0,
+            "activeDeadlineSeconds": plan.preflight_deadline,
+            "template": {"metadata": {"labels": {**labels, **PREFLIGHT_ROLE}}, "spec": pod},
+        },
+    }
+
+
 def build_children(plan: Plan) -> list[dict[str, Any]]:
-    return [build_configmap(plan), build_service(plan), build_network_policy(plan), build_job(plan)]
+    preflight = [build_preflight_job(plan)] if plan.preflight else []
+    return [build_configmap(plan), build_service(plan), build_network_policy(plan), *preflight, build_job(plan)]

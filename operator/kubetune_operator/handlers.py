@@ -26,7 +26,19 @@ from kubetune_api.policy import check as policy_check
 from . import builders, metrics
 from .plan import Plan, make_plan
 from .settings import Settings
-from .status import PERMANENT, last_progress, now, observe, progress_status, set_condition, succeeded_fields
+from .status import (
+    GENERATION_ANNOTATION,
+    PERMANENT,
+    last_progress,
+    now,
+    observe,
+    preflight_outcome,
+    preflight_stale,
+    progress_status,
+    report_status,
+    set_condition,
+    succeeded_fields,
+)
 
 SETTINGS = Settings.from_environ()
 # the platform policy, read once at start-up: a policy that cannot be read stops the operator rather than admit all
@@ -381,6 +393,12 @@ def _sync(namespace: str, name: str, body: dict[str, Any] | None) -> None:
     _ensure(plan, builders.build_configmap(plan), fresh=job is None)
     _ensure(plan, builders.build_service(plan), fresh=job is None)
     _ensure(plan, builders.build_network_policy(plan), fresh=job is None)
+    if job is None and plan.preflight and not preflight_passed(status, generation):
+        held, new, conditions = _preflight(plan, new, conditions, generation)
+        if held:  # the checks run, or failed: no training Job, so no GPU is requested
+            new["conditions"] = conditions
+            _write_status(body, new)
+            return
     pods = []
     if job is not None:
         listed = _json(API.core.list_namespaced_pod, namespace, label_selector=f"{JOB_NAME_LABEL}={name}")
@@ -512,6 +530,61 @@ def _sync(namespace: str, name: str, body: dict[str, Any] | None) -> None:
     _write_status(body, new)
 
 
+def preflight_passed(status: Mapping[str, Any], generation: int | None) -> bool:
+    """Whether the preflight passed for this generation of the spec (a changed spec is checked again)."""
+    return any(
+        c.get("type") == ConditionType.PREFLIGHT and c.get("status") == "True" and c.get("observedGeneration") == generation
+        for c in status.get("conditions") or []
+    )
+
+
+def _preflight(
+    plan: Plan, new: dict[str, Any], conditions: list[dict[str, Any]], generation: int | None
+) -> tuple[bool, dict[str, Any], list[dict[str, Any]]]:
+    """Create the preflight Job, or read how it went. Returns whether the job is held (still checking, or failed),
+    the status and the conditions; when it passed, the caller goes on to create the training Job."""
+    name = plan.preflight_name
+    found = _json(API.batch.read_namespaced_job, name, plan.namespace)
+    if found is not None and not owned(found, plan.uid):
+        raise _conflict("Job", plan)
+    if found is not None and preflight_stale(found, generation):
+        _delete_job(plan, found, name)  # the spec changed since: its checks are checked again
+        found = None
+    if found is None:
+        preflight = builders.build_preflight_job(plan)
+        preflight["metadata"].setdefault("annotations", {})[GENERATION_ANNOTATION] = str(generation)
+        try:
+            _raw(API.batch.create_namespaced_job, plan.namespace, preflight)
+        except client.ApiException as exc:
+            if exc.status in (400, 422):
+                raise _rejected("Job", exc) from exc
+            if exc.status != 409:
+                raise kopf.TemporaryError(f"cannot create Job {name}: {exc.reason}", delay=5) from exc
+        new["phase"] = Phase.PREFLIGHT.value
+        message = "checking storage, records, memory per GPU and GPU-hours on a CPU before any GPU is requested"
+        conditions = set_condition(conditions, ConditionType.PREFLIGHT, False, Reason.PREFLIGHT_RUNNING, message, generation)
+        return True, new, conditions
+    listed = _json(API.core.list_namespaced_pod, plan.namespace, label_selector=f"{JOB_NAME_LABEL}={plan.name}")
+    pods = [p for p in (listed or {}).get("items") or [] if owned(p, found["metadata"]["uid"])]
+    outcome = preflight_outcome(found, pods)
+    if outcome.state == "running":
+        new["phase"] = Phase.PREFLIGHT.value
+        conditions = set_condition(conditions, ConditionType.PREFLIGHT, False, outcome.reason, outcome.message, generation)
+        return True, new, conditions
+    if outcome.report is not None:
+        new["preflight"] = report_status(outcome.report)
+    if outcome.state == "passed":
+        conditions = set_condition(
+            conditions, ConditionType.PREFLIGHT, True, Reason.PREFLIGHT_PASSED, outcome.message, generation
+        )
+        return False, new, conditions
+    new["phase"] = Phase.FAILED.value
+    new["completionTime"] = now()
+    for type_ in (ConditionType.PREFLIGHT, ConditionType.FAILED):
+        conditions = set_condition(conditions, type_, type_ == ConditionType.FAILED, outcome.reason, outcome.message, generation)
+    return True, new, conditions
+
+
 def _patch_job(plan: Plan, job: dict[str, Any] | None, patch: dict[str, Any]) -> None:
     """Patch our Job; its uid in the patch makes the API server refuse it if the Job was replaced since it was read."""
     assert job is not None
@@ -523,16 +596,16 @@ def _patch_job(plan: Plan, job: dict[str, Any] | None, patch: dict[str, Any]) ->
         raise kopf.TemporaryError(f"cannot patch Job {plan.job_name}: {exc.reason}", delay=5) from exc
 
 
-def _delete_job(plan: Plan, job: dict[str, Any]) -> None:
+def _delete_job(plan: Plan, job: dict[str, Any], name: str | None = None) -> None:
     """Delete our Job and, first, its pods (foreground); the uid precondition spares a Job someone put in its place."""
     options = client.V1DeleteOptions(
         propagation_policy="Foreground", preconditions=client.V1Preconditions(uid=job["metadata"]["uid"])
     )
     try:
-        _raw(API.batch.delete_namespaced_job, plan.job_name, plan.namespace, body=options)
+        _raw(API.batch.delete_namespaced_job, name or plan.job_name, plan.namespace, body=options)
     except client.ApiException as exc:
         if exc.status not in (404, 409):  # 409: the precondition failed, the Job is another one now
-            raise kopf.TemporaryError(f"cannot delete Job {plan.job_name}: {exc.reason}", delay=5) from exc
+            raise kopf.TemporaryError(f"cannot delete Job {name or plan.job_name}: {exc.reason}", delay=5) from exc
 
 
 def _expire(body: dict[str, Any], status: dict[str, Any]) -> None:

@@ -7,6 +7,7 @@ from typing import Any
 
 from kubetune_api.job import FineTuneJob
 from kubetune_api.names import API_VERSION, JOB_NAME_LABEL, KIND, MANAGED_BY_LABEL, QUEUE_LABEL
+from kubetune_api.preflight import gpu_type_of, gpu_types
 
 from .settings import Settings
 
@@ -28,6 +29,11 @@ class Plan:
     active_deadline: int | None  # seconds left of runPolicy.activeDeadlineSeconds, counted from the first start
     model_cache: str = ""  # Settings.model_cache: where the node keeps base models between pods and jobs
     model_cache_max_bytes: int = 0
+    preflight: bool = True
+    preflight_resources: tuple[str, str] = ("1", "4Gi")  # CPU and memory of the preflight pod
+    preflight_deadline: int = 1800
+    gpu_type: str = ""  # the GPU type the job runs on, and its entry in the platform's table (JSON), if it has one
+    gpu: str = ""
 
     @property
     def spec(self) -> Any:
@@ -44,6 +50,10 @@ class Plan:
     @property
     def network_policy_name(self) -> str:
         return self.name
+
+    @property
+    def preflight_name(self) -> str:
+        return f"{self.name}-preflight"
 
     @property
     def config_name(self) -> str:
@@ -83,6 +93,8 @@ def make_plan(
     """The plan for a FineTuneJob; `queue` is the queue its existing Job was made with, which then wins."""
     meta = body.get("metadata", {})
     spec = job.spec
+    table = gpu_types(settings.gpu_types)
+    gpu_name, gpu = gpu_type_of(spec, table, settings.default_gpu_type)
     return Plan(
         name=meta["name"],
         namespace=meta.get("namespace", "default"),
@@ -101,4 +113,9 @@ def make_plan(
         else max(1, int(spec.runPolicy.activeDeadlineSeconds - elapsed)),
         model_cache=settings.model_cache,
         model_cache_max_bytes=settings.model_cache_max_bytes,
+        preflight=settings.preflight and spec.runPolicy.preflight,
+        preflight_resources=(settings.preflight_cpu, settings.preflight_memory),
+        preflight_deadline=settings.preflight_deadline,
+        gpu_type=gpu_name if spec.workers.gpusPerWorker else "",
+        gpu=gpu.model_dump_json() if gpu is not None and spec.workers.gpusPerWorker else "",
     )

@@ -24,6 +24,12 @@ class Settings:
     policy_file: str = ""  # the platform policy (the chart mounts its ConfigMap); empty: no policy
     model_cache: str = ""  # the node's base-model cache: hostPath:/dir or pvc:claim; empty: the pod's own cache
     model_cache_max_bytes: int = 0  # least recently used models are evicted above this; 0: no bound
+    preflight: bool = True  # run the CPU-only checks before any GPU is requested
+    preflight_cpu: str = "1"
+    preflight_memory: str = "4Gi"
+    preflight_deadline: int = 1800  # seconds the preflight pod may run
+    gpu_types: str = ""  # the platform's GPU table (JSON: name -> memory, tflops, pricePerHour); empty: the shipped one
+    default_gpu_type: str = "NVIDIA-H100-80GB-HBM3"  # for jobs whose nodeSelector names no nvidia.com/gpu.product
 
     @classmethod
     def from_environ(cls) -> Settings:
@@ -46,4 +52,10 @@ class Settings:
             policy_file=env.get("KUBETUNE_POLICY", ""),
             model_cache=env.get("KUBETUNE_MODEL_CACHE_VOLUME", ""),
             model_cache_max_bytes=int(env.get("KUBETUNE_MODEL_CACHE_MAX_BYTES") or 0),
+            preflight=env.get("KUBETUNE_PREFLIGHT", "true").lower() != "false",
+            preflight_cpu=env.get("KUBETUNE_PREFLIGHT_CPU", cls.preflight_cpu),
+            preflight_memory=env.get("KUBETUNE_PREFLIGHT_MEMORY", cls.preflight_memory),
+            preflight_deadline=int(env.get("KUBETUNE_PREFLIGHT_DEADLINE") or cls.preflight_deadline),
+            gpu_types=env.get("KUBETUNE_GPU_TYPES", ""),
+            default_gpu_type=env.get("KUBETUNE_DEFAULT_GPU_TYPE") or cls.default_gpu_type,
         )

@@ -45,7 +45,7 @@ def _local_name(uri: str) -> str:
 OUTPUT_PARTS = ("_SUCCESS", "metrics.json", "manifest.json", "adapter", "checkpoints")  # what a run writes under output.uri
 
 
-def preflight(spec: FineTuneJobSpec, store: Store) -> None:
+def prepare_output(spec: FineTuneJobSpec, store: Store) -> None:
     """Before any download: a finished output is never overwritten by accident, and with overwrite it starts afresh."""
     if not store.exists(join(spec.output.uri, "_SUCCESS")):
         return  # nothing finished there: a restarted run resumes from its checkpoints
@@ -74,30 +74,22 @@ def _data_size(store: Store, uri: str) -> int:
     return sum(shards)
 
 
-def fetch_inputs(spec: FineTuneJobSpec, store: Store, cache: Path) -> tuple[str, Path, Path | None, Entry | None]:
-    """Model directory (or hub id) and local dataset files, downloaded and verified once per worker; the model
-    through the node's model cache (its entry is held until released). Sizes are checked against
-    workers.cacheSize from the listing, before a byte is fetched."""
-    uri = spec.model.uri
+def data_bytes(spec: FineTuneJobSpec, store: Store) -> int:
+    """The remote datasets' size, from the listing, checked against workers.cacheSize before a byte is fetched."""
     room = int(quantity_value(spec.workers.cacheSize))
     data_uris = [u for u in (spec.dataset.train, spec.dataset.validation) if u is not None and store.local_path(u) is None]
-    data_bytes = sum(_data_size(store, u) for u in data_uris)
-    if data_bytes > room:
+    size = sum(_data_size(store, u) for u in data_uris)
+    if size > room:
         raise TrainerFailure(
             Reason.DATASET_TOO_LARGE,
-            f"the datasets are {human_bytes(data_bytes)}, more than the worker's cache holds "
+            f"the datasets are {human_bytes(size)}, more than the worker's cache holds "
             f"(workers.cacheSize {spec.workers.cacheSize} = {human_bytes(room)}): raise workers.cacheSize",
         )
-    entry: Entry | None = None
-    if "://" in uri and store.local_path(uri) is None:
-        entry = fetch_model(store, uri, ModelCache.from_environ(cache / "models"), room - data_bytes)
-        model = str(entry.path)
-    elif uri.startswith(("/", "./", "../")):
-        if not Path(uri).is_dir():
-            raise TrainerFailure(Reason.MODEL_MISSING, f"base model not found: {uri} is not a directory")
-        model = str(Path(uri).resolve())
-    else:
-        model = uri  # a hub id: transformers fetches and caches it
+    return size
+
+
+def fetch_data(spec: FineTuneJobSpec, store: Store, cache: Path) -> tuple[Path, Path | None]:
+    """The training and validation files (or shard directories) on this machine, downloaded and verified."""
     files: list[Path | None] = []
     for name in (spec.dataset.train, spec.dataset.validation):
         if name is None:
@@ -111,7 +103,28 @@ def fetch_inputs(spec: FineTuneJobSpec, store: Store, cache: Path) -> tuple[str,
             files.append(store.download_file(name, target, Reason.DATASET_MISSING, "dataset").resolve())
     train = files[0]
     assert train is not None
-    return model, train, files[1], entry
+    return train, files[1]
+
+
+def fetch_inputs(spec: FineTuneJobSpec, store: Store, cache: Path) -> tuple[str, Path, Path | None, Entry | None]:
+    """Model directory (or hub id) and local dataset files, downloaded and verified once per worker; the model
+    through the node's model cache (its entry is held until released). Sizes are checked against
+    workers.cacheSize from the listing, before a byte is fetched."""
+    uri = spec.model.uri
+    room = int(quantity_value(spec.workers.cacheSize))
+    size = data_bytes(spec, store)
+    entry: Entry | None = None
+    if "://" in uri and store.local_path(uri) is None:
+        entry = fetch_model(store, uri, ModelCache.from_environ(cache / "models"), room - size)
+        model = str(entry.path)
+    elif uri.startswith(("/", "./", "../")):
+        if not Path(uri).is_dir():
+            raise TrainerFailure(Reason.MODEL_MISSING, f"base model not found: {uri} is not a directory")
+        model = str(Path(uri).resolve())
+    else:
+        model = uri  # a hub id: transformers fetches and caches it
+    train, validation = fetch_data(spec, store, cache)
+    return model, train, validation, entry
 
 
 def _outcome(result_dir: Path, returncode: int) -> dict[str, Any]:
@@ -177,7 +190,7 @@ def run_worker(
     result_dir.mkdir(parents=True)
     try:
         store = Store(spec.storage)
-        preflight(spec, store)
+        prepare_output(spec, store)
         model, train, validation, entry = fetch_inputs(spec, store, cache_dir())
         if entry is not None:
             fetched = entry.event(spec.model.uri)

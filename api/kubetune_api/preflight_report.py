@@ -1,0 +1,72 @@
+"""The preflight's report: what the preflight pod leaves in its termination message, `kubetune preflight` prints
+and the operator copies into status.preflight. Bounded, because it comes from a pod."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .conditions import Reason
+
+REPORT_LIMIT = 4096  # a termination message's size limit, and so the report's
+CheckName = Literal["spec", "output", "model", "dataset", "records", "memory"]
+
+
+class Check(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    name: CheckName
+    ok: bool
+    message: str = Field("", max_length=400)
+
+
+class Report(BaseModel):
+    """What the preflight found; every figure an estimate made before any GPU is held."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    passed: bool = Field(description="Every check passed: the training Job may be created.")
+    reason: str | None = Field(None, max_length=64, description="Why it failed, as the Failed condition's reason.")
+    message: str | None = Field(None, max_length=1000, description="The failure in words.")
+    checks: list[Check] = Field(default_factory=list, max_length=8, description="Each check and its outcome.")
+    records: int | None = Field(None, ge=0, description="Training records.")
+    tokens: int | None = Field(None, ge=0, description="Training tokens per epoch, with the model's own tokenizer.")
+    stepsPerEpoch: int | None = Field(None, ge=0, description="Optimizer steps per epoch.")
+    totalSteps: int | None = Field(None, ge=0, description="Optimizer steps planned.")
+    memoryPerGpuBytes: int | None = Field(None, ge=0, description="Estimated peak memory per GPU (per process on CPUs).")
+    gpuMemoryBytes: int | None = Field(None, ge=0, description="Memory of one GPU of the type the job runs on.")
+    gpuType: str | None = Field(None, max_length=128, description="The GPU type the estimate is for.")
+    gpuHours: float | None = Field(None, ge=0, description="Estimated GPU-hours of training and evaluation.")
+    estimatedHours: float | None = Field(None, ge=0, description="Estimated wall-clock hours of training and evaluation.")
+    estimatedCost: float | None = Field(None, ge=0, description="gpuHours times the platform's price per GPU-hour.")
+    suggestion: str | None = Field(None, max_length=400, description="The smallest change that would fit, when it does not.")
+
+    def failed(self, reason: Reason | str, message: str) -> Report:
+        return self.model_copy(update={"passed": False, "reason": str(reason), "message": message[:1000]})
+
+    def with_check(self, name: CheckName, ok: bool, message: str) -> Report:
+        return self.model_copy(update={"checks": [*self.checks, Check(name=name, ok=ok, message=message[:400])]})
+
+    def to_json(self) -> str:
+        """Compact JSON within a termination message's limit: long messages are cut before anything is lost."""
+        text = self.model_dump_json(exclude_none=True)
+        if len(text) <= REPORT_LIMIT:
+            return text
+        short = self.model_copy(
+            update={
+                "checks": [c.model_copy(update={"message": c.message[:120]}) for c in self.checks],
+                "message": (self.message or "")[:400],
+            }
+        )
+        return short.model_dump_json(exclude_none=True)[:REPORT_LIMIT]
+
+
+def parse_report(text: str) -> Report | None:
+    """A report from a pod's termination message: the pod's word, so bounded and validated, else None."""
+    if not isinstance(text, str) or len(text) > 2 * REPORT_LIMIT:
+        return None
+    try:
+        return Report.model_validate_json(text.strip())
+    except (ValidationError, ValueError):
+        return None

@@ -1,0 +1,251 @@
+"""The preflight: everything that can be checked on a CPU, with the job's own credentials, before a GPU is held.
+
+Output writable (a probe object written and deleted; a finished output without overwrite), model reachable (its
+config and tokenizer, not its weights), every record of the datasets in the shape its format needs, the token
+count with the model's tokenizer (hence the steps), memory per GPU against the GPU type's, and the GPU-hours.
+
+In a pod (the operator's preflight Job): `python -m kubetune_trainer.preflight`; the report is the termination
+message. On a laptop: `kubetune preflight MANIFEST`, the same function.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import tempfile
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from kubetune_api.conditions import Reason
+from kubetune_api.contract import WorkerEnv
+from kubetune_api.job import FineTuneJobSpec
+from kubetune_api.memory import Shape, estimate, gib, shape_from_dir, shape_of
+from kubetune_api.preflight import GpuType, Report, evaluations, fit, hours, training_flops, wont_fit_message
+
+from . import data
+from .errors import TrainerFailure
+from .launch import data_bytes, fetch_data
+from .model import PACKING_FAMILIES, load_tokenizer
+from .spec_io import load_spec
+from .storage import Store, join
+
+WEIGHTS = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".h5", ".msgpack", ".ckpt")
+PROBE = ".kubetune-preflight-"
+
+
+def _failure(exc: BaseException) -> TrainerFailure:
+    if isinstance(exc, TrainerFailure):
+        return exc
+    return TrainerFailure(Reason.TRAINER_ERROR, f"{type(exc).__name__}: {str(exc)[:300]}")
+
+
+def check_output(spec: FineTuneJobSpec, store: Store) -> str:
+    """A probe object written and deleted where the adapter will go; a finished output needs overwrite."""
+    if store.exists(join(spec.output.uri, "_SUCCESS")) and not spec.output.overwrite:
+        raise TrainerFailure(
+            Reason.OUTPUT_EXISTS,
+            f"{spec.output.uri} already holds a finished adapter (_SUCCESS); set output.overwrite or choose another uri",
+        )
+    probe = join(spec.output.uri, PROBE + uuid.uuid4().hex[:12])
+    store.write_text(probe, "kubetune preflight: this object is deleted at once\n")
+    store.delete(probe)
+    return f"{spec.output.uri} is writable (a probe object was written and deleted)"
+
+
+def fetch_model_config(spec: FineTuneJobSpec, store: Store, work: Path) -> tuple[Path | str, Shape]:
+    """The model's config and tokenizer files (never its weights) and its Shape. A directory here is read in place
+    (its safetensors headers give exact tensor sizes); from object storage the config gives them."""
+    uri = spec.model.uri
+    if uri.startswith(("/", "./", "../")):
+        if not Path(uri).is_dir():
+            raise TrainerFailure(Reason.MODEL_MISSING, f"base model not found: {uri} is not a directory")
+        return Path(uri).resolve(), shape_from_dir(Path(uri))
+    if "://" in uri:
+        local = work / "model"
+        store.download_prefix(uri, local, Reason.MODEL_MISSING, "model", keep=lambda name: not name.endswith(WEIGHTS))
+        if not (local / "config.json").is_file():
+            raise TrainerFailure(Reason.MODEL_MISSING, f"no config.json under {uri}")
+        return local, shape_of(json.loads((local / "config.json").read_text()))
+    from transformers import AutoConfig  # a hub id: whatever this machine's hub cache or network gives
+
+    try:
+        config = AutoConfig.from_pretrained(uri, revision=spec.model.revision, trust_remote_code=spec.model.trustRemoteCode)
+    except (OSError, ValueError) as exc:
+        raise TrainerFailure(Reason.MODEL_MISSING, f"no model config for {uri}: {str(exc)[:200]}") from exc
+    return uri, shape_of(config.to_dict())
+
+
+def _shown(uri: str) -> str:
+    return uri.rstrip("/").rsplit("/", 1)[-1] + ("/" if uri.endswith("/") else "")
+
+
+def count_steps(spec: FineTuneJobSpec, tokenizer: Any, family: str, train: Path, validation: Path | None) -> dict[str, Any]:
+    """Every record read and tokenized as the trainer will (record number and field on a bad one), dealt to the
+    ranks the same way, hence the trainer's own step count."""
+    ds, t, world = spec.dataset, spec.training, spec.workers.world_size
+    name = _shown(ds.train)
+    total = data.count_records(train, name)
+    if validation is not None:
+        train_pos, held_pos = list(range(total)), list(range(data.count_records(validation, _shown(ds.validation or ""))))
+        records, at, indices = data.read_dataset(train, name)
+        held_records, held_at, _ = data.read_dataset(validation, _shown(ds.validation or ""))
+    else:
+        train_pos, held_pos = data.split_positions(total, spec.validation_split, t.seed)
+        every, at_all, indices_all = data.read_dataset(train, name)
+        held_set = set(held_pos)
+        held_records = [r for r, i in zip(every, indices_all, strict=True) if i in held_set]
+        held_at = [a for a, i in zip(at_all, indices_all, strict=True) if i in held_set]
+        keep = set(train_pos)
+        chosen = [k for k, i in enumerate(indices_all) if i in keep]
+        records, at, indices = [every[k] for k in chosen], [at_all[k] for k in chosen], [indices_all[k] for k in chosen]
+    if not train_pos or not held_pos:
+        raise TrainerFailure(Reason.EMPTY_DATASET, "the training or held-out set has no records")
+    packing = ds.packing and family in PACKING_FAMILIES
+    rank_of = {position: k % world for k, position in enumerate(train_pos)}
+    batches, tokens, longest, samples = 0, 0, 0, 0
+    for rank in range(world):
+        mine = [k for k, i in enumerate(indices) if rank_of.get(i) == rank]
+        got, counts = data.tokenize([records[k] for k in mine], ds, tokenizer, name, [at[k] for k in mine])
+        rows = data.rows(got, ds.maxSeqLength, packing)
+        batches = max(batches, math.ceil(math.ceil(len(rows) / t.microBatchSize) / t.gradientAccumulationSteps))
+        tokens += sum(len(r.input_ids) for r in rows)
+        longest = max([longest, *(len(r.input_ids) for r in rows)])
+        samples += counts.samples
+    held, held_counts = data.tokenize(held_records, ds, tokenizer, _shown(ds.validation or ds.train), held_at)
+    if not samples or not held:
+        raise TrainerFailure(Reason.EMPTY_DATASET, f"no usable samples: {samples} training, {len(held)} held-out")
+    steps_per_epoch = max(1, batches)
+    return {
+        "records": total,
+        "tokens": tokens,
+        "evalTokens": held_counts.tokens,
+        "stepsPerEpoch": steps_per_epoch,
+        "totalSteps": t.maxSteps or t.epochs * steps_per_epoch,
+        "longest": longest,
+        "packing": packing,
+    }
+
+
+def _stage(report: Report, name: Any, work: Callable[[], str]) -> tuple[Report, bool]:
+    """Run one check; its failure is recorded and, if it is the first, becomes the report's reason."""
+    try:
+        return report.with_check(name, True, work()), True
+    except Exception as exc:
+        failure = _failure(exc)
+        report = report.with_check(name, False, f"{failure.reason.value}: {failure.message}")
+        return (report.failed(failure.reason, failure.message) if report.passed else report), False
+
+
+def run(spec: FineTuneJobSpec, store: Store, work: Path, gpu_name: str | None, gpu: GpuType | None) -> Report:
+    """Every check, each recorded; the first failure is the report's reason. Nothing here needs a GPU."""
+    report = Report(passed=True)
+    report, _ = _stage(report, "output", lambda: check_output(spec, store))
+    found: dict[str, Any] = {}
+
+    def model() -> str:
+        found["source"], found["shape"] = fetch_model_config(spec, store, work)
+        shape = found["shape"]
+        found["tokenizer"] = load_tokenizer(str(found["source"]), spec.model)
+        return f"{spec.model.uri}: {shape.family}, {shape.params / 1e9:.2f}B parameters, vocabulary {shape.vocab}"
+
+    report, model_ok = _stage(report, "model", model)
+
+    def datasets() -> str:
+        data_bytes(spec, store)
+        found["files"] = fetch_data(spec, store, work)
+        return "reachable: " + ", ".join(u for u in (spec.dataset.train, spec.dataset.validation) if u)
+
+    report, data_ok = _stage(report, "dataset", datasets)
+    if model_ok and data_ok:
+
+        def records() -> str:
+            found["counts"] = count_steps(spec, found["tokenizer"], found["shape"].family, *found["files"])
+            c = found["counts"]
+            return f"{c['records']} records in the shape {spec.dataset.format} needs; {c['tokens']} tokens per epoch"
+
+        report, _ = _stage(report, "records", records)
+    counts = found.get("counts")
+    if counts:
+        report = report.model_copy(update={k: counts[k] for k in ("records", "tokens", "stepsPerEpoch", "totalSteps")})
+    if model_ok:
+        report = memory_and_hours(report, spec, found["shape"], counts, gpu_name, gpu)
+    return report
+
+
+def memory_and_hours(
+    report: Report, spec: FineTuneJobSpec, shape: Shape, counts: dict[str, Any] | None, gpu_name: str | None, gpu: GpuType | None
+) -> Report:
+    """Memory per GPU against the GPU type's (WontFit with the smallest change that fits), and the GPU-hours."""
+    on_gpu = spec.workers.gpusPerWorker > 0
+    sized = spec
+    if counts and not counts["packing"] and counts["longest"] < spec.dataset.maxSeqLength:  # rows pad to the longest
+        body = spec.model_dump(mode="json")
+        body["dataset"]["maxSeqLength"] = max(16, counts["longest"])
+        sized = FineTuneJobSpec.model_validate(body)
+    update: dict[str, Any] = {}
+    if on_gpu and gpu is not None:
+        mine, suggestion = fit(shape, sized, gpu.memory_bytes)
+        update.update(memoryPerGpuBytes=mine.total, gpuMemoryBytes=gpu.memory_bytes, gpuType=gpu_name, suggestion=suggestion)
+        fits = mine.total <= 0.9 * gpu.memory_bytes
+        message = (
+            f"about {gib(mine.total)} per GPU of {gib(gpu.memory_bytes)} ({gpu_name})"
+            if fits
+            else wont_fit_message(mine, gpu.memory_bytes, gpu_name or "GPU", suggestion)
+        )
+        report = report.model_copy(update=update).with_check("memory", fits, message)
+        if not fits and report.passed:
+            report = report.failed(Reason.WONT_FIT, message)
+        if counts:
+            epochs = counts["totalSteps"] / counts["stepsPerEpoch"]
+            flops = training_flops(
+                shape, spec, counts["tokens"] * epochs, counts["evalTokens"] * evaluations(spec, counts["totalSteps"])
+            )
+            wall, gpu_hours = hours(flops, spec.workers.replicas * spec.workers.gpusPerWorker, gpu)
+            report = report.model_copy(
+                update={
+                    "estimatedHours": float(f"{wall:.4g}"),
+                    "gpuHours": float(f"{gpu_hours:.4g}"),
+                    "estimatedCost": float(f"{gpu_hours * gpu.pricePerHour:.4g}") if gpu.pricePerHour else None,
+                }
+            )
+    else:
+        mine = estimate(shape, sized)
+        where = "per process on CPUs" if not on_gpu else f"per GPU (GPU type {gpu_name!r} is not in the platform's table)"
+        report = report.model_copy(update={"memoryPerGpuBytes": mine.total}).with_check(
+            "memory", True, f"about {gib(mine.total)} {where}"
+        )
+    return report
+
+
+def gpu_from_environ() -> tuple[str | None, GpuType | None]:
+    """The GPU type the operator found for this job: KUBETUNE_GPU_TYPE (its name) and KUBETUNE_GPU (its entry)."""
+    raw = os.environ.get("KUBETUNE_GPU")
+    return os.environ.get("KUBETUNE_GPU_TYPE"), GpuType.model_validate_json(raw) if raw else None
+
+
+def main() -> int:
+    """The preflight pod: the report is printed and left as the termination message; exit 0 when it passed."""
+    worker = WorkerEnv.from_environ()
+    try:
+        spec = load_spec(worker.config_path)
+    except TrainerFailure as exc:
+        report = Report(passed=False, reason=exc.reason.value, message=exc.message)
+    else:
+        work = Path(os.environ.get("KUBETUNE_WORK_DIR") or tempfile.mkdtemp(prefix="kubetune-preflight-"))
+        work.mkdir(parents=True, exist_ok=True)
+        name, gpu = gpu_from_environ()
+        report = run(spec, Store(spec.storage), work, name, gpu)
+    text = report.to_json()
+    print(text, flush=True)
+    if worker.termination_log is not None:
+        worker.termination_log.parent.mkdir(parents=True, exist_ok=True)
+        worker.termination_log.write_text(text)
+    return 0 if report.passed else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
