@@ -105,6 +105,7 @@ def test_two_worker_job_succeeds_and_its_adapter_reloads(
     assert status["preflight"]["passed"] and condition(final, "Preflight")["status"] == "True"
     assert status["preflight"]["totalSteps"] == status["progress"]["totalSteps"]
     assert status["preflight"]["records"] == 600 and status["preflight"]["memoryPerGpuBytes"] > 0
+    assert status["usage"]["podSeconds"] > 0 and status["usage"]["lostShare"] == 0
     assert status["metrics"]["evalLoss"] < status["metrics"]["baseEvalLoss"]
     assert status["adapterUri"] == "s3://adapters/e2e/e2e/adapter/"
     assert status["progress"]["summary"].endswith("(100%)") and status["completionTime"] and status["startTime"]
@@ -170,6 +171,14 @@ def test_killed_worker_restarts_the_gang_from_its_checkpoint(
     assert restarting["status"]["lastFailureReason"]
     final = finished(plane, name)
     assert final["status"]["restarts"] == 1 and final["status"]["progress"]["totalSteps"] == 150
+    # the ledger: the first gang's pod time is lost, counted once; the second's is not
+    usage = final["status"]["usage"]
+    assert usage["closedAttempts"] == 1 and 0 < usage["restartedPodSeconds"] < usage["podSeconds"]
+    assert 0 < usage["lostShare"] < 1 and usage["lostShare"] == pytest.approx(
+        usage["restartedPodSeconds"] / usage["podSeconds"], abs=1e-3
+    )
+    assert usage["gpuHours"] == 0  # CPU workers: pod time, no GPU-hours
+    assert "GPU-HOURS" in plane.kubectl("get", "ftj", name, "-n", NAMESPACE).stdout
     events = plane.kubectl(
         "get", "events", "-n", NAMESPACE, "--field-selector", f"involvedObject.name={name}", "-o", "json"
     ).stdout

@@ -57,6 +57,21 @@ class Workers(_Status):
     total: int = Field(0, description="Worker pods wanted.")
 
 
+class Usage(_Status):
+    """What the job held: worker pods' running time over every attempt, from their pods' start and end times."""
+
+    podSeconds: float = Field(0.0, description="Seconds worker pods ran, summed over pods and attempts.")
+    gpuHours: float = Field(0.0, description="GPU-hours held: podSeconds times the GPUs of each pod, in hours.")
+    lostGpuHours: float = Field(
+        0.0, description="The part of gpuHours spent in attempts that failed (gang restarts, a failed end)."
+    )
+    lostShare: float | None = Field(None, description="lostGpuHours / gpuHours (of pod time, for jobs without GPUs).")
+    gpuType: str | None = Field(None, description="The GPU type the hours were held on.")
+    estimatedCost: float | None = Field(None, description="gpuHours times the platform's price per GPU-hour of the type.")
+    restartedPodSeconds: float = Field(0.0, description="Pod seconds of the attempts that ended in a gang restart.")
+    closedAttempts: int = Field(0, description="Attempts whose time is in restartedPodSeconds (counted once each).")
+
+
 class FineTuneJobStatus(_Status):
     """Where the job is and how it went."""
 
@@ -68,6 +83,7 @@ class FineTuneJobStatus(_Status):
     metrics: Metrics | None = Field(None, description=Metrics.__doc__)
     workers: Workers | None = Field(None, description=Workers.__doc__)
     preflight: Report | None = Field(None, description=Report.__doc__)
+    usage: Usage | None = Field(None, description=Usage.__doc__)
     adapterUri: str | None = Field(None, description="Where the finished adapter is (output.uri + adapter/).")
     startTime: str | None = Field(None, description="RFC 3339 time the workers first started.")
     completionTime: str | None = Field(None, description="RFC 3339 time the job succeeded or failed.")

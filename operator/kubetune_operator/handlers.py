@@ -30,8 +30,10 @@ from .status import (
     GENERATION_ANNOTATION,
     PERMANENT,
     last_progress,
+    ledger,
     now,
     observe,
+    pod_seconds,
     preflight_outcome,
     preflight_stale,
     progress_status,
@@ -291,6 +293,8 @@ def _write_status(body: dict[str, Any], new: dict[str, Any]) -> None:
         if exc.status != 404:
             raise kopf.TemporaryError(f"cannot write status: {exc.reason}", delay=5) from exc
         return
+    labels = meta.get("labels") or {}
+    metrics.usage_changed(meta["namespace"], labels.get(QUEUE_LABEL, ""), old.get("usage"), new.get("usage"))
     if old.get("phase") != new.get("phase"):
         failed = new.get("phase") == Phase.FAILED
         reason = next((c["reason"] for c in new.get("conditions", []) if c["type"] == new.get("phase")), new.get("phase", ""))
@@ -519,6 +523,7 @@ def _sync(namespace: str, name: str, body: dict[str, Any] | None) -> None:
                 message = f"restart {restarts + 1} of {spec.runPolicy.backoffLimit} after {obs.reason}: {obs.message}"
                 conditions = set_condition(conditions, ConditionType.RUNNING, False, Reason.GANG_RESTARTING, message, generation)
                 new["conditions"] = conditions
+                new["usage"] = _usage(plan, status, pods, restarts, restarting=True, failed=False)
                 # counted first: were the count written after the delete and lost, the gang would restart for ever
                 _write_status(body, new)
                 assert job is not None
@@ -527,7 +532,35 @@ def _sync(namespace: str, name: str, body: dict[str, Any] | None) -> None:
                 metrics.restarted()
                 return
     new["conditions"] = conditions
+    if job is not None:
+        attempt = builders.attempt_of(job, restarts)
+        done = new.get("phase") in (Phase.SUCCEEDED, Phase.FAILED)
+        new["usage"] = _usage(plan, status, pods, attempt, restarting=False, failed=new.get("phase") == Phase.FAILED, final=done)
     _write_status(body, new)
+
+
+def _usage(
+    plan: Plan,
+    status: Mapping[str, Any],
+    pods: list[dict[str, Any]],
+    attempt: int,
+    *,
+    restarting: bool,
+    failed: bool,
+    final: bool = False,
+) -> dict[str, Any]:
+    at = datetime.datetime.now(datetime.UTC)
+    return ledger(
+        status.get("usage"),
+        pod_seconds(pods, at),
+        attempt,
+        restarting=restarting,
+        failed=failed,
+        final=final,
+        gpus=plan.gpus,
+        gpu_type=plan.gpu_type,
+        price=plan.gpu_price,
+    )
 
 
 def preflight_passed(status: Mapping[str, Any], generation: int | None) -> bool:

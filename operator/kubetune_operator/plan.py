@@ -34,6 +34,7 @@ class Plan:
     preflight_deadline: int = 1800
     gpu_type: str = ""  # the GPU type the job runs on, and its entry in the platform's table (JSON), if it has one
     gpu: str = ""
+    gpu_price: float = 0.0  # the platform's price of one GPU-hour of that type
 
     @property
     def spec(self) -> Any:
@@ -118,4 +119,5 @@ def make_plan(
         preflight_deadline=settings.preflight_deadline,
         gpu_type=gpu_name if spec.workers.gpusPerWorker else "",
         gpu=gpu.model_dump_json() if gpu is not None and spec.workers.gpusPerWorker else "",
+        gpu_price=gpu.pricePerHour if gpu is not None else 0.0,
     )
