@@ -22,24 +22,25 @@ from kubetune_api.conditions import ConditionType, Phase, Reason
 from kubetune_api.names import GROUP, JOB_NAME_LABEL, PLURAL, QUEUE_LABEL, VERSION
 from kubetune_api.policy import Policy, load_policy
 from kubetune_api.policy import check as policy_check
+from kubetune_api.status import FineTuneJobStatus
 
 from . import builders, metrics
 from .plan import Plan, make_plan
 from .settings import Settings
-from .status import (
-    GENERATION_ANNOTATION,
-    PERMANENT,
-    last_progress,
-    ledger,
-    now,
-    observe,
-    pod_seconds,
-    preflight_outcome,
-    preflight_stale,
-    progress_status,
-    report_status,
-    set_condition,
-    succeeded_fields,
+from .status import GENERATION_ANNOTATION, last_progress, now, observe, progress_status, set_condition
+from .transition import (
+    Action,
+    CountRestart,
+    CreateJob,
+    CreatePreflight,
+    DeleteJob,
+    DeletePreflight,
+    Emit,
+    Observed,
+    SuspendJob,
+    WriteStatus,
+    preflight_passed,
+    transition,
 )
 
 SETTINGS = Settings.from_environ()
@@ -360,6 +361,7 @@ def sync(namespace: str, name: str, body: dict[str, Any] | None = None) -> None:
 
 
 def _sync(namespace: str, name: str, body: dict[str, Any] | None) -> None:
+    """Observe, decide (transition.transition, pure), carry out, write the status once if it changed."""
     if body is None:
         body = _read(API.custom.get_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL, name)
     if body is None or body["metadata"].get("deletionTimestamp"):
@@ -374,13 +376,7 @@ def _sync(namespace: str, name: str, body: dict[str, Any] | None) -> None:
     if status.get("phase") in (Phase.SUCCEEDED, Phase.FAILED):
         _expire(body, status)
         return
-
-    new = dict(status)
-    new["observedGeneration"] = generation
-    conditions = set_condition(
-        status.get("conditions", []), ConditionType.VALIDATED, True, Reason.SPEC_VALID, "the spec is valid", generation
-    )
-    restarts = int(status.get("restarts", 0))
+    previous = typed_status(status)
     elapsed = 0.0
     if status.get("startTime"):
         started = datetime.datetime.strptime(status["startTime"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=datetime.UTC)
@@ -391,231 +387,78 @@ def _sync(namespace: str, name: str, body: dict[str, Any] | None) -> None:
         raise Refused(Reason.POLICY_DENIED, "; ".join(str(p) for p in denied))
     # the queue is fixed when the Job is made: removing the label from a started job does not skip the queue
     queue = (job["metadata"].get("labels") or {}).get(QUEUE_LABEL) if job is not None else None
-    plan = make_plan(body, result.job, SETTINGS, restarts, elapsed, queue=queue)
+    plan = make_plan(body, result.job, SETTINGS, previous.restarts, elapsed, queue=queue)
     if job is not None and not owned(job, plan.uid):
         raise _conflict("Job", plan)
     _ensure(plan, builders.build_configmap(plan), fresh=job is None)
     _ensure(plan, builders.build_service(plan), fresh=job is None)
     _ensure(plan, builders.build_network_policy(plan), fresh=job is None)
-    if job is None and plan.preflight and not preflight_passed(status, generation):
-        held, new, conditions = _preflight(plan, new, conditions, generation)
-        if held:  # the checks run, or failed: no training Job, so no GPU is requested
-            new["conditions"] = conditions
-            _write_status(body, new)
-            return
-    pods = []
-    if job is not None:
-        listed = _json(API.core.list_namespaced_pod, namespace, label_selector=f"{JOB_NAME_LABEL}={name}")
-        job_uid = job["metadata"]["uid"]
-        pods = [p for p in (listed or {}).get("items") or [] if owned(p, job_uid)]  # the Job's own pods, no look-alikes
-    obs = observe(job, pods, plan.workers)
-    new["workers"] = {"ready": obs.ready, "total": plan.workers}
-    spec = result.job.spec
-
-    if obs.state == "missing":
-        if job is not None:  # the previous gang is still being torn down
-            conditions = set_condition(
-                conditions,
-                ConditionType.RUNNING,
-                False,
-                Reason.GANG_RESTARTING,
-                "waiting for the old workers to stop",
-                generation,
-            )
-        else:
-            try:
-                _raw(API.batch.create_namespaced_job, namespace, builders.build_job(plan))
-            except client.ApiException as exc:
-                if exc.status in (400, 422):
-                    raise _rejected("Job", exc) from exc
-                if exc.status != 409:
-                    raise kopf.TemporaryError(f"cannot create Job {plan.job_name}: {exc.reason}", delay=5) from exc
-            new["phase"] = Phase.SUSPENDED.value if plan.suspend else (Phase.QUEUED.value if plan.queue else Phase.PENDING.value)
-            if plan.queue and not plan.suspend:
-                conditions = set_condition(
-                    conditions,
-                    ConditionType.QUEUED,
-                    True,
-                    Reason.WAITING_FOR_QUEUE,
-                    f"waiting for queue {plan.queue}",
-                    generation,
-                )
-    elif obs.state == "suspended":
-        if plan.suspend:
-            new["phase"] = Phase.SUSPENDED.value
-            conditions = set_condition(
-                conditions, ConditionType.SUSPENDED, True, Reason.USER_SUSPENDED, "runPolicy.suspend is true", generation
-            )
-            conditions = set_condition(conditions, ConditionType.RUNNING, False, Reason.USER_SUSPENDED, "suspended", generation)
-        elif plan.queue:
-            new["phase"] = Phase.QUEUED.value
-            conditions = set_condition(
-                conditions, ConditionType.QUEUED, True, Reason.WAITING_FOR_QUEUE, f"waiting for queue {plan.queue}", generation
-            )
-        else:
-            _patch_job(plan, job, {"spec": {"suspend": False}})
-            new["phase"] = Phase.PENDING.value
-            conditions = set_condition(
-                conditions, ConditionType.SUSPENDED, False, Reason.RESUMED, "resumed from the newest checkpoint", generation
-            )
-    elif plan.suspend and obs.state in ("pending", "running"):
-        _patch_job(plan, job, {"spec": {"suspend": True}})
-        new["phase"] = Phase.SUSPENDED.value
-        conditions = set_condition(
-            conditions,
-            ConditionType.SUSPENDED,
-            True,
-            Reason.USER_SUSPENDED,
-            "stopping the workers; checkpoints are kept",
-            generation,
-        )
-    else:
-        if plan.queue:
-            conditions = set_condition(
-                conditions, ConditionType.QUEUED, False, Reason.ADMITTED, f"admitted by queue {plan.queue}", generation
-            )
-        if any(c["type"] == ConditionType.SUSPENDED and c["status"] == "True" for c in conditions):
-            conditions = set_condition(conditions, ConditionType.SUSPENDED, False, Reason.RESUMED, "resumed", generation)
-        if obs.state == "pending":
-            new["phase"] = Phase.PENDING.value
-            conditions = set_condition(conditions, ConditionType.RUNNING, False, obs.reason, obs.message, generation)
-        elif obs.state == "running":
-            new["phase"] = Phase.RUNNING.value
-            new.setdefault("startTime", now())
-            conditions = set_condition(
-                conditions, ConditionType.RUNNING, True, Reason.TRAINING, f"{obs.ready} workers training", generation
-            )
-            progress = _progress(plan, pods, force=False)
-            if progress:
-                new["progress"] = progress
-        elif obs.state == "succeeded":
-            new["phase"] = Phase.SUCCEEDED.value
-            new["completionTime"] = now()
-            new.setdefault("startTime", new["completionTime"])
-            new.update(succeeded_fields(obs.summary, spec.output.uri, new.get("progress")))
-            conditions = set_condition(conditions, ConditionType.RUNNING, False, Reason.COMPLETED, "finished", generation)
-            conditions = set_condition(conditions, ConditionType.SUCCEEDED, True, Reason.COMPLETED, obs.message, generation)
-        elif obs.state == "failed":
-            # the failed gang's own attempt number, not the status's count: counting is idempotent, so a delete that
-            # fails after the count was written, and is tried again, never counts the same failure twice
-            assert job is not None
-            restarts = builders.attempt_of(job, restarts)
-            new["lastFailureReason"] = obs.reason
-            final = obs.reason in PERMANENT or obs.reason == Reason.DEADLINE_EXCEEDED or restarts >= spec.runPolicy.backoffLimit
-            if final:
-                reason = (
-                    obs.reason
-                    if (obs.reason in PERMANENT or obs.reason == Reason.DEADLINE_EXCEEDED)
-                    else Reason.BACKOFF_LIMIT_EXCEEDED.value
-                )
-                message = (
-                    obs.message if reason == obs.reason else f"{restarts} restarts; last failure {obs.reason}: {obs.message}"
-                )
-                new["phase"] = Phase.FAILED.value
-                new["completionTime"] = now()
-                conditions = set_condition(conditions, ConditionType.RUNNING, False, reason, message, generation)
-                conditions = set_condition(conditions, ConditionType.FAILED, True, reason, message, generation)
-                if reason == Reason.BELOW_THRESHOLD:  # the run finished; its adapter missed output.minImprovement
-                    conditions = set_condition(conditions, ConditionType.QUALITY_GATE, False, reason, message, generation)
-            else:
-                new["restarts"] = restarts + 1
-                new["phase"] = Phase.PENDING.value
-                message = f"restart {restarts + 1} of {spec.runPolicy.backoffLimit} after {obs.reason}: {obs.message}"
-                conditions = set_condition(conditions, ConditionType.RUNNING, False, Reason.GANG_RESTARTING, message, generation)
-                new["conditions"] = conditions
-                new["usage"] = _usage(plan, status, pods, restarts, restarting=True, failed=False)
-                # counted first: were the count written after the delete and lost, the gang would restart for ever
-                _write_status(body, new)
-                assert job is not None
-                _delete_job(plan, job)
-                _event(body, Reason.GANG_RESTARTING.value, message, warning=True)
-                metrics.restarted()
-                return
-    new["conditions"] = conditions
-    if job is not None:
-        attempt = builders.attempt_of(job, restarts)
-        done = new.get("phase") in (Phase.SUCCEEDED, Phase.FAILED)
-        new["usage"] = _usage(plan, status, pods, attempt, restarting=False, failed=new.get("phase") == Phase.FAILED, final=done)
-    _write_status(body, new)
+    preflight, preflight_pods = None, []
+    if job is None and plan.preflight and not preflight_passed(previous, generation):
+        preflight = _json(API.batch.read_namespaced_job, plan.preflight_name, namespace)
+        if preflight is not None and not owned(preflight, plan.uid):
+            raise _conflict("Job", plan)
+        preflight_pods = _pods_of(plan, preflight)
+    pods = _pods_of(plan, job)
+    progress = _progress(plan, pods, force=False) if observe(job, pods, plan.workers).state == "running" else None
+    seen = Observed(generation, datetime.datetime.now(datetime.UTC), job, pods, preflight, preflight_pods, progress)
+    new, actions = transition(plan, seen, previous)
+    _carry_out(plan, body, job, new.model_dump(mode="json", exclude_none=True), actions)
 
 
-def _usage(
-    plan: Plan,
-    status: Mapping[str, Any],
-    pods: list[dict[str, Any]],
-    attempt: int,
-    *,
-    restarting: bool,
-    failed: bool,
-    final: bool = False,
-) -> dict[str, Any]:
-    at = datetime.datetime.now(datetime.UTC)
-    return ledger(
-        status.get("usage"),
-        pod_seconds(pods, at),
-        attempt,
-        restarting=restarting,
-        failed=failed,
-        final=final,
-        gpus=plan.gpus,
-        gpu_type=plan.gpu_type,
-        price=plan.gpu_price,
-    )
+def typed_status(status: Mapping[str, Any]) -> FineTuneJobStatus:
+    """The status as written before, typed; fields this version does not know are dropped, an unreadable one
+    starts afresh (only the operator writes the status subresource)."""
+    known = {k: v for k, v in status.items() if k in FineTuneJobStatus.model_fields}
+    try:
+        return FineTuneJobStatus.model_validate(known)
+    except ValueError:
+        return FineTuneJobStatus()
 
 
-def preflight_passed(status: Mapping[str, Any], generation: int | None) -> bool:
-    """Whether the preflight passed for this generation of the spec (a changed spec is checked again)."""
-    return any(
-        c.get("type") == ConditionType.PREFLIGHT and c.get("status") == "True" and c.get("observedGeneration") == generation
-        for c in status.get("conditions") or []
-    )
-
-
-def _preflight(
-    plan: Plan, new: dict[str, Any], conditions: list[dict[str, Any]], generation: int | None
-) -> tuple[bool, dict[str, Any], list[dict[str, Any]]]:
-    """Create the preflight Job, or read how it went. Returns whether the job is held (still checking, or failed),
-    the status and the conditions; when it passed, the caller goes on to create the training Job."""
-    name = plan.preflight_name
-    found = _json(API.batch.read_namespaced_job, name, plan.namespace)
-    if found is not None and not owned(found, plan.uid):
-        raise _conflict("Job", plan)
-    if found is not None and preflight_stale(found, generation):
-        _delete_job(plan, found, name)  # the spec changed since: its checks are checked again
-        found = None
-    if found is None:
-        preflight = builders.build_preflight_job(plan)
-        preflight["metadata"].setdefault("annotations", {})[GENERATION_ANNOTATION] = str(generation)
-        try:
-            _raw(API.batch.create_namespaced_job, plan.namespace, preflight)
-        except client.ApiException as exc:
-            if exc.status in (400, 422):
-                raise _rejected("Job", exc) from exc
-            if exc.status != 409:
-                raise kopf.TemporaryError(f"cannot create Job {name}: {exc.reason}", delay=5) from exc
-        new["phase"] = Phase.PREFLIGHT.value
-        message = "checking storage, records, memory per GPU and GPU-hours on a CPU before any GPU is requested"
-        conditions = set_condition(conditions, ConditionType.PREFLIGHT, False, Reason.PREFLIGHT_RUNNING, message, generation)
-        return True, new, conditions
+def _pods_of(plan: Plan, job: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """A Job's own pods (its uid in their owner references): no look-alikes, and never the other Job's."""
+    if job is None:
+        return []
     listed = _json(API.core.list_namespaced_pod, plan.namespace, label_selector=f"{JOB_NAME_LABEL}={plan.name}")
-    pods = [p for p in (listed or {}).get("items") or [] if owned(p, found["metadata"]["uid"])]
-    outcome = preflight_outcome(found, pods)
-    if outcome.state == "running":
-        new["phase"] = Phase.PREFLIGHT.value
-        conditions = set_condition(conditions, ConditionType.PREFLIGHT, False, outcome.reason, outcome.message, generation)
-        return True, new, conditions
-    if outcome.report is not None:
-        new["preflight"] = report_status(outcome.report)
-    if outcome.state == "passed":
-        conditions = set_condition(
-            conditions, ConditionType.PREFLIGHT, True, Reason.PREFLIGHT_PASSED, outcome.message, generation
-        )
-        return False, new, conditions
-    new["phase"] = Phase.FAILED.value
-    new["completionTime"] = now()
-    for type_ in (ConditionType.PREFLIGHT, ConditionType.FAILED):
-        conditions = set_condition(conditions, type_, type_ == ConditionType.FAILED, outcome.reason, outcome.message, generation)
-    return True, new, conditions
+    return [p for p in (listed or {}).get("items") or [] if owned(p, job["metadata"]["uid"])]
+
+
+def _create_job(plan: Plan, obj: dict[str, Any]) -> None:
+    try:
+        _raw(API.batch.create_namespaced_job, plan.namespace, obj)
+    except client.ApiException as exc:
+        if exc.status in (400, 422):
+            raise _rejected("Job", exc) from exc
+        if exc.status != 409:
+            raise kopf.TemporaryError(f"cannot create Job {obj['metadata']['name']}: {exc.reason}", delay=5) from exc
+
+
+def _carry_out(plan: Plan, body: dict[str, Any], job: dict[str, Any] | None, new: dict[str, Any], actions: list[Action]) -> None:
+    """The transition's actions, in order; the status is written where WriteStatus says, else at the end."""
+    written = False
+    for action in actions:
+        if isinstance(action, CreatePreflight):
+            preflight = builders.build_preflight_job(plan)
+            preflight["metadata"].setdefault("annotations", {})[GENERATION_ANNOTATION] = str(body["metadata"].get("generation"))
+            _create_job(plan, preflight)
+        elif isinstance(action, DeletePreflight):
+            _delete_job(plan, {"metadata": {"uid": action.uid}}, plan.preflight_name)
+        elif isinstance(action, CreateJob):
+            _create_job(plan, builders.build_job(plan))
+        elif isinstance(action, SuspendJob):
+            _patch_job(plan, job, {"spec": {"suspend": action.suspend}})
+        elif isinstance(action, WriteStatus):
+            _write_status(body, new)
+            written = True
+        elif isinstance(action, DeleteJob):
+            _delete_job(plan, {"metadata": {"uid": action.uid}})
+        elif isinstance(action, Emit):
+            _event(body, action.reason, action.message, warning=action.warning)
+        elif isinstance(action, CountRestart):
+            metrics.restarted()
+    if not written:
+        _write_status(body, new)
 
 
 def _patch_job(plan: Plan, job: dict[str, Any] | None, patch: dict[str, Any]) -> None:

@@ -19,9 +19,15 @@ def now() -> str:
 
 
 def set_condition(
-    conditions: list[dict[str, Any]], type_: str, status: bool, reason: str, message: str, generation: int | None
+    conditions: list[dict[str, Any]],
+    type_: str,
+    status: bool,
+    reason: str,
+    message: str,
+    generation: int | None,
+    at: str | None = None,
 ) -> list[dict[str, Any]]:
-    """Conditions with one set; lastTransitionTime moves only when the status flips."""
+    """Conditions with one set; lastTransitionTime (at, default now) moves only when the status flips."""
     value = "True" if status else "False"
     out = [dict(c) for c in conditions if c.get("type") != type_]
     old = next((c for c in conditions if c.get("type") == type_), None)
@@ -32,7 +38,7 @@ def set_condition(
             "status": value,
             "reason": reason,
             "message": message[:2000],
-            "lastTransitionTime": now() if changed else old["lastTransitionTime"],  # type: ignore[index]
+            "lastTransitionTime": (at or now()) if changed else old["lastTransitionTime"],  # type: ignore[index]
             "observedGeneration": generation,
         }
     )

@@ -1,0 +1,291 @@
+"""The reconcile's decision, pure: `transition(plan, observed, previous status) -> (new status, actions)`.
+
+The handler observes (the Job, its pods, the preflight Job and its pods, rank 0's progress line, the time), calls
+this, carries out the actions in order and writes the status once if it changed. Nothing here calls the API, so
+every phase is table-tested (tests/test_transition.py). The conditions are set through small named setters, as
+kubeflow/trainer does."""
+
+from __future__ import annotations
+
+import datetime
+from dataclasses import dataclass, field
+from typing import Any
+
+from kubetune_api.conditions import ConditionType, Phase, Reason
+from kubetune_api.status import FineTuneJobStatus
+
+from . import builders
+from .plan import Plan
+from .status import (
+    PERMANENT,
+    ledger,
+    observe,
+    pod_seconds,
+    preflight_outcome,
+    preflight_stale,
+    report_status,
+    set_condition,
+    succeeded_fields,
+)
+
+# actions, carried out by the handler in the order given
+
+
+@dataclass(frozen=True)
+class CreatePreflight:
+    """Create the preflight Job for the spec's current generation."""
+
+
+@dataclass(frozen=True)
+class DeletePreflight:
+    uid: str  # the stale preflight Job's uid (a precondition of the delete)
+
+
+@dataclass(frozen=True)
+class CreateJob:
+    """Create the training Job (suspended when queued or suspended)."""
+
+
+@dataclass(frozen=True)
+class SuspendJob:
+    suspend: bool
+    uid: str
+
+
+@dataclass(frozen=True)
+class WriteStatus:
+    """Write the new status now, before the actions after it (a restart's count before its delete)."""
+
+
+@dataclass(frozen=True)
+class DeleteJob:
+    uid: str
+
+
+@dataclass(frozen=True)
+class Emit:
+    reason: str
+    message: str
+    warning: bool = False
+
+
+@dataclass(frozen=True)
+class CountRestart:
+    """The gang-restart metric."""
+
+
+Action = CreatePreflight | DeletePreflight | CreateJob | SuspendJob | WriteStatus | DeleteJob | Emit | CountRestart
+
+
+@dataclass(frozen=True)
+class Observed:
+    """What the handler saw, all of it already checked to be this job's own (owner references)."""
+
+    generation: int | None
+    now: datetime.datetime
+    job: dict[str, Any] | None = None
+    pods: list[dict[str, Any]] = field(default_factory=list)
+    preflight: dict[str, Any] | None = None
+    preflight_pods: list[dict[str, Any]] = field(default_factory=list)
+    progress: dict[str, Any] | None = None  # rank 0's newest progress line, when it was read this time
+
+
+def stamp(at: datetime.datetime) -> str:
+    return at.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class Status:
+    """The status being written: a dict of the typed status's fields, and the named setters that change it."""
+
+    def __init__(self, previous: FineTuneJobStatus, generation: int | None, now: datetime.datetime) -> None:
+        self.old = previous.model_dump(mode="json", exclude_none=True)
+        self.new: dict[str, Any] = dict(self.old)
+        self.conditions: list[dict[str, Any]] = [dict(c) for c in self.old.get("conditions", [])]
+        self.generation, self.now = generation, stamp(now)
+
+    def set(self, type_: ConditionType, value: bool, reason: str, message: str) -> None:
+        self.conditions = set_condition(self.conditions, type_, value, reason, message, self.generation, at=self.now)
+
+    def is_true(self, type_: ConditionType) -> bool:
+        return any(c["type"] == type_ and c["status"] == "True" for c in self.conditions)
+
+    # named setters
+
+    def validated(self) -> None:
+        self.new["observedGeneration"] = self.generation
+        self.set(ConditionType.VALIDATED, True, Reason.SPEC_VALID, "the spec is valid")
+
+    def preflight_running(self, reason: str, message: str) -> None:
+        self.new["phase"] = Phase.PREFLIGHT.value
+        self.set(ConditionType.PREFLIGHT, False, reason, message)
+
+    def preflight_passed(self, message: str) -> None:
+        self.set(ConditionType.PREFLIGHT, True, Reason.PREFLIGHT_PASSED, message)
+
+    def queued(self, queue: str) -> None:
+        self.new["phase"] = Phase.QUEUED.value
+        self.set(ConditionType.QUEUED, True, Reason.WAITING_FOR_QUEUE, f"waiting for queue {queue}")
+
+    def suspended(self, message: str) -> None:
+        self.new["phase"] = Phase.SUSPENDED.value
+        self.set(ConditionType.SUSPENDED, True, Reason.USER_SUSPENDED, message)
+
+    def pending(self, reason: str, message: str) -> None:
+        self.new["phase"] = Phase.PENDING.value
+        self.set(ConditionType.RUNNING, False, reason, message)
+
+    def running(self, ready: int, progress: dict[str, Any] | None) -> None:
+        self.new["phase"] = Phase.RUNNING.value
+        self.new.setdefault("startTime", self.now)
+        self.set(ConditionType.RUNNING, True, Reason.TRAINING, f"{ready} workers training")
+        if progress:
+            self.new["progress"] = progress
+
+    def succeeded(self, fields: dict[str, Any], message: str) -> None:
+        self.new["phase"] = Phase.SUCCEEDED.value
+        self.new["completionTime"] = self.now
+        self.new.setdefault("startTime", self.now)
+        self.new.update(fields)
+        self.set(ConditionType.RUNNING, False, Reason.COMPLETED, "finished")
+        self.set(ConditionType.SUCCEEDED, True, Reason.COMPLETED, message)
+
+    def failed(self, reason: str, message: str, *, also: ConditionType = ConditionType.RUNNING) -> None:
+        self.new["phase"] = Phase.FAILED.value
+        self.new["completionTime"] = self.now
+        self.set(also, False, reason, message)
+        self.set(ConditionType.FAILED, True, reason, message)
+        if reason == Reason.BELOW_THRESHOLD:  # the run finished; its adapter missed output.minImprovement
+            self.set(ConditionType.QUALITY_GATE, False, reason, message)
+
+    def result(self) -> FineTuneJobStatus:
+        return FineTuneJobStatus.model_validate({**self.new, "conditions": self.conditions})
+
+
+def preflight_passed(status: FineTuneJobStatus, generation: int | None) -> bool:
+    """Whether the preflight passed for this generation of the spec (a changed spec is checked again)."""
+    return any(
+        c.type == ConditionType.PREFLIGHT and c.status == "True" and c.observedGeneration == generation for c in status.conditions
+    )
+
+
+def _preflight(plan: Plan, seen: Observed, status: Status) -> tuple[bool, list[Action]]:
+    """The preflight's part: whether the job is held (checks running or failed) and what to do."""
+    found = seen.preflight
+    actions: list[Action] = []
+    if found is not None and preflight_stale(found, seen.generation):
+        actions.append(DeletePreflight(found["metadata"]["uid"]))  # the spec changed since: checked again
+        found = None
+    if found is None:
+        status.preflight_running(
+            Reason.PREFLIGHT_RUNNING,
+            "checking storage, records, memory per GPU and GPU-hours on a CPU before any GPU is requested",
+        )
+        return True, [*actions, CreatePreflight()]
+    outcome = preflight_outcome(found, seen.preflight_pods)
+    if outcome.state == "running":
+        status.preflight_running(outcome.reason, outcome.message)
+        return True, []
+    if outcome.report is not None:
+        status.new["preflight"] = report_status(outcome.report)
+    if outcome.state == "passed":
+        status.preflight_passed(outcome.message)
+        return False, []
+    status.failed(outcome.reason, outcome.message, also=ConditionType.PREFLIGHT)
+    return True, []
+
+
+def _usage(plan: Plan, status: Status, seen: Observed, attempt: int, *, restarting: bool, failed: bool, final: bool) -> None:
+    status.new["usage"] = ledger(
+        status.old.get("usage"),
+        pod_seconds(seen.pods, seen.now),
+        attempt,
+        restarting=restarting,
+        failed=failed,
+        final=final,
+        gpus=plan.gpus,
+        gpu_type=plan.gpu_type,
+        price=plan.gpu_price,
+    )
+
+
+def transition(plan: Plan, seen: Observed, previous: FineTuneJobStatus) -> tuple[FineTuneJobStatus, list[Action]]:
+    """The new status and what to do, from what was observed and the status before."""
+    status = Status(previous, seen.generation, seen.now)
+    status.validated()
+    job, spec = seen.job, plan.spec
+    actions: list[Action] = []
+    if job is None and plan.preflight and not preflight_passed(previous, seen.generation):
+        held, actions = _preflight(plan, seen, status)
+        if held:
+            return status.result(), actions
+    obs = observe(job, seen.pods, plan.workers)
+    status.new["workers"] = {"ready": obs.ready, "total": plan.workers}
+    restarts = previous.restarts
+
+    if obs.state == "missing":
+        if job is not None:  # the previous gang is still being torn down
+            status.set(ConditionType.RUNNING, False, Reason.GANG_RESTARTING, "waiting for the old workers to stop")
+        else:
+            actions.append(CreateJob())
+            if plan.suspend:
+                status.new["phase"] = Phase.SUSPENDED.value
+            elif plan.queue:
+                status.queued(plan.queue)
+            else:
+                status.new["phase"] = Phase.PENDING.value
+    elif obs.state == "suspended":
+        assert job is not None
+        if plan.suspend:
+            status.suspended("runPolicy.suspend is true")
+            status.set(ConditionType.RUNNING, False, Reason.USER_SUSPENDED, "suspended")
+        elif plan.queue:
+            status.queued(plan.queue)
+        else:
+            actions.append(SuspendJob(False, job["metadata"]["uid"]))
+            status.new["phase"] = Phase.PENDING.value
+            status.set(ConditionType.SUSPENDED, False, Reason.RESUMED, "resumed from the newest checkpoint")
+    elif plan.suspend and obs.state in ("pending", "running"):
+        assert job is not None
+        actions.append(SuspendJob(True, job["metadata"]["uid"]))
+        status.suspended("stopping the workers; checkpoints are kept")
+    else:
+        if plan.queue:
+            status.set(ConditionType.QUEUED, False, Reason.ADMITTED, f"admitted by queue {plan.queue}")
+        if status.is_true(ConditionType.SUSPENDED):
+            status.set(ConditionType.SUSPENDED, False, Reason.RESUMED, "resumed")
+        if obs.state == "pending":
+            status.pending(obs.reason, obs.message)
+        elif obs.state == "running":
+            status.running(obs.ready, seen.progress)
+        elif obs.state == "succeeded":
+            status.succeeded(succeeded_fields(obs.summary, spec.output.uri, status.new.get("progress")), obs.message)
+        elif obs.state == "failed":
+            # the failed gang's own attempt number, not the status's count: counting is idempotent, so a delete that
+            # fails after the count was written, and is tried again, never counts the same failure twice
+            assert job is not None
+            restarts = builders.attempt_of(job, restarts)
+            status.new["lastFailureReason"] = obs.reason
+            if obs.reason in PERMANENT or obs.reason == Reason.DEADLINE_EXCEEDED or restarts >= spec.runPolicy.backoffLimit:
+                kept = obs.reason in PERMANENT or obs.reason == Reason.DEADLINE_EXCEEDED
+                reason = obs.reason if kept else Reason.BACKOFF_LIMIT_EXCEEDED.value
+                message = obs.message if kept else f"{restarts} restarts; last failure {obs.reason}: {obs.message}"
+                status.failed(reason, message)
+            else:
+                status.new["restarts"] = restarts + 1
+                status.new["phase"] = Phase.PENDING.value
+                message = f"restart {restarts + 1} of {spec.runPolicy.backoffLimit} after {obs.reason}: {obs.message}"
+                status.set(ConditionType.RUNNING, False, Reason.GANG_RESTARTING, message)
+                _usage(plan, status, seen, restarts, restarting=True, failed=False, final=False)
+                # counted first: were the count written after the delete and lost, the gang would restart for ever
+                actions += [
+                    WriteStatus(),
+                    DeleteJob(job["metadata"]["uid"]),
+                    Emit(Reason.GANG_RESTARTING.value, message, True),
+                    CountRestart(),
+                ]
+                return status.result(), actions
+    if job is not None:
+        done = status.new.get("phase") in (Phase.SUCCEEDED, Phase.FAILED)
+        attempt = builders.attempt_of(job, restarts)
+        _usage(plan, status, seen, attempt, restarting=False, failed=status.new.get("phase") == Phase.FAILED, final=done)
+    return status.result(), actions

@@ -1,0 +1,240 @@
+"""The reconcile's decision (kubetune_operator.transition.transition), table-tested across every phase: the
+preflight (created, running, stale, passed, failed), the training Job (created, queued, suspended, resumed,
+pending with the scheduler's words, running with progress, succeeded, failed for good, restarted once per
+attempt) and the ledger. Pure: no API server; the cluster tests run the same function for real."""
+
+from __future__ import annotations
+
+import datetime
+import json
+from typing import Any
+
+import pytest
+
+from kubetune_api.status import FineTuneJobStatus
+from kubetune_operator.transition import (
+    CountRestart,
+    CreateJob,
+    CreatePreflight,
+    DeleteJob,
+    DeletePreflight,
+    Emit,
+    Observed,
+    SuspendJob,
+    WriteStatus,
+    transition,
+)
+
+from .test_operator_unit import plan_for
+
+NOW = datetime.datetime(2026, 11, 26, 12, 0, 0, tzinfo=datetime.UTC)
+GEN = 1
+
+
+def plan(**changes: Any) -> Any:
+    return plan_for(**{"spec.runPolicy": {"preflight": True, **changes.pop("run", {})}, **changes})
+
+
+def job(*, uid: str = "job-1", condition: str | None = None, suspend: bool = False, attempt: int = 0, reason: str = "") -> dict[str, Any]:
+    conditions = [{"type": condition, "status": "True", "reason": reason}] if condition else []
+    return {
+        "metadata": {"uid": uid, "annotations": {"kubetune.dev/attempt": str(attempt), "kubetune.dev/generation": str(GEN)}},
+        "spec": {"suspend": suspend},
+        "status": {"conditions": conditions},
+    }
+
+
+def pod(index: int, phase: str = "Running", started: str = "2026-11-26T11:00:00Z", message: str = "", ended: str = "") -> dict[str, Any]:
+    state: dict[str, Any] = {"running": {"startedAt": started}}
+    if ended or message:
+        state = {"terminated": {"startedAt": started, "finishedAt": ended or "2026-11-26T11:30:00Z", "message": message}}
+    return {
+        "metadata": {"name": f"job-{index}", "annotations": {"batch.kubernetes.io/job-completion-index": str(index)}},
+        "status": {"phase": phase, "containerStatuses": [{"name": "trainer", "state": state}]},
+    }
+
+
+def pending_pod() -> dict[str, Any]:
+    return {
+        "metadata": {"name": "job-0"},
+        "status": {"phase": "Pending", "conditions": [{"type": "PodScheduled", "status": "False", "message": "0/2 nodes have 16 GPUs"}]},
+    }
+
+
+def report(passed: bool, reason: str = "", message: str = "") -> str:
+    body: dict[str, Any] = {"passed": passed, "totalSteps": 40, "memoryPerGpuBytes": 2**30}
+    if not passed:
+        body.update(reason=reason, message=message)
+    return json.dumps(body)
+
+
+def summary(status: str, reason: str = "", message: str = "") -> str:
+    body: dict[str, Any] = {"event": "summary", "status": status}
+    if status == "Succeeded":
+        body.update(metrics={"evalLoss": 1.2, "baseEvalLoss": 2.0}, steps=40)
+    else:
+        body.update(reason=reason, message=message)
+    return json.dumps(body)
+
+
+def passed_preflight() -> dict[str, Any]:
+    return {
+        "conditions": [
+            {"type": "Preflight", "status": "True", "reason": "PreflightPassed", "message": "", "lastTransitionTime": "2026-11-26T10:00:00Z", "observedGeneration": GEN}
+        ]
+    }
+
+
+def run(p: Any, previous: dict[str, Any] | None = None, **seen: Any) -> tuple[dict[str, Any], list[Any]]:
+    status, actions = transition(p, Observed(GEN, NOW, **seen), FineTuneJobStatus.model_validate(previous or {}))
+    return status.model_dump(mode="json", exclude_none=True), actions
+
+
+def cond(status: dict[str, Any], type_: str) -> dict[str, Any]:
+    return next(c for c in status["conditions"] if c["type"] == type_)
+
+
+# the preflight
+
+
+def test_a_new_job_gets_a_preflight_and_no_training_job() -> None:
+    status, actions = run(plan())
+    assert actions == [CreatePreflight()]
+    assert status["phase"] == "Preflight" and cond(status, "Preflight")["reason"] == "PreflightRunning"
+    assert cond(status, "Validated")["status"] == "True" and status["observedGeneration"] == GEN
+
+
+def test_a_preflight_running_holds_the_job() -> None:
+    status, actions = run(plan(), preflight=job(uid="pf"), preflight_pods=[pod(0)])
+    assert actions == [] and status["phase"] == "Preflight"
+
+
+def test_a_preflight_for_an_older_spec_is_replaced() -> None:
+    stale = job(uid="pf")
+    stale["metadata"]["annotations"]["kubetune.dev/generation"] = "0"
+    _, actions = run(plan(), preflight=stale)
+    assert actions == [DeletePreflight("pf"), CreatePreflight()]
+
+
+def test_a_passed_preflight_releases_the_training_job() -> None:
+    done = job(uid="pf", condition="Complete")
+    status, actions = run(plan(), preflight=done, preflight_pods=[pod(0, "Succeeded", message=report(True))])
+    assert actions == [CreateJob()]
+    assert status["phase"] == "Pending" and cond(status, "Preflight")["status"] == "True"
+    assert status["preflight"]["totalSteps"] == 40
+
+
+def test_a_passed_preflight_with_a_queue_waits_for_the_queue() -> None:
+    p = plan(**{"metadata.labels": {"kueue.x-k8s.io/queue-name": "gpus"}})
+    done = job(uid="pf", condition="Complete")
+    status, actions = run(p, preflight=done, preflight_pods=[pod(0, "Succeeded", message=report(True))])
+    assert actions == [CreateJob()] and status["phase"] == "Queued" and cond(status, "Queued")["reason"] == "WaitingForQueue"
+
+
+@pytest.mark.parametrize(
+    ("message", "reason"),
+    [
+        (report(False, "WontFit", "needs about 90 GiB per GPU"), "WontFit"),
+        (report(False, "BadRecord", "train.jsonl record 7: missing field 'completion'"), "BadRecord"),
+        (report(False, "Pwned", "a reason no preflight gives"), "PreflightError"),  # the pod's word is not trusted
+        ("not a report", "PreflightError"),
+    ],
+)
+def test_a_failed_preflight_fails_the_job_without_a_training_job(message: str, reason: str) -> None:
+    failed = job(uid="pf", condition="Failed")
+    status, actions = run(plan(), preflight=failed, preflight_pods=[pod(0, "Failed", message=message)])
+    assert actions == [] and status["phase"] == "Failed"
+    assert cond(status, "Failed")["reason"] == reason and cond(status, "Preflight")["reason"] == reason
+
+
+def test_a_passed_preflight_is_not_run_again_after_a_restart() -> None:
+    status, actions = run(plan(), previous={**passed_preflight(), "restarts": 1})
+    assert actions == [CreateJob()] and status["phase"] == "Pending"
+
+
+def test_a_job_without_preflight_creates_its_job_at_once() -> None:
+    _, actions = run(plan(run={"preflight": False}))
+    assert actions == [CreateJob()]
+
+
+# the training Job
+
+
+def test_a_suspended_job_stays_suspended_and_resumes() -> None:
+    p = plan(run={"suspend": True})
+    status, actions = run(p, previous=passed_preflight(), job=job(suspend=True))
+    assert actions == [] and status["phase"] == "Suspended" and cond(status, "Suspended")["status"] == "True"
+    status, actions = run(plan(), previous=status, job=job(suspend=True))
+    assert actions == [SuspendJob(False, "job-1")] and status["phase"] == "Pending"
+    assert cond(status, "Suspended")["status"] == "False"
+
+
+def test_suspending_a_running_job_suspends_its_job() -> None:
+    _, actions = run(plan(run={"suspend": True}), previous=passed_preflight(), job=job(), pods=[pod(0)])
+    assert actions == [SuspendJob(True, "job-1")]
+
+
+def test_pending_workers_say_why_in_the_schedulers_words() -> None:
+    status, actions = run(plan(), previous=passed_preflight(), job=job(), pods=[pending_pod()])
+    assert actions == [] and status["phase"] == "Pending"
+    assert cond(status, "Running")["reason"] == "Unschedulable" and "16 GPUs" in cond(status, "Running")["message"]
+
+
+def test_running_workers_report_progress_and_usage_in_whole_minutes() -> None:
+    progress = {"step": 10, "totalSteps": 40, "epoch": 0.25, "summary": "10/40 (25%)"}
+    status, _ = run(plan(), previous=passed_preflight(), job=job(), pods=[pod(0, started="2026-11-26T11:58:30Z")], progress=progress)
+    assert status["phase"] == "Running" and status["progress"]["summary"] == "10/40 (25%)"
+    assert status["startTime"] == "2026-11-26T12:00:00Z" and status["usage"]["podSeconds"] == 60.0
+
+
+def test_a_finished_job_succeeds_with_its_metrics() -> None:
+    done = job(condition="Complete")
+    status, actions = run(plan(), previous=passed_preflight(), job=done, pods=[pod(0, "Succeeded", message=summary("Succeeded"))])
+    assert actions == [] and status["phase"] == "Succeeded" and status["metrics"]["evalLoss"] == 1.2
+    assert cond(status, "Succeeded")["reason"] == "Completed" and status["usage"]["podSeconds"] == 1800.0
+
+
+def test_a_permanent_failure_fails_at_once() -> None:
+    failed = job(condition="Failed")
+    pods = [pod(0, "Failed", message=summary("Failed", "DatasetMissing", "s3://data/x.jsonl not found"))]
+    status, actions = run(plan(), previous=passed_preflight(), job=failed, pods=pods)
+    assert actions == [] and status["phase"] == "Failed" and cond(status, "Failed")["reason"] == "DatasetMissing"
+    assert status["usage"]["lostShare"] == 1.0
+
+
+def test_a_transient_failure_restarts_the_gang_once_per_attempt() -> None:
+    failed = job(condition="Failed", attempt=0)
+    pods = [pod(0, "Failed", message=summary("Failed", "OutOfMemory", "CUDA out of memory")), pod(1)]
+    status, actions = run(plan(), previous=passed_preflight(), job=failed, pods=pods)
+    assert actions == [WriteStatus(), DeleteJob("job-1"), Emit("GangRestarting", actions[2].message, True), CountRestart()]
+    assert status["restarts"] == 1 and status["phase"] == "Pending" and status["lastFailureReason"] == "OutOfMemory"
+    assert status["usage"]["closedAttempts"] == 1 and status["usage"]["lostShare"] == 1.0
+    # the same failed Job seen again (the delete failed and is retried): counted once
+    again, _ = run(plan(), previous=status, job=failed, pods=pods)
+    assert again["restarts"] == 1 and again["usage"]["restartedPodSeconds"] == status["usage"]["restartedPodSeconds"]
+
+
+def test_the_gang_restarts_up_to_the_backoff_limit() -> None:
+    failed = job(condition="Failed", attempt=3)
+    pods = [pod(0, "Failed", message=summary("Failed", "OutOfMemory", "CUDA out of memory"))]
+    status, actions = run(plan(run={"backoffLimit": 3}), previous={**passed_preflight(), "restarts": 3}, job=failed, pods=pods)
+    assert actions == [] and cond(status, "Failed")["reason"] == "BackoffLimitExceeded"
+
+
+def test_a_deadline_fails_the_job() -> None:
+    failed = job(condition="Failed", reason="DeadlineExceeded")
+    status, _ = run(plan(), previous=passed_preflight(), job=failed, pods=[])
+    assert cond(status, "Failed")["reason"] == "DeadlineExceeded"
+
+
+def test_an_old_gang_going_away_waits() -> None:
+    going = job()
+    going["metadata"]["deletionTimestamp"] = "2026-11-26T11:59:00Z"
+    status, actions = run(plan(), previous={**passed_preflight(), "restarts": 1}, job=going, pods=[pod(0)])
+    assert actions == [] and cond(status, "Running")["reason"] == "GangRestarting"
+
+
+def test_conditions_keep_their_time_until_they_flip() -> None:
+    first, _ = run(plan())
+    later, _ = transition(plan(), Observed(GEN, NOW + datetime.timedelta(minutes=5)), FineTuneJobStatus.model_validate(first))
+    assert later.conditions[0].lastTransitionTime == cond(first, later.conditions[0].type)["lastTransitionTime"]
