@@ -35,7 +35,9 @@ def plan(**changes: Any) -> Any:
     return plan_for(**{"spec.runPolicy": {"preflight": True, **changes.pop("run", {})}, **changes})
 
 
-def job(*, uid: str = "job-1", condition: str | None = None, suspend: bool = False, attempt: int = 0, reason: str = "") -> dict[str, Any]:
+def job(
+    *, uid: str = "job-1", condition: str | None = None, suspend: bool = False, attempt: int = 0, reason: str = ""
+) -> dict[str, Any]:
     conditions = [{"type": condition, "status": "True", "reason": reason}] if condition else []
     return {
         "metadata": {"uid": uid, "annotations": {"kubetune.dev/attempt": str(attempt), "kubetune.dev/generation": str(GEN)}},
@@ -44,7 +46,9 @@ def job(*, uid: str = "job-1", condition: str | None = None, suspend: bool = Fal
     }
 
 
-def pod(index: int, phase: str = "Running", started: str = "2026-11-26T11:00:00Z", message: str = "", ended: str = "") -> dict[str, Any]:
+def pod(
+    index: int, phase: str = "Running", started: str = "2026-11-26T11:00:00Z", message: str = "", ended: str = ""
+) -> dict[str, Any]:
     state: dict[str, Any] = {"running": {"startedAt": started}}
     if ended or message:
         state = {"terminated": {"startedAt": started, "finishedAt": ended or "2026-11-26T11:30:00Z", "message": message}}
@@ -57,7 +61,10 @@ def pod(index: int, phase: str = "Running", started: str = "2026-11-26T11:00:00Z
 def pending_pod() -> dict[str, Any]:
     return {
         "metadata": {"name": "job-0"},
-        "status": {"phase": "Pending", "conditions": [{"type": "PodScheduled", "status": "False", "message": "0/2 nodes have 16 GPUs"}]},
+        "status": {
+            "phase": "Pending",
+            "conditions": [{"type": "PodScheduled", "status": "False", "message": "0/2 nodes have 16 GPUs"}],
+        },
     }
 
 
@@ -80,7 +87,14 @@ def summary(status: str, reason: str = "", message: str = "") -> str:
 def passed_preflight() -> dict[str, Any]:
     return {
         "conditions": [
-            {"type": "Preflight", "status": "True", "reason": "PreflightPassed", "message": "", "lastTransitionTime": "2026-11-26T10:00:00Z", "observedGeneration": GEN}
+            {
+                "type": "Preflight",
+                "status": "True",
+                "reason": "PreflightPassed",
+                "message": "",
+                "lastTransitionTime": "2026-11-26T10:00:00Z",
+                "observedGeneration": GEN,
+            }
         ]
     }
 
@@ -182,7 +196,9 @@ def test_pending_workers_say_why_in_the_schedulers_words() -> None:
 
 def test_running_workers_report_progress_and_usage_in_whole_minutes() -> None:
     progress = {"step": 10, "totalSteps": 40, "epoch": 0.25, "summary": "10/40 (25%)"}
-    status, _ = run(plan(), previous=passed_preflight(), job=job(), pods=[pod(0, started="2026-11-26T11:58:30Z")], progress=progress)
+    status, _ = run(
+        plan(), previous=passed_preflight(), job=job(), pods=[pod(0, started="2026-11-26T11:58:30Z")], progress=progress
+    )
     assert status["phase"] == "Running" and status["progress"]["summary"] == "10/40 (25%)"
     assert status["startTime"] == "2026-11-26T12:00:00Z" and status["usage"]["podSeconds"] == 60.0
 
