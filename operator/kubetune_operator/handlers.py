@@ -322,6 +322,8 @@ def _progress(plan: Plan, pods: list[dict[str, Any]], force: bool) -> dict[str, 
             container="trainer",
             tail_lines=100,
             limit_bytes=LOG_LIMIT,
+            # only lines since a little before the last read: the cost of a read does not grow with the log
+            since_seconds=max(60, int(3 * SETTINGS.sync_seconds)),
             _request_timeout=LOG_TIMEOUT,
         )
     except Exception:
