@@ -62,12 +62,16 @@ class Policy(BaseModel):
     maxGpusPerJob: StrictInt = Field(
         0, ge=0, description="Most GPUs one job may request (replicas x gpusPerWorker); 0: no limit."
     )
+    requirePreflight: StrictBool = Field(
+        False, description="Whether every job must run the preflight before it requests GPUs (runPolicy.preflight true)."
+    )
 
     def params(self) -> dict[str, str]:
         """The policy as the admission policy's parameter object (a ConfigMap's data: strings only)."""
         out = {name: ",".join(getattr(self, name)) for name in LISTS}
         out["allowTrustRemoteCode"] = "true" if self.allowTrustRemoteCode else "false"
         out["maxGpusPerJob"] = str(self.maxGpusPerJob)
+        out["requirePreflight"] = "true" if self.requirePreflight else "false"
         return out
 
 
@@ -247,6 +251,16 @@ RULES: tuple[PolicyRule, ...] = (
         lambda s: f"{_gpus(s)} GPUs",
         f"params.data.maxGpusPerJob == '0' || {_W}.replicas * {_W}.gpusPerWorker <= int(params.data.maxGpusPerJob)",
         f"'\"' + string({_W}.replicas * {_W}.gpusPerWorker) + ' GPUs\"'",
+    ),
+    PolicyRule(
+        "spec.runPolicy.preflight",
+        "the platform policy requires the preflight (CPU-only checks before GPUs are requested)",
+        "",
+        lambda s, ns, p: not p.requirePreflight or s.runPolicy.preflight,
+        lambda s: s.runPolicy.preflight,
+        "params.data.requirePreflight != 'true' || !has(object.spec.runPolicy) || "
+        "!has(object.spec.runPolicy.preflight) || object.spec.runPolicy.preflight",
+        "'false'",
     ),
     PolicyRule(
         "spec.model.uri",

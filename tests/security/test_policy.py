@@ -111,3 +111,13 @@ def test_a_wrong_policy_file_is_a_usage_error(tmp_path: Path, tmp_manifest, text
 def test_the_chart_holds_the_generated_admission_policy() -> None:
     shipped = (ROOT / "charts" / "kubetune" / "templates" / "admission-policy.yaml").read_text()
     assert shipped == admission_policy_template(), "run `make generate`"
+
+
+def test_a_platform_can_require_the_preflight() -> None:
+    required = Policy(requirePreflight=True)
+    skipping = spec_of(**{"spec.runPolicy": {"preflight": False}})
+    problems = check(skipping, "team-a", required)
+    assert [p.path for p in problems] == ["spec.runPolicy.preflight"], problems
+    assert "requires the preflight" in str(problems[0])
+    assert check(spec_of(**{"spec.runPolicy": {"preflight": True}}), "team-a", required) == []
+    assert check(skipping, "team-a", Policy()) == []  # not required: a tenant may skip it
