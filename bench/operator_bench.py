@@ -1,4 +1,5 @@
-"""Operator benchmark (not a test): bursts of FineTuneJobs against the test control plane, no pods run.
+"""Operator benchmark (not a test): bursts of FineTuneJobs against the test control plane, no pods run; and with
+--steady N, the steady-state cost of N running jobs.
 
 Starts the control plane (tests/cluster/plane.py, no node agent) and installs the CRD. Then, for each operator
 configuration in turn (Kopf's defaults as the baseline, then kubetune's), it runs
@@ -8,6 +9,12 @@ settled status (phase Suspended, Validated=True), the time from the end of the b
 the operator's peak RSS and CPU seconds, its own reconcile-time histogram, and the ratios between the two.
 
   .venv/bin/python bench/operator_bench.py [--jobs 1000]       (build the binaries first: make testbed)
+
+Steady state (--steady 300): N single-worker jobs Running on the test node agent's Nodes with faked containers
+whose logs grow (bench/fleet.py: a megabyte of older lines, then a progress line every 5 s); once every job shows
+progress, it measures for --window seconds the operator's CPU seconds per second, its API requests per second
+(the API server's audit log of the operator's service account) and the bytes of pod logs it read per second
+(what the kubelet served), for each configuration side by side.
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ import psutil
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
 
 from kubernetes import client, config, watch  # noqa: E402
 from tests.cluster.plane import Plane, free_port  # noqa: E402
@@ -43,16 +51,18 @@ CONFIGURATIONS = {
 }
 
 
-def body(i: int) -> dict[str, object]:
+def body(i: int, prefix: str = "burst", **spec: object) -> dict[str, object]:
+    """A FineTuneJob: suspended (the burst), or with the given spec sections (the steady state)."""
+    name = f"{prefix}-{i:05d}"
     return {
         "apiVersion": "kubetune.dev/v1alpha1",
         "kind": "FineTuneJob",
-        "metadata": {"name": f"burst-{i:05d}"},
+        "metadata": {"name": name},
         "spec": {
             "model": {"uri": "s3://models/base/"},
             "dataset": {"train": "s3://data/train.jsonl"},
-            "output": {"uri": f"s3://out/burst-{i:05d}/"},
-            "runPolicy": {"suspend": True},
+            "output": {"uri": f"s3://out/{name}/"},
+            **(spec or {"runPolicy": {"suspend": True}}),
         },
     }
 
@@ -198,10 +208,138 @@ def report(label: str, jobs: int, burst: Burst) -> dict[str, float]:
     }
 
 
+def operator_kubeconfig(plane: Plane) -> Path:
+    """A token of the chart's ServiceAccount (cluster-admin here): the audit log records its requests alone."""
+    from tests.cluster.plane import kubeconfig
+
+    plane.kubectl("create", "namespace", "kubetune-system", check=False)
+    plane.kubectl("create", "serviceaccount", "kubetune", "-n", "kubetune-system", check=False)
+    plane.kubectl(
+        "create",
+        "clusterrolebinding",
+        "bench-operator",
+        "--clusterrole=cluster-admin",
+        "--serviceaccount=kubetune-system:kubetune",
+        check=False,
+    )
+    token = plane.kubectl("create", "token", "kubetune", "-n", "kubetune-system", "--duration=24h").stdout.strip()
+    path = plane.audit_log.parent / "bench-operator.kubeconfig"
+    return kubeconfig(path, plane.server, plane.ca, token, "system:serviceaccount:kubetune-system:kubetune")
+
+
+def audited(plane: Plane, start: float, end: float) -> int:
+    """The operator's requests the API server completed between two wall-clock times."""
+    import datetime
+    import json
+
+    user, count = "system:serviceaccount:kubetune-system:kubetune", 0
+    with plane.audit_log.open() as log:
+        for line in log:
+            event = json.loads(line)
+            if event.get("stage") != "ResponseComplete" or event.get("user", {}).get("username") != user:
+                continue
+            at = datetime.datetime.fromisoformat(event["requestReceivedTimestamp"].replace("Z", "+00:00")).timestamp()
+            count += start <= at < end
+    return count
+
+
+FLEET: dict[str, object] = {
+    "workers": {"replicas": 1, "gpusPerWorker": 0, "cacheSize": "1Gi"},
+    "runPolicy": {"preflight": False},
+}
+
+
+def run_steady(plane: Plane, agent: Any, namespace: str, jobs: int, overrides: dict[str, str], window: float) -> dict[str, float]:
+    plane.kubectl("create", "namespace", namespace)
+    env = {
+        **os.environ,
+        **overrides,
+        "KUBECONFIG": str(operator_kubeconfig(plane)),
+        "KUBETUNE_NAMESPACES": namespace,
+        "KUBETUNE_METRICS_PORT": str(free_port()),
+        "KUBETUNE_HEALTH_PORT": str(free_port()),
+        "KUBETUNE_PREFLIGHT": "false",
+    }
+    operator = subprocess.Popen(
+        [sys.executable, "-m", "kubetune_cli", "operator"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        process = psutil.Process(operator.pid)
+        api_client = config.new_client_from_config(str(plane.admin_kubeconfig))
+        custom = client.CustomObjectsApi(api_client)
+        with ThreadPoolExecutor(8) as pool:
+            list(
+                pool.map(
+                    lambda i: custom.create_namespaced_custom_object(
+                        "kubetune.dev", "v1alpha1", namespace, "finetunejobs", body(i, "fleet", **FLEET)
+                    ),
+                    range(jobs),
+                )
+            )
+        deadline = time.monotonic() + 900
+        while True:  # every job Running and showing progress
+            items = custom.list_namespaced_custom_object("kubetune.dev", "v1alpha1", namespace, "finetunejobs")["items"]
+            ready = sum(
+                1 for o in items if (o.get("status") or {}).get("phase") == "Running" and (o.get("status") or {}).get("progress")
+            )
+            if ready >= jobs or time.monotonic() > deadline:
+                break
+            time.sleep(2)
+        time.sleep(10)  # past the burst of first reads
+        cpu, served, reads, wall = sum(process.cpu_times()[:2]), agent.served, agent.requests, time.time()
+        time.sleep(window)
+        cpu, served, reads = sum(process.cpu_times()[:2]) - cpu, agent.served - served, agent.requests - reads
+        requests = audited(plane, wall, wall + window)
+        return {
+            "ready": ready,
+            "cpu": cpu / window,
+            "api": requests / window,
+            "logBytes": served / window,
+            "logReads": reads / window,
+        }
+    finally:
+        operator.kill()
+        operator.wait()
+        plane.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
+
+
+def steady(plane: Plane, jobs: int, window: float) -> None:
+    from fleet import OLD_LOG, FleetAgent
+
+    assert plane.authority is not None
+    serving = plane.authority.issue("fleet-agent", "fleet-agent", hosts=("127.0.0.1", "localhost"), server=True)
+    nodes = [f"fleet-{i}" for i in range(2 * (jobs // 100 + 1))]
+    agent = FleetAgent(plane.admin_kubeconfig, plane.audit_log.parent / "fleet", nodes, serving.cert, serving.key).start()
+    stop = threading.Event()
+    threading.Thread(target=agent.grow, args=(5.0, stop), daemon=True).start()
+    print(f"{os.cpu_count()} CPU cores shared by the control plane, the fake nodes and the operator; {jobs} running jobs")
+    rows = []
+    try:
+        for i, (label, overrides) in enumerate(CONFIGURATIONS.items()):
+            row = run_steady(plane, agent, f"fleet-{i}", jobs, overrides, window)
+            rows.append(row)
+            print(
+                f"{label:28} running {row['ready']:>4}  operator CPU {row['cpu']:.3f} s/s  API {row['api']:.1f} req/s  "
+                f"pod logs {row['logBytes'] / 1024:.1f} KiB/s in {row['logReads']:.1f} reads/s"
+            )
+    finally:
+        stop.set()
+        agent.stop()
+    base, tuned = rows
+    whole = tuned["logReads"] * (OLD_LOG + window / 5 * 100)
+    print(
+        f"kubetune / baseline: CPU {tuned['cpu'] / max(base['cpu'], 1e-9):.2f}x, API {tuned['api'] / max(base['api'], 1e-9):.2f}x, "
+        f"log bytes {tuned['logBytes'] / max(base['logBytes'], 1e-9):.2f}x; reading whole logs instead would move "
+        f"{whole / 2**20:.0f} MiB/s ({OLD_LOG // 2**20} MiB per log and growing)"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--jobs", type=int, default=1000)
     parser.add_argument("--timeout", type=float, default=600)
+    parser.add_argument("--steady", type=int, default=0, metavar="N", help="the steady state of N running jobs instead")
+    parser.add_argument("--window", type=float, default=60, help="seconds the steady state is measured")
     args = parser.parse_args()
     plane = Plane.start(Path(tempfile.mkdtemp(prefix="kubetune-opbench-")))
     try:
@@ -209,6 +347,9 @@ def main() -> None:
         jsonpath = "jsonpath={.status.conditions[?(@.type=='Established')].status}"
         while plane.kubectl("get", "crd/finetunejobs.kubetune.dev", "-o", jsonpath).stdout != "True":
             time.sleep(0.2)
+        if args.steady:
+            steady(plane, args.steady, args.window)
+            return
         print(f"{os.cpu_count()} CPU cores, shared by etcd, kube-apiserver, the controllers, the operator and the client")
         figures = []
         for i, (label, overrides) in enumerate(CONFIGURATIONS.items()):
