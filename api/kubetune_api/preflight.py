@@ -4,8 +4,11 @@ a job fits its GPUs (and the smallest change that would), and its GPU-hours. Pur
 
 from __future__ import annotations
 
+import functools
 import json
 import math
+from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -47,14 +50,16 @@ DEFAULT_GPU = "NVIDIA-H100-80GB-HBM3"
 PRODUCT_LABEL = "nvidia.com/gpu.product"  # the GPU feature discovery's node label; a nodeSelector on it names the type
 
 
-def gpu_types(text: str) -> dict[str, GpuType]:
-    """The platform's table (JSON, as the chart passes it), or the shipped one when empty."""
+@functools.lru_cache(maxsize=8)
+def gpu_types(text: str) -> Mapping[str, GpuType]:
+    """The platform's table (JSON, as the chart passes it), or the shipped one when empty; parsed once per text
+    (the operator plans every job at every sync), and read-only since it is shared."""
     if not text.strip():
-        return dict(DEFAULT_GPU_TYPES)
-    return {name: GpuType.model_validate(value) for name, value in json.loads(text).items()}
+        return MappingProxyType(dict(DEFAULT_GPU_TYPES))
+    return MappingProxyType({name: GpuType.model_validate(value) for name, value in json.loads(text).items()})
 
 
-def gpu_type_of(spec: FineTuneJobSpec, table: dict[str, GpuType], default: str) -> tuple[str, GpuType | None]:
+def gpu_type_of(spec: FineTuneJobSpec, table: Mapping[str, GpuType], default: str) -> tuple[str, GpuType | None]:
     """The GPU type a job runs on: its nodeSelector's product label, else the platform's default."""
     name = spec.workers.nodeSelector.get(PRODUCT_LABEL) or default
     return name, table.get(name)
@@ -63,7 +68,8 @@ def gpu_type_of(spec: FineTuneJobSpec, table: dict[str, GpuType], default: str) 
 # fitting
 
 
-def _with(spec: FineTuneJobSpec, **changes: Any) -> FineTuneJobSpec:
+def changed(spec: FineTuneJobSpec, **changes: Any) -> FineTuneJobSpec:
+    """The spec with fields changed, by section__field (validated again)."""
     body = spec.model_dump(mode="json")
     for path, value in changes.items():
         section, field = path.split("__")
@@ -77,40 +83,42 @@ def candidates(spec: FineTuneJobSpec) -> list[tuple[str, FineTuneJobSpec]]:
     t, ds, w = spec.training, spec.deepspeed, spec.workers
     out: list[tuple[str, FineTuneJobSpec]] = []
     if not t.gradientCheckpointing:
-        out.append(("training.gradientCheckpointing: true", _with(spec, training__gradientCheckpointing=True)))
+        out.append(("training.gradientCheckpointing: true", changed(spec, training__gradientCheckpointing=True)))
     ckpt = {"training__gradientCheckpointing": True}
     if ds.zeroStage < 3:
-        out.append((f"deepspeed.zeroStage: 3 across {w.world_size} GPUs", _with(spec, deepspeed__zeroStage=3)))
+        out.append((f"deepspeed.zeroStage: 3 across {w.world_size} GPUs", changed(spec, deepspeed__zeroStage=3)))
         out.append(
             (
                 f"deepspeed.zeroStage: 3 across {w.world_size} GPUs with training.gradientCheckpointing: true",
-                _with(spec, deepspeed__zeroStage=3, **ckpt),
+                changed(spec, deepspeed__zeroStage=3, **ckpt),
             )
         )
     micro, accumulate = t.microBatchSize, t.gradientAccumulationSteps
     while micro > 1:
         micro, accumulate = micro // 2, accumulate * 2
-        changed = _with(spec, training__microBatchSize=micro, training__gradientAccumulationSteps=accumulate, **ckpt)
-        out.append((f"training.microBatchSize: {micro} and gradientAccumulationSteps: {accumulate} with checkpointing", changed))
+        smaller = changed(spec, training__microBatchSize=micro, training__gradientAccumulationSteps=accumulate, **ckpt)
+        out.append((f"training.microBatchSize: {micro} and gradientAccumulationSteps: {accumulate} with checkpointing", smaller))
     stage3 = {
         "deepspeed__zeroStage": 3,
         "training__microBatchSize": 1,
         "training__gradientAccumulationSteps": t.microBatchSize * t.gradientAccumulationSteps,
         **ckpt,
     }
-    out.append(("deepspeed.offload: optimizer with ZeRO-3, micro-batch 1", _with(spec, deepspeed__offload="optimizer", **stage3)))
+    out.append(
+        ("deepspeed.offload: optimizer with ZeRO-3, micro-batch 1", changed(spec, deepspeed__offload="optimizer", **stage3))
+    )
     for replicas in (w.replicas * 2, w.replicas * 4, w.replicas * 8):
         if replicas <= 64:
-            changed = _with(spec, workers__replicas=replicas, **stage3)
-            out.append((f"ZeRO-3 across {changed.workers.world_size} GPUs ({replicas} workers)", changed))
-    out.append(("deepspeed.offload: all with ZeRO-3, micro-batch 1", _with(spec, deepspeed__offload="all", **stage3)))
+            wider = changed(spec, workers__replicas=replicas, **stage3)
+            out.append((f"ZeRO-3 across {wider.workers.world_size} GPUs ({replicas} workers)", wider))
+    out.append(("deepspeed.offload: all with ZeRO-3, micro-batch 1", changed(spec, deepspeed__offload="all", **stage3)))
     seq = spec.dataset.maxSeqLength
     while seq > 512:
         seq //= 2
         out.append(
             (
                 f"dataset.maxSeqLength: {seq} with ZeRO-3 offload all",
-                _with(spec, dataset__maxSeqLength=seq, deepspeed__offload="all", **stage3),
+                changed(spec, dataset__maxSeqLength=seq, deepspeed__offload="all", **stage3),
             )
         )
     return out

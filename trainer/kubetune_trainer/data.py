@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import io
 import json
+import math
 import random
 import re
 from collections.abc import Callable, Iterator, Sequence
@@ -182,6 +183,11 @@ def is_data_file(relative: str) -> bool:
     """A shard under a data prefix: a data file whose name does not start with _ or . (Spark's _SUCCESS, .crc)."""
     leaf = relative.rsplit("/", 1)[-1]
     return bool(DATA_SUFFIX.search(leaf)) and not leaf.startswith(("_", "."))
+
+
+def shown_name(uri: str) -> str:
+    """How errors name a dataset: a file by its name, a prefix of shards by its last folder (each shard by its path)."""
+    return uri.rstrip("/").rsplit("/", 1)[-1] + ("/" if uri.endswith("/") else "")
 
 
 def shards_of(path: Path) -> list[Path]:
@@ -594,6 +600,11 @@ def rows(samples: list[Sample], max_len: int, packing: bool) -> list[Row]:
     if packing:
         return pack(samples, max_len)
     return [Row(s.input_ids, s.labels, list(range(len(s.input_ids)))) for s in samples]
+
+
+def steps_for(rows: int, micro: int, accumulate: int) -> int:
+    """Optimizer steps one rank needs for its rows in an epoch (the last step may be short)."""
+    return math.ceil(math.ceil(rows / micro) / accumulate)
 
 
 def local_micro_batches(rows: list[Row], *, micro: int, count: int, seed: int | None) -> list[list[Row]]:

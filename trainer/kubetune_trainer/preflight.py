@@ -11,7 +11,6 @@ message. On a laptop: `kubetune preflight MANIFEST`, the same function.
 from __future__ import annotations
 
 import json
-import math
 import os
 import sys
 import tempfile
@@ -24,7 +23,17 @@ from kubetune_api.conditions import Reason
 from kubetune_api.contract import WorkerEnv
 from kubetune_api.job import FineTuneJobSpec
 from kubetune_api.memory import Shape, estimate, gib, shape_from_dir, shape_of
-from kubetune_api.preflight import GpuType, Report, evaluations, fit, hours, training_flops, wont_fit_message
+from kubetune_api.preflight import (
+    HEADROOM,
+    GpuType,
+    Report,
+    changed,
+    evaluations,
+    fit,
+    hours,
+    training_flops,
+    wont_fit_message,
+)
 
 from . import data
 from .errors import TrainerFailure
@@ -79,23 +88,20 @@ def fetch_model_config(spec: FineTuneJobSpec, store: Store, work: Path) -> tuple
     return uri, shape_of(config.to_dict())
 
 
-def _shown(uri: str) -> str:
-    return uri.rstrip("/").rsplit("/", 1)[-1] + ("/" if uri.endswith("/") else "")
-
-
 def count_steps(spec: FineTuneJobSpec, tokenizer: Any, family: str, train: Path, validation: Path | None) -> dict[str, Any]:
     """Every record read and tokenized as the trainer will (record number and field on a bad one), dealt to the
     ranks the same way, hence the trainer's own step count."""
     ds, t, world = spec.dataset, spec.training, spec.workers.world_size
-    name = _shown(ds.train)
-    total = data.count_records(train, name)
+    name = data.shown_name(ds.train)
     if validation is not None:
-        train_pos, held_pos = list(range(total)), list(range(data.count_records(validation, _shown(ds.validation or ""))))
         records, at, indices = data.read_dataset(train, name)
-        held_records, held_at, _ = data.read_dataset(validation, _shown(ds.validation or ""))
+        held_records, held_at, _ = data.read_dataset(validation, data.shown_name(ds.validation or ""))
+        total = len(records)  # every record was read: the count is what was read, not a second pass
+        train_pos, held_pos = list(range(total)), list(range(len(held_records)))
     else:
-        train_pos, held_pos = data.split_positions(total, spec.validation_split, t.seed)
         every, at_all, indices_all = data.read_dataset(train, name)
+        total = len(every)
+        train_pos, held_pos = data.split_positions(total, spec.validation_split, t.seed)
         held_set = set(held_pos)
         held_records = [r for r, i in zip(every, indices_all, strict=True) if i in held_set]
         held_at = [a for a, i in zip(at_all, indices_all, strict=True) if i in held_set]
@@ -111,11 +117,11 @@ def count_steps(spec: FineTuneJobSpec, tokenizer: Any, family: str, train: Path,
         mine = [k for k, i in enumerate(indices) if rank_of.get(i) == rank]
         got, counts = data.tokenize([records[k] for k in mine], ds, tokenizer, name, [at[k] for k in mine])
         rows = data.rows(got, ds.maxSeqLength, packing)
-        batches = max(batches, math.ceil(math.ceil(len(rows) / t.microBatchSize) / t.gradientAccumulationSteps))
+        batches = max(batches, data.steps_for(len(rows), t.microBatchSize, t.gradientAccumulationSteps))
         tokens += sum(len(r.input_ids) for r in rows)
         longest = max([longest, *(len(r.input_ids) for r in rows)])
         samples += counts.samples
-    held, held_counts = data.tokenize(held_records, ds, tokenizer, _shown(ds.validation or ds.train), held_at)
+    held, held_counts = data.tokenize(held_records, ds, tokenizer, data.shown_name(ds.validation or ds.train), held_at)
     if not samples or not held:
         raise TrainerFailure(Reason.EMPTY_DATASET, f"no usable samples: {samples} training, {len(held)} held-out")
     steps_per_epoch = max(1, batches)
@@ -183,14 +189,12 @@ def memory_and_hours(
     on_gpu = spec.workers.gpusPerWorker > 0
     sized = spec
     if counts and not counts["packing"] and counts["longest"] < spec.dataset.maxSeqLength:  # rows pad to the longest
-        body = spec.model_dump(mode="json")
-        body["dataset"]["maxSeqLength"] = max(16, counts["longest"])
-        sized = FineTuneJobSpec.model_validate(body)
+        sized = changed(spec, dataset__maxSeqLength=max(16, counts["longest"]))
     update: dict[str, Any] = {}
     if on_gpu and gpu is not None:
         mine, suggestion = fit(shape, sized, gpu.memory_bytes)
         update.update(memoryPerGpuBytes=mine.total, gpuMemoryBytes=gpu.memory_bytes, gpuType=gpu_name, suggestion=suggestion)
-        fits = mine.total <= 0.9 * gpu.memory_bytes
+        fits = mine.total <= HEADROOM * gpu.memory_bytes
         message = (
             f"about {gib(mine.total)} per GPU of {gib(gpu.memory_bytes)} ({gpu_name})"
             if fits

@@ -209,11 +209,6 @@ def setup_rank(spec: FineTuneJobSpec, worker: WorkerEnv, paths: RankEnv) -> Rank
     )
 
 
-def _shown(uri: str) -> str:
-    """How errors name a dataset: a file by its name, a prefix of shards by its last folder (each shard by its path)."""
-    return uri.rstrip("/").rsplit("/", 1)[-1] + ("/" if uri.endswith("/") else "")
-
-
 def _positions(me: Rank, name: str, val_name: str) -> tuple[list[int], list[int]]:
     """The indices of the training and held-out records in their datasets (a validation file, or a seeded split)."""
     spec, paths = me.spec, me.paths
@@ -227,8 +222,8 @@ def setup_data(me: Rank, tokenizer: Any) -> Data:
     """Each rank reads and tokenizes only its own share of the records (every world-th), so a node's memory holds
     the dataset once, however many ranks it runs; the counts are summed across ranks."""
     spec = me.spec.dataset
-    train_name = _shown(spec.train)
-    val_name = _shown(spec.validation) if spec.validation else train_name
+    train_name = data.shown_name(spec.train)
+    val_name = data.shown_name(spec.validation) if spec.validation else train_name
     train_pos, held_pos = _positions(me, train_name, val_name)
     for name, positions in (("training", train_pos), ("held-out", held_pos)):
         if not positions:
@@ -268,7 +263,7 @@ def setup_data(me: Rank, tokenizer: Any) -> Data:
     val_rows = data.rows(val_samples, spec.maxSeqLength, packing)
     t = me.spec.training
     accumulate, micro = t.gradientAccumulationSteps, t.microBatchSize
-    per_epoch = math.ceil(math.ceil(len(train_rows) / micro) / accumulate) * accumulate
+    per_epoch = data.steps_for(len(train_rows), micro, accumulate) * accumulate
     batches, eval_count = all_max(me.device, [per_epoch, math.ceil(len(val_rows) / micro)])
     if not train_rows:
         raise TrainerFailure(
