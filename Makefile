@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH := torch==2.13.0
 
-.PHONY: help setup quickstart test test-fast lint generate bench bench-data bench-memory testbed
+.PHONY: help setup quickstart test test-fast lint generate bench bench-data bench-memory testbed images
 
 help: ## list the commands
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -31,12 +31,15 @@ testbed: ## build etcd, kube-apiserver, controller manager, scheduler and Seawee
 	bash hack/build-seaweedfs.sh
 	$(PY) hack/install-tools.py
 
-test: lint testbed ## lint, type-check and run every test tier (fast, trainer, cluster, e2e)
+images: ## build the Dockerfile's operator and trainer images here with podman (no Docker engine), on a Debian base made by mmdebstrap; prints their sizes
+	bash hack/build-images.sh
+
+test: lint testbed images ## lint, type-check and run every test tier (fast, trainer, cluster, e2e)
 	@$(PY) -m pytest; code=$$?; \
 	if [ $$code -eq 5 ]; then echo "pytest collected no tests: that is a failure here" >&2; exit 1; fi; exit $$code
 
-test-fast: ## the fast tier only
-	$(PY) -m pytest -m "not trainer and not cluster and not e2e"
+test-fast: ## the fast tier only (no images, no cluster, no multi-process training)
+	$(PY) -m pytest -m "not trainer and not cluster and not e2e and not images"
 
 generate: ## regenerate the CRD, the API reference and the quickstart's tiny model and data
 	$(VENV)/bin/kubetune crd > crds/finetunejob.yaml

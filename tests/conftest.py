@@ -255,8 +255,8 @@ def operator(plane, crd, operator_kubeconfig, tmp_path_factory: pytest.TempPathF
         def emit(self, record: logging.LogRecord) -> None:
             runner.log.append(self.format(record))
 
-    # every namespace but the fault tests', which run operators of their own
-    namespaces = ["--namespace=default", "--namespace=team-a", "--namespace=research", "--namespace=e2e"]
+    # every namespace but the fault tests' and the end-to-end tests', which run operators of their own
+    namespaces = ["--namespace=default", "--namespace=team-a", "--namespace=research", "--namespace=queued"]
     runner = KopfRunner(["run", *namespaces, "--standalone", "-m", "kubetune_operator.handlers"], reraise=False)
     runner.log = []  # every operator log line, for the tests that search them for secrets
     collect = Collect()

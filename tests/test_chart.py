@@ -123,7 +123,7 @@ def test_operator_pod_is_restricted_and_its_settings_reach_the_operator(monkeypa
         assert container[probe]["httpGet"] == {"path": "/healthz", "port": "health"}
     assert container["resources"]["limits"]["memory"] and container["resources"]["requests"]["cpu"]
     # the command and user are the operator image's (the Dockerfile's `operator` stage)
-    operator_stage = (ROOT / "Dockerfile").read_text().split("AS operator")[1].split("\nFROM ")[0]
+    operator_stage = (ROOT / "Dockerfile").read_text().split("AS operator\n")[1].split("\nFROM ")[0]
     entrypoint = json.loads(re.search(r"^ENTRYPOINT (.*)$", operator_stage, flags=re.MULTILINE).group(1))  # type: ignore[union-attr]
     user = re.search(r"^USER (\d+):(\d+)$", operator_stage, flags=re.MULTILINE)
     assert container["command"] == entrypoint and "args" not in container

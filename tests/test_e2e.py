@@ -1,5 +1,8 @@
-"""End to end: `kubectl apply` a two-worker ZeRO-2 FineTuneJob; the operator (under its exact RBAC) creates the
-gang, the node agent runs the real trainer pods against a real S3 server (SeaweedFS), and the status tells the story. Then a worker
+"""End to end, with the images users run: the chart installed with the operator image (one replica, in the cluster,
+talking to the API server with a projected service-account token and exactly the chart's RBAC) and the trainer
+image as every worker's image (`make images` builds both; the node agent runs each pod from its image's root
+filesystem, read-only, as uid 1000). `kubectl apply` a two-worker ZeRO-2 FineTuneJob; the operator creates the
+gang, the trainer pods train against a real S3 server (SeaweedFS), and the status tells the story. Then a worker
 is killed mid-training: the gang restarts once from its checkpoint, takes the base model from the node's cache
 (zero bytes from storage), and still succeeds; and a job whose dataset
 is missing fails at once, saying why. The Argo CD and Flux health checks in examples/gitops/ are run against
@@ -8,7 +11,9 @@ each of these real status objects."""
 from __future__ import annotations
 
 import json
+import os
 import signal
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +22,9 @@ import pytest
 
 from kubetune_api.manifests import dump
 
+from .cluster import images
+from .cluster.plane import IN_CLUSTER_OPERATOR_USER, free_port
+from .conftest import ROOT
 from .gitops_health import argocd_health, flux_health
 from .s3server import S3Server
 from .test_operator_cluster import condition, ftj, wait_for
@@ -24,6 +32,65 @@ from .test_trainer import reloaded_eval_loss
 
 pytestmark = pytest.mark.e2e
 NAMESPACE = "e2e"
+# a second release of the chart in a namespace of the same name, its operator watching only this module's namespace;
+# the test cluster's audit log keeps its ServiceAccount's requests
+RELEASE = IN_CLUSTER_OPERATOR_USER.rpartition(":")[2]
+
+
+@pytest.fixture(scope="module")
+def operator(plane, crd, node_agent, namespace, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """The chart's operator Deployment, one replica running the operator image in the cluster; its workers run the
+    trainer image. Yields a function that returns the operator pod's log."""
+    missing = images.missing(images.OPERATOR, images.TRAINER)
+    if missing:
+        pytest.fail(f"images missing from podman's store: {', '.join(missing)}: run `make images` (hack/build-images.sh)")
+    models = tmp_path_factory.mktemp("node-models")
+    os.chown(models, 1000, 1000)  # the chart's trainer.modelCache.path: a node directory writable by uid 1000
+    repository, _, tag = images.OPERATOR.rpartition(":")
+    health = free_port()
+    installed = plane.helm(
+        "install",
+        RELEASE,
+        str(ROOT / "charts" / "kubetune"),
+        "-n",
+        RELEASE,
+        "--create-namespace",
+        "--skip-crds",  # the first release's, shared by the cluster
+        "-f",
+        str(ROOT / "examples" / "platform" / "values.yaml"),
+        "--set",
+        f"image.repository={repository},image.tag={tag},image.pullPolicy=Never,trainer.image={images.TRAINER}",
+        "--set",
+        f"policy.enforce=false,syncSeconds=2,healthPort={health},metrics.port={free_port()}",
+        "--set",
+        f"trainer.modelCache.type=hostPath,trainer.modelCache.path={models}",
+        "--set-json",
+        f"watchNamespaces={json.dumps([NAMESPACE])}",
+        "--set-json",  # with a GPU too small for any model, for WontFit
+        'preflight.gpuTypes={"NVIDIA-H100-80GB-HBM3": {"memory": "80Gi", "tflops": 400, "pricePerHour": 4.0},'
+        ' "kubetune-test-tiny": {"memory": "8Mi", "tflops": 1}}',
+        check=False,
+    )
+    assert installed.returncode == 0, installed.stderr
+
+    def log() -> str:
+        return str(plane.kubectl("logs", f"deploy/{RELEASE}", "-n", RELEASE, check=False).stdout)
+
+    def serving() -> bool:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{health}/healthz", timeout=2) as answer:
+                return bool(answer.status == 200)
+        except OSError:
+            return False
+
+    try:
+        wait_for("the operator pod serving /healthz", serving, timeout=120)
+    except AssertionError:
+        pods = plane.kubectl("get", "pods", "-n", RELEASE, "-o", "jsonpath={.items[*].status}", check=False).stdout
+        raise AssertionError(f"the in-cluster operator never became healthy:\n{pods[-3000:]}\n{log()[-3000:]}") from None
+    yield log
+    print(f"\nthe in-cluster operator's log (last 20 kB):\n{log()[-20000:]}")
+    plane.helm("uninstall", RELEASE, "-n", RELEASE, "--wait", check=False)
 
 
 @pytest.fixture(scope="module")
@@ -114,6 +181,24 @@ def test_two_worker_job_succeeds_and_its_adapter_reloads(
     assert flux_health(final) == "Current"
     table = plane.kubectl("get", "ftj", "e2e", "-n", NAMESPACE).stdout
     assert "Succeeded" in table and f"{status['metrics']['evalLoss']}" in table
+    # every pod ran from its image: the workers and the preflight from the trainer image, the operator from its own
+    ran = {
+        pod["metadata"]["name"]: pod["status"]["containerStatuses"][0]["imageID"]
+        for ns in (NAMESPACE, RELEASE)
+        for pod in json.loads(plane.kubectl("get", "pods", "-n", ns, "-o", "json").stdout)["items"]
+    }
+    assert {n: i.partition("@")[0] for n, i in ran.items()} == {
+        **{n: images.TRAINER for n in ran if n.startswith("e2e-")},
+        **{n: images.OPERATOR for n in ran if n.startswith(RELEASE)},
+    }
+    assert len([n for n in ran if n.startswith("e2e-")]) == 3  # two workers and the preflight
+    # the operator in its pod authenticated as the chart's ServiceAccount with its projected token, and the chart's
+    # namespaced RBAC (watchNamespaces: [e2e]) refused it nothing
+    user = IN_CLUSTER_OPERATOR_USER
+    audit = [json.loads(line) for line in plane.audit_log.read_text().splitlines() if f'"{user}"' in line]
+    done = [e for e in audit if e.get("stage") == "ResponseComplete" and e["user"]["username"] == user]
+    assert {"finetunejobs", "jobs", "configmaps"} <= {(e.get("objectRef") or {}).get("resource") for e in done}
+    assert not [e for e in done if (e.get("responseStatus") or {}).get("code") == 403]
     reloaded = reloaded_eval_loss(s3, "s3://adapters/e2e/e2e/", tiny_model, body["spec"]["dataset"], _held_out(), tmp_path)
     assert reloaded == pytest.approx(status["metrics"]["evalLoss"], abs=2e-4)
     # no credential anywhere a user or a log collector can read
@@ -123,7 +208,7 @@ def test_two_worker_job_succeeds_and_its_adapter_reloads(
             plane.kubectl("logs", pod, "-n", NAMESPACE).stdout
             for pod in plane.kubectl("get", "pods", "-n", NAMESPACE, "-o", "name").stdout.split()
         ),
-        "\n".join(operator.log),
+        operator(),
     ]
     for text in texts:
         assert s3.secret_key not in text
@@ -164,6 +249,8 @@ def test_killed_worker_restarts_the_gang_from_its_checkpoint(
     plane.kubectl("apply", "-f", str(path))
     out = f"s3://adapters/e2e/{name}/"
     victim = wait_for("worker 1's rank", lambda: rank_process("1"), timeout=300)
+    assert victim.uids().real == 1000 and victim.gids().real == 1000  # the pod's user, in the trainer image
+    assert "NoNewPrivs:\t1" in Path(f"/proc/{victim.pid}/status").read_text()  # allowPrivilegeEscalation: false
     wait_for("checkpoint step 10", lambda: "checkpoints/step-000010/COMPLETE" in s3.keys(out), timeout=300)
     victim.send_signal(signal.SIGKILL)
     wait_for("the gang restart", lambda: (ftj(plane, name, NAMESPACE).get("status") or {}).get("restarts") == 1, timeout=120)

@@ -15,10 +15,12 @@ import pytest
 from kubetune_api.manifests import dump
 
 from .cluster import kueue as kueue_manager
-from .test_e2e import NAMESPACE, manifest, namespace  # noqa: F401  (namespace: the fixture with the credentials Secret)
+from .s3server import S3Server
+from .test_e2e import manifest
 from .test_operator_cluster import condition, ftj, wait_for
 
 pytestmark = pytest.mark.e2e
+NAMESPACE = "queued"  # watched by the session's operator (tests/conftest.py), which these jobs run under
 
 QUEUES = f"""apiVersion: kueue.x-k8s.io/v1beta1
 kind: ResourceFlavor
@@ -65,8 +67,26 @@ def kueue(plane, tmp_path_factory: pytest.TempPathFactory) -> Iterator[kueue_man
     manager.stop()
 
 
+@pytest.fixture(scope="module")
+def namespace(plane, s3: S3Server) -> str:  # type: ignore[no-untyped-def]
+    plane.kubectl("create", "namespace", NAMESPACE, check=False)
+    plane.kubectl(
+        "create",
+        "secret",
+        "generic",
+        "s3-credentials",
+        "-n",
+        NAMESPACE,
+        f"--from-literal=AWS_ACCESS_KEY_ID={s3.access_key}",
+        f"--from-literal=AWS_SECRET_ACCESS_KEY={s3.secret_key}",
+        check=False,
+    )
+    return NAMESPACE
+
+
 def queued_job(name: str, s3: Any, stored: dict[str, str]) -> dict[str, Any]:
     body = manifest(name, s3, stored, {"maxSteps": 40, "microBatchSize": 4, "evalEverySteps": 0, "checkpointEverySteps": 0})
+    body["metadata"]["namespace"] = NAMESPACE
     body["metadata"]["labels"] = {"kueue.x-k8s.io/queue-name": "team"}
     body["spec"]["workers"] = {"replicas": 1, "gpusPerWorker": 0, "resources": {"requests": {"cpu": "1"}}}
     return body

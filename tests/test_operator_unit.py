@@ -212,3 +212,18 @@ def test_permanent_failures_do_not_restart() -> None:
 
 def test_rbac_never_reads_secrets() -> None:
     assert not any("secrets" in rule["resources"] for rule in RULES)
+
+
+@pytest.mark.parametrize(
+    ("env", "server"),
+    [
+        ({"KUBERNETES_SERVICE_HOST": "10.0.0.1", "KUBERNETES_SERVICE_PORT": "443"}, "https://10.0.0.1:443"),
+        ({"KUBERNETES_SERVICE_HOST": "fd00::1", "KUBERNETES_SERVICE_PORT": "6443"}, "https://[fd00::1]:6443"),
+        ({"KUBERNETES_SERVICE_HOST": "10.0.0.1"}, None),
+        ({}, None),
+    ],
+)
+def test_in_a_pod_the_operator_talks_to_the_api_server_the_kubelet_names(env: dict[str, str], server: str | None) -> None:
+    from kubetune_operator.handlers import in_cluster_server
+
+    assert in_cluster_server(env) == server

@@ -4,6 +4,7 @@ live in kubetune_api, plan, builders and status; these functions only read, deci
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime
 import json
 import os
@@ -124,7 +125,20 @@ def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
 @kopf.on.login()
 def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
     """In a pod, its service account; elsewhere, the kubeconfig that $KUBECONFIG names when the operator starts."""
-    return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+    info = kopf.login_with_service_account(**kwargs)
+    if info is not None:
+        return dataclasses.replace(info, server=in_cluster_server(os.environ) or info.server)
+    return kopf.login_with_kubeconfig(**kwargs)
+
+
+def in_cluster_server(env: Mapping[str, str]) -> str | None:
+    """The API server as the kubelet tells every pod (KUBERNETES_SERVICE_HOST/PORT), as client-go and the kubernetes
+    client's in-cluster configuration read it: Kopf's own guess, https://kubernetes.default.svc, needs the cluster's
+    DNS, and the sync's reads would otherwise go to one address and the watches to another."""
+    host, port = env.get("KUBERNETES_SERVICE_HOST", ""), env.get("KUBERNETES_SERVICE_PORT", "")
+    if not host or not port:
+        return None
+    return f"https://[{host}]:{port}" if ":" in host else f"https://{host}:{port}"
 
 
 @kopf.on.create(GROUP, VERSION, PLURAL)

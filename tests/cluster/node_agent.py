@@ -4,7 +4,16 @@ scheduler binds to them as local processes, the way a kubelet would report them.
 Each container runs under `unshare --mount --uts` with its volumes (configMap, secret, emptyDir, downwardAPI, hostPath)
 bind-mounted at their real mountPath, its own hostname, an /etc/hosts that resolves `<pod>.<subdomain>` to a
 loopback address per pod, and its own /dev/termination-log. Logs are served to the API server (kubectl logs)
-from the node's kubelet port. The container image is ignored: pods run this machine's Python environment.
+from the node's kubelet port.
+
+Two ways to run a container:
+- from its image, when the image is in podman's local store (`make images`): the image's root filesystem (read-only
+  where the pod says readOnlyRootFilesystem, else a writable overlay of its own), its entry point and command as
+  Kubernetes combines them with the pod's, its environment, working directory and user, the pod's runAsUser,
+  runAsGroup, fsGroup and runAsNonRoot; a projected service-account token from the TokenRequest API, and the API
+  server as KUBERNETES_SERVICE_HOST/PORT. The end-to-end tests run the trainer and operator images this way.
+- the fast path, for any other image name ("python", "local", ...): this machine's Python environment, as root,
+  with the same volumes. Every other test's pods run this way.
 """
 
 from __future__ import annotations
@@ -29,6 +38,7 @@ from typing import Any
 
 from kubernetes import client, config, watch
 
+from .images import Identity, Image, Store, chroot_script, mount_point
 from .plane import die_with_parent
 
 VENV_BIN = str(Path(sys.executable).parent)
@@ -42,6 +52,10 @@ def now() -> str:
     return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+class ConfigError(Exception):
+    """A container the kubelet would refuse to start (CreateContainerConfigError)."""
+
+
 @dataclass
 class Container:
     name: str
@@ -50,6 +64,7 @@ class Container:
     termination: Path
     started: str
     restarts: int = 0
+    image_id: str = ""
 
 
 @dataclass
@@ -90,6 +105,8 @@ class NodeAgent:
             "nvidia.com/gpu": str(gpus),
         }
         self.pods: dict[str, PodRun] = {}
+        self.images = Store()
+        self.api_server = urllib.parse.urlparse(self.api_client.configuration.host)
         self.lock = threading.RLock()
         self.stopping = threading.Event()
         self.next_ip = 2
@@ -189,10 +206,17 @@ class NodeAgent:
 
     # pods
 
-    def _resolve_env(self, pod: Any, container: Any) -> dict[str, str]:
-        env: dict[str, str] = {"PATH": f"{VENV_BIN}:/usr/local/bin:/usr/bin:/bin", "HOME": "/tmp", "LANG": "C.UTF-8"}
-        # what a trainer image would carry prebuilt: DeepSpeed's CPU ops, compiled once on this machine
-        env["TORCH_EXTENSIONS_DIR"] = os.environ.get("TORCH_EXTENSIONS_DIR", str(Path.home() / ".cache" / "torch_extensions"))
+    def _resolve_env(self, pod: Any, container: Any, image: Image | None = None) -> dict[str, str]:
+        env: dict[str, str]
+        if image is not None:
+            env = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", **image.env}
+        else:
+            env = {"PATH": f"{VENV_BIN}:/usr/local/bin:/usr/bin:/bin", "HOME": "/tmp", "LANG": "C.UTF-8"}
+            # the fast path's stand-in for the trainer image's prebuilt DeepSpeed CPU op, compiled once on this machine
+            env["TORCH_EXTENSIONS_DIR"] = os.environ.get("TORCH_EXTENSIONS_DIR", str(Path.home() / ".cache" / "torch_extensions"))
+        # the API server, as a kubelet and kube-proxy make the `kubernetes` Service reachable from every pod
+        env["KUBERNETES_SERVICE_HOST"] = self.api_server.hostname or "127.0.0.1"
+        env["KUBERNETES_SERVICE_PORT"] = str(self.api_server.port or 443)
         namespace = pod.metadata.namespace
         for source in container.env_from or []:
             if source.config_map_ref:
@@ -249,9 +273,42 @@ class NodeAgent:
                 return str(values.get(path[len(prefix) + 2 : -2], ""))
         raise KeyError(f"unsupported fieldRef {path}")
 
+    def _token(self, pod: Any, source: Any) -> bytes:
+        """A service-account token for this pod from the TokenRequest API, bound to the pod, as the kubelet gets one."""
+        request = {
+            "spec": {
+                "audiences": [source.audience] if source.audience else None,
+                "expirationSeconds": source.expiration_seconds or 3600,
+                "boundObjectRef": {"apiVersion": "v1", "kind": "Pod", "name": pod.metadata.name, "uid": pod.metadata.uid},
+            }
+        }
+        account = pod.spec.service_account_name or "default"
+        answer = self.core.create_namespaced_service_account_token(account, pod.metadata.namespace, request)
+        return str(answer.status.token).encode()
+
+    def _projected(self, pod: Any, volume: Any) -> dict[str, bytes]:
+        files: dict[str, bytes] = {}
+        namespace = pod.metadata.namespace
+        for source in volume.projected.sources or []:
+            if source.service_account_token:
+                files[source.service_account_token.path] = self._token(pod, source.service_account_token)
+            elif source.config_map:
+                data = self.core.read_namespaced_config_map(source.config_map.name, namespace).data or {}
+                items = source.config_map.items or [client.V1KeyToPath(key=k, path=k) for k in data]
+                files.update({item.path: data[item.key].encode() for item in items})
+            elif source.secret:
+                data = self.core.read_namespaced_secret(source.secret.name, namespace).data or {}
+                items = source.secret.items or [client.V1KeyToPath(key=k, path=k) for k in data]
+                files.update({item.path: base64.b64decode(data[item.key]) for item in items})
+            elif source.downward_api:
+                for item in source.downward_api.items or []:
+                    files[item.path] = self._field(pod, item.field_ref.field_path).encode()
+        return files
+
     def _volumes(self, pod: Any, run: PodRun) -> dict[str, Path]:
         out: dict[str, Path] = {}
         namespace = pod.metadata.namespace
+        fs_group = pod.spec.security_context.fs_group if pod.spec.security_context else None
         for volume in pod.spec.volumes or []:
             if volume.host_path:  # the node's own directory, shared by every pod that mounts it
                 out[volume.name] = Path(volume.host_path.path)
@@ -271,12 +328,22 @@ class NodeAgent:
             elif volume.downward_api:
                 for item in volume.downward_api.items or []:
                     files[item.path] = self._field(pod, item.field_ref.field_path).encode()
+            elif volume.projected:
+                files = self._projected(pod, volume)
             elif volume.empty_dir is None:
                 continue  # other volume types are not supported by the testbed
+            # as the kubelet leaves them: an emptyDir writable by any user, the files of the others readable
+            # (0644) and, with an fsGroup, owned by that group
+            target.chmod(0o777 if volume.empty_dir is not None else 0o755)
             for relative, content in files.items():
                 path = target / relative
                 path.parent.mkdir(parents=True, exist_ok=True)
                 path.write_bytes(content)
+                path.chmod(0o644)
+                if fs_group is not None:
+                    os.chown(path, 0, fs_group)
+            if fs_group is not None:
+                os.chown(target, 0, fs_group)
             out[volume.name] = target
         return out
 
@@ -304,34 +371,47 @@ class NodeAgent:
                 handle.write("\n".join(lines) + "\n")
                 handle.truncate()
 
+    def _identity(self, pod: Any, container: Any, image: Image) -> Identity:
+        """uid, gid, supplementary groups and a read-only root, from the container's securityContext over the pod's
+        over the image's USER; runAsNonRoot refuses a root user as the kubelet does."""
+        pod_context = pod.spec.security_context or client.V1PodSecurityContext()
+        context = container.security_context or client.V1SecurityContext()
+        image_uid, image_gid = image.uid_gid()
+        uid = next((v for v in (context.run_as_user, pod_context.run_as_user, image_uid) if v is not None), None)
+        if uid is None:
+            raise ConfigError(f"container has a non-numeric USER ({image.user}) in image {image.name}")
+        gid = next((v for v in (context.run_as_group, pod_context.run_as_group, image_gid) if v is not None), 0)
+        non_root = context.run_as_non_root if context.run_as_non_root is not None else pod_context.run_as_non_root
+        if non_root and uid == 0:
+            raise ConfigError("container has runAsNonRoot and image will run as root")
+        groups = [
+            gid,
+            *([pod_context.fs_group] if pod_context.fs_group is not None else []),
+            *(pod_context.supplemental_groups or []),
+        ]
+        escalation = context.allow_privilege_escalation
+        return Identity(uid, gid, tuple(dict.fromkeys(groups)), bool(context.read_only_root_filesystem), escalation is False)
+
     def _start_container(self, pod: Any, run: PodRun, container: Any, volumes: dict[str, Path], restarts: int = 0) -> Container:
-        env = self._resolve_env(pod, container)
+        image = self.images.get(container.image or "")
+        env = self._resolve_env(pod, container, image)
         env["HOSTNAME"] = getattr(run, "hostname", run.name)
         termination = run.directory / f"{container.name}.termination-log"
         termination.write_text("")
+        termination.chmod(0o666)  # the container's user writes it
         log = run.directory / f"{container.name}.log"
         mounts = [(str(self.hosts), "/etc/hosts"), (str(termination), container.termination_message_path or str(TERMINATION_LOG))]
         for mount in container.volume_mounts or []:
             source = volumes.get(mount.name)
-            hides = any(str(path).startswith(mount.mount_path.rstrip("/") + "/") for path in PROTECTED)
+            hides = image is None and any(str(path).startswith(mount.mount_path.rstrip("/") + "/") for path in PROTECTED)
             if source is not None and not hides:
                 mounts.append((str(source / (mount.sub_path or "")), mount.mount_path))
-        # a mount over an ancestor of the sources (an emptyDir at /tmp, say) would hide them: do those last
-        sources = [src for src, _ in mounts]  # (list.sort empties the list while it sorts)
-        mounts.sort(key=lambda m: any(src.startswith(m[1].rstrip("/") + "/") for src in sources))
-        script = ["set -e"]
-        for source, target in mounts:
-            kind = "-d" if Path(source).is_dir() else "-f"
-            make = (
-                f"mkdir -p {shlex.quote(target)}"
-                if kind == "-d"
-                else f"[ -e {shlex.quote(target)} ] || {{ mkdir -p {shlex.quote(str(Path(target).parent))}; touch {shlex.quote(target)}; }}"
-            )
-            script += [make, f"mount --bind {shlex.quote(source)} {shlex.quote(target)}"]
-        script.append(f"hostname {shlex.quote(env['HOSTNAME'])}")
-        script.append(f"cd {shlex.quote(container.working_dir or '/')}")
-        argv = list(container.command or []) + list(container.args or [])
-        script.append("exec " + " ".join(shlex.quote(a) for a in argv))
+        if image is not None:
+            script = self._image_script(pod, run, container, image, mounts, restarts)
+            cwd = "/"
+        else:
+            script = self._host_script(container, env, mounts)
+            cwd = container.working_dir or "/tmp"
         handle = log.open("ab")
         process = subprocess.Popen(
             ["unshare", "--mount", "--uts", "--propagation", "private", "sh", "-c", "\n".join(script)],
@@ -339,10 +419,39 @@ class NodeAgent:
             stdout=handle,
             stderr=subprocess.STDOUT,
             start_new_session=True,
-            cwd=container.working_dir or "/tmp",
+            cwd=cwd,
             preexec_fn=die_with_parent,
         )
-        return Container(container.name, process, log, termination, now(), restarts)
+        return Container(container.name, process, log, termination, now(), restarts, image.id if image else "")
+
+    def _host_script(self, container: Any, env: dict[str, str], mounts: list[tuple[str, str]]) -> list[str]:
+        # a mount over an ancestor of the sources (an emptyDir at /tmp, say) would hide them: do those last
+        sources = [src for src, _ in mounts]  # (list.sort empties the list while it sorts)
+        mounts.sort(key=lambda m: any(src.startswith(m[1].rstrip("/") + "/") for src in sources))
+        script = ["set -e"]
+        for source, target in mounts:
+            script += [mount_point(source, target), f"mount --bind {shlex.quote(source)} {shlex.quote(target)}"]
+        script.append(f"hostname {shlex.quote(env['HOSTNAME'])}")
+        script.append(f"cd {shlex.quote(container.working_dir or '/')}")
+        argv = list(container.command or []) + list(container.args or [])
+        script.append("exec " + " ".join(shlex.quote(a) for a in argv))
+        return script
+
+    def _image_script(
+        self, pod: Any, run: PodRun, container: Any, image: Image, mounts: list[tuple[str, str]], restarts: int
+    ) -> list[str]:
+        argv = image.argv(list(container.command or []), list(container.args or []))
+        if not argv:
+            raise ConfigError(f"no command specified: image {image.name} has no entry point and the pod gives none")
+        return chroot_script(
+            image,
+            run.directory / f"{container.name}-{restarts}",  # a new writable layer for each start, as a runtime gives
+            mounts,
+            self._identity(pod, container, image),
+            getattr(run, "hostname", run.name),
+            container.working_dir or image.workdir or "/",
+            argv,
+        )
 
     def _status(self, pod: Any, run: PodRun, phase: str) -> None:
         statuses = []
@@ -371,7 +480,7 @@ class NodeAgent:
                 {
                     "name": spec.name,
                     "image": spec.image or "local",
-                    "imageID": "",
+                    "imageID": f"{spec.image}@{c.image_id}" if c and c.image_id else "",
                     "ready": ready,
                     "restartCount": c.restarts if c else 0,
                     "started": ready,
@@ -453,7 +562,7 @@ class NodeAgent:
             volumes = self._volumes(pod, run)
             for spec in pod.spec.containers:
                 run.containers[spec.name] = self._start_container(pod, run, spec, volumes)
-        except (client.ApiException, KeyError, OSError) as exc:
+        except (client.ApiException, KeyError, OSError, ConfigError, subprocess.CalledProcessError) as exc:
             reason = "CreateContainerConfigError"
             self._fail_pod(pod, run, reason, str(getattr(exc, "reason", exc)))
             return
@@ -603,6 +712,7 @@ class NodeAgent:
                     os.killpg(c.process.pid, signal.SIGKILL)
                     c.process.wait()
         self.server.shutdown()
+        self.images.close()
 
 
 def main() -> None:

