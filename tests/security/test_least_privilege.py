@@ -1,5 +1,6 @@
 """Least privilege, proven: the API server's audit log holds every request the operator's ServiceAccount made during
-the whole session (every cluster, fault, admission and e2e test ran the operator under it). It was never refused,
+the whole session (every cluster, fault and admission test ran the operator in-process under it; the e2e tests run
+it in its pod under the e2e release's own, with the same rules). It was never refused,
 and every verb it is granted was used: a grant no test needs is a grant the operator does not need.
 
 Marked `audit`: tests/conftest.py runs it after every other test of the session."""
@@ -15,7 +16,7 @@ import pytest
 
 from kubetune_operator.rbac import RULES
 
-from ..cluster.plane import OPERATOR_USER
+from ..cluster.plane import IN_CLUSTER_OPERATOR_USER, OPERATOR_USER
 
 pytestmark = [pytest.mark.cluster, pytest.mark.audit]
 
@@ -98,7 +99,10 @@ def standby_watching_everything(plane, kubeconfig: Path, log: Path) -> None:  # 
 def test_the_operator_used_exactly_the_verbs_it_is_granted(plane, operator, operator_kubeconfig, tmp_path) -> None:  # type: ignore[no-untyped-def]
     standby_watching_everything(plane, operator_kubeconfig, tmp_path / "standby.log")
     entries = [json.loads(line) for line in plane.audit_log.read_text().splitlines() if line.strip()]
-    mine = [e for e in entries if (e.get("user") or {}).get("username") == OPERATOR_USER and e.get("stage") == "ResponseComplete"]
+    # the chart's ServiceAccount as the tests run it in-process, and as the e2e tests' release runs it in its pod
+    # (the same rules, a Role in its one watched namespace)
+    users = (OPERATOR_USER, IN_CLUSTER_OPERATOR_USER)
+    mine = [e for e in entries if (e.get("user") or {}).get("username") in users and e.get("stage") == "ResponseComplete"]
     assert mine, "no request of the operator's service account in the audit log"
     refused = Counter(
         (e["verb"], (e.get("objectRef") or {}).get("resource"), (e.get("objectRef") or {}).get("namespace"))
