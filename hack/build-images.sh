@@ -44,7 +44,7 @@ fi
 mounts=()
 [ -f /etc/pip.conf ] && mounts+=(-v /etc/pip.conf:/etc/pip.conf:ro)
 [ -d /etc/ssl/certs ] && mounts+=(-v /etc/ssl/certs:/etc/ssl/certs:ro)
-cache="${PIP_CACHE_DIR:-$HOME/.cache/pip}"
+cache="${PIP_CACHE_DIR:-${HOME:-/root}/.cache/pip}"
 mkdir -p "$cache"
 mounts+=(-v "$cache:/var/cache/pip" --build-arg PIP_CACHE=1)
 podman image prune -f >/dev/null || true  # what earlier builds left untagged: a trainer layer is GBs
