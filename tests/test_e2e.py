@@ -93,21 +93,30 @@ def operator(plane, crd, node_agent, namespace, tmp_path_factory: pytest.TempPat
     plane.helm("uninstall", RELEASE, "-n", RELEASE, "--wait", check=False)
 
 
-@pytest.fixture(scope="module")
-def namespace(plane, s3: S3Server) -> str:  # type: ignore[no-untyped-def]
-    plane.kubectl("create", "namespace", NAMESPACE, check=False)
+def credentials(plane, namespace: str, name: str, access_key: str, secret_key: str) -> None:  # type: ignore[no-untyped-def]
+    """A credentials Secret in the namespace (storage.credentialsSecret names it), made once."""
     plane.kubectl(
         "create",
         "secret",
         "generic",
-        "s3-credentials",
+        name,
         "-n",
-        NAMESPACE,
-        f"--from-literal=AWS_ACCESS_KEY_ID={s3.access_key}",
-        f"--from-literal=AWS_SECRET_ACCESS_KEY={s3.secret_key}",
+        namespace,
+        f"--from-literal=AWS_ACCESS_KEY_ID={access_key}",
+        f"--from-literal=AWS_SECRET_ACCESS_KEY={secret_key}",
         check=False,
     )
-    return NAMESPACE
+
+
+def namespace_with_credentials(plane, s3: S3Server, namespace: str) -> str:  # type: ignore[no-untyped-def]
+    plane.kubectl("create", "namespace", namespace, check=False)
+    credentials(plane, namespace, "s3-credentials", s3.access_key, s3.secret_key)
+    return namespace
+
+
+@pytest.fixture(scope="module")
+def namespace(plane, s3: S3Server) -> str:  # type: ignore[no-untyped-def]
+    return namespace_with_credentials(plane, s3, NAMESPACE)
 
 
 def manifest(name: str, s3: S3Server, stored: dict[str, str], training: dict[str, Any]) -> dict[str, Any]:
@@ -326,17 +335,7 @@ def test_a_bad_record_a_job_too_big_and_an_unwritable_output_fail_in_preflight(
     plane, operator, node_agent, s3, stored, namespace, tmp_path
 ) -> None:  # type: ignore[no-untyped-def]
     s3.put("data", "e2e/bad.jsonl", b'{"prompt": "a", "completion": "b"}\n' * 3 + b'{"prompt": "a"}\n')
-    plane.kubectl(
-        "create",
-        "secret",
-        "generic",
-        "s3-readonly",
-        "-n",
-        NAMESPACE,
-        f"--from-literal=AWS_ACCESS_KEY_ID={s3.readonly_env['AWS_ACCESS_KEY_ID']}",
-        f"--from-literal=AWS_SECRET_ACCESS_KEY={s3.readonly_env['AWS_SECRET_ACCESS_KEY']}",
-        check=False,
-    )
+    credentials(plane, NAMESPACE, "s3-readonly", s3.readonly_env["AWS_ACCESS_KEY_ID"], s3.readonly_env["AWS_SECRET_ACCESS_KEY"])
     bad = manifest("e2e-bad-record", s3, stored, {"maxSteps": 5})
     bad["spec"]["dataset"]["train"] = "s3://data/e2e/bad.jsonl"
     big = manifest("e2e-too-big", s3, stored, {"maxSteps": 5})

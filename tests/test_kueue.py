@@ -16,7 +16,7 @@ from kubetune_api.manifests import dump
 
 from .cluster import kueue as kueue_manager
 from .s3server import S3Server
-from .test_e2e import manifest
+from .test_e2e import manifest, namespace_with_credentials
 from .test_operator_cluster import condition, ftj, wait_for
 
 pytestmark = pytest.mark.e2e
@@ -69,19 +69,7 @@ def kueue(plane, tmp_path_factory: pytest.TempPathFactory) -> Iterator[kueue_man
 
 @pytest.fixture(scope="module")
 def namespace(plane, s3: S3Server) -> str:  # type: ignore[no-untyped-def]
-    plane.kubectl("create", "namespace", NAMESPACE, check=False)
-    plane.kubectl(
-        "create",
-        "secret",
-        "generic",
-        "s3-credentials",
-        "-n",
-        NAMESPACE,
-        f"--from-literal=AWS_ACCESS_KEY_ID={s3.access_key}",
-        f"--from-literal=AWS_SECRET_ACCESS_KEY={s3.secret_key}",
-        check=False,
-    )
-    return NAMESPACE
+    return namespace_with_credentials(plane, s3, NAMESPACE)
 
 
 def queued_job(name: str, s3: Any, stored: dict[str, str]) -> dict[str, Any]:

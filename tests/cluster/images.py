@@ -112,8 +112,8 @@ def mount_point(source: str, target: str) -> str:
 
 
 def within(root: Path, path: str, hops: int = 40) -> str:
-    """`path` inside the container's root filesystem, its symbolic links followed inside `root` (as a runtime
-    resolves a mount path: the image's /var/run -> /run must not lead to the node's /run)."""
+    """`path` resolved inside the image's root filesystem `root`, relative to it, its symbolic links followed inside
+    `root` (as a runtime resolves a mount path: the image's /var/run -> /run must not lead to the node's /run)."""
     resolved = root
     parts = [p for p in path.split("/") if p not in ("", ".")]
     while parts:
@@ -131,7 +131,7 @@ def within(root: Path, path: str, hops: int = 40) -> str:
             parts = [p for p in link.split("/") if p not in ("", ".")] + parts
             continue
         resolved = candidate
-    return str(resolved)
+    return str(resolved.relative_to(root))
 
 
 @dataclass(frozen=True)
@@ -159,7 +159,7 @@ def chroot_script(
     ]
     script += [f"mount --rbind /{name} {q(str(root / name))}" for name in ("proc", "sys", "dev")]
     for source, target in sorted(mounts, key=lambda m: m[1].count("/")):
-        inside = within(image.root, target).replace(str(image.root), str(root), 1)  # links resolved in the image
+        inside = str(root / within(image.root, target))  # links resolved in the image
         script += [mount_point(source, inside), f"mount --bind {q(source)} {q(inside)}"]
     if who.read_only:
         script.append(f"mount -o remount,ro {q(str(root))}")

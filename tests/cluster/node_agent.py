@@ -48,6 +48,11 @@ PROTECTED = (Path(sys.prefix).resolve(), Path(__file__).resolve().parents[2])
 TERMINATION_LOG = Path("/dev/termination-log")
 
 
+def _keyed(data: dict[str, bytes], items: list[Any] | None) -> dict[str, bytes]:
+    """A configMap's or secret's files: every key under its own name, or only the listed keys at their paths."""
+    return {item.path: data[item.key] for item in items} if items else data
+
+
 def now() -> str:
     return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -293,17 +298,21 @@ class NodeAgent:
             if source.service_account_token:
                 files[source.service_account_token.path] = self._token(pod, source.service_account_token)
             elif source.config_map:
-                data = self.core.read_namespaced_config_map(source.config_map.name, namespace).data or {}
-                items = source.config_map.items or [client.V1KeyToPath(key=k, path=k) for k in data]
-                files.update({item.path: data[item.key].encode() for item in items})
+                files.update(_keyed(self._config_map(source.config_map.name, namespace), source.config_map.items))
             elif source.secret:
-                data = self.core.read_namespaced_secret(source.secret.name, namespace).data or {}
-                items = source.secret.items or [client.V1KeyToPath(key=k, path=k) for k in data]
-                files.update({item.path: base64.b64decode(data[item.key]) for item in items})
+                files.update(_keyed(self._secret(source.secret.name, namespace), source.secret.items))
             elif source.downward_api:
-                for item in source.downward_api.items or []:
-                    files[item.path] = self._field(pod, item.field_ref.field_path).encode()
+                files.update(self._downward(pod, source.downward_api.items))
         return files
+
+    def _config_map(self, name: str, namespace: str) -> dict[str, bytes]:
+        return {k: v.encode() for k, v in (self.core.read_namespaced_config_map(name, namespace).data or {}).items()}
+
+    def _secret(self, name: str, namespace: str) -> dict[str, bytes]:
+        return {k: base64.b64decode(v) for k, v in (self.core.read_namespaced_secret(name, namespace).data or {}).items()}
+
+    def _downward(self, pod: Any, items: list[Any] | None) -> dict[str, bytes]:
+        return {item.path: self._field(pod, item.field_ref.field_path).encode() for item in items or []}
 
     def _volumes(self, pod: Any, run: PodRun) -> dict[str, Path]:
         out: dict[str, Path] = {}
@@ -318,16 +327,11 @@ class NodeAgent:
             target.mkdir(parents=True, exist_ok=True)
             files: dict[str, bytes] = {}
             if volume.config_map:
-                cm = self.core.read_namespaced_config_map(volume.config_map.name, namespace)
-                data = {k: v.encode() for k, v in (cm.data or {}).items()}
-                files = {item.path: data[item.key] for item in volume.config_map.items} if volume.config_map.items else data
+                files = _keyed(self._config_map(volume.config_map.name, namespace), volume.config_map.items)
             elif volume.secret:
-                secret = self.core.read_namespaced_secret(volume.secret.secret_name, namespace)
-                data = {k: base64.b64decode(v) for k, v in (secret.data or {}).items()}
-                files = {item.path: data[item.key] for item in volume.secret.items} if volume.secret.items else data
+                files = _keyed(self._secret(volume.secret.secret_name, namespace), volume.secret.items)
             elif volume.downward_api:
-                for item in volume.downward_api.items or []:
-                    files[item.path] = self._field(pod, item.field_ref.field_path).encode()
+                files = self._downward(pod, volume.downward_api.items)
             elif volume.projected:
                 files = self._projected(pod, volume)
             elif volume.empty_dir is None:
