@@ -18,7 +18,7 @@ setup: ## create .venv and install kubetune with every extra (torch comes from p
 	$(PY) -m pip install -q --no-build-isolation -e '.[dev,operator,trainer]'
 
 quickstart: ## the main job on the embedded default: train examples/quickstart.yaml here, no cluster, no GPU
-	$(VENV)/bin/kubetune validate examples/*.yaml examples/kueue/finetunejob.yaml
+	$(VENV)/bin/kubetune validate --local examples/*.yaml examples/kueue/finetunejob.yaml
 	$(VENV)/bin/kubetune run examples/quickstart.yaml
 
 lint: ## ruff, ruff format, mypy

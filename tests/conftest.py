@@ -159,8 +159,24 @@ RELEASE = "kubetune"  # the chart's objects are named after the release: Service
 RELEASE_NAMESPACE = "kubetune-system"
 
 
+PLATFORM_VALUES = ROOT / "examples" / "platform" / "values.yaml"
+
+
 @pytest.fixture(scope="session")
-def crd(plane) -> None:  # type: ignore[no-untyped-def]
+def platform_values(s3, tmp_path_factory: pytest.TempPathFactory) -> Path:  # type: ignore[no-untyped-def]
+    """The shipped platform values (examples/platform) with the tests' S3 endpoint allowed, as a platform lists its own
+    object store in policy.endpoints: the chart's values and the operator's policy file."""
+    import yaml
+
+    values = yaml.safe_load(PLATFORM_VALUES.read_text())
+    values["policy"]["endpoints"] = [s3.endpoint]
+    path = tmp_path_factory.mktemp("platform") / "values.yaml"
+    path.write_text(yaml.safe_dump(values))
+    return path
+
+
+@pytest.fixture(scope="session")
+def crd(plane, platform_values: Path) -> None:  # type: ignore[no-untyped-def]
     """The chart installed with the real helm (its crds/ are this repository's crds/, byte for byte), with no
     operator replica: the tests run the operator themselves, under the chart's ServiceAccount and RBAC."""
     plane.helm(
@@ -173,7 +189,7 @@ def crd(plane) -> None:  # type: ignore[no-untyped-def]
         "--set",
         "replicas=0",
         "-f",  # the shipped platform policy (examples/platform), watching every namespace the tests use
-        str(ROOT / "examples" / "platform" / "values.yaml"),
+        str(platform_values),
         "--set-json",
         "watchNamespaces=[]",
     )
@@ -212,7 +228,7 @@ def operator_kubeconfig(plane, crd, tmp_path_factory: pytest.TempPathFactory):  
 
 
 @pytest.fixture(scope="session")
-def operator(plane, crd, operator_kubeconfig, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+def operator(plane, crd, operator_kubeconfig, platform_values, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
     """The operator in-process (Kopf's KopfRunner) as the chart's ServiceAccount, under the chart's RBAC."""
     import os
 
@@ -237,7 +253,7 @@ def operator(plane, crd, operator_kubeconfig, tmp_path_factory: pytest.TempPathF
             "KUBETUNE_SYNC_SECONDS": "2",
             "KUBETUNE_METRICS_PORT": "0",
             "KUBETUNE_TRAINER_IMAGE": "local",
-            "KUBETUNE_POLICY": str(ROOT / "examples" / "platform" / "values.yaml"),  # as the chart mounts its policy
+            "KUBETUNE_POLICY": str(platform_values),  # as the chart mounts its policy
             # the node's model cache (chart: trainer.modelCache.type hostPath): restarts and later jobs reuse models
             "KUBETUNE_MODEL_CACHE_VOLUME": f"hostPath:{tmp_path_factory.mktemp('node') / 'models'}",
             # the platform's GPU table (chart: preflight.gpuTypes), with a GPU too small for any model, for WontFit

@@ -38,7 +38,7 @@ RELEASE = IN_CLUSTER_OPERATOR_USER.rpartition(":")[2]
 
 
 @pytest.fixture(scope="module")
-def operator(plane, crd, node_agent, namespace, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+def operator(plane, crd, node_agent, namespace, platform_values, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
     """The chart's operator Deployment, one replica running the operator image in the cluster; its workers run the
     trainer image. Yields a function that returns the operator pod's log."""
     missing = images.missing(images.OPERATOR, images.TRAINER)
@@ -57,7 +57,7 @@ def operator(plane, crd, node_agent, namespace, tmp_path_factory: pytest.TempPat
         "--create-namespace",
         "--skip-crds",  # the first release's, shared by the cluster
         "-f",
-        str(ROOT / "examples" / "platform" / "values.yaml"),
+        str(platform_values),
         "--set",
         f"image.repository={repository},image.tag={tag},image.pullPolicy=Never,trainer.image={images.TRAINER}",
         "--set",

@@ -47,7 +47,7 @@ INVALID_CASES: list[tuple[dict[str, Any], str]] = [
     ({"spec.training.globalBatchSize": 7}, "spec.training.globalBatchSize"),
     ({"spec.training.warmupSteps": 10, "spec.training.maxSteps": 5}, "spec.training.warmupSteps"),
     ({"spec.workers.gpusPerWorker": 8, "spec.workers.processesPerWorker": 4}, "spec.workers.processesPerWorker"),
-    ({"spec.workers.resources": {"limits": {"nvidia.com/gpu": 2}}}, "spec.workers.resources"),
+    ({"spec.workers.resources": {"limits": {"nvidia.com/gpu": 2}}}, "spec.workers.resources.limits"),
     ({"spec.workers.resources": {"requests": {"cpu": 0.5}}}, "spec.workers.resources.requests.cpu"),
     ({"spec.workers.resources": {"requests": {"memory": "lots"}}}, "spec.workers.resources.requests.memory"),
     ({"spec.workers.tolerations": [{"effect": "Sometimes"}]}, "spec.workers.tolerations[0].effect"),

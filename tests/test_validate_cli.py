@@ -10,13 +10,25 @@ import pytest
 
 from kubetune_api.manifests import MAX_BYTES
 
-from .conftest import EXAMPLES, dump, job, kubetune
+from .conftest import EXAMPLES, ROOT, dump, job, kubetune
 
 
 def test_examples_are_valid() -> None:
-    result = kubetune("validate", *[str(p) for p in EXAMPLES])
+    """Every example is valid where it runs: the quickstart with `kubetune run` (--local), the others in a cluster."""
+    local = [p for p in EXAMPLES if p.name == "quickstart.yaml"]
+    cluster = [p for p in EXAMPLES if p not in local]
+    result = kubetune("validate", *[str(p) for p in cluster])
     assert result.returncode == 0, result.stdout + result.stderr
-    assert result.stdout.count(": valid") == len(EXAMPLES)
+    assert result.stdout.count(": valid") == len(cluster)
+    result = kubetune("validate", "--local", *[str(p) for p in local])
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_local_paths_are_for_kubetune_run_only(tmp_manifest) -> None:  # type: ignore[no-untyped-def]
+    result = kubetune("validate", str(ROOT / "examples" / "quickstart.yaml"))
+    assert result.returncode == 1
+    assert "spec.model.uri: a cluster job reads its model from s3://" in result.stdout
+    assert "spec.output.uri: a cluster job writes to s3://" in result.stdout
 
 
 def test_bad_rank_and_unknown_field_each_get_one_line(tmp_manifest) -> None:  # type: ignore[no-untyped-def]
@@ -129,7 +141,7 @@ def test_floats_written_like_kubectl_reads_them(tmp_manifest) -> None:  # type: 
         b"  model: {uri: ./m/}\n  dataset: {train: ./t.jsonl}\n  output: {uri: ./o/}\n"
         b"  training: {learningRate: 2e-4}\n"
     )
-    result = kubetune("validate", str(path))
+    result = kubetune("validate", "--local", str(path))
     assert result.returncode == 0, result.stdout
 
 

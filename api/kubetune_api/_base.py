@@ -6,7 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar, Self
 
-from pydantic import BaseModel, ConfigDict, model_validator
+from pydantic import BaseModel, ConfigDict, ValidationInfo, model_validator
 from pydantic_core import PydanticCustomError
 
 RULE_ERROR = "cross_field"
@@ -20,6 +20,10 @@ class Rule:
     message: str
     cel: str  # the same rule in CEL, `self` being the object that declares it
     check: Callable[[Any], bool]  # True when the validated object satisfies the rule
+    cluster: bool = False  # a rule of cluster jobs only (the CRD carries it; pydantic checks it with CLUSTER context)
+
+
+CLUSTER = {"cluster": True}  # the validation context of a job for the cluster (the operator, admission, `validate`)
 
 
 def _schema_rules(schema: dict[str, Any], cls: type[BaseModel]) -> None:
@@ -45,9 +49,10 @@ class Section(BaseModel):
     rules: ClassVar[tuple[Rule, ...]] = ()
 
     @model_validator(mode="after")
-    def _check_rules(self) -> Self:
+    def _check_rules(self, info: ValidationInfo) -> Self:
+        cluster = bool((info.context or {}).get("cluster"))
         for rule in self.rules:
-            if not rule.check(self):
+            if (cluster or not rule.cluster) and not rule.check(self):
                 raise PydanticCustomError(RULE_ERROR, rule.message, {"field": rule.field})
         return self
 

@@ -22,7 +22,20 @@ DNS_LABEL_PATTERN = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
 DNS_SUBDOMAIN_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 QUANTITY_PATTERN = r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+|[KMGTPE]i|[numkMGTPE])?$"
 ENV_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_.-]*$"
-ENDPOINT_PATTERN = r"^https?://[^\s/@?#]+(/[^\s@?#]*)?$"
+ENDPOINT_PATTERN = r"^https?://[^\s/@?#]+/?$"
+
+
+def s3_cel(expr: str) -> str:
+    """CEL: expr is an s3:// URI without . or .. segments (a cluster job's storage; local paths are kubetune run's)."""
+    return (
+        f"{expr}.startsWith('s3://') && !{expr}.contains('/./') && !{expr}.contains('/../') && "
+        f"!{expr}.endsWith('/.') && !{expr}.endsWith('/..')"
+    )
+
+
+def is_s3(uri: str) -> bool:
+    """Python twin of s3_cel."""
+    return uri.startswith("s3://") and not any(part in (".", "..") for part in uri[5:].split("/"))
 
 
 def _matcher(pattern: str, what: str) -> AfterValidator:
@@ -68,7 +81,8 @@ Endpoint = Annotated[
     Field(json_schema_extra={"pattern": ENDPOINT_PATTERN}, min_length=1, max_length=1024),
     _matcher(
         ENDPOINT_PATTERN,
-        "http(s)://host[:port][/path] with no user:password@, query or fragment (credentials come from credentialsSecret)",
+        "http(s)://host[:port] with no path (it would retarget buckets and keys), user:password@, query or fragment "
+        "(credentials come from credentialsSecret)",
     ),
 ]
 EnvName = Annotated[

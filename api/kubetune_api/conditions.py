@@ -48,6 +48,7 @@ class Reason(StrEnum):
     COMPLETED = "Completed"  # Succeeded=True: the adapter, metrics and _SUCCESS were written
     BACKOFF_LIMIT_EXCEEDED = "BackoffLimitExceeded"  # Failed=True: workers failed more than runPolicy.backoffLimit times
     DEADLINE_EXCEEDED = "DeadlineExceeded"  # Failed=True: ran longer than runPolicy.activeDeadlineSeconds
+    SPEC_CHANGED = "SpecChanged"  # Failed=True: what the pods read changed after their Job was made; nothing reran
     NAME_CONFLICT = "NameConflict"  # Failed=True: an object the job needs exists and is not this job's; left untouched
     POLICY_DENIED = "PolicyDenied"  # Failed=True: the platform policy does not allow what the spec asks for
     # Reported by the trainer in its termination message, then used as the Failed reason:

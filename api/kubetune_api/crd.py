@@ -8,7 +8,7 @@ from typing import Any
 import yaml
 
 from ._base import Rule, cel_rule
-from .job import FineTuneJobSpec
+from .job import FROZEN_SECTIONS, FineTuneJobSpec
 from .names import CATEGORIES, CRD_NAME, GROUP, KIND, MAX_NAME_LENGTH, PLURAL, SHORT_NAMES, SINGULAR, VERSION
 from .status import FineTuneJobStatus
 from .validate import NAME_MESSAGE, NAME_PATTERN
@@ -22,12 +22,17 @@ NAME_RULE = Rule(
     check=lambda _: True,  # enforced in validate._check_header, with this message
 )
 
-_FROZEN_SECTIONS = ("model", "dataset", "lora", "training", "deepspeed", "workers", "storage", "output")
+
+# What the pods read is fixed once the operator may have made them: from the first phase after the preflight on
+# (a spec changed during the preflight is checked again: the preflight is per generation). A job that failed before
+# it ever started may still be edited (it never runs again).
 IMMUTABLE_RULE = {
-    "rule": "!has(oldSelf.status) || !has(oldSelf.status.startTime) || ("
-    + " && ".join(f"self.spec.{s} == oldSelf.spec.{s}" for s in _FROZEN_SECTIONS)
+    "rule": "!has(oldSelf.status) || !has(oldSelf.status.phase) || (!has(oldSelf.status.startTime) && "
+    "(oldSelf.status.phase == 'Preflight' || oldSelf.status.phase == 'Failed')) || ("
+    + " && ".join(f"self.spec.{s} == oldSelf.spec.{s}" for s in FROZEN_SECTIONS)
     + ")",
-    "message": "spec is immutable once the job has started; only spec.runPolicy (suspend, deadlines, ttl) may change",
+    "message": "spec is immutable once the job's workers may exist (after the preflight); only spec.runPolicy "
+    "(suspend, deadlines, ttl) may change",
     "fieldPath": ".spec",
     "reason": "FieldValueForbidden",
 }

@@ -7,9 +7,13 @@ from typing import Literal
 from pydantic import Field, StrictBool, StrictFloat, StrictInt, StrictStr
 
 from ._base import Rule, Section
-from ._types import DataUri
+from ._types import DataUri, is_s3, s3_cel
 
 DEFAULT_VALIDATION_SPLIT = 0.05
+
+CLUSTER_DATA_MESSAGE = (
+    "a cluster job reads its data from s3://bucket/key or prefix/ (no . or .. segments); local paths are for kubetune run only"
+)
 
 
 class DatasetSpec(Section):
@@ -77,5 +81,19 @@ class DatasetSpec(Section):
             message="set either validation or validationSplit, not both",
             cel="!(has(self.validation) && has(self.validationSplit))",
             check=lambda d: not (d.validation is not None and d.validationSplit is not None),
+        ),
+        Rule(
+            field="train",
+            message=CLUSTER_DATA_MESSAGE,
+            cel=s3_cel("self.train"),
+            check=lambda d: is_s3(d.train),
+            cluster=True,
+        ),
+        Rule(
+            field="validation",
+            message=CLUSTER_DATA_MESSAGE,
+            cel=f"!has(self.validation) || ({s3_cel('self.validation')})",
+            check=lambda d: d.validation is None or is_s3(d.validation),
+            cluster=True,
         ),
     )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -28,6 +30,17 @@ _PROCS_CEL = (
 def _batch_ok(spec: FineTuneJobSpec) -> bool:
     t = spec.training
     return t.globalBatchSize is None or t.globalBatchSize == spec.global_batch_size
+
+
+# The sections the pods read (the ConfigMap, the pod template): fixed once the workers may exist. runPolicy is the
+# operator's alone (suspend, deadlines, ttl, the preflight switch) and stays mutable.
+FROZEN_SECTIONS = ("model", "dataset", "lora", "training", "deepspeed", "workers", "storage", "output")
+
+
+def pods_digest(spec: FineTuneJobSpec) -> str:
+    """A digest of what the pods read (FROZEN_SECTIONS): recorded on the Job, compared at every reconcile."""
+    frozen = spec.model_dump(mode="json", include=set(FROZEN_SECTIONS))
+    return hashlib.sha256(json.dumps(frozen, sort_keys=True).encode()).hexdigest()[:32]
 
 
 class FineTuneJobSpec(Section):

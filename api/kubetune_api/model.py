@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
 from pydantic import Field, StrictBool, StrictStr
 
-from ._base import Section
-from ._types import ModelUri
+from ._base import Rule, Section
+from ._types import HUB_ID, ModelUri, is_s3, s3_cel
 
 
 class ModelSpec(Section):
@@ -30,4 +31,15 @@ class ModelSpec(Section):
     )
     attnImplementation: Literal["sdpa", "eager", "flash_attention_2"] = Field(
         "sdpa", description="Attention kernel: sdpa (default), eager, or flash_attention_2 (GPU image only)."
+    )
+
+    rules = (
+        Rule(
+            field="uri",
+            message="a cluster job reads its model from s3://bucket/prefix/ (no . or .. segments) or a hub id; "
+            "local paths are for kubetune run only",
+            cel=f"{s3_cel('self.uri')} || self.uri.matches('^{HUB_ID}$')",
+            check=lambda m: is_s3(m.uri) or re.fullmatch(HUB_ID, m.uri) is not None,
+            cluster=True,
+        ),
     )

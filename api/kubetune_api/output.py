@@ -6,8 +6,8 @@ from typing import Literal
 
 from pydantic import Field, StrictBool, StrictFloat
 
-from ._base import Section
-from ._types import OutputUri
+from ._base import Rule, Section
+from ._types import OutputUri, is_s3, s3_cel
 
 
 class OutputSpec(Section):
@@ -34,4 +34,14 @@ class OutputSpec(Section):
         False,
         description="Also write the base model with the adapter merged in under merged/ (safetensors shards, config, "
         "tokenizer, generation config), one shard at a time. Needs the base weights as safetensors.",
+    )
+
+    rules = (
+        Rule(
+            field="uri",
+            message="a cluster job writes to s3://bucket/prefix/ (no . or .. segments); local paths are for kubetune run only",
+            cel=s3_cel("self.uri"),
+            check=lambda o: is_s3(o.uri),
+            cluster=True,
+        ),
     )

@@ -13,6 +13,7 @@ one line gives every tenant a prefix of its own.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
 
+from ._types import HUB_ID, is_s3
 from .manifests import ManifestError, load
 from .validate import Problem, show
 
@@ -41,7 +43,12 @@ class Policy(BaseModel):
         default_factory=list, description="Names storage.serviceAccountName may take (and with it a cloud IAM role)."
     )
     credentialSecrets: list[Entry] = Field(
-        default_factory=lambda: ["*"], description="Names storage.credentialsSecret may take; '*': any Secret."
+        default_factory=list, description="Names storage.credentialsSecret may take; '*': any Secret. Empty: none."
+    )
+    endpoints: list[Entry] = Field(
+        default_factory=list,
+        description="URLs storage.endpoint may take, exactly (e.g. https://s3.example.com); '*': any. Empty: "
+        "storage.endpoint must be left unset (the SDK's default, AWS S3).",
     )
     priorityClasses: list[Entry] = Field(default_factory=list, description="Names workers.priorityClassName may take.")
     nodeSelectorKeys: list[Entry] = Field(default_factory=list, description="Label keys workers.nodeSelector may use.")
@@ -59,6 +66,14 @@ class Policy(BaseModel):
         description="Prefixes output.uri must start with ({namespace} is the job's namespace). Empty: any.",
     )
     allowTrustRemoteCode: StrictBool = Field(False, description="Whether model.trustRemoteCode may be true.")
+    allowHubModels: StrictBool = Field(
+        False, description="Whether model.uri may be a hub id (downloaded from a model hub) rather than s3://."
+    )
+    requireCredentialSource: StrictBool = Field(
+        False,
+        description="Whether every job must name storage.credentialsSecret or storage.serviceAccountName (never the "
+        "node's own role).",
+    )
     maxGpusPerJob: StrictInt = Field(
         0, ge=0, description="Most GPUs one job may request (replicas x gpusPerWorker); 0: no limit."
     )
@@ -69,9 +84,9 @@ class Policy(BaseModel):
     def params(self) -> dict[str, str]:
         """The policy as the admission policy's parameter object (a ConfigMap's data: strings only)."""
         out = {name: ",".join(getattr(self, name)) for name in LISTS}
-        out["allowTrustRemoteCode"] = "true" if self.allowTrustRemoteCode else "false"
+        for flag in ("allowTrustRemoteCode", "allowHubModels", "requireCredentialSource", "requirePreflight"):
+            out[flag] = "true" if getattr(self, flag) else "false"
         out["maxGpusPerJob"] = str(self.maxGpusPerJob)
-        out["requirePreflight"] = "true" if self.requirePreflight else "false"
         return out
 
 
@@ -79,6 +94,7 @@ LISTS = (
     "images",
     "serviceAccounts",
     "credentialSecrets",
+    "endpoints",
     "priorityClasses",
     "nodeSelectorKeys",
     "tolerationKeys",
@@ -109,7 +125,21 @@ def load_policy(path: Path) -> Policy:
         for entry in getattr(policy, name):
             if not entry or "," in entry or entry != entry.strip():
                 raise PolicyError(f"{path}: {name}: entries must be non-empty, without commas or spaces (got {entry!r})")
+            if entry != "*" and name in ENDINGS and not entry.endswith(ENDINGS[name]):
+                raise PolicyError(f"{path}: {name}: {ENDING_WORDS[name]} (got {entry!r})")
+            if name in ("readPrefixes", "writePrefixes") and entry != "*" and not is_s3(entry.replace("{namespace}", "ns")):
+                raise PolicyError(f"{path}: {name}: a prefix is s3://bucket/.../ without . or .. segments (got {entry!r})")
     return policy
+
+
+# A prefix matches whole path segments: s3://datasets/team/ does not cover s3://datasets/team-b/, and an image prefix
+# ends where a registry path, tag or digest does (registry.corp/kubetune/ never covers registry.corp/kubetune-evil/).
+ENDINGS = {"readPrefixes": "/", "writePrefixes": "/", "images": ("/", ":", "@")}
+ENDING_WORDS = {
+    "readPrefixes": "a prefix ends with / (whole path segments)",
+    "writePrefixes": "a prefix ends with / (whole path segments)",
+    "images": "an image prefix ends with /, : or @ (a whole repository path, a tag or a digest)",
+}
 
 
 def _allowed(entries: list[str], value: str) -> bool:
@@ -207,6 +237,26 @@ RULES: tuple[PolicyRule, ...] = (
         _quoted(f"{_S}.credentialsSecret"),
     ),
     PolicyRule(
+        "spec.storage.endpoint",
+        "this endpoint is not allowed by the platform policy; allowed",
+        "endpoints",
+        lambda s, ns, p: s.storage.endpoint is None or _allowed(p.endpoints, s.storage.endpoint),
+        lambda s: s.storage.endpoint,
+        f"!has({_S}.endpoint) || {_in('endpoints', f'{_S}.endpoint')}",
+        _quoted(f"{_S}.endpoint"),
+    ),
+    PolicyRule(
+        "spec.storage",
+        "the platform policy requires a credential source: storage.credentialsSecret or storage.serviceAccountName",
+        "",
+        lambda s, ns, p: (
+            not p.requireCredentialSource or s.storage.credentialsSecret is not None or s.storage.serviceAccountName is not None
+        ),
+        lambda s: "none",
+        f"params.data.requireCredentialSource != 'true' || has({_S}.credentialsSecret) || has({_S}.serviceAccountName)",
+        "'\"none\"'",
+    ),
+    PolicyRule(
         "spec.workers.priorityClassName",
         "this priority class is not allowed by the platform policy; allowed",
         "priorityClasses",
@@ -242,6 +292,15 @@ RULES: tuple[PolicyRule, ...] = (
         "params.data.allowTrustRemoteCode == 'true' || !has(object.spec.model.trustRemoteCode) || "
         "!object.spec.model.trustRemoteCode",
         "'true'",
+    ),
+    PolicyRule(
+        "spec.model.uri",
+        "the platform policy does not allow models from a hub; use s3://",
+        "",
+        lambda s, ns, p: p.allowHubModels or re.fullmatch(HUB_ID, s.model.uri) is None,
+        lambda s: s.model.uri,
+        f"params.data.allowHubModels == 'true' || !object.spec.model.uri.matches('^{HUB_ID}$')",
+        _quoted("object.spec.model.uri"),
     ),
     PolicyRule(
         "spec.workers",

@@ -3,11 +3,19 @@ and the operator copies into status.preflight. Bounded, because it comes from a 
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 from .conditions import Reason
+from .contract import clean_text
+
+
+def _text(limit: int) -> BeforeValidator:
+    """Printable text (no ANSI or OSC-8 escapes, no control characters) of at most `limit` characters: a report's
+    strings can carry a record's keys, and they reach status, conditions and Events."""
+    return BeforeValidator(lambda v: clean_text(v, limit))
+
 
 REPORT_LIMIT = 4096  # a termination message's size limit, and so the report's
 CheckName = Literal["spec", "output", "model", "dataset", "records", "memory"]
@@ -18,7 +26,7 @@ class Check(BaseModel):
 
     name: CheckName
     ok: bool
-    message: str = Field("", max_length=400)
+    message: Annotated[str, _text(400)] = Field("", max_length=400)
 
 
 class Report(BaseModel):
@@ -27,8 +35,10 @@ class Report(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
     passed: bool = Field(description="Every check passed: the training Job may be created.")
-    reason: str | None = Field(None, max_length=64, description="Why it failed, as the Failed condition's reason.")
-    message: str | None = Field(None, max_length=1000, description="The failure in words.")
+    reason: Annotated[str, _text(64)] | None = Field(
+        None, max_length=64, description="Why it failed, as the Failed condition's reason."
+    )
+    message: Annotated[str, _text(1000)] | None = Field(None, max_length=1000, description="The failure in words.")
     checks: list[Check] = Field(default_factory=list, max_length=8, description="Each check and its outcome.")
     records: int | None = Field(None, ge=0, description="Training records.")
     tokens: int | None = Field(None, ge=0, description="Training tokens per epoch, with the model's own tokenizer.")
@@ -36,11 +46,13 @@ class Report(BaseModel):
     totalSteps: int | None = Field(None, ge=0, description="Optimizer steps planned.")
     memoryPerGpuBytes: int | None = Field(None, ge=0, description="Estimated peak memory per GPU (per process on CPUs).")
     gpuMemoryBytes: int | None = Field(None, ge=0, description="Memory of one GPU of the type the job runs on.")
-    gpuType: str | None = Field(None, max_length=128, description="The GPU type the estimate is for.")
+    gpuType: Annotated[str, _text(128)] | None = Field(None, max_length=128, description="The GPU type the estimate is for.")
     gpuHours: float | None = Field(None, ge=0, description="Estimated GPU-hours of training and evaluation.")
     estimatedHours: float | None = Field(None, ge=0, description="Estimated wall-clock hours of training and evaluation.")
     estimatedCost: float | None = Field(None, ge=0, description="gpuHours times the platform's price per GPU-hour.")
-    suggestion: str | None = Field(None, max_length=400, description="The smallest change that would fit, when it does not.")
+    suggestion: Annotated[str, _text(400)] | None = Field(
+        None, max_length=400, description="The smallest change that would fit, when it does not."
+    )
 
     def failed(self, reason: Reason | str, message: str) -> Report:
         return self.model_copy(update={"passed": False, "reason": str(reason), "message": message[:1000]})

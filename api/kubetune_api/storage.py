@@ -15,8 +15,9 @@ class StorageSpec(Section):
 
     endpoint: Endpoint | None = Field(
         None,
-        description="S3-compatible endpoint URL, http(s)://host[:port][/path], with no user:password@, query or "
-        "fragment (credentials come from credentialsSecret); empty means AWS S3.",
+        description="S3-compatible endpoint URL, http(s)://host[:port], with no path, user:password@, query or "
+        "fragment (credentials come from credentialsSecret); empty means AWS S3. The platform policy lists the "
+        "endpoints a tenant may name.",
     )
     region: StrictStr | None = Field(None, max_length=64, pattern=r"^[a-z0-9-]+$", description="Region, e.g. us-east-1.")
     credentialsSecret: DnsSubdomain | None = Field(

@@ -13,7 +13,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from ._base import RULE_ERROR
+from ._base import CLUSTER, RULE_ERROR
 from .job import FineTuneJob
 from .manifests import ManifestError, load
 from .names import API_VERSION, GROUP, KIND, MAX_NAME_LENGTH
@@ -215,8 +215,11 @@ def drop_nulls(value: Any) -> Any:
     return value
 
 
-def validate_object(body: Any, source: str = "<object>", index: int = 0, line: int | None = None) -> Result:
-    """Validate one FineTuneJob object (a parsed manifest or an API server body)."""
+def validate_object(
+    body: Any, source: str = "<object>", index: int = 0, line: int | None = None, cluster: bool = False
+) -> Result:
+    """Validate one FineTuneJob object (a parsed manifest or an API server body). cluster: as a job for a cluster
+    (the operator, admission, `kubetune validate`): the CRD's cluster-only rules too (no local paths)."""
     result = Result(source=source, index=index, line=line)
     if not isinstance(body, Mapping):
         got = type(body).__name__ if not isinstance(body, (str, int, float, bool)) else show(body)
@@ -229,7 +232,9 @@ def validate_object(body: Any, source: str = "<object>", index: int = 0, line: i
     if result.problems and any(p.path in ("kind", "apiVersion") for p in result.problems):
         return result  # not a FineTuneJob: its spec would only add noise
     try:
-        result.job = FineTuneJob.model_validate(drop_nulls({k: v for k, v in body.items() if k != "status"}))
+        result.job = FineTuneJob.model_validate(
+            drop_nulls({k: v for k, v in body.items() if k != "status"}), context=CLUSTER if cluster else None
+        )
     except ValidationError as exc:
         result.problems.extend(problems_from(exc))
     if result.problems:
@@ -237,7 +242,7 @@ def validate_object(body: Any, source: str = "<object>", index: int = 0, line: i
     return result
 
 
-def validate_bytes(data: bytes, source: str) -> list[Result]:
+def validate_bytes(data: bytes, source: str, cluster: bool = False) -> list[Result]:
     """Validate every document of a manifest file; an unreadable file is one Result with one Problem."""
     try:
         documents = load(data)
@@ -245,4 +250,4 @@ def validate_bytes(data: bytes, source: str) -> list[Result]:
         return [Result(source=source, problems=[Problem("", str(exc))])]
     if not documents:
         return [Result(source=source, problems=[Problem("", "no YAML documents found (the file is empty)")])]
-    return [validate_object(doc.body, source, doc.index, doc.line) for doc in documents]
+    return [validate_object(doc.body, source, doc.index, doc.line, cluster) for doc in documents]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Annotated, Any, Literal
 
@@ -10,13 +11,59 @@ from pydantic import Field, StrictInt, StrictStr, field_validator
 from ._base import Rule, Section, section_default
 from ._types import DnsSubdomain, EnvName, NonNegativeQuantity, quantity_value
 
-# Credentials reach pods only from storage.credentialsSecret: a variable whose name says it holds one is refused in
-# workers.env (AWS_SECURITY_TOKEN, HUGGING_FACE_HUB_TOKEN, WANDB_API_KEY, ... all match), and so is a name the
-# operator-to-pod contract sets itself (a tenant must not point the trainer at another config, rank or master).
-SECRET_ENV_PATTERN = r"(?i)(SECRET|TOKEN|PASSWORD|PASSWD|CREDENTIAL|API_?KEY|ACCESS_?KEY|PRIVATE_?KEY|SESSION)"
-RESERVED_ENV_PATTERN = (
-    r"^(KUBETUNE_.*|JOB_COMPLETION_INDEX|HOME|PATH|PYTHON.*|LD_.*|MASTER_ADDR|MASTER_PORT|RANK|LOCAL_RANK|WORLD_SIZE|"
-    r"LOCAL_WORLD_SIZE|NODE_RANK|TORCHELASTIC_.*|AWS_.*|BOTO_.*|HF_HOME|HF_ENDPOINT|TRANSFORMERS_.*|CUDA_VISIBLE_DEVICES)$"
+# workers.env is an allow-list: only the variables the trainer and its libraries honour as tuning knobs, never one
+# that makes a process load code or files (OPENSSL_CONF, CUDA_INJECTION64_PATH, NCCL_*_PLUGIN, GCONV_PATH,
+# PYTHON*, LD_*), expose devices (NVIDIA_VISIBLE_DEVICES), redirect traffic (proxies, endpoints), change torchrun's
+# options (PET_*) or carry a credential. Credentials come from storage.credentialsSecret only.
+TRAINER_ENV = (
+    # NCCL: logging, the fabric and the algorithms (never its plugins, topology or dump files)
+    "NCCL_DEBUG",
+    "NCCL_DEBUG_SUBSYS",
+    "NCCL_SOCKET_IFNAME",
+    "NCCL_SOCKET_NTHREADS",
+    "NCCL_NSOCKS_PERTHREAD",
+    "NCCL_IB_DISABLE",
+    "NCCL_IB_HCA",
+    "NCCL_IB_GID_INDEX",
+    "NCCL_IB_TIMEOUT",
+    "NCCL_IB_RETRY_CNT",
+    "NCCL_IB_QPS_PER_CONNECTION",
+    "NCCL_CROSS_NIC",
+    "NCCL_NET_GDR_LEVEL",
+    "NCCL_P2P_DISABLE",
+    "NCCL_P2P_LEVEL",
+    "NCCL_SHM_DISABLE",
+    "NCCL_NVLS_ENABLE",
+    "NCCL_ALGO",
+    "NCCL_PROTO",
+    "NCCL_MIN_NCHANNELS",
+    "NCCL_MAX_NCHANNELS",
+    "NCCL_BUFFSIZE",
+    # torch.distributed and gloo
+    "TORCH_NCCL_ASYNC_ERROR_HANDLING",
+    "TORCH_NCCL_BLOCKING_WAIT",
+    "TORCH_NCCL_ENABLE_MONITORING",
+    "TORCH_NCCL_HEARTBEAT_TIMEOUT_SEC",
+    "TORCH_DISTRIBUTED_DEBUG",
+    "TORCH_CPP_LOG_LEVEL",
+    "TORCH_SHOW_CPP_STACKTRACES",
+    "GLOO_SOCKET_IFNAME",
+    # CUDA and torch's allocator
+    "PYTORCH_CUDA_ALLOC_CONF",
+    "CUDA_LAUNCH_BLOCKING",
+    "CUDA_DEVICE_MAX_CONNECTIONS",
+    "NVIDIA_TF32_OVERRIDE",
+    # threads and logging
+    "OMP_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "TOKENIZERS_PARALLELISM",
+    "TRANSFORMERS_VERBOSITY",
+    "TZ",
+)
+ENV_ALLOWED_MESSAGE = (
+    "env may set only the variables the trainer honours: "
+    + ", ".join(TRAINER_ENV)
+    + " (credentials belong in storage.credentialsSecret)"
 )
 # A label key (an optional DNS-subdomain prefix and '/', then a name of at most 63 characters) and a label value.
 LABEL_KEY = r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"
@@ -62,6 +109,25 @@ class Toleration(Section):
     )
 
 
+# resources holds what the ledger and maxGpusPerJob need not count: GPUs and every other device (nvidia.com/gpu,
+# amd.com/gpu, google.com/tpu, rdma/...) come only from gpusPerWorker and gpuResourceName, which are counted and billed
+PLAIN_RESOURCES = ("cpu", "memory", "ephemeral-storage")
+RESOURCES_MESSAGE = (
+    "resources may name only cpu, memory and ephemeral-storage; GPUs and other devices come from gpusPerWorker and "
+    "gpuResourceName"
+)
+
+
+def _plain_rule(side: str) -> Rule:
+    names = json.dumps(list(PLAIN_RESOURCES))
+    return Rule(
+        field=side,
+        message=RESOURCES_MESSAGE,
+        cel=f"!has(self.{side}) || self.{side}.all(k, k in {names})",
+        check=lambda r: all(k in PLAIN_RESOURCES for k in getattr(r, side)),
+    )
+
+
 def _requests_within_limits(r: Resources) -> bool:
     return all(quantity_value(r.requests[k]) <= quantity_value(v) for k, v in r.limits.items() if k in r.requests)
 
@@ -83,6 +149,8 @@ class Resources(Section):
     )
 
     rules = (
+        _plain_rule("requests"),
+        _plain_rule("limits"),
         Rule(
             field="requests",
             message="a request must not exceed its limit",
@@ -155,31 +223,10 @@ class WorkersSpec(Section):
             check=lambda w: w.processesPerWorker is None or w.gpusPerWorker == 0 or w.processesPerWorker == w.gpusPerWorker,
         ),
         Rule(
-            field="resources",
-            message="set GPUs with gpusPerWorker, not in resources",
-            cel="!has(self.resources) || ((!has(self.resources.requests) || !(self.gpuResourceName in self.resources.requests)) "
-            "&& (!has(self.resources.limits) || !(self.gpuResourceName in self.resources.limits)))",
-            check=lambda w: w.gpuResourceName not in w.resources.requests and w.gpuResourceName not in w.resources.limits,
-        ),
-        Rule(
             field="env",
-            message="credentials must not be set in env (names with SECRET, TOKEN, PASSWORD, CREDENTIAL, API_KEY, "
-            "ACCESS_KEY, PRIVATE_KEY or SESSION); use storage.credentialsSecret",
-            cel="!has(self.env) || self.env.all(e, !e.name.matches('" + SECRET_ENV_PATTERN + "'))",
-            check=lambda w: all(not re.search(SECRET_ENV_PATTERN, e.name) for e in w.env),
-        ),
-        Rule(
-            field="env",
-            message="env must not set the names kubetune sets itself (KUBETUNE_*, JOB_COMPLETION_INDEX, HOME, PATH, "
-            "PYTHON*, LD_*, AWS_*, torch's rank variables, ...)",
-            cel="!has(self.env) || self.env.all(e, e.name.matches('"
-            + SECRET_ENV_PATTERN
-            + "') || !e.name.matches('"
-            + RESERVED_ENV_PATTERN
-            + "'))",  # a credential's name is refused by the rule above, once
-            check=lambda w: all(
-                re.search(SECRET_ENV_PATTERN, e.name) or not re.match(RESERVED_ENV_PATTERN, e.name) for e in w.env
-            ),
+            message=ENV_ALLOWED_MESSAGE,
+            cel="!has(self.env) || self.env.all(e, e.name in " + json.dumps(list(TRAINER_ENV)) + ")",
+            check=lambda w: all(e.name in TRAINER_ENV for e in w.env),
         ),
     )
 

@@ -47,7 +47,7 @@ def _render(args: argparse.Namespace) -> int:
     except OSError as exc:
         print(f"kubetune render: {args.manifest}: {exc.strerror or exc}", file=sys.stderr)
         return 2
-    results = validate_bytes(data, args.manifest)
+    results = validate_bytes(data, args.manifest, cluster=True)  # the objects a cluster would run
     bad = [f"{r.source}: {p}" for r in results for p in r.problems]
     if bad:
         print("\n".join(bad), file=sys.stderr)
@@ -69,6 +69,11 @@ def parser() -> argparse.ArgumentParser:
     )
     validate.add_argument(
         "-n", "--namespace", help="namespace the jobs go to, for the policy's per-namespace prefixes (default: each job's)"
+    )
+    validate.add_argument(
+        "--local",
+        action="store_true",
+        help="check as `kubetune run` does: local paths allowed (default: as the cluster admits it, s3:// only)",
     )
     validate.set_defaults(func=validate_cmd.run)
 

@@ -90,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
         except OSError as exc:
             io_errors.append(f"{name}: {exc.strerror or exc}")
             continue
-        results += validate_bytes(data, "<stdin>" if name == "-" else name)
+        results += validate_bytes(data, "<stdin>" if name == "-" else name, cluster=not args.local)
     _check_outputs(results)
     if policy is not None:
         _check_policy(results, policy, args.namespace)

@@ -28,7 +28,7 @@ def outputs(*, name: str, namespace: str | None, spec: kopf.Spec, **_: Any) -> d
 def admit(*, body: kopf.Body, **kwargs: Any) -> None:
     index: kopf.Index[str, str] = kwargs["outputs"]  # the index above, passed by name
     meta = body.get("metadata") or {}
-    result = validate_object(dict(body), source=f"{meta.get('namespace')}/{meta.get('name')}")
+    result = validate_object(dict(body), source=f"{meta.get('namespace')}/{meta.get('name')}", cluster=True)
     if result.job is None:
         raise kopf.AdmissionError("; ".join(str(problem) for problem in result.problems), code=422)
     from .handlers import POLICY

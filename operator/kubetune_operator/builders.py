@@ -8,6 +8,7 @@ from typing import Any
 from kubetune_api import contract
 from kubetune_api._types import quantity_value
 from kubetune_api.ds_config import deepspeed_config
+from kubetune_api.job import pods_digest
 from kubetune_api.manifests import dump
 
 from .plan import Plan
@@ -16,8 +17,12 @@ CACHE_DIR = "/var/cache/kubetune"
 MODEL_CACHE_DIR = "/var/cache/kubetune-models"  # the node's model cache, when the chart gives one
 
 
+HOSTPATH_MAX_BYTES = 500 << 30  # a node directory is bounded even when the chart sets no bound
+
+
 def model_cache_volume(setting: str) -> dict[str, Any] | None:
-    """The volume for Settings.model_cache: hostPath:/dir (a directory on the node) or pvc:claim; None for none."""
+    """The volume for Settings.model_cache: hostPath:/dir (a directory on the node) or pvc:claim; None for none.
+    The trainer keys its entries per namespace within it (model_cache_dir)."""
     kind, _, where = setting.partition(":")
     if kind == "hostPath" and where.startswith("/"):
         return {"name": "models", "hostPath": {"path": where, "type": "DirectoryOrCreate"}}
@@ -26,6 +31,14 @@ def model_cache_volume(setting: str) -> dict[str, Any] | None:
     if setting:
         raise ValueError(f"model cache {setting!r}: expected hostPath:/absolute/dir or pvc:claim-name")
     return None
+
+
+def model_cache_bound(plan: Plan) -> int:
+    """Bytes the cache may hold before least recently used entries go: the chart's bound, else HOSTPATH_MAX_BYTES for
+    a node directory."""
+    if plan.model_cache_max_bytes or not plan.model_cache.startswith("hostPath:"):
+        return plan.model_cache_max_bytes
+    return HOSTPATH_MAX_BYTES
 
 
 CREDENTIAL_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
@@ -96,14 +109,16 @@ def _env(plan: Plan) -> list[dict[str, Any]]:
         {"name": "KUBETUNE_WORK_DIR", "value": f"{CACHE_DIR}/work"},
         *(
             [
-                {"name": "KUBETUNE_MODEL_CACHE", "value": MODEL_CACHE_DIR},
-                {"name": "KUBETUNE_MODEL_CACHE_MAX_BYTES", "value": str(plan.model_cache_max_bytes)},
+                # entries are kept per namespace: no job finds, verifies against or loads another tenant's model
+                {"name": "KUBETUNE_MODEL_CACHE", "value": f"{MODEL_CACHE_DIR}/{plan.namespace}"},
+                {"name": "KUBETUNE_MODEL_CACHE_MAX_BYTES", "value": str(model_cache_bound(plan))},
             ]
             if plan.model_cache
             else []
         ),
         {"name": "HOME", "value": "/tmp"},
         {"name": "PYTHONNOUSERSITE", "value": "1"},  # nothing under the writable HOME is ever imported
+        {"name": "PYTHONSAFEPATH", "value": "1"},  # nor from the working directory (/tmp, writable)
     ]
     if spec.storage.credentialsSecret:
         env += [
@@ -170,7 +185,8 @@ def build_pod_spec(plan: Plan) -> dict[str, Any]:
                     {"name": "shm", "mountPath": "/dev/shm"},
                 ],
                 "terminationMessagePath": contract.TERMINATION_MESSAGE_PATH,
-                "terminationMessagePolicy": "FallbackToLogsOnError",
+                # the file only: a log line can never be taken for the summary
+                "terminationMessagePolicy": "File",
                 "securityContext": {
                     "allowPrivilegeEscalation": False,
                     "readOnlyRootFilesystem": True,
@@ -201,6 +217,7 @@ def build_pod_spec(plan: Plan) -> dict[str, Any]:
 
 
 ATTEMPT_ANNOTATION = "kubetune.dev/attempt"  # gang restarts before this Job: a failure is counted once per Job
+SPEC_ANNOTATION = "kubetune.dev/spec-digest"  # job.pods_digest of the spec the Job's pods read
 
 
 def attempt_of(job: dict[str, Any], default: int) -> int:
@@ -215,7 +232,10 @@ def build_job(plan: Plan) -> dict[str, Any]:
     job: dict[str, Any] = {
         "apiVersion": "batch/v1",
         "kind": "Job",
-        "metadata": {**_meta(plan, plan.job_name), "annotations": {ATTEMPT_ANNOTATION: str(plan.restart)}},
+        "metadata": {
+            **_meta(plan, plan.job_name),
+            "annotations": {ATTEMPT_ANNOTATION: str(plan.restart), SPEC_ANNOTATION: pods_digest(plan.spec)},
+        },
         "spec": {
             "completionMode": "Indexed",
             "completions": plan.workers,

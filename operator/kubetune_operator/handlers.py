@@ -20,6 +20,7 @@ from kubernetes import client, config
 
 from kubetune_api import validate_object
 from kubetune_api.conditions import ConditionType, Phase, Reason
+from kubetune_api.job import pods_digest
 from kubetune_api.names import GROUP, JOB_NAME_LABEL, PLURAL, QUEUE_LABEL, VERSION
 from kubetune_api.policy import Policy, load_policy
 from kubetune_api.policy import check as policy_check
@@ -28,7 +29,7 @@ from kubetune_api.status import FineTuneJobStatus
 from . import builders, metrics
 from .plan import Plan, make_plan
 from .settings import Settings
-from .status import GENERATION_ANNOTATION, last_progress, now, observe, progress_status, set_condition
+from .status import GENERATION_ANNOTATION, last_progress, now, observe, progress_status, rank0_pods, set_condition
 from .transition import (
     Action,
     CountRestart,
@@ -323,9 +324,7 @@ def _progress(plan: Plan, pods: list[dict[str, Any]], force: bool) -> dict[str, 
     key = f"{plan.namespace}/{plan.name}"
     if not force and time.monotonic() - _last_log_read.get(key, 0.0) < SETTINGS.sync_seconds * 0.9:
         return None
-    rank0 = next(
-        (p for p in pods if (p["metadata"].get("annotations") or {}).get("batch.kubernetes.io/job-completion-index") == "0"), None
-    )
+    rank0 = next(iter(rank0_pods(pods)), None)
     if rank0 is None:
         return None
     _last_log_read[key] = time.monotonic()
@@ -384,7 +383,7 @@ def _sync(namespace: str, name: str, body: dict[str, Any] | None) -> None:
         return
     status: dict[str, Any] = dict(body.get("status") or {})
     generation = body["metadata"].get("generation")
-    result = validate_object(body, source=f"{namespace}/{name}")
+    result = validate_object(body, source=f"{namespace}/{name}", cluster=True)
     if result.job is None:
         message = "; ".join(str(p) for p in result.problems)
         _write_status(body, invalid_status(status, message, generation))
@@ -398,14 +397,24 @@ def _sync(namespace: str, name: str, body: dict[str, Any] | None) -> None:
         started = datetime.datetime.strptime(status["startTime"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=datetime.UTC)
         elapsed = (datetime.datetime.now(datetime.UTC) - started).total_seconds()
     job = _json(API.batch.read_namespaced_job, name, namespace)
-    denied = policy_check(result.job.spec, namespace, POLICY) if POLICY is not None and job is None else []
-    if denied:  # before any child (a first start or a gang restart); the API server enforced it at admission already
-        raise Refused(Reason.POLICY_DENIED, "; ".join(str(p) for p in denied))
     # the queue is fixed when the Job is made: removing the label from a started job does not skip the queue
     queue = (job["metadata"].get("labels") or {}).get(QUEUE_LABEL) if job is not None else None
     plan = make_plan(body, result.job, SETTINGS, previous.restarts, elapsed, queue=queue)
     if job is not None and not owned(job, plan.uid):
         raise _conflict("Job", plan)
+    denied = policy_check(result.job.spec, namespace, POLICY) if POLICY is not None else []
+    if denied:  # at every sync, before any child is made or put back; the API server enforced it at admission already
+        if job is not None:
+            _delete_job(plan, job)  # a policy tightened since: its workers stop too
+        raise Refused(Reason.POLICY_DENIED, "; ".join(str(p) for p in denied))
+    if job is not None and not _same_spec(job, result.job.spec):
+        # the ConfigMap is not rewritten and the workers stop: no pod runs a spec the preflight and policy did not see
+        _delete_job(plan, job)
+        raise Refused(
+            Reason.SPEC_CHANGED,
+            "the spec the workers read changed after their Job was created; the workers were stopped and nothing was "
+            "applied. Create a new FineTuneJob",
+        )
     _ensure(plan, builders.build_configmap(plan), fresh=job is None)
     _ensure(plan, builders.build_service(plan), fresh=job is None)
     _ensure(plan, builders.build_network_policy(plan), fresh=job is None)
@@ -420,6 +429,11 @@ def _sync(namespace: str, name: str, body: dict[str, Any] | None) -> None:
     seen = Observed(generation, datetime.datetime.now(datetime.UTC), job, pods, preflight, preflight_pods, progress)
     new, actions = transition(plan, seen, previous)
     _carry_out(plan, body, job, new.model_dump(mode="json", exclude_none=True), actions)
+
+
+def _same_spec(job: dict[str, Any], spec: Any) -> bool:
+    annotations = (job.get("metadata") or {}).get("annotations") or {}
+    return annotations.get(builders.SPEC_ANNOTATION) == pods_digest(spec)
 
 
 def typed_status(status: Mapping[str, Any]) -> FineTuneJobStatus:
@@ -509,7 +523,14 @@ def _expire(body: dict[str, Any], status: dict[str, Any]) -> None:
     finished = datetime.datetime.strptime(done, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=datetime.UTC)
     if (datetime.datetime.now(datetime.UTC) - finished).total_seconds() >= ttl:
         meta = body["metadata"]
-        _read(API.custom.delete_namespaced_custom_object, GROUP, VERSION, meta["namespace"], PLURAL, meta["name"])
+        options = client.V1DeleteOptions(preconditions=client.V1Preconditions(uid=meta["uid"]))
+        try:  # the uid precondition: a FineTuneJob created under the same name since this one was read is spared
+            _raw(
+                API.custom.delete_namespaced_custom_object, GROUP, VERSION, meta["namespace"], PLURAL, meta["name"], body=options
+            )
+        except client.ApiException as exc:
+            if exc.status not in (404, 409):
+                raise kopf.TemporaryError(f"cannot delete {meta['name']}: {exc.reason}", delay=5) from exc
 
 
 if SETTINGS.webhook_port:

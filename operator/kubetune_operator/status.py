@@ -58,6 +58,15 @@ def summary_of(pod: dict[str, Any]) -> Summary | None:
     return None
 
 
+COMPLETION_INDEX = "batch.kubernetes.io/job-completion-index"  # set by the Job controller, not by the pod
+
+
+def rank0_pods(pods: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The pods of worker 0: the only worker whose word that the job succeeded, and with what metrics, counts (it
+    writes the adapter and _SUCCESS; any other worker saying so is ignored)."""
+    return [p for p in pods if ((p.get("metadata") or {}).get("annotations") or {}).get(COMPLETION_INDEX) == "0"]
+
+
 def last_progress(log: str) -> ProgressLine | None:
     """The newest valid progress line of rank 0's log."""
     for line in reversed(log.splitlines()):
@@ -129,11 +138,11 @@ def observe(job: dict[str, Any] | None, pods: list[dict[str, Any]], workers: int
     if job is None or (job.get("metadata") or {}).get("deletionTimestamp"):
         return Observation("missing")
     if _job_condition(job, "Complete") or _job_condition(job, "SuccessCriteriaMet"):
-        summaries = [s for s in (summary_of(p) for p in pods) if s and s.status == "Succeeded"]
+        summaries = [s for s in (summary_of(p) for p in rank0_pods(pods)) if s and s.status == "Succeeded"]
         rank0 = next((s for s in summaries if s.metrics), summaries[0] if summaries else None)
         return Observation("succeeded", Reason.COMPLETED.value, _done(rank0), summary=rank0)
     failed = _job_condition(job, "Failed") or _job_condition(job, "FailureTarget")
-    finished = next((s for s in (summary_of(p) for p in pods) if s and s.status == "Succeeded" and s.metrics), None)
+    finished = next((s for s in (summary_of(p) for p in rank0_pods(pods)) if s and s.status == "Succeeded" and s.metrics), None)
     if failed and finished:  # worker 0 wrote the adapter and _SUCCESS; a worker failing afterwards changes nothing
         return Observation("succeeded", Reason.COMPLETED.value, _done(finished), summary=finished)
     if failed:

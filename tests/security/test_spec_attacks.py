@@ -17,15 +17,47 @@ from ..conftest import job, kubetune
 from ..schema_layer import error_paths
 
 CASES = [
-    ({"spec.workers.env": [{"name": "AWS_SECURITY_TOKEN", "value": "x"}]}, "spec.workers.env", "credentials must not be set"),
-    ({"spec.workers.env": [{"name": "HUGGING_FACE_HUB_TOKEN", "value": "x"}]}, "spec.workers.env", "credentials must not be set"),
-    ({"spec.workers.env": [{"name": "WANDB_API_KEY", "value": "x"}]}, "spec.workers.env", "credentials must not be set"),
-    ({"spec.workers.env": [{"name": "KUBETUNE_CONFIG", "value": "/tmp/evil.yaml"}]}, "spec.workers.env", "kubetune sets itself"),
-    ({"spec.workers.env": [{"name": "HOME", "value": "/evil"}]}, "spec.workers.env", "kubetune sets itself"),
-    ({"spec.workers.env": [{"name": "PYTHONPATH", "value": "/evil"}]}, "spec.workers.env", "kubetune sets itself"),
-    ({"spec.workers.env": [{"name": "LD_PRELOAD", "value": "/evil.so"}]}, "spec.workers.env", "kubetune sets itself"),
-    ({"spec.workers.env": [{"name": "JOB_COMPLETION_INDEX", "value": "0"}]}, "spec.workers.env", "kubetune sets itself"),
-    ({"spec.storage.endpoint": "https://AKIAX:hunter2@s3.example.com"}, "spec.storage.endpoint", "no user:password@"),
+    (
+        {"spec.workers.env": [{"name": "AWS_SECURITY_TOKEN", "value": "x"}]},
+        "spec.workers.env",
+        "may set only the variables the trainer honours",
+    ),
+    (
+        {"spec.workers.env": [{"name": "HUGGING_FACE_HUB_TOKEN", "value": "x"}]},
+        "spec.workers.env",
+        "may set only the variables the trainer honours",
+    ),
+    (
+        {"spec.workers.env": [{"name": "WANDB_API_KEY", "value": "x"}]},
+        "spec.workers.env",
+        "may set only the variables the trainer honours",
+    ),
+    (
+        {"spec.workers.env": [{"name": "KUBETUNE_CONFIG", "value": "/tmp/evil.yaml"}]},
+        "spec.workers.env",
+        "may set only the variables the trainer honours",
+    ),
+    (
+        {"spec.workers.env": [{"name": "HOME", "value": "/evil"}]},
+        "spec.workers.env",
+        "may set only the variables the trainer honours",
+    ),
+    (
+        {"spec.workers.env": [{"name": "PYTHONPATH", "value": "/evil"}]},
+        "spec.workers.env",
+        "may set only the variables the trainer honours",
+    ),
+    (
+        {"spec.workers.env": [{"name": "LD_PRELOAD", "value": "/evil.so"}]},
+        "spec.workers.env",
+        "may set only the variables the trainer honours",
+    ),
+    (
+        {"spec.workers.env": [{"name": "JOB_COMPLETION_INDEX", "value": "0"}]},
+        "spec.workers.env",
+        "may set only the variables the trainer honours",
+    ),
+    ({"spec.storage.endpoint": "https://AKIAX:hunter2@s3.example.com"}, "spec.storage.endpoint", "user:password@"),
     ({"spec.workers.tolerations": [{"operator": "Exists", "value": "x"}]}, "spec.workers.tolerations[0].value", "takes no value"),
     (
         {"spec.workers.tolerations": [{"key": "a", "tolerationSeconds": 5}]},
@@ -47,7 +79,7 @@ CASES = [
 
 @pytest.mark.parametrize(("changes", "path", "words"), CASES, ids=[f"{c[1]}:{i}" for i, c in enumerate(CASES)])
 def test_refused_by_both_layers_on_the_same_path(changes: dict[str, Any], path: str, words: str) -> None:
-    result = validate_object(job(**changes))
+    result = validate_object(job(**changes), cluster=True)
     assert [p.path for p in result.problems] == [path], result.problems
     assert words in result.problems[0].message
     assert error_paths(job(**changes)) == [path]

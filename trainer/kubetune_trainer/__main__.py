@@ -1,7 +1,14 @@
 """`python -m kubetune_trainer`: the trainer pod's command."""
 
+import os
 import sys
 
-from .launch import main
+from .loaders import without_loaders
+
+# before anything imports ssl, hashlib or torch: no variable that loads code stays in this process or its children
+for _name in set(os.environ) - set(without_loaders(os.environ)):
+    del os.environ[_name]
+
+from .launch import main  # noqa: E402
 
 sys.exit(main())

@@ -94,10 +94,10 @@ def check_identity(info: dict[str, Any], mine: dict[str, str], where: str) -> No
             f"{where} was written for another spec (training digest {str(info.get('specDigest'))[:12] or 'none'}, this "
             f"job's is {mine['specDigest'][:12]}); not resuming it. Delete the checkpoints or choose another output.uri",
         )
-    if theirs_uid and my_uid and theirs_uid != my_uid:
+    if my_uid and theirs_uid != my_uid:  # in a cluster a record without this job's uid is never resumed
         raise TrainerFailure(
             Reason.CHECKPOINT_MISMATCH,
-            f"{where} was written by another FineTuneJob (uid {theirs_uid}, this one is {my_uid}); not resuming it. "
+            f"{where} was written by another FineTuneJob (uid {theirs_uid or 'none'}, this one is {my_uid}); not resuming it. "
             "Delete the checkpoints or choose another output.uri",
         )
 

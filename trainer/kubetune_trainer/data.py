@@ -105,14 +105,16 @@ def read_indexed(
 
         try:
             with stream:
-                rows = pq.read_table(pa.BufferReader(stream.read())).to_pylist()
+                rows = pq.read_table(pa.BufferReader(_whole(stream, name))).to_pylist()
+        except TrainerFailure:
+            raise
         except Exception as exc:  # pyarrow raises several types for a bad file
             raise TrainerFailure(Reason.BAD_RECORD, f"{name}: not a readable Parquet file: {exc}") from exc
         out, total = [(i, r) for i, r in enumerate(rows) if chosen(i)], len(rows)
     elif fmt == ".json":
         text = _text(stream, name)
         try:
-            data = json.loads(text)
+            data = _loads(text, name)
         except json.JSONDecodeError as exc:
             raise TrainerFailure(Reason.BAD_RECORD, f"{name}: invalid JSON at line {exc.lineno}: {exc.msg}") from exc
         if not isinstance(data, list):
@@ -127,7 +129,9 @@ def read_indexed(
             if not chosen(index):
                 continue
             try:
-                out.append((index, json.loads(line)))
+                if len(line) > MAX_LINE:
+                    raise TrainerFailure(Reason.BAD_RECORD, f"{name} line {number}: longer than {MAX_LINE >> 20} MiB")
+                out.append((index, _loads(line, f"{name} line {number}")))
             except json.JSONDecodeError as exc:
                 raise TrainerFailure(Reason.BAD_RECORD, f"{name} line {number}: invalid JSON: {exc.msg}") from exc
         total = index + 1
@@ -159,7 +163,7 @@ def _count_structured(path: Path, name: str, fmt: str) -> int:
             with stream:
                 import pyarrow as pa
 
-                return int(pq.read_metadata(pa.BufferReader(stream.read())).num_rows)
+                return int(pq.read_metadata(pa.BufferReader(_whole(stream, name))).num_rows)
         except Exception as exc:
             raise TrainerFailure(Reason.BAD_RECORD, f"{name}: not a readable Parquet file: {exc}") from exc
     return read_indexed(path, name, lambda _: False)[1]
@@ -169,7 +173,8 @@ def _lines(stream: Any, name: str) -> Iterator[str]:
     """Text lines of a (decompressed) stream: a byte-order mark dropped, CRLF read as LF."""
     try:
         with io.TextIOWrapper(stream, encoding="utf-8-sig") as text:
-            yield from text
+            while line := text.readline(MAX_LINE + 1):  # a longer line is refused by its reader, never held whole
+                yield line
     except UnicodeDecodeError as exc:
         raise TrainerFailure(Reason.BAD_RECORD, f"{name}: not UTF-8 at byte {exc.start}") from exc
     except OSError as exc:  # a corrupt .gz or .zst
@@ -223,10 +228,36 @@ def read_dataset(
     return records, origins, indices
 
 
+# A .json or .parquet shard is read whole, and a JSONL line is one record: both bounded after decompression, so a
+# small compressed object cannot expand into all of a pod's memory. Larger data goes in more shards.
+MAX_WHOLE_FILE = 2 << 30
+MAX_LINE = 64 << 20
+
+
+def _whole(stream: Any, name: str) -> bytes:
+    """A stream's content, at most MAX_WHOLE_FILE bytes decompressed."""
+    raw = bytes(stream.read(MAX_WHOLE_FILE + 1))
+    if len(raw) > MAX_WHOLE_FILE:
+        raise TrainerFailure(
+            Reason.BAD_RECORD,
+            f"{name}: more than {MAX_WHOLE_FILE >> 30} GiB once decompressed; a .json or .parquet file is read whole: "
+            "split it into shards under a prefix (or use JSONL, which is streamed)",
+        )
+    return raw
+
+
+def _loads(text: str, where: str) -> Any:
+    """json.loads, with a record nested beyond Python's recursion limit a bad record rather than a crash."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise TrainerFailure(Reason.BAD_RECORD, f"{where}: nested too deeply to be a record") from None
+
+
 def _text(stream: Any, name: str) -> str:
     try:
         with stream:
-            raw = stream.read()
+            raw = _whole(stream, name)
     except OSError as exc:  # a corrupt .gz or .zst
         raise TrainerFailure(Reason.BAD_RECORD, f"{name}: cannot be decompressed: {exc}") from exc
     try:

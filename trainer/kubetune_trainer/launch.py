@@ -24,6 +24,7 @@ from kubetune_api.job import FineTuneJobSpec
 from . import report
 from .data import is_data_file
 from .errors import TrainerFailure
+from .loaders import without_loaders
 from .model_cache import Entry, ModelCache, fetch_model
 from .rank_env import RankEnv
 from .spec_io import load_spec
@@ -216,7 +217,9 @@ def run_worker(
         "-m",
         "kubetune_trainer.train",
     ]
-    env = {**os.environ, **ranks.to_environ(), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    # the ranks never see a variable that loads code, whatever put it in the pod (contract.LOADER_VARIABLES)
+    env = {**without_loaders(os.environ), **ranks.to_environ(), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    env["PYTHONSAFEPATH"] = "1"  # the working directory is never on the ranks' sys.path
     env["KUBETUNE_PROCESS_START"] = str(time.time())  # ranks report their start-up cost against it
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
     if spec.workers.gpusPerWorker == 0:

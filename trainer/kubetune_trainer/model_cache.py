@@ -31,6 +31,28 @@ from .storage_base import CHUNK_MIB, Fetch, Object, is_md5, md5, safe_target
 ENV_ROOT = "KUBETUNE_MODEL_CACHE"  # the cache directory (the chart's hostPath or PVC mount); default: the pod's cache
 ENV_MAX_BYTES = "KUBETUNE_MODEL_CACHE_MAX_BYTES"  # least recently used entries are evicted above this; 0: no bound
 COMPLETE = ".kubetune-entry.json"
+PARTIAL_MAX_AGE = 24 * 3600  # seconds an unfinished download (`<key>.partial/`) nobody resumes is kept
+
+
+def unlisted(directory: Path, objects: list[Object]) -> list[Path]:
+    """Files (and links) in an entry that the listing does not name: never loaded, whoever planted them (an
+    adapter_config.json or chat_template.jinja beside a model would change what loads)."""
+    listed = {o.relative for o in objects} | {COMPLETE}
+    found = []
+    for parent, dirs, files in os.walk(directory):
+        for name in files + [d for d in dirs if (Path(parent) / d).is_symlink()]:
+            path = Path(parent) / name
+            if path.relative_to(directory).as_posix() not in listed:
+                found.append(path)
+    return found
+
+
+def remove(paths: list[Path]) -> None:
+    for path in paths:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
 
 
 @dataclass
@@ -132,6 +154,7 @@ class ModelCache:
 
     def fetch(self, store: Store, uri: str, objects: list[Object], what: str = "base model") -> Entry:
         """The model's directory in the cache, verified, fetching from storage only what is missing or wrong."""
+        self.evict_stale_partials()
         key = fingerprint(objects)
         entry = self.root / key
         fd = self._lock(key)
@@ -140,7 +163,7 @@ class ModelCache:
                 fcntl.flock(fd, fcntl.LOCK_SH)  # readers share; a writer holds it alone
                 if (entry / COMPLETE).is_file():
                     bad, cached, verify_seconds = self._verify(entry, uri, objects)
-                    if not bad:
+                    if not bad and not unlisted(entry, objects):
                         (self.root / f"{key}.used").touch()
                         return Entry(entry, cached, 0, verify_seconds, 0.0, fd)
                     try:  # damaged (a file changed or went missing): repair it in place when nobody trains on it
@@ -201,6 +224,7 @@ class ModelCache:
         """Fetch into `directory` what it lacks (holding the lock exclusively unless private), mark it complete,
         move it into place, and hold the entry shared. `known`: the verification of `directory` just made."""
         directory.mkdir(parents=True, exist_ok=True)
+        remove(unlisted(directory, objects))  # only what the listing names is ever in an entry
         bad, cached, verify_seconds = known if known is not None else self._verify(directory, uri, objects)
         self.make_room(sum(f.size for f in bad), keep=directory.name.split(".")[0])
         started = time.monotonic()
@@ -218,6 +242,29 @@ class ModelCache:
         if not private:
             fcntl.flock(fd, fcntl.LOCK_SH)  # in use until released: eviction passes it by
         return Entry(final, cached, moved, verify_seconds, time.monotonic() - started, fd)
+
+    def evict_stale_partials(self, max_age: float = PARTIAL_MAX_AGE) -> list[str]:
+        """Remove unfinished downloads untouched for max_age seconds whose lock is free (no pod is writing them)."""
+        evicted = []
+        for partial in self.root.glob("*.partial") if self.root.is_dir() else []:
+            try:
+                if time.time() - partial.stat().st_mtime < max_age:
+                    continue
+            except OSError:
+                continue
+            key = partial.name.removesuffix(".partial")
+            fd = self._lock(key)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                continue  # a pod is writing it
+            try:
+                shutil.rmtree(partial, ignore_errors=True)
+                evicted.append(key)
+            finally:
+                os.close(fd)
+        return evicted
 
     def entries(self) -> list[tuple[float, str, int]]:
         """(last used, key, bytes) of the complete entries."""

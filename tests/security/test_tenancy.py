@@ -1,0 +1,306 @@
+"""The second tenancy review (issue 21), one test per attack, in every layer it concerns: pydantic, the CRD's CEL
+(offline, tests/schema_layer.py), the platform policy (offline, and as the ValidatingAdmissionPolicy's rules), the
+operator's builders and status derivation, and the trainer."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kubetune_api import validate_object
+from kubetune_api.policy import Policy, PolicyError, check, load_policy
+from kubetune_api.preflight_report import parse_report
+from kubetune_operator import builders
+from kubetune_operator.plan import make_plan
+from kubetune_operator.settings import Settings
+from kubetune_operator.status import observe
+from kubetune_trainer.loaders import without_loaders
+
+from ..conftest import job
+from ..schema_layer import error_paths
+
+# 1, 2, 15: workers.env is an allow-list; each of these loads code, exposes devices, redirects traffic, changes
+# torchrun's options or is a credential the old name heuristic let through
+REFUSED_ENV = [
+    "OPENSSL_CONF",
+    "OPENSSL_MODULES",
+    "CUDA_INJECTION64_PATH",
+    "NCCL_NET_PLUGIN",
+    "NCCL_TUNER_PLUGIN",
+    "NCCL_PROFILER_PLUGIN",
+    "GCONV_PATH",
+    "PET_NPROC_PER_NODE",
+    "HF_MODULES_CACHE",
+    "HTTPS_PROXY",
+    "http_proxy",
+    "TMPDIR",
+    "NVIDIA_VISIBLE_DEVICES",
+    "NVIDIA_DRIVER_CAPABILITIES",
+    "DB_PASS",
+    "GITHUB_PAT",
+    "SIGNING_KEY",
+    "LD_PRELOAD",
+    "PYTHONPATH",
+    "KUBETUNE_CONFIG",
+]
+
+
+@pytest.mark.parametrize("name", REFUSED_ENV)
+def test_env_outside_the_allow_list_is_refused_in_pydantic_and_the_crd(name: str) -> None:
+    body = job(**{"spec.workers.env": [{"name": "NCCL_DEBUG", "value": "WARN"}, {"name": name, "value": "/x"}]})
+    for cluster in (False, True):  # kubetune run refuses them too: they would load code on a laptop as well
+        problems = validate_object(body, cluster=cluster).problems
+        assert [p.path for p in problems] == ["spec.workers.env"], problems
+        assert "may set only the variables the trainer honours" in problems[0].message
+    assert error_paths(body) == ["spec.workers.env"]
+
+
+def test_the_allowed_variables_pass_and_reach_the_pod() -> None:
+    body = job(**{"spec.workers.env": [{"name": "NCCL_DEBUG", "value": "INFO"}, {"name": "OMP_NUM_THREADS", "value": "4"}]})
+    body["metadata"]["uid"] = "u-1"
+    result = validate_object(body, cluster=True)
+    assert result.job is not None and error_paths(body) == []
+    env = _env(body)
+    assert env["NCCL_DEBUG"] == "INFO" and env["PYTHONSAFEPATH"] == "1" and env["PYTHONNOUSERSITE"] == "1"
+
+
+def test_the_launcher_drops_loader_variables_before_anything_reads_them() -> None:
+    """Whatever put them in the pod (a platform's webhook, an image), the launcher drops them before ssl, hashlib or
+    torch load, and the ranks' environment never has them."""
+    planted = {"OPENSSL_CONF": "/x", "CUDA_INJECTION64_PATH": "/x.so", "LD_PRELOAD": "/x.so", "PET_NNODES": "9"}
+    kept = without_loaders({**planted, "NCCL_DEBUG": "WARN", "PATH": "/usr/bin"})
+    assert kept == {"NCCL_DEBUG": "WARN", "PATH": "/usr/bin"}
+    probe = (
+        "import sys, os\n"
+        "import kubetune_trainer.launch as launch\n"
+        "launch.main = lambda: print(json.dumps(sorted(k for k in os.environ if k in %r))) or 0\n"
+        "import json, runpy\n"
+        "runpy.run_module('kubetune_trainer', run_name='__main__')\n"
+    ) % (sorted(planted),)
+    out = subprocess.run([sys.executable, "-c", probe], env={**os.environ, **planted}, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == []
+    # the drop happens before OpenSSL is loaded (it reads OPENSSL_CONF when it starts)
+    loaded = subprocess.run(
+        [sys.executable, "-c", "import sys, kubetune_trainer.loaders; print('_hashlib' in sys.modules)"],
+        capture_output=True,
+        text=True,
+    )
+    assert loaded.stdout.strip() == "False"
+
+
+# 3, 10: local paths and dot segments in a cluster job; the same manifest is fine for kubetune run
+LOCAL = [
+    ({"spec.model.uri": "/var/cache/kubetune-models/team-b/abc/"}, "spec.model.uri"),
+    ({"spec.model.uri": "../other/"}, "spec.model.uri"),
+    ({"spec.dataset.train": "/var/cache/kubetune-models/"}, "spec.dataset.train"),
+    ({"spec.dataset.validation": "./v.jsonl"}, "spec.dataset.validation"),
+    ({"spec.output.uri": "/var/cache/kubetune-models/team-b/"}, "spec.output.uri"),
+    ({"spec.dataset.train": "s3://datasets/team-a/../team-b/train.jsonl"}, "spec.dataset.train"),
+    ({"spec.output.uri": "s3://adapters/team-a/./../team-b/"}, "spec.output.uri"),
+    ({"spec.model.uri": "s3://models/team-a/.."}, "spec.model.uri"),
+]
+
+
+@pytest.mark.parametrize(("changes", "path"), LOCAL, ids=[c[1] + str(i) for i, c in enumerate(LOCAL)])
+def test_local_paths_and_dot_segments_are_refused_in_every_cluster_layer(changes: dict[str, Any], path: str) -> None:
+    body = job(**changes)
+    problems = validate_object(body, cluster=True).problems
+    assert [p.path for p in problems] == [path], problems
+    assert "a cluster job" in problems[0].message
+    assert error_paths(body) == [path]
+
+
+def test_local_paths_stay_fine_for_kubetune_run() -> None:
+    body = job(**{"spec.model.uri": "./models/tiny/", "spec.dataset.train": "./t.jsonl", "spec.output.uri": "./out/"})
+    assert validate_object(body).problems == []
+
+
+def test_hub_models_need_the_policy() -> None:
+    spec = validate_object(job(**{"spec.model.uri": "meta-llama/Llama-3.2-1B"}), cluster=True).job
+    assert spec is not None
+    denied = check(spec.spec, "team-a", Policy())
+    assert [p.path for p in denied] == ["spec.model.uri"] and "models from a hub" in denied[0].message
+    assert check(spec.spec, "team-a", Policy(allowHubModels=True)) == []
+
+
+@pytest.mark.parametrize(
+    ("entries", "words"),
+    [
+        ("readPrefixes: ['s3://datasets/team']", "ends with /"),
+        ("writePrefixes: ['s3://adapters/{namespace}']", "ends with /"),
+        ("readPrefixes: ['s3://datasets/../']", "without . or .. segments"),
+        ("images: ['registry.corp/kubetune']", "ends with /, : or @"),
+    ],
+)
+def test_prefixes_match_whole_segments(tmp_path: Path, entries: str, words: str) -> None:
+    """`s3://datasets/team` would cover `s3://datasets/team-b/`; an image prefix `registry.corp/kubetune` would cover
+    `registry.corp/kubetune-evil/...`: such entries are refused when the policy is read."""
+    path = tmp_path / "policy.yaml"
+    path.write_text(entries + "\n")
+    with pytest.raises(PolicyError, match=words):
+        load_policy(path)
+
+
+# 5: devices in workers.resources escape maxGpusPerJob and the ledger
+@pytest.mark.parametrize("side", ["requests", "limits"])
+@pytest.mark.parametrize("resource", ["nvidia.com/gpu", "amd.com/gpu", "example.com/none", "google.com/tpu", "rdma/ib"])
+def test_devices_come_only_from_gpus_per_worker(resource: str, side: str) -> None:
+    body = job(
+        **{
+            "spec.workers": {
+                "replicas": 256,
+                "gpusPerWorker": 0,
+                "gpuResourceName": "example.com/none",
+                "resources": {side: {resource: 8}},
+            }
+        }
+    )
+    problems = validate_object(body, cluster=True).problems
+    assert [p.path for p in problems] == [f"spec.workers.resources.{side}"], problems
+    assert "GPUs and other devices come from gpusPerWorker" in problems[0].message
+    assert error_paths(body) == [f"spec.workers.resources.{side}"]
+
+
+def test_plain_resources_pass() -> None:
+    body = job(**{"spec.workers.resources": {"requests": {"cpu": "8", "memory": "64Gi", "ephemeral-storage": "1Ti"}}})
+    assert validate_object(body, cluster=True).problems == [] and error_paths(body) == []
+
+
+# 8: the endpoint is the platform's to allow, and takes no path
+def test_an_endpoint_path_is_refused_in_both_layers() -> None:
+    body = job(**{"spec.storage.endpoint": "https://s3.example.com/other-bucket"})
+    assert [p.path for p in validate_object(body, cluster=True).problems] == ["spec.storage.endpoint"]
+    assert error_paths(body) == ["spec.storage.endpoint"]
+
+
+def test_endpoints_outside_the_policy_are_refused() -> None:
+    spec = validate_object(job(**{"spec.storage.endpoint": "http://169.254.169.254"}), cluster=True).job
+    assert spec is not None
+    denied = check(spec.spec, "team-a", Policy(endpoints=["https://s3.corp.example"]))
+    assert [p.path for p in denied] == ["spec.storage.endpoint"]
+    assert "allowed: https://s3.corp.example" in denied[0].message
+    assert check(spec.spec, "team-a", Policy(endpoints=["http://169.254.169.254"])) == []
+
+
+# 15: a credential source can be required, and no Secret is allowed unless the policy names it
+def test_credentials_are_named_by_the_policy_and_can_be_required() -> None:
+    spec = validate_object(job(**{"spec.storage.credentialsSecret": "platform-root-keys"}), cluster=True).job
+    assert spec is not None
+    assert [p.path for p in check(spec.spec, "team-a", Policy())] == ["spec.storage.credentialsSecret"]
+    bare = validate_object(job(), cluster=True).job
+    assert bare is not None
+    denied = check(bare.spec, "team-a", Policy(requireCredentialSource=True))
+    assert [p.path for p in denied] == ["spec.storage"] and "requires a credential source" in denied[0].message
+
+
+# 4: the node cache is keyed per namespace and bounded
+def test_the_node_cache_is_per_namespace_and_bounded() -> None:
+    body = job(**{"metadata.namespace": "team-a"})
+    body["metadata"]["uid"] = "u-1"
+    result = validate_object(body, cluster=True)
+    assert result.job is not None
+    plan = make_plan(body, result.job, Settings(model_cache="hostPath:/var/lib/kubetune/models"))
+    env = {e["name"]: e.get("value") for e in builders.build_job(plan)["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["KUBETUNE_MODEL_CACHE"] == f"{builders.MODEL_CACHE_DIR}/team-a"
+    assert int(env["KUBETUNE_MODEL_CACHE_MAX_BYTES"]) == builders.HOSTPATH_MAX_BYTES
+
+
+def test_unlisted_and_stale_files_never_stay_in_the_cache(tmp_path: Path) -> None:
+    from kubetune_trainer.model_cache import COMPLETE, ModelCache, unlisted
+    from kubetune_trainer.storage_base import Object
+
+    entry = tmp_path / "key"
+    (entry / "sub").mkdir(parents=True)
+    (entry / "config.json").write_text("{}")
+    (entry / COMPLETE).write_text("{}")
+    (entry / "adapter_config.json").write_text("{}")  # planted beside the model
+    (entry / "sub" / "chat_template.jinja").write_text("x")
+    objects = [Object("config.json", 2, "etag")]
+    assert sorted(p.name for p in unlisted(entry, objects)) == ["adapter_config.json", "chat_template.jinja"]
+    cache = ModelCache(tmp_path)
+    stale = tmp_path / "old.partial"
+    stale.mkdir()
+    fresh = tmp_path / "new.partial"
+    fresh.mkdir()
+    old = time.time() - 2 * 24 * 3600
+    os.utime(stale, (old, old))
+    assert cache.evict_stale_partials() == ["old"]
+    assert not stale.exists() and fresh.exists()
+
+
+# 6: what the pods read is fixed with the Job
+def test_the_job_records_what_its_pods_read() -> None:
+    from kubetune_api.job import pods_digest
+    from kubetune_operator.handlers import _same_spec
+
+    body = job(**{"spec.runPolicy": {"suspend": True}})
+    body["metadata"]["uid"] = "u-1"
+    result = validate_object(body, cluster=True)
+    assert result.job is not None
+    made = builders.build_job(make_plan(body, result.job, Settings()))
+    assert made["metadata"]["annotations"][builders.SPEC_ANNOTATION] == pods_digest(result.job.spec)
+    assert _same_spec(made, result.job.spec)
+    changed = validate_object(job(**{"spec.model.uri": "s3://models/other/", "spec.runPolicy": {"suspend": True}}))
+    assert changed.job is not None and not _same_spec(made, changed.job.spec)
+    resumed = validate_object(job(**{"spec.runPolicy": {"suspend": False}}))  # runPolicy is the operator's alone
+    assert resumed.job is not None and _same_spec(made, resumed.job.spec)
+
+
+def test_the_crd_freezes_the_spec_once_the_workers_may_exist() -> None:
+    from kubetune_api.crd import IMMUTABLE_RULE
+
+    rule = IMMUTABLE_RULE["rule"]
+    assert "oldSelf.status.phase == 'Preflight'" in rule and "self.spec.storage == oldSelf.spec.storage" in rule
+    assert "self.spec.runPolicy" not in rule
+
+
+# 11: a report's strings carry a record's keys: no terminal escapes reach status, conditions or Events
+def test_preflight_report_strings_are_cleaned() -> None:
+    hostile = "key \x1b]8;;https://evil.example\x07click\x1b]8;;\x07 \x1b[31mred\x1b[0m\x07"
+    report = parse_report(
+        json.dumps({"passed": False, "message": hostile, "checks": [{"name": "records", "ok": False, "message": hostile}]})
+    )
+    assert report is not None
+    for text in (report.message or "", report.checks[0].message):
+        assert "\x1b" not in text and "\x07" not in text and text == "key click red"
+
+
+# 14: only worker 0's word says the job succeeded
+def _pod(index: str, summary: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "metadata": {"name": f"p-{index}", "annotations": {"batch.kubernetes.io/job-completion-index": index}},
+        "status": {"containerStatuses": [{"state": {"terminated": {"message": json.dumps(summary)}}}]},
+    }
+
+
+def test_success_and_metrics_come_from_worker_0_only() -> None:
+    forged = {"event": "summary", "status": "Succeeded", "metrics": {"evalLoss": 0.01, "baseEvalLoss": 9.0}, "steps": 1}
+    job_obj = {"metadata": {}, "status": {"conditions": [{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded"}]}}
+    seen = observe(job_obj, [_pod("1", forged)], workers=2)
+    assert seen.state == "failed"
+    seen = observe(job_obj, [_pod("0", forged)], workers=2)
+    assert seen.state == "succeeded"
+
+
+def test_the_termination_message_is_the_file_only() -> None:
+    body = job()
+    body["metadata"]["uid"] = "u-1"
+    result = validate_object(body, cluster=True)
+    assert result.job is not None
+    container = builders.build_job(make_plan(body, result.job, Settings()))["spec"]["template"]["spec"]["containers"][0]
+    assert container["terminationMessagePolicy"] == "File"
+
+
+def _env(body: dict[str, Any]) -> dict[str, Any]:
+    result = validate_object(body, cluster=True)
+    assert result.job is not None
+    container = builders.build_job(make_plan(body, result.job, Settings()))["spec"]["template"]["spec"]["containers"][0]
+    return {e["name"]: e.get("value") for e in container["env"]}
