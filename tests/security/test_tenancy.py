@@ -77,13 +77,13 @@ def test_the_launcher_drops_loader_variables_before_anything_reads_them() -> Non
     planted = {"OPENSSL_CONF": "/x", "CUDA_INJECTION64_PATH": "/x.so", "LD_PRELOAD": "/x.so", "PET_NNODES": "9"}
     kept = without_loaders({**planted, "NCCL_DEBUG": "WARN", "PATH": "/usr/bin"})
     assert kept == {"NCCL_DEBUG": "WARN", "PATH": "/usr/bin"}
+    names = sorted(planted)
     probe = (
-        "import sys, os\n"
+        "import json, os, runpy\n"
         "import kubetune_trainer.launch as launch\n"
-        "launch.main = lambda: print(json.dumps(sorted(k for k in os.environ if k in %r))) or 0\n"
-        "import json, runpy\n"
+        f"launch.main = lambda: print(json.dumps(sorted(k for k in os.environ if k in {names!r}))) or 0\n"
         "runpy.run_module('kubetune_trainer', run_name='__main__')\n"
-    ) % (sorted(planted),)
+    )
     out = subprocess.run([sys.executable, "-c", probe], env={**os.environ, **planted}, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout.strip().splitlines()[-1]) == []
