@@ -169,7 +169,7 @@ def platform_values(s3, tmp_path_factory: pytest.TempPathFactory) -> Path:  # ty
     import yaml
 
     values = yaml.safe_load(PLATFORM_VALUES.read_text())
-    values["policy"]["endpoints"] = [s3.endpoint]
+    values["policy"]["endpoints"] = [*values["policy"].get("endpoints", []), s3.endpoint]
     path = tmp_path_factory.mktemp("platform") / "values.yaml"
     path.write_text(yaml.safe_dump(values))
     return path
