@@ -125,7 +125,7 @@ def test_spec_is_immutable_once_started_except_run_policy(plane, operator) -> No
         "patch", "ftj/frozen", "--subresource=status", "--type=merge", "-p", '{"status": {"startTime": "2026-01-01T00:00:00Z"}}'
     )
     changed = plane.kubectl("patch", "ftj/frozen", "--type=merge", "-p", '{"spec": {"lora": {"r": 8}}}', check=False)
-    assert changed.returncode != 0 and "immutable once the job has started" in changed.stderr
+    assert changed.returncode != 0 and "immutable once the job's workers may exist" in changed.stderr
     assert (
         plane.kubectl(
             "patch", "ftj/frozen", "--type=merge", "-p", '{"spec": {"runPolicy": {"suspend": true}}}', check=False

@@ -27,8 +27,8 @@ NAME_RULE = Rule(
 # (a spec changed during the preflight is checked again: the preflight is per generation). A job that failed before
 # it ever started may still be edited (it never runs again).
 IMMUTABLE_RULE = {
-    "rule": "!has(oldSelf.status) || !has(oldSelf.status.phase) || (!has(oldSelf.status.startTime) && "
-    "(oldSelf.status.phase == 'Preflight' || oldSelf.status.phase == 'Failed')) || ("
+    "rule": "!has(oldSelf.status) || (!has(oldSelf.status.startTime) && (!has(oldSelf.status.phase) || "
+    "oldSelf.status.phase == 'Preflight' || oldSelf.status.phase == 'Failed')) || ("
     + " && ".join(f"self.spec.{s} == oldSelf.spec.{s}" for s in FROZEN_SECTIONS)
     + ")",
     "message": "spec is immutable once the job's workers may exist (after the preflight); only spec.runPolicy "

@@ -70,21 +70,18 @@ def test_a_leftover_complete_job_does_not_make_a_new_job_succeed(plane, operator
     assert plane.kubectl("get", "job", "old-run", "-n", NS).returncode == 0  # left untouched, not deleted
 
 
-def test_a_child_the_api_server_rejects_fails_the_job_with_its_words(plane, operator) -> None:  # type: ignore[no-untyped-def]
-    # an extended resource requested without its limit passes the spec's checks and the Job's validation refuses it: the job
-    # fails with the API server's words instead of retrying the create every few seconds for ever
-    name = "no-limit"
+def test_a_device_in_resources_is_refused_at_admission(plane, operator) -> None:  # type: ignore[no-untyped-def]
+    # an extended resource in workers.resources (here without its limit, which the Job's validation used to refuse only
+    # after admission) is refused by the CRD itself: devices come only from gpusPerWorker, counted and billed
     body = job(
         **{
-            "metadata.name": name,
+            "metadata.name": "no-limit",
             "spec.output.uri": "s3://out/spaced/",
             "spec.workers.resources": {"requests": {"example.com/fpga": "1"}},
         }
     )
-    plane.kubectl("apply", "-n", NS, "-f", "-", input=dump(body))
-    failed = failed_with(plane, name, "InvalidSpec")
-    message = condition(failed, "Failed")["message"]
-    assert message.startswith("the API server rejected the Job") and "Limit must be set" in message, message
+    result = plane.kubectl("apply", "-n", NS, "-f", "-", input=dump(body), check=False)
+    assert result.returncode != 0 and "resources may name only cpu, memory and ephemeral-storage" in result.stderr
 
 
 def test_only_the_jobs_own_pods_reach_its_rendezvous(plane, operator) -> None:  # type: ignore[no-untyped-def]
@@ -169,3 +166,21 @@ def test_a_failed_job_goes_after_its_ttl(plane, operator) -> None:  # type: igno
     failed_with(plane, "taken", "NameConflict")
     wait_for("the failed job to be deleted after its TTL", lambda: not ftj(plane, "taken", NS), timeout=90)
     assert plane.kubectl("get", "configmap", "taken-config", "-n", NS).returncode == 0  # the other object stays
+
+
+def test_a_held_job_cannot_change_what_its_pods_read(plane, operator) -> None:  # type: ignore[no-untyped-def]
+    """A job held suspended (its Job exists, no startTime) used to take a new model, data or trustRemoteCode and then
+    resume with them, past the preflight and the policy: the API server now refuses the change."""
+    name = "held"
+    body = job(**{"metadata.name": name, "spec.output.uri": "s3://out/held/", "spec.runPolicy": {"suspend": True}})
+    plane.kubectl("apply", "-n", NS, "-f", "-", input=dump(body))
+    wait_for("Suspended", lambda: ftj(plane, name, NS).get("status", {}).get("phase") == "Suspended")
+    changed = plane.kubectl(
+        "patch", "-n", NS, f"ftj/{name}", "--type=merge", "-p", '{"spec": {"model": {"uri": "s3://models/other/"}}}', check=False
+    )
+    assert changed.returncode != 0 and "immutable once the job's workers may exist" in changed.stderr
+    resumed = plane.kubectl(
+        "patch", "-n", NS, f"ftj/{name}", "--type=merge", "-p", '{"spec": {"runPolicy": {"suspend": false}}}', check=False
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    plane.kubectl("delete", "-n", NS, f"ftj/{name}")
