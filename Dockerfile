@@ -11,7 +11,6 @@ FROM ${BASE} AS base
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PYTHONNOUSERSITE=1 \
-    PYTHONSAFEPATH=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     VIRTUAL_ENV=/opt/venv \
     PATH=/opt/venv/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
@@ -42,6 +41,8 @@ COPY trainer ./trainer
 RUN [ "$PIP_CACHE" = 1 ] || export PIP_NO_CACHE_DIR=1; pip install --no-deps . \
  && pip uninstall -y pip setuptools \
  && cd / && rm -rf /src
+# The working directory is never on sys.path at run time (set after the builds: setup.py scripts need it)
+ENV PYTHONSAFEPATH=1
 USER 1000:1000
 WORKDIR /tmp
 EXPOSE 8080 9090
@@ -73,6 +74,8 @@ COPY trainer ./trainer
 RUN [ "$PIP_CACHE" = 1 ] || export PIP_NO_CACHE_DIR=1; pip install --no-deps --no-build-isolation . \
  && pip uninstall -y pip setuptools wheel \
  && cd / && rm -rf /src
+# The working directory is never on sys.path at run time (set after the builds: setup.py scripts need it)
+ENV PYTHONSAFEPATH=1
 USER 1000:1000
 WORKDIR /tmp
 ENTRYPOINT ["python", "-m", "kubetune_trainer"]

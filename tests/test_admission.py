@@ -16,13 +16,14 @@ import pytest
 
 from kubetune_api.manifests import dump
 
-from .cluster.plane import free_port
+from .cluster.plane import WEBHOOK_CLIENT, free_port
 from .conftest import ROOT, job, kubetune
 from .test_operator_cluster import ftj, wait_for
 
 pytestmark = pytest.mark.cluster
 NAMESPACE = "admission"
 LABEL = "kubetune.dev/admission-test"
+webhook_port = [0]  # the running webhook's port, for tests that call it themselves
 
 
 @pytest.fixture(scope="module")
@@ -42,6 +43,9 @@ def webhook(plane, crd, operator_kubeconfig, tmp_path_factory):  # type: ignore[
         "KUBETUNE_WEBHOOK_PORT": str(port),
         "KUBETUNE_WEBHOOK_CERT": str(pair.cert),
         "KUBETUNE_WEBHOOK_KEY": str(pair.key),
+        # only the API server's webhook client certificate (tests/cluster/plane.py configures it) is answered
+        "KUBETUNE_WEBHOOK_CLIENT_CA": str(plane.ca),
+        "KUBETUNE_WEBHOOK_CLIENT_NAMES": WEBHOOK_CLIENT,
     }
     process = subprocess.Popen(
         [sys.executable, "-m", "kubetune_cli", "operator"], env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=log.open("w")
@@ -74,6 +78,7 @@ def webhook(plane, crd, operator_kubeconfig, tmp_path_factory):  # type: ignore[
         ],
     }
     plane.kubectl("apply", "-f", "-", input=dump(configuration))
+    webhook_port[0] = port
     yield log
     plane.kubectl("delete", "validatingwebhookconfiguration", "kubetune-admission-test", check=False)
     process.kill()

@@ -22,6 +22,9 @@ from .conftest import ROOT
 CHART = ROOT / "charts" / "kubetune"
 THIRD_PARTY_CRDS = ROOT / ".cache" / "testbed" / "crds"
 
+# a CA bundle as a platform gives it (any PEM renders; the cluster tests use the API server's real one)
+CLIENT_CA = base64.b64encode(b"-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n").decode()
+
 # every option the chart documents in values.yaml, as `helm --set` arguments
 OPTIONS: dict[str, list[str]] = {
     "defaults": [],
@@ -42,7 +45,18 @@ OPTIONS: dict[str, list[str]] = {
         "trainer.image=registry.internal/kubetune/trainer:0.1.0",
     ],
     "no-metrics-service": ["--set", "metrics.service.enabled=false"],
-    "webhook": ["--set", "webhook.enabled=true", "--set", "watchNamespaces={team-a}"],
+    "webhook": [
+        "--set",
+        "webhook.enabled=true",
+        "--set",
+        "watchNamespaces={team-a}",
+        "--set",
+        f"webhook.clientAuth.caBundle={CLIENT_CA}",
+        "--set",
+        "webhook.clientAuth.commonNames={kube-apiserver-webhook-client}",
+    ],
+    "webhook-any-client": ["--set", "webhook.enabled=true", "--set", "webhook.clientAuth.anyClient=true"],
+    "no-network-policy": ["--set", "networkPolicy.enabled=false"],
     "platform-policy": ["-f", str(ROOT / "examples" / "platform" / "values.yaml")],
     "policy-not-enforced": ["--set", "policy.enforce=false"],
 }
@@ -167,6 +181,32 @@ def test_webhook_serves_the_operators_handler_with_a_certificate_for_its_service
     settings = Settings.from_environ()
     assert settings.webhook_port == 9443 and settings.webhook_cert == "/etc/kubetune/webhook/tls.crt"
     assert {"name": "webhook", "containerPort": 9443} in pod["containers"][0]["ports"]
+    # only the API server's client certificate is answered: the CA's file is mounted where the operator reads it
+    (client_ca,) = [d for d in of_kind(docs, "ConfigMap") if d["metadata"]["name"].endswith("-webhook-client-ca")]
+    assert base64.b64encode(client_ca["data"]["ca.crt"].encode()).decode() == CLIENT_CA
+    assert {"name": "webhook-client-ca", "configMap": {"name": client_ca["metadata"]["name"]}} in pod["volumes"]
+    mounts = {m["name"]: m["mountPath"] for m in pod["containers"][0]["volumeMounts"]}
+    assert settings.webhook_client_ca == mounts["webhook-client-ca"] + "/ca.crt" and not settings.webhook_any_client
+    assert settings.webhook_client_names == ("kube-apiserver-webhook-client",)
+
+
+def test_the_webhook_needs_client_authentication_or_an_explicit_any_client() -> None:
+    refused = helm("template", "kt", str(CHART), "--set", "webhook.enabled=true", check=False)
+    assert refused.returncode != 0 and "webhook.enabled needs webhook.clientAuth.caBundle" in refused.stderr
+    (deployment,) = of_kind(render(*OPTIONS["webhook-any-client"]), "Deployment")
+    assert _environment(deployment)["KUBETUNE_WEBHOOK_ANY_CLIENT"] == "true"
+
+
+def test_the_network_policy_opens_only_the_operators_ports() -> None:
+    (policy,) = of_kind(render(*OPTIONS["webhook"]), "NetworkPolicy")
+    (deployment,) = of_kind(render(*OPTIONS["webhook"]), "Deployment")
+    assert policy["spec"]["podSelector"]["matchLabels"] == deployment["spec"]["selector"]["matchLabels"]
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    rules = {rule["ports"][0]["port"]: rule.get("from") for rule in policy["spec"]["ingress"]}
+    assert set(rules) == {8080, 9090, 9443}  # health, metrics, webhook: nothing else reaches the pod
+    assert rules[9090] == [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]
+    assert rules[8080] is None and rules[9443] is None  # any source: probes; the API server (its certificate decides)
+    assert not of_kind(render(*OPTIONS["no-network-policy"]), "NetworkPolicy")
 
 
 def test_debug_logging_adds_the_verbose_flag() -> None:

@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, Strict
 
 from ._types import HUB_ID, is_s3
 from .manifests import ManifestError, load
+from .names import QUEUE_LABEL
 from .validate import Problem, show
 
 Entry = StrictStr  # one list entry: no commas (the admission policy's parameters are comma-separated)
@@ -80,16 +81,22 @@ class Policy(BaseModel):
     requirePreflight: StrictBool = Field(
         False, description="Whether every job must run the preflight before it requests GPUs (runPolicy.preflight true)."
     )
+    requireQueue: StrictBool = Field(
+        False,
+        description=f"Whether every job must name a Kueue LocalQueue (the {QUEUE_LABEL} label), so none runs outside the "
+        "platform's quotas.",
+    )
 
     def params(self) -> dict[str, str]:
         """The policy as the admission policy's parameter object (a ConfigMap's data: strings only)."""
         out = {name: ",".join(getattr(self, name)) for name in LISTS}
-        for flag in ("allowTrustRemoteCode", "allowHubModels", "requireCredentialSource", "requirePreflight"):
+        for flag in FLAGS:
             out[flag] = "true" if getattr(self, flag) else "false"
         out["maxGpusPerJob"] = str(self.maxGpusPerJob)
         return out
 
 
+FLAGS = ("allowTrustRemoteCode", "allowHubModels", "requireCredentialSource", "requirePreflight", "requireQueue")
 LISTS = (
     "images",
     "serviceAccounts",
@@ -351,14 +358,27 @@ RULES: tuple[PolicyRule, ...] = (
 )
 
 
-def check(spec: Any, namespace: str, policy: Policy) -> list[Problem]:
-    """Every policy rule the spec breaks, as Problems (field path, message with what is allowed)."""
+# the one rule on metadata rather than spec: checked at CREATE (a label is fixed on the Job when it is made, and the
+# operator checks the FineTuneJob's labels again until then)
+QUEUE_FIELD = "metadata.labels"
+QUEUE_TEXT = f"the platform policy requires a Kueue queue: set the label {QUEUE_LABEL} to a LocalQueue of this namespace"
+QUEUE_CEL = (
+    f"params.data.requireQueue != 'true' || (has(object.metadata.labels) && '{QUEUE_LABEL}' in object.metadata.labels "
+    f"&& object.metadata.labels['{QUEUE_LABEL}'] != '')"
+)
+
+
+def check(spec: Any, namespace: str, policy: Policy, labels: Any = None) -> list[Problem]:
+    """Every policy rule the spec (and, for requireQueue, the job's labels) breaks, as Problems (field path, message
+    with what is allowed)."""
     problems = []
     for rule in RULES:
         if not rule.check(spec, namespace, policy):
             text = rule.message(spec, namespace, policy)
             head, _, got = text.rpartition(" (got ")
             problems.append(Problem(rule.field, head, got[:-1]))
+    if policy.requireQueue and not (labels or {}).get(QUEUE_LABEL):
+        problems.append(Problem(QUEUE_FIELD, QUEUE_TEXT, "none"))
     return problems
 
 
@@ -388,6 +408,13 @@ def admission_policy(name: str) -> dict[str, Any]:
             ],
             "validations": [
                 {"expression": rule.cel, "messageExpression": rule.cel_message(), "reason": "Forbidden"} for rule in RULES
+            ]
+            + [
+                {
+                    "expression": f"request.operation != 'CREATE' || {QUEUE_CEL}",
+                    "messageExpression": json.dumps(f"{QUEUE_FIELD}: {QUEUE_TEXT} (got none)"),
+                    "reason": "Forbidden",
+                }
             ],
         },
     }

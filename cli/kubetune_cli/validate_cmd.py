@@ -71,7 +71,7 @@ def _check_policy(results: list[Result], policy: Policy, namespace: str | None) 
     for result in results:
         if result.job is not None:
             where = namespace or result.job.metadata.get("namespace") or "default"
-            result.problems += check(result.job.spec, str(where), policy)
+            result.problems += check(result.job.spec, str(where), policy, result.job.metadata.get("labels"))
 
 
 def run(args: argparse.Namespace) -> int:

@@ -7,6 +7,7 @@ manifests in one folder."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import kopf
@@ -15,6 +16,8 @@ from kubetune_api import validate_object
 from kubetune_api.names import GROUP, PLURAL, VERSION
 from kubetune_api.outputs import conflict
 from kubetune_api.policy import check as policy_check
+
+from . import webhook_auth
 
 
 @kopf.index(GROUP, VERSION, PLURAL)
@@ -25,15 +28,19 @@ def outputs(*, name: str, namespace: str | None, spec: kopf.Spec, **_: Any) -> d
 
 
 @kopf.on.validate(GROUP, VERSION, PLURAL, operations=["CREATE"], id="validate")
-def admit(*, body: kopf.Body, **kwargs: Any) -> None:
+def admit(*, body: kopf.Body, sslpeer: Mapping[str, Any] | None = None, **kwargs: Any) -> None:
+    from .handlers import POLICY, SETTINGS
+
+    if not webhook_auth.allowed(sslpeer, SETTINGS.webhook_client_names):
+        raise kopf.AdmissionError(webhook_auth.NOT_THE_API_SERVER, code=403)  # before anything about any job
     index: kopf.Index[str, str] = kwargs["outputs"]  # the index above, passed by name
     meta = body.get("metadata") or {}
     result = validate_object(dict(body), source=f"{meta.get('namespace')}/{meta.get('name')}", cluster=True)
     if result.job is None:
         raise kopf.AdmissionError("; ".join(str(problem) for problem in result.problems), code=422)
-    from .handlers import POLICY
 
-    denied = policy_check(result.job.spec, str(meta.get("namespace") or "default"), POLICY) if POLICY is not None else []
+    namespace = str(meta.get("namespace") or "default")
+    denied = policy_check(result.job.spec, namespace, POLICY, meta.get("labels")) if POLICY is not None else []
     if denied:
         raise kopf.AdmissionError("; ".join(str(problem) for problem in denied), code=403)
     me = f"{meta.get('namespace')}/{meta.get('name')}"

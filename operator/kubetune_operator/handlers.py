@@ -26,7 +26,7 @@ from kubetune_api.policy import Policy, load_policy
 from kubetune_api.policy import check as policy_check
 from kubetune_api.status import FineTuneJobStatus
 
-from . import builders, metrics
+from . import builders, metrics, webhook_auth
 from .plan import Plan, make_plan
 from .settings import Settings
 from .status import GENERATION_ANNOTATION, last_progress, now, observe, progress_status, rank0_pods, set_condition
@@ -116,9 +116,7 @@ def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     else:
         settings.peering.standalone = True
     if SETTINGS.webhook_port:  # the chart's ValidatingWebhookConfiguration points its Service here
-        settings.admission.server = kopf.WebhookServer(
-            addr="0.0.0.0", port=SETTINGS.webhook_port, certfile=SETTINGS.webhook_cert, pkeyfile=SETTINGS.webhook_key
-        )
+        settings.admission.server = webhook_auth.server(SETTINGS)
         settings.admission.managed = None
     metrics.serve(SETTINGS.metrics_port)
 
@@ -293,7 +291,9 @@ def replacing(current: Any, desired: Any) -> Any:
     return out
 
 
-def _write_status(body: dict[str, Any], new: dict[str, Any]) -> None:
+def _write_status(body: dict[str, Any], new: dict[str, Any], queue: str | None = None) -> None:
+    """Write status when it changed; GPU time it adds is charged to `queue`, the one the Job was made with (a
+    FineTuneJob's labels can be changed afterwards, the Job's queue cannot)."""
     old = body.get("status") or {}
     if new == old:
         return  # status is written only when it changed
@@ -309,8 +309,7 @@ def _write_status(body: dict[str, Any], new: dict[str, Any]) -> None:
         if exc.status != 404:
             raise kopf.TemporaryError(f"cannot write status: {exc.reason}", delay=5) from exc
         return
-    labels = meta.get("labels") or {}
-    metrics.usage_changed(meta["namespace"], labels.get(QUEUE_LABEL, ""), old.get("usage"), new.get("usage"))
+    metrics.usage_changed(meta["namespace"], queue or "", old.get("usage"), new.get("usage"))
     if old.get("phase") != new.get("phase"):
         failed = new.get("phase") == Phase.FAILED
         reason = next((c["reason"] for c in new.get("conditions", []) if c["type"] == new.get("phase")), new.get("phase", ""))
@@ -402,7 +401,8 @@ def _sync(namespace: str, name: str, body: dict[str, Any] | None) -> None:
     plan = make_plan(body, result.job, SETTINGS, previous.restarts, elapsed, queue=queue)
     if job is not None and not owned(job, plan.uid):
         raise _conflict("Job", plan)
-    denied = policy_check(result.job.spec, namespace, POLICY) if POLICY is not None else []
+    labels = (job["metadata"].get("labels") or {}) if job is not None else (body.get("metadata") or {}).get("labels")
+    denied = policy_check(result.job.spec, namespace, POLICY, labels) if POLICY is not None else []
     if denied:  # at every sync, before any child is made or put back; the API server enforced it at admission already
         if job is not None:
             _delete_job(plan, job)  # a policy tightened since: its workers stop too
@@ -479,7 +479,7 @@ def _carry_out(plan: Plan, body: dict[str, Any], job: dict[str, Any] | None, new
         elif isinstance(action, SuspendJob):
             _patch_job(plan, job, {"spec": {"suspend": action.suspend}})
         elif isinstance(action, WriteStatus):
-            _write_status(body, new)
+            _write_status(body, new, plan.queue)
             written = True
         elif isinstance(action, DeleteJob):
             _delete_job(plan, {"metadata": {"uid": action.uid}})
@@ -488,7 +488,7 @@ def _carry_out(plan: Plan, body: dict[str, Any], job: dict[str, Any] | None, new
         elif isinstance(action, CountRestart):
             metrics.restarted()
     if not written:
-        _write_status(body, new)
+        _write_status(body, new, plan.queue)
 
 
 def _patch_job(plan: Plan, job: dict[str, Any] | None, patch: dict[str, Any]) -> None:

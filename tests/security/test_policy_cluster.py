@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from kubetune_api.manifests import dump
+from kubetune_api.policy import Policy
 
 from ..conftest import RELEASE, RELEASE_NAMESPACE, job, kubetune
 from ..test_operator_cluster import condition, ftj, wait_for
@@ -137,3 +138,41 @@ def test_the_operator_refuses_a_job_stored_before_the_policy(plane, operator) ->
     )
     for kind in ("job", "configmap", "service"):
         assert plane.kubectl("get", kind, "-n", "research", "-l", "kubetune.dev/job-name=sneaky", "-o", "name").stdout == ""
+
+
+def test_a_queue_can_be_required_by_the_api_server(plane, crd, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """requireQueue: a job without a Kueue queue label is refused at creation, in the offline words; one with a queue
+    is admitted (the label is fixed on the Job when the operator makes it, and checked again until then)."""
+    namespace = "tenant-queued"
+    plane.kubectl("create", "namespace", namespace, check=False)
+    policy = Policy(requireQueue=True, endpoints=["*"], credentialSecrets=["*"])
+    params = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "queued-policy", "namespace": RELEASE_NAMESPACE}}
+    binding = {
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "ValidatingAdmissionPolicyBinding",
+        "metadata": {"name": "queued-tenants"},
+        "spec": {
+            "policyName": f"{RELEASE}-policy",
+            "validationActions": ["Deny"],
+            "paramRef": {"name": "queued-policy", "namespace": RELEASE_NAMESPACE, "parameterNotFoundAction": "Deny"},
+            "matchResources": {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}}},
+        },
+    }
+    plane.kubectl("apply", "-f", "-", input=dump({**params, "data": policy.params()}) + "---\n" + dump(binding))
+    policy_file = tmp_path / "queued.yaml"
+    policy_file.write_text(yaml.safe_dump(policy.model_dump()))
+    body = job(**{"metadata.name": "unqueued", "metadata.namespace": namespace, "spec.runPolicy": {"suspend": True}})
+    manifest = tmp_path / "unqueued.yaml"
+    manifest.write_text(dump(body))
+    offline = kubetune("validate", "--policy", str(policy_file), str(manifest))
+    (line,) = [x for x in offline.stdout.splitlines() if "requires a Kueue queue" in x]
+    refused = wait_for(
+        "the binding to take effect",
+        lambda: (r := plane.kubectl("apply", "-f", str(manifest), check=False)).returncode != 0 and r,
+    )
+    denial = refused.stderr.split("denied request: ", 1)[-1].strip()
+    assert denial == re.sub(r"^.*?\(\w[-\w]*\): ", "", line), (denial, line)
+    body["metadata"]["labels"] = {"kueue.x-k8s.io/queue-name": "team-queue"}
+    assert plane.kubectl("apply", "-f", "-", input=dump(body), check=False).returncode == 0
+    plane.kubectl("delete", "ftj", "unqueued", "-n", namespace, "--wait=false", check=False)
+    plane.kubectl("delete", "validatingadmissionpolicybinding", "queued-tenants", check=False)

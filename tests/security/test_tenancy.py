@@ -304,3 +304,133 @@ def _env(body: dict[str, Any]) -> dict[str, Any]:
     assert result.job is not None
     container = builders.build_job(make_plan(body, result.job, Settings()))["spec"]["template"]["spec"]["containers"][0]
     return {e["name"]: e.get("value") for e in container["env"]}
+
+
+# 15: the shipped platform values keep each team's data and adapters apart (the cluster tests' own buckets replace
+# these prefixes in the fixture; here they are loaded as shipped)
+def test_the_shipped_platform_prefixes_keep_teams_apart() -> None:
+    policy = load_policy(Path(__file__).resolve().parents[2] / "examples" / "platform" / "values.yaml")
+    assert policy.readPrefixes and policy.writePrefixes
+
+    def denied(**changes: Any) -> list[str]:
+        base = {
+            "spec.model.uri": "s3://models/llama/",
+            "spec.dataset.train": "s3://datasets/team-a/train.jsonl",
+            "spec.output.uri": "s3://adapters/team-a/run-1/",
+            "spec.storage": {},
+        }
+        result = validate_object(job(**{**base, **changes}), cluster=True)
+        assert result.job is not None, result.problems
+        return [p.path for p in check(result.job.spec, "team-a", policy)]
+
+    assert denied() == []
+    assert denied(**{"spec.dataset.train": "s3://datasets/team-b/train.jsonl"}) == ["spec.dataset"]
+    assert denied(**{"spec.dataset.train": "s3://datasets/team-ab/train.jsonl"}) == ["spec.dataset"]
+    assert denied(**{"spec.output.uri": "s3://adapters/team-b/run-1/"}) == ["spec.output.uri"]
+    assert denied(**{"spec.model.uri": "s3://adapters/team-b/run-1/adapter/"}) == ["spec.model.uri"]
+
+
+# 15: a platform can require every job to go through a Kueue queue (offline and in the operator's check; the API
+# server's rule: tests/security/test_policy_cluster.py)
+def test_a_queue_can_be_required() -> None:
+    from kubetune_api.names import QUEUE_LABEL
+    from kubetune_api.policy import QUEUE_CEL, admission_policy
+
+    spec = validate_object(job(), cluster=True).job
+    assert spec is not None
+    required = Policy(requireQueue=True, endpoints=["*"], credentialSecrets=["*"])
+    (problem,) = check(spec.spec, "team-a", required, labels={})
+    assert problem.path == "metadata.labels" and QUEUE_LABEL in str(problem)
+    assert check(spec.spec, "team-a", required, labels={QUEUE_LABEL: ""})  # an empty queue name is no queue
+    assert check(spec.spec, "team-a", required, labels={QUEUE_LABEL: "team-a-queue"}) == []
+    assert check(spec.spec, "team-a", Policy(endpoints=["*"], credentialSecrets=["*"]), labels={}) == []
+    expressions = [v["expression"] for v in admission_policy("p")["spec"]["validations"]]
+    assert any(QUEUE_CEL in e for e in expressions)
+
+
+# 15: GPU time is charged to the queue the Job was made with; relabelling the FineTuneJob afterwards changes nothing
+def test_gpu_hours_go_to_the_jobs_queue_not_the_relabelled_finetunejob(monkeypatch: pytest.MonkeyPatch) -> None:
+    from types import SimpleNamespace
+
+    from kubetune_operator import handlers, metrics
+
+    monkeypatch.setattr(handlers, "_raw", lambda *args, **kwargs: None)  # the status patch itself: not under test
+    monkeypatch.setattr(handlers, "API", SimpleNamespace(custom=SimpleNamespace(patch_namespaced_custom_object_status=None)))
+    body = {
+        "metadata": {"namespace": "team-a", "name": "j", "labels": {"kueue.x-k8s.io/queue-name": "someone-elses"}},
+        "status": {"usage": {"gpuHours": 1.0, "gpuType": "H100"}},
+    }
+    charged = metrics.GPU_HOURS.labels("team-a", "team-a-queue", "H100")
+    elsewhere = metrics.GPU_HOURS.labels("team-a", "someone-elses", "H100")
+    before, before_elsewhere = charged._value.get(), elsewhere._value.get()
+    handlers._write_status(body, {"usage": {"gpuHours": 3.5, "gpuType": "H100"}}, "team-a-queue")
+    assert charged._value.get() - before == pytest.approx(2.5) and elsewhere._value.get() == before_elsewhere
+
+
+# 9: in a cluster a checkpoint is resumed only when its record names exactly this FineTuneJob's uid
+@pytest.mark.parametrize("record_uid", [None, "", "another-job-uid"])
+def test_a_checkpoint_without_this_jobs_uid_is_never_resumed(record_uid: str | None) -> None:
+    from kubetune_trainer.checkpoint import check_identity
+    from kubetune_trainer.errors import TrainerFailure
+
+    record = {"specDigest": "d" * 64, **({} if record_uid is None else {"jobUid": record_uid})}
+    with pytest.raises(TrainerFailure, match="written by another FineTuneJob") as failed:
+        check_identity(record, {"specDigest": "d" * 64, "jobUid": "this-job-uid"}, "checkpoint step 10")
+    assert failed.value.reason.value == "CheckpointMismatch"
+    check_identity({**record, "jobUid": "this-job-uid"}, {"specDigest": "d" * 64, "jobUid": "this-job-uid"}, "ok")
+    check_identity(record, {"specDigest": "d" * 64, "jobUid": ""}, "kubetune run")  # no cluster: no uid to compare
+
+
+# 12: hostile shapes of data are bad records (the job fails with the file and record), never a crash, a retry or
+# all of the pod's memory
+def test_deep_nesting_and_giant_files_and_lines_are_bad_records(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import gzip
+
+    from kubetune_trainer import data
+    from kubetune_trainer.errors import TrainerFailure
+
+    def refused(path: Path) -> str:
+        with pytest.raises(TrainerFailure) as failed:
+            data.read_records(path, path.name)
+        assert failed.value.reason.value == "BadRecord"
+        return str(failed.value)
+
+    deep = tmp_path / "deep.jsonl"
+    deep.write_text('{"text": "ok"}\n' + "[" * 100_000 + "]" * 100_000 + "\n")
+    assert "deep.jsonl line 2: nested too deeply" in refused(deep)
+    deep_json = tmp_path / "deep.json"
+    deep_json.write_text("[" + "{" * 0 + "[" * 100_000 + "]" * 100_000 + "]")
+    assert "nested too deeply" in refused(deep_json)
+    monkeypatch.setattr(data, "MAX_LINE", 1024)
+    monkeypatch.setattr(data, "MAX_WHOLE_FILE", 4096)
+    long_line = tmp_path / "long.jsonl.gz"
+    long_line.write_bytes(gzip.compress(b'{"text": "' + b"x" * 10_000 + b'"}\n'))  # small compressed, large decompressed
+    assert "line 1: longer than" in refused(long_line)
+    bomb = tmp_path / "bomb.json.gz"
+    bomb.write_bytes(gzip.compress(b'[{"text": "' + b"x" * 100_000 + b'"}]'))
+    assert "once decompressed" in refused(bomb)
+
+
+# 13: the TTL delete carries the uid precondition (a FineTuneJob created since under the same name is spared)
+def test_the_ttl_delete_names_the_uid_it_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    from types import SimpleNamespace
+
+    from kubernetes import client
+
+    from kubetune_operator import handlers
+
+    calls: list[Any] = []
+
+    def raw(function: Any, *args: Any, body: Any = None) -> None:
+        calls.append(body)
+        raise client.ApiException(status=409)  # the uid no longer matches: tolerated, nothing else deleted
+
+    monkeypatch.setattr(handlers, "_raw", raw)
+    monkeypatch.setattr(handlers, "API", SimpleNamespace(custom=SimpleNamespace(delete_namespaced_custom_object=None)))
+    body = {
+        "metadata": {"namespace": "team-a", "name": "done", "uid": "uid-read"},
+        "spec": {"runPolicy": {"ttlSecondsAfterFinished": 0}},
+    }
+    handlers._expire(body, {"completionTime": "2020-01-01T00:00:00Z"})
+    (options,) = calls
+    assert options.preconditions.uid == "uid-read"
