@@ -72,7 +72,7 @@ def test_packed_samples_cannot_see_each_other(tokenizer) -> None:  # type: ignor
     packed = data.pack([a, b], 128)
     assert len(packed) == 1
     row = packed[0]
-    start = row.input_ids.index(b.input_ids[0], 1)
+    start = list(row.input_ids).index(b.input_ids[0], 1)
 
     def logits(row: data.Row) -> torch.Tensor:
         batch = data.collate([row], tokenizer.pad_token_id)
@@ -105,16 +105,19 @@ def test_split_is_seeded_and_disjoint() -> None:
 
 
 def test_every_rank_runs_the_agreed_number_of_batches_and_every_row_is_used() -> None:
-    """Each rank batches its own share (every world-th row); the share that is short wraps around."""
+    """Every rank shuffles all rows with the same seed, wraps them to a multiple of world x micro x accumulation,
+    and takes every world-th: equal counts, every row used, none twice before all were used once."""
     rows = [data.Row([i], [i], [0]) for i in range(37)]
-    shares = [rows[r::3] for r in range(3)]  # 13, 12 and 12 rows
-    count = 8  # micro-batches per epoch, the largest share's (7) rounded up to the accumulation (2)
-    per_rank = [data.local_micro_batches(share, micro=2, count=count, seed=1 + r) for r, share in enumerate(shares)]
+    count = data.micro_batches_per_epoch(37, micro=2, world=3, multiple=2)
+    assert count == 8  # 37 rows -> 48 (a multiple of 3 x 2 x 2) -> 16 per rank -> 8 micro-batches of 2
+    per_rank = [data.global_micro_batches(rows, micro=2, world=3, rank=r, multiple=2, seed=11) for r in range(3)]
     assert {len(b) for b in per_rank} == {count} and all(len(batch) == 2 for b in per_rank for batch in b)
-    seen = {row.input_ids[0] for batches in per_rank for batch in batches for row in batch}
-    assert seen == set(range(37))
-    again = data.local_micro_batches(shares[0], micro=2, count=count, seed=1)
+    seen = [row.input_ids[0] for batches in per_rank for batch in batches for row in batch]
+    assert set(seen) == set(range(37)) and len(seen) == 48
+    again = data.global_micro_batches(rows, micro=2, world=3, rank=0, multiple=2, seed=11)
     assert [[r.input_ids for r in b] for b in again] == [[r.input_ids for r in b] for b in per_rank[0]]  # seeded
+    other = data.global_micro_batches(rows, micro=2, world=3, rank=0, multiple=2, seed=12)
+    assert [[r.input_ids for r in b] for b in other] != [[r.input_ids for r in b] for b in per_rank[0]]
 
 
 def test_a_rank_reads_only_its_records_and_knows_where_they_came_from(tmp_path: Path) -> None:
@@ -166,7 +169,7 @@ def test_a_long_prompt_keeps_its_completion_by_default(tokenizer) -> None:  # ty
     assert counts.kept_end == 1 and counts.empty == 0
     assert labelled_text(tokenizer, kept[0]) == " 4<|eos|>" and len(kept[0].input_ids) == 32
     right, counts = data.tokenize(records, spec(maxSeqLength=32, overlength="right"), tokenizer, "t")
-    assert right == [] and counts.truncated == 1 and counts.empty == 1
+    assert len(right) == 0 and counts.truncated == 1 and counts.empty == 1
     text, _ = data.tokenize([{"text": "y" * 100}], spec(format="text", maxSeqLength=32), tokenizer, "t")
     assert tokenizer.decode(text[0].input_ids).startswith("<|bos|>yyy")  # text keeps its start by default
 

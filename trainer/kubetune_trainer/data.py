@@ -13,30 +13,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from kubetune_api.conditions import Reason
 from kubetune_api.dataset import DatasetSpec
 
 from .errors import TrainerFailure
-
-IGNORE = -100  # label of tokens that carry no loss (prompts, non-assistant turns, padding)
-
-
-@dataclass(frozen=True)
-class Sample:
-    """One tokenized record: labels are IGNORE where no loss is taken."""
-
-    input_ids: list[int]
-    labels: list[int]
-    system_folded: bool = False  # the template refuses a system role: it was put at the start of the first user turn
-
-
-@dataclass(frozen=True)
-class Row:
-    """One sequence of a batch: one sample, or several packed, with positions restarting at each sample."""
-
-    input_ids: list[int]
-    labels: list[int]
-    position_ids: list[int]
+from .packing import best_fit_decreasing, one_per_row
+from .tokens import IGNORE as IGNORE
+from .tokens import Row as Row
+from .tokens import Rows as Rows
+from .tokens import Sample as Sample
+from .tokens import TableBuilder, TokenTable
 
 
 @dataclass
@@ -562,12 +550,12 @@ def tokenize(
     tokenizer: Any,
     name: str,
     positions: Sequence[int | tuple[str, int]] | None = None,
-) -> tuple[list[Sample], Counts]:
-    """Every record as a Sample, with overlength samples truncated or dropped and counted. positions: each record's
+) -> tuple[TokenTable, Counts]:
+    """Every record as a sample (in a TokenTable), with overlength samples truncated or dropped and counted. positions: each record's
     place in its file (0-based), or (shard, place) for a prefix of shards, so an error names the record a person
     can find there."""
     counts = Counts(records=len(records))
-    samples = []
+    table = TableBuilder()
     for index, record in enumerate(records):
         at = positions[index] if positions else index
         shard, number = at if isinstance(at, tuple) else (name, at)
@@ -589,48 +577,27 @@ def tokenize(
         if all(label == IGNORE for label in labels):
             counts.empty += 1
             continue
-        samples.append(Sample(sample.input_ids, labels))
+        table.add(sample.input_ids, labels)
         counts.tokens += len(sample.input_ids)
         counts.loss_tokens += sum(1 for label in labels if label != IGNORE)
-    counts.samples = len(samples)
-    return samples, counts
+        counts.samples += 1
+    return table.table(), counts
 
 
 # packing and batching
 
 
-def pack(samples: list[Sample], max_len: int) -> list[Row]:
-    """First-fit-decreasing bin packing into rows of at most max_len tokens; positions restart per sample."""
-    order = sorted(range(len(samples)), key=lambda i: -len(samples[i].input_ids))
-    bins: list[list[int]] = []
-    space: list[int] = []
-    for i in order:
-        size = len(samples[i].input_ids)
-        for b, free in enumerate(space):
-            if size <= free:
-                bins[b].append(i)
-                space[b] -= size
-                break
-        else:
-            bins.append([i])
-            space.append(max_len - size)
-    rows = []
-    for members in bins:
-        ids: list[int] = []
-        labels: list[int] = []
-        positions: list[int] = []
-        for i in sorted(members):
-            ids += samples[i].input_ids
-            labels += samples[i].labels
-            positions += range(len(samples[i].input_ids))
-        rows.append(Row(ids, labels, positions))
-    return rows
+def pack(samples: Sequence[Sample], max_len: int) -> Rows:
+    """Best-fit-decreasing packing into rows of at most max_len tokens (packing.py); positions restart per sample."""
+    table = TokenTable.of(samples)
+    return Rows(table, *best_fit_decreasing(table.lengths(), max_len))
 
 
-def rows(samples: list[Sample], max_len: int, packing: bool) -> list[Row]:
+def rows(samples: Sequence[Sample], max_len: int, packing: bool) -> Rows:
     if packing:
         return pack(samples, max_len)
-    return [Row(s.input_ids, s.labels, list(range(len(s.input_ids)))) for s in samples]
+    table = TokenTable.of(samples)
+    return Rows(table, *one_per_row(len(table)))
 
 
 def steps_for(rows: int, micro: int, accumulate: int) -> int:
@@ -638,7 +605,27 @@ def steps_for(rows: int, micro: int, accumulate: int) -> int:
     return math.ceil(math.ceil(rows / micro) / accumulate)
 
 
-def local_micro_batches(rows: list[Row], *, micro: int, count: int, seed: int | None) -> list[list[Row]]:
+def global_micro_batches(
+    rows: Sequence[Row], *, micro: int, world: int, rank: int, multiple: int, seed: int | None
+) -> list[list[Row]]:
+    """This rank's micro-batches of an epoch: every row of the dataset shuffled (seeded, the same order on every
+    rank; None keeps order), wrapped to a multiple of world x micro x `multiple`, and dealt round-robin."""
+    order = np.arange(len(rows))
+    if seed is not None:
+        order = np.random.default_rng(seed).permutation(len(rows))
+    unit = world * micro * multiple
+    order = np.resize(order, len(order) + (-len(order) % unit))  # wraps around from the start
+    mine = order[rank::world]
+    return [[rows[int(i)] for i in mine[s : s + micro]] for s in range(0, len(mine), micro)]
+
+
+def micro_batches_per_epoch(rows: int, *, micro: int, world: int, multiple: int) -> int:
+    """Micro-batches each rank runs per epoch (global_micro_batches' count)."""
+    unit = world * micro * multiple
+    return math.ceil(rows / unit) * multiple if rows else 0
+
+
+def local_micro_batches(rows: Sequence[Row], *, micro: int, count: int, seed: int | None) -> list[list[Row]]:
     """This rank's `count` micro-batches of an epoch from its own rows: shuffled (seeded; None keeps order), and
     wrapped around to fill the count every rank agreed on (collectives stay in step)."""
     order = list(range(len(rows)))
@@ -650,22 +637,19 @@ def local_micro_batches(rows: list[Row], *, micro: int, count: int, seed: int | 
     return [[rows[i] for i in order[s : s + micro]] for s in range(0, count * micro, micro)]
 
 
-def collate(batch: list[Row], pad_id: int) -> dict[str, Any]:
+def collate(batch: Sequence[Row], pad_id: int) -> dict[str, Any]:
     """Right-pad to the longest row; padding is its own position run with no loss, so nothing attends across it."""
     import torch
 
     width = max(len(r.input_ids) for r in batch)
-    ids, labels, positions = [], [], []
-    for r in batch:
-        pad = width - len(r.input_ids)
-        ids.append(r.input_ids + [pad_id] * pad)
-        labels.append(r.labels + [IGNORE] * pad)
-        positions.append(r.position_ids + list(range(pad)))
-    return {
-        "input_ids": torch.tensor(ids, dtype=torch.long),
-        "labels": torch.tensor(labels, dtype=torch.long),
-        "position_ids": torch.tensor(positions, dtype=torch.long),
-    }
+    ids = np.full((len(batch), width), pad_id, dtype=np.int64)
+    labels = np.full((len(batch), width), IGNORE, dtype=np.int64)
+    positions = np.tile(np.arange(width, dtype=np.int64), (len(batch), 1))
+    for k, r in enumerate(batch):
+        n = len(r.input_ids)
+        ids[k, :n], labels[k, :n], positions[k, :n] = r.input_ids, r.labels, r.position_ids
+        positions[k, n:] -= n  # the padding's own run, from 0
+    return {"input_ids": torch.from_numpy(ids), "labels": torch.from_numpy(labels), "position_ids": torch.from_numpy(positions)}
 
 
 def useful_tokens(batch: list[Row]) -> int:

@@ -21,7 +21,7 @@ from kubetune_api.conditions import Reason
 from kubetune_api.contract import RankFailure, WorkerEnv
 from kubetune_api.job import FineTuneJobSpec
 
-from . import report
+from . import prepared, report
 from .data import is_data_file
 from .errors import TrainerFailure
 from .loaders import without_loaders
@@ -192,18 +192,22 @@ def run_worker(
     try:
         store = Store(spec.storage)
         prepare_output(spec, store)
+        entry = None
         model, train, validation, entry = fetch_inputs(spec, store, cache_dir())
         if entry is not None:
             fetched = entry.event(spec.model.uri)
             print(json.dumps(fetched), flush=True)  # how much came from the node's cache, how much from storage
             (work / "fetch.json").write_text(json.dumps(fetched))
+        prepared_dir = prepared.for_worker(spec, model, train, validation, work)
     except Exception as exc:  # every failure before the ranks start still ends in one summary with a reason
+        if entry is not None:
+            entry.release()
         failure = exc if isinstance(exc, TrainerFailure) else TrainerFailure(Reason.TRAINER_ERROR, f"{type(exc).__name__}: {exc}")
         summary = report.summary("Failed", reason=failure.reason.value, message=failure.message)
         report.write_termination(worker.termination_log, summary)
         print(json.dumps(summary), flush=True)
         return summary
-    ranks = RankEnv(model, train, validation, work, result_dir, progress)
+    ranks = RankEnv(model, train, validation, work, result_dir, progress, prepared_dir)
     command = [
         sys.executable,
         "-m",

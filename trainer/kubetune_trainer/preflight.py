@@ -35,7 +35,7 @@ from kubetune_api.preflight import (
     wont_fit_message,
 )
 
-from . import data
+from . import prepared
 from .errors import TrainerFailure
 from .launch import data_bytes, fetch_data
 from .model import PACKING_FAMILIES, load_tokenizer
@@ -89,49 +89,23 @@ def fetch_model_config(spec: FineTuneJobSpec, store: Store, work: Path) -> tuple
 
 
 def count_steps(spec: FineTuneJobSpec, tokenizer: Any, family: str, train: Path, validation: Path | None) -> dict[str, Any]:
-    """Every record read and tokenized as the trainer will (record number and field on a bad one), dealt to the
-    ranks the same way, hence the trainer's own step count."""
-    ds, t, world = spec.dataset, spec.training, spec.workers.world_size
-    name = data.shown_name(ds.train)
-    if validation is not None:
-        records, at, indices = data.read_dataset(train, name)
-        held_records, held_at, _ = data.read_dataset(validation, data.shown_name(ds.validation or ""))
-        total = len(records)  # every record was read: the count is what was read, not a second pass
-        train_pos, held_pos = list(range(total)), list(range(len(held_records)))
-    else:
-        every, at_all, indices_all = data.read_dataset(train, name)
-        total = len(every)
-        train_pos, held_pos = data.split_positions(total, spec.validation_split, t.seed)
-        held_set = set(held_pos)
-        held_records = [r for r, i in zip(every, indices_all, strict=True) if i in held_set]
-        held_at = [a for a, i in zip(at_all, indices_all, strict=True) if i in held_set]
-        keep = set(train_pos)
-        chosen = [k for k, i in enumerate(indices_all) if i in keep]
-        records, at, indices = [every[k] for k in chosen], [at_all[k] for k in chosen], [indices_all[k] for k in chosen]
-    if not train_pos or not held_pos:
-        raise TrainerFailure(Reason.EMPTY_DATASET, "the training or held-out set has no records")
-    packing = ds.packing and family in PACKING_FAMILIES
-    rank_of = {position: k % world for k, position in enumerate(train_pos)}
-    batches, tokens, longest, samples = 0, 0, 0, 0
-    for rank in range(world):
-        mine = [k for k, i in enumerate(indices) if rank_of.get(i) == rank]
-        got, counts = data.tokenize([records[k] for k in mine], ds, tokenizer, name, [at[k] for k in mine])
-        rows = data.rows(got, ds.maxSeqLength, packing)
-        batches = max(batches, data.steps_for(len(rows), t.microBatchSize, t.gradientAccumulationSteps))
-        tokens += sum(len(r.input_ids) for r in rows)
-        longest = max([longest, *(len(r.input_ids) for r in rows)])
-        samples += counts.samples
-    held, held_counts = data.tokenize(held_records, ds, tokenizer, data.shown_name(ds.validation or ds.train), held_at)
-    if not samples or not held:
-        raise TrainerFailure(Reason.EMPTY_DATASET, f"no usable samples: {samples} training, {len(held)} held-out")
-    steps_per_epoch = max(1, batches)
+    """Every record read, tokenized and packed exactly as the worker's launcher prepares them (prepared.py: record
+    number and field on a bad one), hence the trainer's own step count."""
+    t = spec.training
+    packing = spec.dataset.packing and family in PACKING_FAMILIES
+    with tempfile.TemporaryDirectory(prefix="kubetune-preflight-") as scratch:
+        out = Path(scratch) / "prepared"
+        meta = prepared.prepare(spec, tokenizer, packing, train, validation, out)
+        ready = prepared.load(out, len(tokenizer), spec.dataset.maxSeqLength)
+        lengths = ready.train.lengths()
+        steps_per_epoch = prepared.steps_per_epoch(len(ready.train), spec)
     return {
-        "records": total,
-        "tokens": tokens,
-        "evalTokens": held_counts.tokens,
+        "records": meta["records"],
+        "tokens": int(lengths.sum()),
+        "evalTokens": meta["counts"]["validation"]["tokens"],
         "stepsPerEpoch": steps_per_epoch,
         "totalSteps": t.maxSteps or t.epochs * steps_per_epoch,
-        "longest": longest,
+        "longest": int(lengths.max()),
         "packing": packing,
     }
 

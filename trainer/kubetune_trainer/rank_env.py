@@ -12,6 +12,7 @@ VALIDATION_FILE = "KUBETUNE_VALIDATION_FILE"  # local copy of dataset.validation
 WORK_DIR = "KUBETUNE_WORK_DIR"  # node-local scratch: checkpoint staging, adapter before upload
 RESULT_DIR = "KUBETUNE_RESULT_DIR"  # where ranks leave failure-<rank>.json and rank 0 leaves summary.json
 PROGRESS_STYLE = "KUBETUNE_PROGRESS"  # json (pods) or bar (a person at a terminal)
+PREPARED_DIR = "KUBETUNE_PREPARED_DIR"  # the worker's prepared dataset (prepared.py), made before the ranks start
 
 
 @dataclass(frozen=True)
@@ -22,6 +23,7 @@ class RankEnv:
     work_dir: Path
     result_dir: Path
     progress: str
+    prepared_dir: Path
 
     @classmethod
     def from_environ(cls) -> RankEnv:
@@ -33,6 +35,7 @@ class RankEnv:
             work_dir=Path(os.environ[WORK_DIR]),
             result_dir=Path(os.environ[RESULT_DIR]),
             progress=os.environ.get(PROGRESS_STYLE, "json"),
+            prepared_dir=Path(os.environ[PREPARED_DIR]),
         )
 
     def to_environ(self) -> dict[str, str]:
@@ -42,6 +45,7 @@ class RankEnv:
             WORK_DIR: str(self.work_dir),
             RESULT_DIR: str(self.result_dir),
             PROGRESS_STYLE: self.progress,
+            PREPARED_DIR: str(self.prepared_dir),
         }
         if self.validation_file is not None:
             env[VALIDATION_FILE] = str(self.validation_file)

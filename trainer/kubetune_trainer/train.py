@@ -18,6 +18,7 @@ import sys
 import threading
 import time
 import traceback
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,9 +28,9 @@ from kubetune_api.contract import RankFailure, WorkerEnv
 from kubetune_api.job import FineTuneJobSpec
 from kubetune_api.memory import bucket_elements
 
-from . import checkpoint, data, evaluate, merge, meter, outputs, spec_io
+from . import checkpoint, data, evaluate, merge, meter, outputs, prepared, spec_io
 from .errors import TrainerFailure
-from .model import PACKING_FAMILIES, add_lora, load_model, load_tokenizer, model_type
+from .model import add_lora, load_model, load_tokenizer, model_type
 from .rank_env import RankEnv
 from .report import Progress
 from .storage import Store, join
@@ -58,7 +59,7 @@ class Rank:
 
 @dataclass(frozen=True)
 class Data:
-    train_rows: list[data.Row]  # this rank's own rows
+    train_rows: Sequence[data.Row]  # every row (memory-mapped); each rank takes its share per epoch
     eval_batches: list[list[data.Row]]  # this rank's share of the held-out set
     counts: dict[str, Any]  # the whole dataset's
     batches_per_epoch: int  # micro-batches every rank runs per epoch (the largest share's, wrapped around)
@@ -209,74 +210,31 @@ def setup_rank(spec: FineTuneJobSpec, worker: WorkerEnv, paths: RankEnv) -> Rank
     )
 
 
-def _positions(me: Rank, name: str, val_name: str) -> tuple[list[int], list[int]]:
-    """The indices of the training and held-out records in their datasets (a validation file, or a seeded split)."""
-    spec, paths = me.spec, me.paths
-    total = data.count_records(paths.train_file, name)
-    if paths.validation_file is not None:
-        return list(range(total)), list(range(data.count_records(paths.validation_file, val_name)))
-    return data.split_positions(total, spec.validation_split, spec.training.seed)
-
-
 def setup_data(me: Rank, tokenizer: Any) -> Data:
-    """Each rank reads and tokenizes only its own share of the records (every world-th), so a node's memory holds
-    the dataset once, however many ranks it runs; the counts are summed across ranks."""
+    """The worker's prepared dataset (made by the launcher before any rank started: prepared.py), memory-mapped
+    and checked; every rank sees every row and takes its share each epoch (data.global_micro_batches)."""
     spec = me.spec.dataset
-    train_name = data.shown_name(spec.train)
-    val_name = data.shown_name(spec.validation) if spec.validation else train_name
-    train_pos, held_pos = _positions(me, train_name, val_name)
-    for name, positions in (("training", train_pos), ("held-out", held_pos)):
-        if not positions:
-            raise TrainerFailure(Reason.EMPTY_DATASET, f"the {name} set has no records")
-    mine_train, mine_held = set(train_pos[me.rank :: me.world]), set(held_pos[me.rank :: me.world])
-    if me.paths.validation_file is not None:
-        train_records, train_at, _ = data.read_dataset(me.paths.train_file, train_name, mine_train.__contains__)
-        val_records, val_at, _ = data.read_dataset(me.paths.validation_file, val_name, mine_held.__contains__)
-    else:  # one dataset split: errors still give each record's place in its file
-        wanted = mine_train | mine_held
-        records, origins, indices = data.read_dataset(me.paths.train_file, train_name, wanted.__contains__)
-        train = [k for k, i in enumerate(indices) if i in mine_train]
-        held = [k for k, i in enumerate(indices) if i in mine_held]
-        train_records, train_at = [records[k] for k in train], [origins[k] for k in train]
-        val_records, val_at = [records[k] for k in held], [origins[k] for k in held]
-    train_samples, mine_counts = data.tokenize(train_records, spec, tokenizer, train_name, train_at)
-    val_samples, mine_val_counts = data.tokenize(val_records, spec, tokenizer, val_name, val_at)
-    fields = len(mine_counts.values())
-    summed = all_sum(me.device, mine_counts.values() + mine_val_counts.values())
-    train_counts, val_counts = data.Counts.of(summed[:fields]), data.Counts.of(summed[fields:])
-    for name, counts in (("training", train_counts), ("held-out", val_counts)):
-        if not counts.samples:
-            raise TrainerFailure(
-                Reason.EMPTY_DATASET,
-                f"the {name} set has no usable samples: {counts.records} records, {counts.dropped} dropped as too long, "
-                f"{counts.empty} with nothing to learn",
-            )
-    packing = spec.packing
-    family = model_type(me.paths.model_source, me.spec.model)
-    if packing and family not in PACKING_FAMILIES:
-        packing = False  # a packed sample would attend to the one before it: correctness first, then speed
+    try:
+        ready = prepared.load(me.paths.prepared_dir, len(tokenizer), spec.maxSeqLength)
+    except prepared.PreparedInvalid as exc:
+        raise TrainerFailure(Reason.TRAINER_ERROR, f"the prepared dataset is not usable: {exc}") from exc
+    train_rows, val_rows = ready.train, ready.validation
+    meta = ready.meta
+    if meta.get("packingOff"):
         me.notice(
-            f"dataset.packing turned off: {family} models do not keep packed samples apart (their attention mask "
-            "ignores restarted positions); each sample gets a row of its own"
+            f"dataset.packing turned off: {meta['packingOff']} models do not keep packed samples apart (their attention "
+            "mask ignores restarted positions); each sample gets a row of its own"
         )
-    train_rows = data.rows(train_samples, spec.maxSeqLength, packing)
-    val_rows = data.rows(val_samples, spec.maxSeqLength, packing)
     t = me.spec.training
     accumulate, micro = t.gradientAccumulationSteps, t.microBatchSize
-    per_epoch = data.steps_for(len(train_rows), micro, accumulate) * accumulate
-    batches, eval_count = all_max(me.device, [per_epoch, math.ceil(len(val_rows) / micro)])
-    if not train_rows:
-        raise TrainerFailure(
-            Reason.EMPTY_DATASET,
-            f"rank {me.rank} has no training samples: {train_counts.samples} samples for {me.world} ranks; use fewer "
-            "workers or processes",
-        )
+    batches = data.micro_batches_per_epoch(len(train_rows), micro=micro, world=me.world, multiple=accumulate)
+    train_counts = data.Counts(**meta["counts"]["train"])
     what = {
-        "train": train_counts.as_dict(),
-        "validation": val_counts.as_dict(),
-        "trainSequences": int(all_sum(me.device, [len(train_rows)])[0]),
-        "packing": packing,
-        "modelType": family,
+        "train": meta["counts"]["train"],
+        "validation": meta["counts"]["validation"],
+        "trainSequences": len(train_rows),
+        "packing": bool(meta["packing"]),
+        "modelType": model_type(me.paths.model_source, me.spec.model),
     }
     if me.is_main:  # what became of the records, before any step: truncations and drops are no surprise later
         if me.paths.progress == "json":
@@ -286,11 +244,13 @@ def setup_data(me: Rank, tokenizer: Any) -> Data:
             print(
                 f"data: {c.records} training records -> {c.samples} samples ({c.kept_end} cut from the start, "
                 f"{c.truncated} cut from the end, {c.dropped} dropped, {c.empty} with nothing to learn; "
-                f"overlength: {spec.overlength_policy}), {what['trainSequences']} sequences, packing {'on' if packing else 'off'}",
+                f"overlength: {spec.overlength_policy}), {what['trainSequences']} sequences, packing {'on' if what['packing'] else 'off'}",
                 file=sys.stdout,
                 flush=True,
             )
-    eval_batches = evaluate.local_batches(val_rows, micro, int(eval_count))
+    mine = [val_rows[r] for r in range(me.rank, len(val_rows), me.world)]
+    eval_count = math.ceil(math.ceil(len(val_rows) / me.world) / micro)
+    eval_batches = evaluate.local_batches(mine, micro, eval_count)
     return Data(train_rows, eval_batches, what, int(batches))
 
 
@@ -415,11 +375,13 @@ class Recipe:
             t = self.t
             self._epoch = (
                 epoch,
-                data.local_micro_batches(
+                data.global_micro_batches(
                     self.data.train_rows,
                     micro=t.microBatchSize,
-                    count=self.data.batches_per_epoch,
-                    seed=t.seed + epoch + 7919 * self.me.rank if self.me.spec.dataset.shuffle else None,
+                    world=self.me.world,
+                    rank=self.me.rank,
+                    multiple=t.gradientAccumulationSteps,
+                    seed=t.seed + epoch if self.me.spec.dataset.shuffle else None,
                 ),
             )
         accumulate = self.t.gradientAccumulationSteps

@@ -1,0 +1,236 @@
+"""The prepared dataset: every record read, tokenized, split and packed once per worker, before the ranks start, into
+arrays the ranks memory-map read-only (the page cache holds one copy however many ranks a node runs).
+
+Layout of a prepared directory (numpy's .npy, loaded with allow_pickle=False: never unpickled):
+  meta.json                       format version, digest of what it was made from, counts, packing, vocabulary size
+  {train,validation}.ids.npy      int32 token ids, every sample end to end
+  {train,validation}.mask.npy     bool, loss on this token
+  {train,validation}.offsets.npy  int64 sample boundaries (samples + 1, from 0 to the number of tokens)
+  {train,validation}.members.npy  int64 samples in row order
+  {train,validation}.rows.npy     int64 row boundaries into members (rows + 1)
+
+Rows do not depend on the number of ranks: each epoch every rank shuffles the rows with the same seed and takes
+every world-th (data.global_micro_batches), so a prepared dataset serves any world size. Whatever reads one checks
+it first (`load`): dtypes and shapes, offsets monotone and consistent, every id below the vocabulary, every sample
+in exactly one row, no row longer than maxSeqLength; anything else is refused, never trained on."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from kubetune_api.conditions import Reason
+from kubetune_api.job import FineTuneJobSpec
+
+from . import data
+from .errors import TrainerFailure
+from .packing import best_fit_decreasing, one_per_row
+from .tokens import Rows, TokenTable
+
+FORMAT = 1
+PARTS = ("train", "validation")
+ARRAYS = {"ids": np.int32, "mask": np.bool_, "offsets": np.int64, "members": np.int64, "rows": np.int64}
+
+
+class PreparedInvalid(ValueError):
+    """A prepared directory that is not what it claims: prepare again, never train on it."""
+
+
+@dataclass(frozen=True)
+class Prepared:
+    train: Rows
+    validation: Rows
+    meta: dict[str, Any]
+
+
+def split(spec: FineTuneJobSpec, train: Path, validation: Path | None) -> tuple[list[int], list[int]]:
+    """The indices of the training and held-out records (a validation file, or a seeded split of one dataset)."""
+    ds = spec.dataset
+    total = data.count_records(train, data.shown_name(ds.train))
+    if validation is not None:
+        return list(range(total)), list(range(data.count_records(validation, data.shown_name(ds.validation or ""))))
+    return data.split_positions(total, spec.validation_split, spec.training.seed)
+
+
+def tokenize_sets(
+    spec: FineTuneJobSpec, tokenizer: Any, train: Path, validation: Path | None
+) -> tuple[tuple[TokenTable, data.Counts], tuple[TokenTable, data.Counts], int]:
+    """Both sets read and tokenized (errors name the shard and record), and how many training records there were."""
+    ds = spec.dataset
+    train_name = data.shown_name(ds.train)
+    val_name = data.shown_name(ds.validation) if ds.validation else train_name
+    train_pos, held_pos = split(spec, train, validation)
+    for name, positions in (("training", train_pos), ("held-out", held_pos)):
+        if not positions:
+            raise TrainerFailure(Reason.EMPTY_DATASET, f"the {name} set has no records")
+    if validation is not None:
+        train_records, train_at, _ = data.read_dataset(train, train_name)
+        val_records, val_at, _ = data.read_dataset(validation, val_name)
+    else:  # one dataset split: errors still give each record's place in its file
+        held = np.zeros(len(train_pos) + len(held_pos), dtype=bool)
+        held[held_pos] = True
+        records, origins, indices = data.read_dataset(train, train_name)
+        train_records = [r for r, i in zip(records, indices, strict=True) if not held[i]]
+        train_at = [o for o, i in zip(origins, indices, strict=True) if not held[i]]
+        val_records = [r for r, i in zip(records, indices, strict=True) if held[i]]
+        val_at = [o for o, i in zip(origins, indices, strict=True) if held[i]]
+        del records, origins
+    train_set = data.tokenize(train_records, ds, tokenizer, train_name, train_at)
+    del train_records
+    val_set = data.tokenize(val_records, ds, tokenizer, val_name, val_at)
+    for name, (_, counts) in (("training", train_set), ("held-out", val_set)):
+        if not counts.samples:
+            raise TrainerFailure(
+                Reason.EMPTY_DATASET,
+                f"the {name} set has no usable samples: {counts.records} records, {counts.dropped} dropped as too long, "
+                f"{counts.empty} with nothing to learn",
+            )
+    return train_set, val_set, len(train_pos)
+
+
+def digest(spec: FineTuneJobSpec, data_digests: list[str], tokenizer_dir: Path | None) -> str:
+    """What a prepared dataset was made from: the data files, the tokenizer's files, the dataset spec, the seed and
+    this format. Equal digests: the same arrays would be made again."""
+    h = hashlib.sha256()
+    h.update(json.dumps({"format": FORMAT, "dataset": spec.dataset.model_dump(mode="json"), "seed": spec.training.seed}).encode())
+    for d in data_digests:
+        h.update(d.encode())
+    if tokenizer_dir is not None and tokenizer_dir.is_dir():
+        wanted = ("token", "template", "config.json")
+        for path in sorted(p for p in tokenizer_dir.iterdir() if p.is_file() and any(w in p.name for w in wanted)):
+            h.update(path.name.encode())
+            h.update(hashlib.sha256(path.read_bytes()).digest())
+    return h.hexdigest()
+
+
+def prepare(
+    spec: FineTuneJobSpec,
+    tokenizer: Any,
+    packing: bool,
+    train: Path,
+    validation: Path | None,
+    out: Path,
+    made_from: str = "",
+) -> dict[str, Any]:
+    """Read, tokenize, split and pack both sets into `out` (replaced atomically); returns its meta."""
+    (train_table, train_counts), (val_table, val_counts), records = tokenize_sets(spec, tokenizer, train, validation)
+    max_len = spec.dataset.maxSeqLength
+    layouts = {}
+    for part, table in (("train", train_table), ("validation", val_table)):
+        layouts[part] = best_fit_decreasing(table.lengths(), max_len) if packing else one_per_row(len(table))
+    meta = {
+        "format": FORMAT,
+        "digest": made_from,
+        "records": records,
+        "vocabulary": len(tokenizer),
+        "maxSeqLength": max_len,
+        "packing": packing,
+        "counts": {"train": train_counts.as_dict(), "validation": val_counts.as_dict()},
+        "rows": {part: len(layouts[part][1]) - 1 for part in PARTS},
+    }
+    staging = out.with_name(out.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    for part, table in (("train", train_table), ("validation", val_table)):
+        members, offsets = layouts[part]
+        arrays = {"ids": table.ids, "mask": table.mask, "offsets": table.offsets, "members": members, "rows": offsets}
+        for key, array in arrays.items():
+            np.save(staging / f"{part}.{key}.npy", np.ascontiguousarray(array, dtype=ARRAYS[key]), allow_pickle=False)
+    (staging / "meta.json").write_text(json.dumps(meta, indent=1))
+    shutil.rmtree(out, ignore_errors=True)
+    os.replace(staging, out)
+    return meta
+
+
+def _array(path: Path, dtype: Any) -> np.ndarray:
+    try:
+        array = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise PreparedInvalid(f"{path.name}: not a plain array file: {exc}") from exc
+    if array.dtype != np.dtype(dtype) or array.ndim != 1:
+        raise PreparedInvalid(f"{path.name}: expected a 1-D {np.dtype(dtype)} array, got {array.ndim}-D {array.dtype}")
+    out: np.ndarray = array
+    return out
+
+
+def _rows(directory: Path, part: str, vocabulary: int, max_len: int) -> Rows:
+    a = {key: _array(directory / f"{part}.{key}.npy", dtype) for key, dtype in ARRAYS.items()}
+    ids, mask, offsets, members, rows = a["ids"], a["mask"], a["offsets"], a["members"], a["rows"]
+    samples = len(offsets) - 1
+    if len(mask) != len(ids) or samples < 0 or offsets[0] != 0 or offsets[-1] != len(ids):
+        raise PreparedInvalid(f"{part}: offsets and token arrays disagree")
+    lengths = np.diff(offsets)
+    if samples and (lengths.min() < 1 or lengths.max() > max_len):
+        raise PreparedInvalid(f"{part}: a sample is empty or longer than {max_len} tokens")
+    if len(ids) and (int(ids.min()) < 0 or int(ids.max()) >= vocabulary):
+        raise PreparedInvalid(f"{part}: a token id is outside the vocabulary (0..{vocabulary - 1})")
+    if len(members) != samples or rows[0] != 0 or rows[-1] != samples or np.any(np.diff(rows) < 1):
+        raise PreparedInvalid(f"{part}: rows and samples disagree")
+    if samples and (members.min() < 0 or members.max() >= samples or np.any(np.bincount(members, minlength=samples) != 1)):
+        raise PreparedInvalid(f"{part}: a sample is in no row or in more than one")
+    table = TokenTable(ids, mask, offsets)
+    out = Rows(table, members, rows)
+    if len(out) and out.lengths().max() > max_len:
+        raise PreparedInvalid(f"{part}: a row is longer than {max_len} tokens")
+    return out
+
+
+def load(directory: Path, vocabulary: int, max_len: int, made_from: str | None = None) -> Prepared:
+    """A prepared directory, checked throughout (PreparedInvalid otherwise); `made_from`: the digest it must carry."""
+    try:
+        meta = json.loads((directory / "meta.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise PreparedInvalid(f"meta.json: {exc}") from exc
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise PreparedInvalid(f"meta.json: not format {FORMAT}")
+    if made_from is not None and meta.get("digest") != made_from:
+        raise PreparedInvalid("made from other data, tokenizer or dataset settings (digest differs)")
+    if meta.get("vocabulary") != vocabulary or meta.get("maxSeqLength") != max_len:
+        raise PreparedInvalid("made for another vocabulary or maxSeqLength")
+    parts = {part: _rows(directory, part, vocabulary, max_len) for part in PARTS}
+    return Prepared(parts["train"], parts["validation"], meta)
+
+
+def steps_per_epoch(rows: int, spec: FineTuneJobSpec) -> int:
+    """Optimizer steps per epoch for every world size's share of `rows` (the trainer's own count)."""
+    t = spec.training
+    per_rank = data.micro_batches_per_epoch(
+        rows, micro=t.microBatchSize, world=spec.workers.world_size, multiple=t.gradientAccumulationSteps
+    )
+    return max(1, math.ceil(per_rank / t.gradientAccumulationSteps))
+
+
+def for_worker(spec: FineTuneJobSpec, model_source: str, train: Path, validation: Path | None, work: Path) -> Path:
+    """The worker's prepared dataset under `work`, made here once (before any rank starts, so no GPU waits on a
+    tokenizer and the ranks share it); prints one `prepared` event with what it took."""
+    import time
+
+    from .model import PACKING_FAMILIES, load_tokenizer, model_type
+
+    started = time.monotonic()
+    tokenizer = load_tokenizer(model_source, spec.model)
+    family = model_type(model_source, spec.model)
+    packing = spec.dataset.packing and family in PACKING_FAMILIES
+    out = work / "prepared"
+    meta = prepare(spec, tokenizer, packing, train, validation, out)
+    if spec.dataset.packing and not packing:
+        meta["packingOff"] = family
+        (out / "meta.json").write_text(json.dumps(meta, indent=1))
+    event = {
+        "event": "prepared",
+        "source": "here",
+        "records": meta["records"],
+        "tokens": meta["counts"]["train"]["tokens"] + meta["counts"]["validation"]["tokens"],
+        "rows": meta["rows"],
+        "seconds": round(time.monotonic() - started, 2),
+    }
+    print(json.dumps(event), flush=True)
+    return out
