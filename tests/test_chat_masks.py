@@ -88,6 +88,31 @@ def test_weight_zero_turns_carry_no_loss() -> None:
     assert learned(sample, tokenizer) == [ANSWERS[1] + "<|im_end|>"]
 
 
+def test_parquet_chat_with_weights_on_some_messages_reads_as_written(tmp_path: Path) -> None:
+    """A columnar file holds every key of any message on every message: `weight: null` where it was absent and
+    0.0 as a float. Null is absent and 0.0 is 0: the same ids and labels as the JSONL the user wrote."""
+    import json
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    records = [
+        {"messages": conversation(True, weight=0)},
+        {"messages": conversation(False)},
+        {"messages": [*conversation(True)[:-1], {"role": "assistant", "content": ANSWERS[1], "weight": 1}]},
+    ]
+    jsonl = tmp_path / "chat.jsonl"
+    jsonl.write_text("".join(json.dumps(r) + "\n" for r in records))
+    parquet = tmp_path / "chat.parquet"
+    pq.write_table(pa.Table.from_pylist(records), parquet)
+    read = data.read_records(parquet, "chat.parquet")
+    assert read[1]["messages"][0]["weight"] is None and read[0]["messages"][2]["weight"] == 0.0  # as Parquet gives it
+    spec, tokenizer = DatasetSpec(train="./chat.parquet", format="chat"), tokenizer_for("chatml")
+    from_parquet, _ = data.tokenize(read, spec, tokenizer, "chat.parquet")
+    from_jsonl, _ = data.tokenize(data.read_records(jsonl, "chat.jsonl"), spec, tokenizer, "chat.jsonl")
+    assert list(from_parquet) == list(from_jsonl) and len(from_jsonl) == 3
+
+
 def test_a_bad_weight_and_a_refusing_template_name_the_record() -> None:
     spec = DatasetSpec(train="./t.jsonl", format="chat")
     with pytest.raises(TrainerFailure, match=r"t record 4: message 2: weight must be 0 or 1"):

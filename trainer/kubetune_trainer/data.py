@@ -285,11 +285,22 @@ def _field(record: dict[str, Any], key: str, name: str, index: int, kind: type) 
     return value
 
 
-def _ids(tokenizer: Any, text: str, special: bool) -> list[int]:
-    return list(tokenizer(text, add_special_tokens=special)["input_ids"])
+@dataclass(frozen=True)
+class Rendered:
+    """A record as text, before tokenization: pieces tokenized separately (each with or without the tokenizer's
+    special tokens) and joined; a piece carries loss whole (`learn`), or, for a chat rendering, on the tokens
+    that overlap `spans` (characters of the one piece) and the end-of-turn token right after each span."""
+
+    pieces: tuple[tuple[str, bool], ...]  # (text, add_special_tokens)
+    learn: tuple[bool, ...] = ()
+    spans: tuple[tuple[int, int], ...] | None = None  # a chat rendering's assistant messages
+    eos: bool = False  # the end-of-sequence token appended, with loss
+    folded: bool = False
 
 
-def _chat_ids(tokenizer: Any, messages: list[dict[str, Any]], name: str, index: int, tools: list[Any] | None = None) -> Sample:
+def _chat_render(
+    tokenizer: Any, messages: list[dict[str, Any]], name: str, index: int, tools: list[Any] | None = None
+) -> Rendered:
     """Render the conversation once with the model's chat template and take loss on exactly each assistant
     message's content and the end-of-turn token after it. Each message is located in that one rendering by its own
     text, in order, so a template that renders earlier turns differently from the last one (Qwen3's think block)
@@ -323,10 +334,7 @@ def _chat_ids(tokenizer: Any, messages: list[dict[str, Any]], name: str, index: 
         raise TrainerFailure(
             Reason.BAD_RECORD, f"{where}: has 'tools' but the model's chat template does not render tool definitions"
         )
-    encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    ids, offsets = list(encoded["input_ids"]), [tuple(o) for o in encoded["offset_mapping"]]
-    special = set(tokenizer.all_special_ids) | {i for i, t in tokenizer.added_tokens_decoder.items() if t.special}
-    labels = [IGNORE] * len(ids)
+    spans: list[tuple[int, int]] = []
     cursor = 0
     for turn, message in enumerate(messages):
         span: tuple[int, int] | None
@@ -344,25 +352,30 @@ def _chat_ids(tokenizer: Any, messages: list[dict[str, Any]], name: str, index: 
                     "span cannot be found",
                 )
             continue
-        start, end = span
-        cursor = end
-        if message["role"] != "assistant" or message.get("weight", 1) == 0:
+        cursor = span[1]
+        if message["role"] == "assistant" and message.get("weight", 1) != 0:
+            spans.append(span)
+    return Rendered(((text, False),), spans=tuple(spans), folded=folded)
+
+
+def _span_labels(
+    text: str, ids: np.ndarray, offsets: np.ndarray, spans: Sequence[tuple[int, int]], special: np.ndarray
+) -> np.ndarray:
+    """Loss on every non-special token overlapping a span, and on the special token (end of turn) that follows the
+    span's last one, past whitespace only."""
+    plain = ~np.isin(ids, special)
+    labels = np.full(len(ids), IGNORE, dtype=np.int64)
+    for start, end in spans:
+        hit = np.flatnonzero((offsets[:, 1] > start) & (offsets[:, 0] < end) & plain)
+        if not len(hit):
             continue
-        last = -1
-        for k, (a, b) in enumerate(offsets):
-            if b > start and a < end and ids[k] not in special:
-                labels[k] = ids[k]
-                last = k
-        follower = last + 1  # the end-of-turn token, when the template puts one right after the content
-        while (
-            0 <= last < follower < len(ids)
-            and ids[follower] not in special
-            and not text[offsets[follower][0] : offsets[follower][1]].strip()
-        ):
+        labels[hit] = ids[hit]
+        follower = int(hit[-1]) + 1
+        while follower < len(ids) and plain[follower] and not text[offsets[follower, 0] : offsets[follower, 1]].strip():
             follower += 1
-        if 0 <= last < follower < len(ids) and ids[follower] in special:
+        if follower < len(ids) and not plain[follower]:
             labels[follower] = ids[follower]
-    return Sample(ids, labels, folded)
+    return labels
 
 
 MARKER = "\x00kubetune-marker\x00"
@@ -421,6 +434,8 @@ def _message(message: Any, where: str, turn: int) -> dict[str, Any]:
     an assistant message may carry tool_calls (its content then may be empty or null)."""
     if not isinstance(message, dict) or not isinstance(message.get("role"), str):
         raise TrainerFailure(Reason.BAD_RECORD, f"{where}: message {turn + 1} needs string 'role' and 'content'")
+    # columnar files (Parquet) give every message every key of any message, null where absent: null is absent
+    message = {k: v for k, v in message.items() if v is not None or k == "content"}
     content = message.get("content")
     if message.get("tool_calls") is not None:
         if message["role"] != "assistant":
@@ -436,8 +451,13 @@ def _message(message: Any, where: str, turn: int) -> dict[str, Any]:
         content = "".join(str(t) for t in parts)
     if not isinstance(content, str):
         raise TrainerFailure(Reason.BAD_RECORD, f"{where}: message {turn + 1} needs string 'role' and 'content'")
-    if "weight" in message and message["weight"] not in (0, 1):
-        raise TrainerFailure(Reason.BAD_RECORD, f"{where}: message {turn + 1}: weight must be 0 or 1")
+    if "weight" in message:  # 0 or 1, as written in JSON (0) or as Parquet's float column holds it (0.0)
+        weight = message["weight"]
+        if isinstance(weight, bool) or not isinstance(weight, int | float) or weight not in (0, 1):
+            raise TrainerFailure(
+                Reason.BAD_RECORD, f"{where}: message {turn + 1}: weight must be 0 or 1 (got {json.dumps(weight)})"
+            )
+        message = {**message, "weight": int(weight)}
     return {**message, "content": content}
 
 
@@ -451,7 +471,7 @@ SHAREGPT_ROLES = {
 }
 
 
-def _sharegpt(record: dict[str, Any], tokenizer: Any, name: str, index: int) -> Sample:
+def _sharegpt(record: dict[str, Any], tokenizer: Any, name: str, index: int) -> Rendered:
     """{conversations: [{from: human|gpt|system|tool, value}]} as chat messages."""
     turns = _field(record, "conversations", name, index, list)
     messages = []
@@ -464,7 +484,7 @@ def _sharegpt(record: dict[str, Any], tokenizer: Any, name: str, index: int) -> 
                 "string 'value'",
             )
         messages.append({"role": role, "content": item["value"]})
-    return _chat_ids(tokenizer, messages, name, index)
+    return _chat_render(tokenizer, messages, name, index)
 
 
 def _locate(text: str, content: str, cursor: int) -> tuple[int, int] | None:
@@ -483,7 +503,7 @@ ALPACA_PROMPT = (
 )
 
 
-def _alpaca(record: dict[str, Any], tokenizer: Any, name: str, index: int) -> Sample:
+def _alpaca(record: dict[str, Any], tokenizer: Any, name: str, index: int) -> Rendered:
     """instruction, optional input, output: through the chat template when the model has one, else the prompt the
     Alpaca data was written for. Loss on the output (and the end of turn) only."""
     instruction = _field(record, "instruction", name, index, str)
@@ -494,7 +514,7 @@ def _alpaca(record: dict[str, Any], tokenizer: Any, name: str, index: int) -> Sa
     if getattr(tokenizer, "chat_template", None):
         user = instruction + (f"\n\n{extra}" if extra else "")
         messages = [{"role": "user", "content": user}, {"role": "assistant", "content": output}]
-        return _chat_ids(tokenizer, messages, name, index)
+        return _chat_render(tokenizer, messages, name, index)
     prompt = ALPACA_PROMPT.format(
         paired=", paired with an input that provides further context" if extra else "",
         instruction=instruction,
@@ -503,15 +523,13 @@ def _alpaca(record: dict[str, Any], tokenizer: Any, name: str, index: int) -> Sa
     return _prompt_completion(tokenizer, prompt, output)
 
 
-def _prompt_completion(tokenizer: Any, prompt_text: str, completion_text: str) -> Sample:
-    prompt = _ids(tokenizer, prompt_text, True)
-    completion = _ids(tokenizer, completion_text, False)
-    if tokenizer.eos_token_id is not None:
-        completion.append(tokenizer.eos_token_id)
-    return Sample(prompt + completion, [IGNORE] * len(prompt) + completion)
+def _prompt_completion(tokenizer: Any, prompt_text: str, completion_text: str) -> Rendered:
+    """The prompt with the tokenizer's special tokens (BOS), the completion without, then EOS: loss on both last."""
+    eos = tokenizer.eos_token_id is not None
+    return Rendered(((prompt_text, True), (completion_text, False)), learn=(False, True), eos=eos)
 
 
-def _prompt_completion_record(record: dict[str, Any], spec: DatasetSpec, tokenizer: Any, name: str, index: int) -> Sample:
+def _prompt_completion_record(record: dict[str, Any], spec: DatasetSpec, tokenizer: Any, name: str, index: int) -> Rendered:
     if spec.promptField == "instruction" and isinstance(record.get("input"), str) and record["input"].strip():
         # mapping Alpaca's instruction to the prompt would silently train without its input
         raise TrainerFailure(
@@ -523,64 +541,122 @@ def _prompt_completion_record(record: dict[str, Any], spec: DatasetSpec, tokeniz
     return _prompt_completion(tokenizer, prompt, _field(record, spec.completionField, name, index, str))
 
 
-def _text_record(record: dict[str, Any], spec: DatasetSpec, tokenizer: Any, name: str, index: int) -> Sample:
-    ids = _ids(tokenizer, _field(record, spec.textField, name, index, str), True)
-    if tokenizer.eos_token_id is not None:
-        ids.append(tokenizer.eos_token_id)
-    return Sample(ids, list(ids))
+def _text_record(record: dict[str, Any], spec: DatasetSpec, tokenizer: Any, name: str, index: int) -> Rendered:
+    text = _field(record, spec.textField, name, index, str)
+    return Rendered(((text, True),), learn=(True,), eos=tokenizer.eos_token_id is not None)
 
 
-# Each format: a record to token ids and labels. A new format is one function and one line here.
+# Each format: a record to its rendering (text and where the loss goes). A new format is one function and one line here.
 FORMATS: dict[str, Any] = {
     "prompt-completion": _prompt_completion_record,
-    "chat": lambda r, spec, tok, name, i: _chat_ids(tok, _field(r, spec.messagesField, name, i, list), name, i, r.get("tools")),
+    "chat": lambda r, spec, tok, name, i: _chat_render(
+        tok, _field(r, spec.messagesField, name, i, list), name, i, r.get("tools")
+    ),
     "text": _text_record,
     "alpaca": lambda r, spec, tok, name, i: _alpaca(r, tok, name, i),
     "sharegpt": lambda r, spec, tok, name, i: _sharegpt(r, tok, name, i),
 }
 
 
-def tokenize_record(record: dict[str, Any], spec: DatasetSpec, tokenizer: Any, name: str, index: int) -> Sample:
+def render_record(record: dict[str, Any], spec: DatasetSpec, tokenizer: Any, name: str, index: int) -> Rendered:
     return FORMATS[spec.format](record, spec, tokenizer, name, index)  # type: ignore[no-any-return]
 
 
+def special_ids(tokenizer: Any) -> np.ndarray:
+    """Every special token's id (never a loss token inside a message's span)."""
+    special = set(tokenizer.all_special_ids) | {i for i, t in tokenizer.added_tokens_decoder.items() if t.special}
+    return np.array(sorted(special), dtype=np.int64)
+
+
+def encode(rendered: Sequence[Rendered], tokenizer: Any, special: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(ids, labels) of each rendering. Every piece of the batch goes through the fast tokenizer in one call per
+    special-token setting (Rust, on the pod's cores), never one call per record."""
+    calls: dict[bool, list[str]] = {True: [], False: []}
+    where: list[list[tuple[bool, int]]] = []
+    for r in rendered:
+        where.append([(flag, len(calls[flag])) for _, flag in r.pieces])
+        for text, flag in r.pieces:
+            calls[flag].append(text)
+    encoded = {
+        flag: tokenizer(texts, add_special_tokens=flag, return_offsets_mapping=True) if texts else None
+        for flag, texts in calls.items()
+    }
+    eos = tokenizer.eos_token_id
+    out = []
+    for r, places in zip(rendered, where, strict=True):
+        ids_parts, label_parts = [], []
+        for p, (flag, at) in enumerate(places):
+            enc = encoded[flag]
+            assert enc is not None
+            ids = np.asarray(enc["input_ids"][at], dtype=np.int64)
+            if r.spans is not None:
+                offsets = np.asarray(enc["offset_mapping"][at], dtype=np.int64).reshape(-1, 2)
+                labels = _span_labels(r.pieces[p][0], ids, offsets, r.spans, special)
+            else:
+                labels = ids.copy() if r.learn[p] else np.full(len(ids), IGNORE, dtype=np.int64)
+            ids_parts.append(ids)
+            label_parts.append(labels)
+        if r.eos:
+            ids_parts.append(np.array([eos], dtype=np.int64))
+            label_parts.append(np.array([eos], dtype=np.int64))
+        out.append((np.concatenate(ids_parts), np.concatenate(label_parts)))
+    return out
+
+
+def tokenize_record(record: dict[str, Any], spec: DatasetSpec, tokenizer: Any, name: str, index: int) -> Sample:
+    rendered = render_record(record, spec, tokenizer, name, index)
+    ((ids, labels),) = encode([rendered], tokenizer, special_ids(tokenizer))
+    return Sample(ids.tolist(), labels.tolist(), rendered.folded)
+
+
+BATCH = 1024  # records rendered, then tokenized in one call
+
+
 def tokenize(
-    records: list[dict[str, Any]],
+    records: Sequence[dict[str, Any]],
     spec: DatasetSpec,
     tokenizer: Any,
     name: str,
     positions: Sequence[int | tuple[str, int]] | None = None,
 ) -> tuple[TokenTable, Counts]:
-    """Every record as a sample (in a TokenTable), with overlength samples truncated or dropped and counted. positions: each record's
-    place in its file (0-based), or (shard, place) for a prefix of shards, so an error names the record a person
-    can find there."""
+    """Every record as a sample (in a TokenTable), with overlength samples truncated or dropped and counted.
+    positions: each record's place in its file (0-based), or (shard, place) for a prefix of shards, so an error
+    names the record a person can find there. Records are rendered one by one and tokenized BATCH at a time."""
     counts = Counts(records=len(records))
     table = TableBuilder()
-    for index, record in enumerate(records):
-        at = positions[index] if positions else index
-        shard, number = at if isinstance(at, tuple) else (name, at)
-        sample = tokenize_record(record, spec, tokenizer, shard, number)
-        counts.system_folded += sample.system_folded
-        if len(sample.input_ids) > spec.maxSeqLength:
-            policy = spec.overlength_policy
-            if policy == "drop":
-                counts.dropped += 1
+    special = special_ids(tokenizer)
+    limit = spec.maxSeqLength
+    for first in range(0, len(records), BATCH):
+        rendered = []
+        for index in range(first, min(first + BATCH, len(records))):
+            at = positions[index] if positions else index
+            shard, number = at if isinstance(at, tuple) else (name, at)
+            rendered.append(render_record(records[index], spec, tokenizer, shard, number))
+        for r, (ids, labels) in zip(rendered, encode(rendered, tokenizer, special), strict=True):
+            counts.system_folded += r.folded
+            if len(ids) > limit:
+                policy = spec.overlength_policy
+                if policy == "drop":
+                    counts.dropped += 1
+                    continue
+                if policy == "keep-end":
+                    counts.kept_end += 1
+                    ids, labels = ids[-limit:], labels[-limit:]
+                else:
+                    counts.truncated += 1
+                    ids, labels = ids[:limit], labels[:limit]
+            # the first token is never predicted; masking it also keeps packed neighbours from scoring across the
+            # boundary
+            labels = labels.copy()
+            labels[0] = IGNORE
+            learned = int(np.count_nonzero(labels != IGNORE))
+            if not learned:
+                counts.empty += 1
                 continue
-            if policy == "keep-end":
-                counts.kept_end += 1
-                sample = Sample(sample.input_ids[-spec.maxSeqLength :], sample.labels[-spec.maxSeqLength :])
-            else:
-                counts.truncated += 1
-                sample = Sample(sample.input_ids[: spec.maxSeqLength], sample.labels[: spec.maxSeqLength])
-        # the first token is never predicted; masking it also keeps packed neighbours from scoring across the boundary
-        labels = [IGNORE, *sample.labels[1:]]
-        if all(label == IGNORE for label in labels):
-            counts.empty += 1
-            continue
-        table.add(sample.input_ids, labels)
-        counts.tokens += len(sample.input_ids)
-        counts.loss_tokens += sum(1 for label in labels if label != IGNORE)
-        counts.samples += 1
+            table.add(ids, labels)
+            counts.tokens += len(ids)
+            counts.loss_tokens += learned
+            counts.samples += 1
     return table.table(), counts
 
 

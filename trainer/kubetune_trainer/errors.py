@@ -13,5 +13,8 @@ class TrainerFailure(Exception):
         self.reason = reason
         self.message = message
 
+    def __reduce__(self) -> tuple[type, tuple[Reason, str]]:  # crosses from a tokenizing process to its parent
+        return (TrainerFailure, (self.reason, self.message))
+
     def __str__(self) -> str:
         return f"{self.reason.value}: {self.message}"

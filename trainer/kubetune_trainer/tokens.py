@@ -78,26 +78,28 @@ class TokenTable(Sequence[Sample]):
 
 
 class TableBuilder:
-    """Collects samples into arrays, a chunk at a time (a chunk's lists are freed as soon as it is converted)."""
+    """Collects samples into arrays, a chunk at a time."""
 
     CHUNK = 4096
 
     def __init__(self) -> None:
         self._ids: list[np.ndarray] = []
         self._mask: list[np.ndarray] = []
-        self._lengths: list[np.ndarray] = []
-        self._pending: list[tuple[list[int], list[int]]] = []
+        self._lengths: list[int] = []
+        self._pending: list[tuple[np.ndarray, np.ndarray]] = []
 
-    def add(self, ids: list[int], labels: list[int]) -> None:
-        self._pending.append((ids, labels))
+    def add(self, ids: Sequence[int] | np.ndarray, labels: Sequence[int] | np.ndarray) -> None:
+        self._pending.append((np.asarray(ids, dtype=np.int64), np.asarray(labels, dtype=np.int64)))
+        self._lengths.append(len(self._pending[-1][0]))
         if len(self._pending) >= self.CHUNK:
             self._flush()
 
     def _flush(self) -> None:
         if not self._pending:
             return
-        ids = np.fromiter((t for s, _ in self._pending for t in s), dtype=np.int64)
-        labels = np.fromiter((t for _, s in self._pending for t in s), dtype=np.int64)
+        ids = np.concatenate([i for i, _ in self._pending])
+        labels = np.concatenate([label for _, label in self._pending])
+        self._pending = []
         if ids.size and (ids.min() < 0 or ids.max() > np.iinfo(np.int32).max):
             raise ValueError("token ids must fit in int32")
         # a label is either its token (loss) or IGNORE: the mask says which, and nothing else is kept
@@ -105,14 +107,11 @@ class TableBuilder:
             raise ValueError("a label differs from its token")
         self._ids.append(ids.astype(np.int32))
         self._mask.append(labels != IGNORE)
-        self._lengths.append(np.array([len(s) for s, _ in self._pending], dtype=np.int64))
-        self._pending = []
 
     def table(self) -> TokenTable:
         self._flush()
-        lengths = np.concatenate(self._lengths) if self._lengths else np.zeros(0, dtype=np.int64)
-        offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
-        np.cumsum(lengths, out=offsets[1:])
+        offsets = np.zeros(len(self._lengths) + 1, dtype=np.int64)
+        np.cumsum(np.asarray(self._lengths, dtype=np.int64), out=offsets[1:])
         ids = np.concatenate(self._ids) if self._ids else np.zeros(0, dtype=np.int32)
         mask = np.concatenate(self._mask) if self._mask else np.zeros(0, dtype=bool)
         return TokenTable(ids, mask, offsets)
