@@ -14,7 +14,12 @@ setup: ## create .venv and install kubetune with every extra (torch comes from p
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip setuptools wheel
 	$(PY) -m pip install -q $(TORCH)
-	# deepspeed builds against the installed torch, hence no build isolation
+	# deepspeed builds against the installed torch, hence no build isolation; its CPU shared-memory all-reduce is
+	# compiled here once (as in the trainer image), so no run JIT-compiles it at start-up. Never from pip's wheel
+	# cache (a wheel built without the op would be taken as is); skipped when the installed one has the op.
+	$(PY) -c "import deepspeed.git_version_info_installed as v; assert v.installed_ops['deepspeed_shm_comm']" 2>/dev/null \
+	  || DS_BUILD_OPS=0 DS_BUILD_SHM_COMM=1 DS_ACCELERATOR=cpu $(PY) -m pip install -q --no-cache-dir --no-build-isolation \
+	     --force-reinstall --no-deps "$$(grep -o 'deepspeed==[0-9.]*' pyproject.toml)"
 	$(PY) -m pip install -q --no-build-isolation -e '.[dev,operator,trainer]'
 
 quickstart: ## the main job on the embedded default: train examples/quickstart.yaml here, no cluster, no GPU
@@ -51,8 +56,10 @@ generate: ## regenerate the CRD, the API reference and the quickstart's tiny mod
 bench-memory: ## the memory estimate beside measured peaks, case by case (CPU; --gpu on a GPU machine)
 	$(PY) bench/memory_bench.py
 
-bench-data: ## the data-path benchmark against a real S3 server: downloads, the node cache, checkpoint stalls, fixed costs
+bench-data: ## the data-path benchmark (downloads, node cache, checkpoint stalls, fixed costs), then preparation against TRL and the floor
 	$(PY) bench/data_bench.py
+	$(PY) -c "import trl" 2>/dev/null || $(PY) -m pip install -q trl==1.16.0  # the preparation baseline (bench only)
+	$(PY) bench/prepare_bench.py
 
 bench: ## the trainer benchmark: kubetune against a plain transformers Trainer, side by side
 	$(PY) bench/trainer_bench.py

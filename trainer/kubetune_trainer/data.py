@@ -577,20 +577,25 @@ def encode(rendered: Sequence[Rendered], tokenizer: Any, special: np.ndarray) ->
         where.append([(flag, len(calls[flag])) for _, flag in r.pieces])
         for text, flag in r.pieces:
             calls[flag].append(text)
-    encoded = {
-        flag: tokenizer(texts, add_special_tokens=flag, return_offsets_mapping=True) if texts else None
-        for flag, texts in calls.items()
-    }
+    backend = getattr(tokenizer, "backend_tokenizer", None)  # the Rust tokenizer itself: no per-encoding conversion
+    encoded: dict[bool, list[Any]] = {}
+    for flag, texts in calls.items():
+        if not texts:
+            continue
+        if backend is not None:
+            encoded[flag] = [(e.ids, e.offsets) for e in backend.encode_batch(texts, add_special_tokens=flag)]
+        else:
+            out_ = tokenizer(texts, add_special_tokens=flag, return_offsets_mapping=True)
+            encoded[flag] = list(zip(out_["input_ids"], out_["offset_mapping"], strict=True))
     eos = tokenizer.eos_token_id
     out = []
     for r, places in zip(rendered, where, strict=True):
         ids_parts, label_parts = [], []
         for p, (flag, at) in enumerate(places):
-            enc = encoded[flag]
-            assert enc is not None
-            ids = np.asarray(enc["input_ids"][at], dtype=np.int64)
+            piece_ids, piece_offsets = encoded[flag][at]
+            ids = np.array(piece_ids, dtype=np.int64)
             if r.spans is not None:
-                offsets = np.asarray(enc["offset_mapping"][at], dtype=np.int64).reshape(-1, 2)
+                offsets = np.array(piece_offsets, dtype=np.int64).reshape(-1, 2)
                 labels = _span_labels(r.pieces[p][0], ids, offsets, r.spans, special)
             else:
                 labels = ids.copy() if r.learn[p] else np.full(len(ids), IGNORE, dtype=np.int64)

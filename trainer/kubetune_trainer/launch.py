@@ -198,7 +198,7 @@ def run_worker(
             fetched = entry.event(spec.model.uri)
             print(json.dumps(fetched), flush=True)  # how much came from the node's cache, how much from storage
             (work / "fetch.json").write_text(json.dumps(fetched))
-        prepared_dir = prepared.for_worker(spec, model, train, validation, work)
+        prepared_dir = prepared.for_worker(spec, model, train, validation, work, store)
     except Exception as exc:  # every failure before the ranks start still ends in one summary with a reason
         if entry is not None:
             entry.release()

@@ -88,17 +88,32 @@ def fetch_model_config(spec: FineTuneJobSpec, store: Store, work: Path) -> tuple
     return uri, shape_of(config.to_dict())
 
 
-def count_steps(spec: FineTuneJobSpec, tokenizer: Any, family: str, train: Path, validation: Path | None) -> dict[str, Any]:
+def count_steps(
+    spec: FineTuneJobSpec,
+    tokenizer: Any,
+    family: str,
+    train: Path,
+    validation: Path | None,
+    store: Store | None = None,
+    model_source: Path | str | None = None,
+) -> dict[str, Any]:
     """Every record read, tokenized and packed exactly as the worker's launcher prepares them (prepared.py: record
-    number and field on a bad one), hence the trainer's own step count."""
+    number and field on a bad one), hence the trainer's own step count. With a store, the prepared dataset is left
+    beside the job's outputs, so the training pods start from it instead of preparing it again."""
     t = spec.training
     packing = spec.dataset.packing and family in PACKING_FAMILIES
     with tempfile.TemporaryDirectory(prefix="kubetune-preflight-") as scratch:
         out = Path(scratch) / "prepared"
-        meta = prepared.prepare(spec, tokenizer, packing, train, validation, out)
+        made = prepared.made_from(spec, str(model_source or ""), train, validation)
+        meta = prepared.prepare(spec, tokenizer, packing, train, validation, out, made_from=made)
+        if spec.dataset.packing and not packing:
+            meta["packingOff"] = family
+            (out / "meta.json").write_text(json.dumps(meta, indent=1))
         ready = prepared.load(out, len(tokenizer), spec.dataset.maxSeqLength)
         lengths = ready.train.lengths()
         steps_per_epoch = prepared.steps_per_epoch(len(ready.train), spec)
+        if store is not None:
+            prepared.publish(store, out, prepared.uri_for(spec, made))
     return {
         "records": meta["records"],
         "tokens": int(lengths.sum()),
@@ -143,7 +158,10 @@ def run(spec: FineTuneJobSpec, store: Store, work: Path, gpu_name: str | None, g
     if model_ok and data_ok:
 
         def records() -> str:
-            found["counts"] = count_steps(spec, found["tokenizer"], found["shape"].family, *found["files"])
+            train, validation = found["files"]
+            found["counts"] = count_steps(
+                spec, found["tokenizer"], found["shape"].family, train, validation, store=store, model_source=found["source"]
+            )
             c = found["counts"]
             return f"{c['records']} records in the shape {spec.dataset.format} needs; {c['tokens']} tokens per epoch"
 

@@ -261,25 +261,78 @@ def steps_per_epoch(rows: int, spec: FineTuneJobSpec) -> int:
     return max(1, math.ceil(per_rank / t.gradientAccumulationSteps))
 
 
-def for_worker(spec: FineTuneJobSpec, model_source: str, train: Path, validation: Path | None, work: Path) -> Path:
-    """The worker's prepared dataset under `work`, made here once (before any rank starts, so no GPU waits on a
-    tokenizer and the ranks share it); prints one `prepared` event with what it took."""
+def made_from(spec: FineTuneJobSpec, model_source: str, train: Path, validation: Path | None) -> str:
+    from .outputs import data_digest
+
+    digests = [data_digest(train)] + ([data_digest(validation)] if validation is not None else [])
+    source = Path(model_source)
+    return digest(spec, digests, source if source.is_dir() else None)
+
+
+def uri_for(spec: FineTuneJobSpec, made: str) -> str:
+    """Where the preflight leaves a job's prepared dataset: beside its outputs, named by what it was made from."""
+    from .storage import join
+
+    return join(spec.output.uri, f"prepared/{made}/")
+
+
+def publish(store: Any, directory: Path, uri: str) -> None:
+    """Upload a prepared directory; meta.json last, so a reader never takes a half-written one for whole."""
+    from .storage import join
+
+    for path in sorted(directory.glob("*.npy")):
+        store.upload_file(path, join(uri, path.name))
+    store.upload_file(directory / "meta.json", join(uri, "meta.json"))
+
+
+def fetch(store: Any, uri: str, dest: Path, vocabulary: int, max_len: int, made: str) -> tuple[Prepared | None, str]:
+    """The prepared dataset at uri (downloaded through the verified, parallel path and checked throughout), or None
+    and why not: absent, or not what it claims (then it is prepared again here, never trained on)."""
+    from .storage import join
+
+    if not store.exists(join(uri, "meta.json")):
+        return None, "none in storage"
+    shutil.rmtree(dest, ignore_errors=True)
+    store.download_prefix(uri, dest, Reason.TRAINER_ERROR, "prepared dataset")
+    try:
+        return load(dest, vocabulary, max_len, made_from=made), "storage"
+    except PreparedInvalid as exc:
+        shutil.rmtree(dest, ignore_errors=True)
+        return None, f"refused: {exc}"
+
+
+def for_worker(
+    spec: FineTuneJobSpec, model_source: str, train: Path, validation: Path | None, work: Path, store: Any = None
+) -> Path:
+    """The worker's prepared dataset under `work`: the one the preflight left in storage when it is there and
+    checks out, else made here once (before any rank starts, so no GPU waits on a tokenizer, and the ranks share
+    it); prints one `prepared` event saying which and what it took."""
     import time
 
     from .model import PACKING_FAMILIES, load_tokenizer, model_type
 
     started = time.monotonic()
     tokenizer = load_tokenizer(model_source, spec.model)
-    family = model_type(model_source, spec.model)
-    packing = spec.dataset.packing and family in PACKING_FAMILIES
+    made = made_from(spec, model_source, train, validation)
     out = work / "prepared"
-    meta = prepare(spec, tokenizer, packing, train, validation, out)
-    if spec.dataset.packing and not packing:
-        meta["packingOff"] = family
-        (out / "meta.json").write_text(json.dumps(meta, indent=1))
+    ready, source = (
+        (None, "no storage")
+        if store is None
+        else fetch(store, uri_for(spec, made), out, len(tokenizer), spec.dataset.maxSeqLength, made)
+    )
+    if ready is not None:
+        meta = ready.meta
+    else:
+        family = model_type(model_source, spec.model)
+        packing = spec.dataset.packing and family in PACKING_FAMILIES
+        meta = prepare(spec, tokenizer, packing, train, validation, out, made_from=made)
+        if spec.dataset.packing and not packing:
+            meta["packingOff"] = family
+            (out / "meta.json").write_text(json.dumps(meta, indent=1))
     event = {
         "event": "prepared",
-        "source": "here",
+        "source": "storage" if ready is not None else "here",
+        **({"why": source} if ready is None else {}),
         "records": meta["records"],
         "tokens": meta["counts"]["train"]["tokens"] + meta["counts"]["validation"]["tokens"],
         "rows": meta["rows"],
