@@ -117,11 +117,30 @@ def test_a_good_job_passes_and_its_steps_are_the_trainers_own(
     assert report.passed, format_report(report)
     assert [c.name for c in report.checks] == ["output", "model", "dataset", "records", "memory"]
     assert report.records == 600 and report.tokens and report.memoryPerGpuBytes
-    assert not [k for k in s3.keys("s3://adapters/preflight/good/")], "the probe object was left behind"
+    left = s3.keys("s3://adapters/preflight/good/")
+    assert left and all(k.startswith("prepared/") for k in left), "the probe object was left behind"  # only the data
     done = run(manifest("preflight-good", s3, spec), s3, tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     metrics = json.loads(s3.get("s3://adapters/preflight/good/metrics.json"))
     assert report.totalSteps == metrics["train"]["steps"]  # the same records, dealt to the same two ranks
+    # the run started from what the preflight prepared: nothing tokenized again
+    (prepared_event,) = done.of("prepared")
+    assert prepared_event["source"] == "storage", prepared_event
+    # a tampered prepared dataset (an id outside the vocabulary, re-uploaded whole) is refused and made again
+    (ids_key,) = [k for k in left if k.endswith("/train.ids.npy")]
+    import io
+
+    import numpy as np
+
+    ids = np.load(io.BytesIO(s3.get("s3://adapters/preflight/good/" + ids_key)), allow_pickle=False)
+    ids[0] = 10**6
+    buffer = io.BytesIO()
+    np.save(buffer, ids, allow_pickle=False)
+    s3.put("adapters", "preflight/good/" + ids_key, buffer.getvalue())
+    again = run(manifest("preflight-good", s3, {**spec, "output": {**spec["output"], "overwrite": True}}), s3, tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    (remade,) = again.of("prepared")
+    assert remade["source"] == "here" and "outside the vocabulary" in remade["why"], remade
 
 
 @pytest.mark.trainer

@@ -189,10 +189,10 @@ def run_worker(
     result_dir = work / "results"
     shutil.rmtree(result_dir, ignore_errors=True)
     result_dir.mkdir(parents=True)
+    entry: Entry | None = None
     try:
         store = Store(spec.storage)
         prepare_output(spec, store)
-        entry = None
         model, train, validation, entry = fetch_inputs(spec, store, cache_dir())
         if entry is not None:
             fetched = entry.event(spec.model.uri)

@@ -10,6 +10,7 @@ message. On a laptop: `kubetune preflight MANIFEST`, the same function.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -112,8 +113,9 @@ def count_steps(
         ready = prepared.load(out, len(tokenizer), spec.dataset.maxSeqLength)
         lengths = ready.train.lengths()
         steps_per_epoch = prepared.steps_per_epoch(len(ready.train), spec)
-        if store is not None:
-            prepared.publish(store, out, prepared.uri_for(spec, made))
+        if store is not None:  # best effort: an output the job cannot write is the output check's to report
+            with contextlib.suppress(TrainerFailure, OSError):
+                prepared.publish(store, out, prepared.uri_for(spec, made))
     return {
         "records": meta["records"],
         "tokens": int(lengths.sum()),
