@@ -43,7 +43,7 @@ def test_the_best_adapter_is_written_not_the_last(s3: S3Server, stored: dict[str
     """A learning rate far too high: the held-out loss falls, then climbs. The adapter written is the one of the
     lowest evaluation, and reloads to exactly that loss."""
     out = "s3://adapters/outcomes/best/"
-    training = {"maxSteps": 12, "learningRate": 1.0, "evalEverySteps": 2}
+    training = {"maxSteps": 12, "learningRate": 0.1, "evalEverySteps": 2}
     outcome = run(manifest("best", s3, spec(stored, out, training)), s3, tmp_path)
     assert outcome.returncode == 0, outcome.stdout[-2000:] + outcome.stderr[-2000:]
     metrics = json.loads(s3.get(out + "metrics.json"))
@@ -73,7 +73,7 @@ def test_the_best_adapter_survives_a_gang_restart(s3: S3Server, stored: dict[str
     """The best adapter is kept beside the checkpoints: a gang that died after its step-10 checkpoint, restarted on
     a fresh node (a new work directory, so nothing local survives), still writes the best one, not the last."""
     out = "s3://adapters/outcomes/best-restart/"
-    training = {"maxSteps": 12, "learningRate": 0.3, "evalEverySteps": 2, "checkpointEverySteps": 10}
+    training = {"maxSteps": 12, "learningRate": 0.1, "evalEverySteps": 2, "checkpointEverySteps": 10}
     body = manifest("best-restart", s3, spec(stored, out, training))
     (tmp_path / "first").mkdir()
     first = run(body, s3, tmp_path / "first")
