@@ -126,6 +126,9 @@ def memory(work: Path, stage: int) -> list[list[int]]:
     return list(json.loads(line)["perRank"])
 
 
+LOSS_TOLERANCE = 0.005  # kubetune's held-out loss may exceed the baseline's by at most 0.5%
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--records", type=int, default=3000)
@@ -156,7 +159,15 @@ def main() -> None:
     name = "kubetune (1 GPU, ZeRO-2, packing)" if args.gpu else "kubetune (2 procs, ZeRO-2, packing)"
     print(f"{name:38}{ours['usefulTokensPerSecond']:>14.0f}{ours['evalLoss']:>15.4f}{ours['steps']:>7}")
     print(f"throughput ratio kubetune/baseline: {ours['usefulTokensPerSecond'] / base['usefulTokensPerSecond']:.2f}x")
-    print(f"held-out loss difference kubetune - baseline: {ours['evalLoss'] - base['evalLoss']:+.4f} (negative is better)")
+    difference = ours["evalLoss"] - base["evalLoss"]
+    print(f"held-out loss difference kubetune - baseline: {difference:+.4f} (negative is better)")
+    if difference > LOSS_TOLERANCE * base["evalLoss"]:  # speed bought with quality is no gain: fail loudly
+        print(
+            f"FAILED: kubetune's held-out loss is {difference / base['evalLoss']:.2%} above the baseline's "
+            f"(at most {LOSS_TOLERANCE:.1%} is allowed)",
+            file=sys.stderr,
+        )
+        raise SystemExit(1)
     if args.gpu:
         peak, guess = ours["peakMemoryBytes"], ours["estimatedMemoryBytes"]
         print(

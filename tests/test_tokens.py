@@ -146,3 +146,27 @@ def test_tokenizing_on_every_cpu_gives_the_same_arrays_and_the_first_bad_record(
         records[bad] = {"prompt": 1}
     with pytest.raises(TrainerFailure, match=r"t.jsonl record 301: field 'prompt' must be a str"):
         prepared.tokenize_parallel(records, spec.spec, tok, "t.jsonl", at)
+
+
+def test_preparing_in_chunks_gives_the_same_arrays(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Records are streamed and tokenized a chunk at a time (memory grows with tokens, not records): any chunk size
+    gives the same prepared dataset, across shards too."""
+    from kubetune_api import validate_object
+    from kubetune_trainer import prepared, tiny
+
+    from .conftest import job
+
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    records = tiny.records(250, seed=4)
+    for k in range(3):
+        (shards / f"part-{k}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records[k::3]))
+    spec = validate_object(job(**{"spec.dataset": {"train": "s3://data/shards/", "maxSeqLength": 64}})).job
+    assert spec is not None
+    tok = tiny.byte_tokenizer()
+    whole = prepared.prepare(spec.spec, tok, True, shards, None, tmp_path / "whole")
+    monkeypatch.setattr(prepared, "CHUNK_RECORDS", 7)
+    chunked = prepared.prepare(spec.spec, tok, True, shards, None, tmp_path / "chunked")
+    assert whole == chunked
+    for name in sorted(p.name for p in (tmp_path / "whole").glob("*.npy")):
+        assert np.array_equal(np.load(tmp_path / "whole" / name), np.load(tmp_path / "chunked" / name)), name

@@ -216,6 +216,50 @@ def read_dataset(
     return records, origins, indices
 
 
+def iter_dataset(path: Path, name: str) -> Iterator[tuple[dict[str, Any], tuple[str, int], int]]:
+    """Every record of a file, or of every shard of a directory in name order, with where it came from (the
+    shard's name and its place there) and its index in the whole dataset. JSONL is streamed line by line; a
+    .json or .parquet shard is read whole (bounded by MAX_WHOLE_FILE), one shard at a time."""
+    if not path.is_dir():
+        files = [(path, name)]
+    else:
+        shards = shards_of(path)
+        if not shards:
+            raise TrainerFailure(Reason.DATASET_MISSING, f"{name}: no .jsonl, .json or .parquet files (optionally .gz or .zst)")
+        files = [(shard, f"{name.rstrip('/')}/{shard.relative_to(path)}") for shard in shards]
+    offset = 0
+    for file, shown in files:
+        count = 0
+        for index, record in _records(file, shown):
+            count = index + 1
+            yield record, (shown, index), offset + index
+        offset += count  # records in this shard (blank JSONL lines are not records)
+
+
+def _records(path: Path, name: str) -> Iterator[tuple[int, dict[str, Any]]]:
+    fmt, stream = _open(path, name)
+    if fmt != ".jsonl":
+        stream.close()
+        yield from read_indexed(path, name)[0]
+        return
+    index = -1
+    for number, line in enumerate(_lines(stream, name), start=1):
+        if not line.strip():
+            continue
+        index += 1
+        if len(line) > MAX_LINE:
+            raise TrainerFailure(Reason.BAD_RECORD, f"{name} line {number}: longer than {MAX_LINE >> 20} MiB")
+        try:
+            record = _loads(line, f"{name} line {number}")
+        except json.JSONDecodeError as exc:
+            raise TrainerFailure(Reason.BAD_RECORD, f"{name} line {number}: invalid JSON: {exc.msg}") from exc
+        if not isinstance(record, dict):
+            raise TrainerFailure(
+                Reason.BAD_RECORD, f"{name} record {index + 1}: must be a JSON object, got {type(record).__name__}"
+            )
+        yield index, record
+
+
 # A .json or .parquet shard is read whole, and a JSONL line is one record: both bounded after decompression, so a
 # small compressed object cannot expand into all of a pod's memory. Larger data goes in more shards.
 MAX_WHOLE_FILE = 2 << 30

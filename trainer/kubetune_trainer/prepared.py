@@ -71,21 +71,20 @@ def tokenize_sets(
     for name, positions in (("training", train_pos), ("held-out", held_pos)):
         if not positions:
             raise TrainerFailure(Reason.EMPTY_DATASET, f"the {name} set has no records")
+    progress = _Progress(len(train_pos) + len(held_pos))
+    train_acc = _Chunks(spec, tokenizer, train_name, progress)
+    val_acc = _Chunks(spec, tokenizer, val_name, progress)
     if validation is not None:
-        train_records, train_at, _ = data.read_dataset(train, train_name)
-        val_records, val_at, _ = data.read_dataset(validation, val_name)
+        for record, at, _ in data.iter_dataset(train, train_name):
+            train_acc.add(record, at)
+        for record, at, _ in data.iter_dataset(validation, val_name):
+            val_acc.add(record, at)
     else:  # one dataset split: errors still give each record's place in its file
         held = np.zeros(len(train_pos) + len(held_pos), dtype=bool)
         held[held_pos] = True
-        records, origins, indices = data.read_dataset(train, train_name)
-        train_records = [r for r, i in zip(records, indices, strict=True) if not held[i]]
-        train_at = [o for o, i in zip(origins, indices, strict=True) if not held[i]]
-        val_records = [r for r, i in zip(records, indices, strict=True) if held[i]]
-        val_at = [o for o, i in zip(origins, indices, strict=True) if held[i]]
-        del records, origins
-    train_set = tokenize_parallel(train_records, spec, tokenizer, train_name, train_at)
-    del train_records
-    val_set = tokenize_parallel(val_records, spec, tokenizer, val_name, val_at)
+        for record, at, index in data.iter_dataset(train, train_name):
+            (val_acc if held[index] else train_acc).add(record, at)
+    train_set, val_set = train_acc.finish(), val_acc.finish()
     for name, (_, counts) in (("training", train_set), ("held-out", val_set)):
         if not counts.samples:
             raise TrainerFailure(
@@ -94,6 +93,79 @@ def tokenize_sets(
                 f"{counts.empty} with nothing to learn",
             )
     return train_set, val_set, len(train_pos)
+
+
+CHUNK_RECORDS = 65_536  # records held as Python objects at once while preparing: memory grows with tokens, not records
+
+
+class _Progress:
+    """A `preparing` event every EVERY seconds while preparing runs longer: records done of all, tokens, rate, ETA."""
+
+    EVERY = 5.0
+
+    def __init__(self, total: int) -> None:
+        import time
+
+        self.total, self.done, self.tokens = total, 0, 0
+        self.started = self.shown = time.monotonic()
+
+    def add(self, records: int, tokens: int) -> None:
+        import time
+
+        self.done, self.tokens = self.done + records, self.tokens + tokens
+        now = time.monotonic()
+        if now - self.shown < self.EVERY:
+            return
+        self.shown = now
+        rate = self.done / max(now - self.started, 1e-9)
+        event = {
+            "event": "preparing",
+            "records": self.done,
+            "of": self.total,
+            "tokens": self.tokens,
+            "recordsPerSecond": round(rate),
+            "etaSeconds": round(max(self.total - self.done, 0) / max(rate, 1e-9), 1),
+        }
+        print(json.dumps(event), flush=True)
+
+
+class _Chunks:
+    """Records streamed in, tokenized a chunk at a time (on every CPU), kept only as arrays."""
+
+    def __init__(self, spec: FineTuneJobSpec, tokenizer: Any, name: str, progress: _Progress | None = None) -> None:
+        self.spec, self.tokenizer, self.name, self.progress = spec, tokenizer, name, progress
+        self.records: list[dict[str, Any]] = []
+        self.at: list[tuple[str, int]] = []
+        self.tables: list[TokenTable] = []
+        self.counts = data.Counts()
+
+    def add(self, record: dict[str, Any], at: tuple[str, int]) -> None:
+        self.records.append(record)
+        self.at.append(at)
+        if len(self.records) >= CHUNK_RECORDS:
+            self._flush()
+
+    def _flush(self) -> None:
+        if not self.records:
+            return
+        table, counts = tokenize_parallel(self.records, self.spec, self.tokenizer, self.name, self.at)
+        if self.progress is not None:
+            self.progress.add(len(self.records), len(table.ids))
+        self.records, self.at = [], []
+        self.tables.append(table)
+        for key, value in counts.as_dict().items():
+            setattr(self.counts, key, getattr(self.counts, key) + value)
+
+    def finish(self) -> tuple[TokenTable, data.Counts]:
+        self._flush()
+        lengths = [t.lengths() for t in self.tables]
+        offsets = np.zeros(sum(len(x) for x in lengths) + 1, dtype=np.int64)
+        if lengths:
+            np.cumsum(np.concatenate(lengths), out=offsets[1:])
+        ids = np.concatenate([t.ids for t in self.tables]) if self.tables else np.zeros(0, dtype=np.int32)
+        mask = np.concatenate([t.mask for t in self.tables]) if self.tables else np.zeros(0, dtype=bool)
+        self.tables = []
+        return TokenTable(ids, mask, offsets), self.counts
 
 
 def cpus() -> int:
