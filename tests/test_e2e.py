@@ -201,6 +201,12 @@ def test_two_worker_job_succeeds_and_its_adapter_reloads(
         **{n: images.OPERATOR for n in ran if n.startswith(RELEASE)},
     }
     assert len([n for n in ran if n.startswith("e2e-")]) == 3  # two workers and the preflight
+    # the workers started from the dataset the preflight prepared and left in storage: nothing tokenized again
+    workers = [n for n in ran if n.startswith("e2e-") and "preflight" not in n]
+    for pod in workers:
+        lines = plane.kubectl("logs", pod, "-n", NAMESPACE).stdout.splitlines()
+        prepared = [json.loads(line) for line in lines if line.startswith('{"event": "prepared"')]
+        assert [e["source"] for e in prepared] == ["storage"], (pod, prepared)
     # the operator in its pod authenticated as the chart's ServiceAccount with its projected token, and the chart's
     # namespaced RBAC (watchNamespaces: [e2e]) refused it nothing
     user = IN_CLUSTER_OPERATOR_USER
