@@ -730,9 +730,30 @@ def steps_for(rows: int, micro: int, accumulate: int) -> int:
     return math.ceil(math.ceil(rows / micro) / accumulate)
 
 
+class EpochBatches(Sequence[list[Row]]):
+    """A rank's micro-batches of one epoch, made when asked for: a row's tokens are read (from the memory-mapped
+    prepared dataset) only for the step that trains on it, never all at the start of an epoch."""
+
+    def __init__(self, rows: Sequence[Row], mine: np.ndarray, micro: int) -> None:
+        self.rows, self.mine, self.micro = rows, mine, micro
+
+    def __len__(self) -> int:
+        return -(-len(self.mine) // self.micro)
+
+    def _batch(self, k: int) -> list[Row]:
+        return [self.rows[int(i)] for i in self.mine[k * self.micro : (k + 1) * self.micro]]
+
+    def __getitem__(self, k: Any) -> Any:
+        if isinstance(k, slice):
+            return [self._batch(i) for i in range(*k.indices(len(self)))]
+        if not -len(self) <= k < len(self):
+            raise IndexError(k)
+        return self._batch(k % len(self))
+
+
 def global_micro_batches(
     rows: Sequence[Row], *, micro: int, world: int, rank: int, multiple: int, seed: int | None
-) -> list[list[Row]]:
+) -> EpochBatches:
     """This rank's micro-batches of an epoch: every row of the dataset shuffled (seeded, the same order on every
     rank; None keeps order), wrapped to a multiple of world x micro x `multiple`, and dealt round-robin."""
     order = np.arange(len(rows))
@@ -740,8 +761,7 @@ def global_micro_batches(
         order = np.random.default_rng(seed).permutation(len(rows))
     unit = world * micro * multiple
     order = np.resize(order, len(order) + (-len(order) % unit))  # wraps around from the start
-    mine = order[rank::world]
-    return [[rows[int(i)] for i in mine[s : s + micro]] for s in range(0, len(mine), micro)]
+    return EpochBatches(rows, order[rank::world], micro)
 
 
 def micro_batches_per_epoch(rows: int, *, micro: int, world: int, multiple: int) -> int:

@@ -61,9 +61,10 @@ def split(spec: FineTuneJobSpec, train: Path, validation: Path | None) -> tuple[
 
 
 def tokenize_sets(
-    spec: FineTuneJobSpec, tokenizer: Any, train: Path, validation: Path | None
-) -> tuple[tuple[TokenTable, data.Counts], tuple[TokenTable, data.Counts], int]:
-    """Both sets read and tokenized (errors name the shard and record), and how many training records there were."""
+    spec: FineTuneJobSpec, tokenizer: Any, train: Path, validation: Path | None, staging: Path
+) -> tuple[_Part, _Part, int]:
+    """Both sets read and tokenized (errors name the shard and record) into files under `staging`, and how many
+    training records there were."""
     ds = spec.dataset
     train_name = data.shown_name(ds.train)
     val_name = data.shown_name(ds.validation) if ds.validation else train_name
@@ -72,8 +73,8 @@ def tokenize_sets(
         if not positions:
             raise TrainerFailure(Reason.EMPTY_DATASET, f"the {name} set has no records")
     progress = _Progress(len(train_pos) + len(held_pos))
-    train_acc = _Chunks(spec, tokenizer, train_name, progress)
-    val_acc = _Chunks(spec, tokenizer, val_name, progress)
+    train_acc = _Chunks(spec, tokenizer, train_name, staging / "train", progress)
+    val_acc = _Chunks(spec, tokenizer, val_name, staging / "validation", progress)
     if validation is not None:
         for record, at, _ in data.iter_dataset(train, train_name):
             train_acc.add(record, at)
@@ -85,7 +86,7 @@ def tokenize_sets(
         for record, at, index in data.iter_dataset(train, train_name):
             (val_acc if held[index] else train_acc).add(record, at)
     train_set, val_set = train_acc.finish(), val_acc.finish()
-    for name, (_, counts) in (("training", train_set), ("held-out", val_set)):
+    for name, counts in (("training", train_set.counts), ("held-out", val_set.counts)):
         if not counts.samples:
             raise TrainerFailure(
                 Reason.EMPTY_DATASET,
@@ -95,7 +96,7 @@ def tokenize_sets(
     return train_set, val_set, len(train_pos)
 
 
-CHUNK_RECORDS = 65_536  # records held as Python objects at once while preparing: memory grows with tokens, not records
+CHUNK_RECORDS = 16_384  # records held as Python objects at once while preparing: memory grows with neither
 
 
 class _Progress:
@@ -129,14 +130,28 @@ class _Progress:
         print(json.dumps(event), flush=True)
 
 
-class _Chunks:
-    """Records streamed in, tokenized a chunk at a time (on every CPU), kept only as arrays."""
+@dataclass(frozen=True)
+class _Part:
+    """One set, tokenized: its token ids and loss mask in raw files (written a chunk at a time, never all in
+    memory), each sample's length, and the counts."""
 
-    def __init__(self, spec: FineTuneJobSpec, tokenizer: Any, name: str, progress: _Progress | None = None) -> None:
+    ids: Path  # raw int32
+    mask: Path  # raw bool
+    lengths: np.ndarray  # int64, one per sample
+    counts: data.Counts
+
+
+class _Chunks:
+    """Records streamed in, tokenized a chunk at a time (on every CPU), appended to files as arrays."""
+
+    def __init__(self, spec: FineTuneJobSpec, tokenizer: Any, name: str, stem: Path, progress: _Progress | None = None) -> None:
         self.spec, self.tokenizer, self.name, self.progress = spec, tokenizer, name, progress
         self.records: list[dict[str, Any]] = []
         self.at: list[tuple[str, int]] = []
-        self.tables: list[TokenTable] = []
+        self.ids, self.mask = stem.with_suffix(".ids.raw"), stem.with_suffix(".mask.raw")
+        for path in (self.ids, self.mask):
+            path.write_bytes(b"")
+        self.lengths: list[np.ndarray] = []
         self.counts = data.Counts()
 
     def add(self, record: dict[str, Any], at: tuple[str, int]) -> None:
@@ -152,20 +167,32 @@ class _Chunks:
         if self.progress is not None:
             self.progress.add(len(self.records), len(table.ids))
         self.records, self.at = [], []
-        self.tables.append(table)
+        with self.ids.open("ab") as ids, self.mask.open("ab") as mask:
+            ids.write(np.ascontiguousarray(table.ids, dtype=np.int32).tobytes())
+            mask.write(np.ascontiguousarray(table.mask, dtype=np.bool_).tobytes())
+        self.lengths.append(table.lengths())
         for key, value in counts.as_dict().items():
             setattr(self.counts, key, getattr(self.counts, key) + value)
 
-    def finish(self) -> tuple[TokenTable, data.Counts]:
+    def finish(self) -> _Part:
         self._flush()
-        lengths = [t.lengths() for t in self.tables]
-        offsets = np.zeros(sum(len(x) for x in lengths) + 1, dtype=np.int64)
-        if lengths:
-            np.cumsum(np.concatenate(lengths), out=offsets[1:])
-        ids = np.concatenate([t.ids for t in self.tables]) if self.tables else np.zeros(0, dtype=np.int32)
-        mask = np.concatenate([t.mask for t in self.tables]) if self.tables else np.zeros(0, dtype=bool)
-        self.tables = []
-        return TokenTable(ids, mask, offsets), self.counts
+        lengths = np.concatenate(self.lengths) if self.lengths else np.zeros(0, dtype=np.int64)
+        return _Part(self.ids, self.mask, lengths, self.counts)
+
+
+def _save(path: Path, array: np.ndarray) -> None:
+    np.save(path, np.ascontiguousarray(array), allow_pickle=False)
+
+
+def _save_raw(path: Path, raw: Path, dtype: Any) -> None:
+    """A raw file as a .npy file, copied in blocks (never all in memory), then the raw file removed."""
+    count = raw.stat().st_size // np.dtype(dtype).itemsize
+    with path.open("wb") as out, raw.open("rb") as source:
+        np.lib.format.write_array_header_1_0(
+            out, {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False, "shape": (count,)}
+        )
+        shutil.copyfileobj(source, out, 64 << 20)
+    raw.unlink()
 
 
 def cpus() -> int:
@@ -195,7 +222,7 @@ def tokenize_parallel(
 ) -> tuple[TokenTable, data.Counts]:
     """data.tokenize on every CPU of the worker (forked processes, chunks in order: the same arrays as one process,
     and the first bad record in file order is the one reported)."""
-    processes = min(cpus(), len(records) // 2000)
+    processes = min(cpus(), len(records) // 1000)
     if processes < 2:
         return data.tokenize(records, spec.dataset, tokenizer, name, positions)
     import multiprocessing
@@ -245,12 +272,24 @@ def prepare(
     out: Path,
     made_from: str = "",
 ) -> dict[str, Any]:
-    """Read, tokenize, split and pack both sets into `out` (replaced atomically); returns its meta."""
-    (train_table, train_counts), (val_table, val_counts), records = tokenize_sets(spec, tokenizer, train, validation)
+    """Read, tokenize, split and pack both sets into `out` (replaced atomically); returns its meta. Memory holds a
+    chunk of records and each sample's length, never every token: the tokens go to files as they are made."""
+    staging = out.with_name(out.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    train_part, val_part, records = tokenize_sets(spec, tokenizer, train, validation, staging)
     max_len = spec.dataset.maxSeqLength
-    layouts = {}
-    for part, table in (("train", train_table), ("validation", val_table)):
-        layouts[part] = best_fit_decreasing(table.lengths(), max_len) if packing else one_per_row(len(table))
+    rows = {}
+    for part, made in (("train", train_part), ("validation", val_part)):
+        members, offsets = best_fit_decreasing(made.lengths, max_len) if packing else one_per_row(len(made.lengths))
+        sample_offsets = np.zeros(len(made.lengths) + 1, dtype=np.int64)
+        np.cumsum(made.lengths, out=sample_offsets[1:])
+        _save_raw(staging / f"{part}.ids.npy", made.ids, np.int32)
+        _save_raw(staging / f"{part}.mask.npy", made.mask, np.bool_)
+        _save(staging / f"{part}.offsets.npy", sample_offsets)
+        _save(staging / f"{part}.members.npy", members.astype(np.int64))
+        _save(staging / f"{part}.rows.npy", offsets.astype(np.int64))
+        rows[part] = len(offsets) - 1
     meta = {
         "format": FORMAT,
         "digest": made_from,
@@ -258,17 +297,9 @@ def prepare(
         "vocabulary": len(tokenizer),
         "maxSeqLength": max_len,
         "packing": packing,
-        "counts": {"train": train_counts.as_dict(), "validation": val_counts.as_dict()},
-        "rows": {part: len(layouts[part][1]) - 1 for part in PARTS},
+        "counts": {"train": train_part.counts.as_dict(), "validation": val_part.counts.as_dict()},
+        "rows": rows,
     }
-    staging = out.with_name(out.name + ".partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    for part, table in (("train", train_table), ("validation", val_table)):
-        members, offsets = layouts[part]
-        arrays = {"ids": table.ids, "mask": table.mask, "offsets": table.offsets, "members": members, "rows": offsets}
-        for key, array in arrays.items():
-            np.save(staging / f"{part}.{key}.npy", np.ascontiguousarray(array, dtype=ARRAYS[key]), allow_pickle=False)
     (staging / "meta.json").write_text(json.dumps(meta, indent=1))
     shutil.rmtree(out, ignore_errors=True)
     os.replace(staging, out)
@@ -286,12 +317,16 @@ def _array(path: Path, dtype: Any) -> np.ndarray:
     return out
 
 
-def _rows(directory: Path, part: str, vocabulary: int, max_len: int) -> Rows:
+def _rows(directory: Path, part: str, vocabulary: int, max_len: int, full: bool) -> Rows:
     a = {key: _array(directory / f"{part}.{key}.npy", dtype) for key, dtype in ARRAYS.items()}
     ids, mask, offsets, members, rows = a["ids"], a["mask"], a["offsets"], a["members"], a["rows"]
     samples = len(offsets) - 1
     if len(mask) != len(ids) or samples < 0 or offsets[0] != 0 or offsets[-1] != len(ids):
         raise PreparedInvalid(f"{part}: offsets and token arrays disagree")
+    if len(members) != samples or rows[0] != 0 or rows[-1] != samples:
+        raise PreparedInvalid(f"{part}: rows and samples disagree")
+    if not full:  # the worker's launcher checked every element of these very files before the ranks started
+        return Rows(TokenTable(ids, mask, offsets), members, rows)
     lengths = np.diff(offsets)
     if samples and (lengths.min() < 1 or lengths.max() > max_len):
         raise PreparedInvalid(f"{part}: a sample is empty or longer than {max_len} tokens")
@@ -308,8 +343,9 @@ def _rows(directory: Path, part: str, vocabulary: int, max_len: int) -> Rows:
     return out
 
 
-def load(directory: Path, vocabulary: int, max_len: int, made_from: str | None = None) -> Prepared:
-    """A prepared directory, checked throughout (PreparedInvalid otherwise); `made_from`: the digest it must carry."""
+def load(directory: Path, vocabulary: int, max_len: int, made_from: str | None = None, full: bool = True) -> Prepared:
+    """A prepared directory, checked throughout (PreparedInvalid otherwise); `made_from`: the digest it must carry.
+    full=False: dtypes, shapes and ends only (constant time), for ranks reading what their launcher checked."""
     try:
         meta = json.loads((directory / "meta.json").read_text())
     except (OSError, ValueError) as exc:
@@ -320,7 +356,7 @@ def load(directory: Path, vocabulary: int, max_len: int, made_from: str | None =
         raise PreparedInvalid("made from other data, tokenizer or dataset settings (digest differs)")
     if meta.get("vocabulary") != vocabulary or meta.get("maxSeqLength") != max_len:
         raise PreparedInvalid("made for another vocabulary or maxSeqLength")
-    parts = {part: _rows(directory, part, vocabulary, max_len) for part in PARTS}
+    parts = {part: _rows(directory, part, vocabulary, max_len, full) for part in PARTS}
     return Prepared(parts["train"], parts["validation"], meta)
 
 

@@ -215,7 +215,8 @@ def setup_data(me: Rank, tokenizer: Any) -> Data:
     and checked; every rank sees every row and takes its share each epoch (data.global_micro_batches)."""
     spec = me.spec.dataset
     try:
-        ready = prepared.load(me.paths.prepared_dir, len(tokenizer), spec.maxSeqLength)
+        # checked element by element by the launcher (made there, or downloaded and checked): shapes only here
+        ready = prepared.load(me.paths.prepared_dir, len(tokenizer), spec.maxSeqLength, full=False)
     except prepared.PreparedInvalid as exc:
         raise TrainerFailure(Reason.TRAINER_ERROR, f"the prepared dataset is not usable: {exc}") from exc
     train_rows, val_rows = ready.train, ready.validation
@@ -344,7 +345,7 @@ class Recipe:
         self.window = Window()
         self.trained_tokens = 0.0
         self.progress = Progress(built.total_steps, style=me.paths.progress) if me.is_main else None
-        self._epoch: tuple[int, list[list[data.Row]]] = (-1, [])
+        self._epoch: tuple[int, Sequence[list[data.Row]]] = (-1, [])
         self.upload: Upload | None = None
         self.synchronous_checkpoints = os.environ.get("KUBETUNE_SYNC_CHECKPOINTS") == "1"  # the benchmark's baseline
 
@@ -385,7 +386,7 @@ class Recipe:
                 ),
             )
         accumulate = self.t.gradientAccumulationSteps
-        return self._epoch[1][offset * accumulate : (offset + 1) * accumulate]
+        return list(self._epoch[1][offset * accumulate : (offset + 1) * accumulate])
 
     def step(self, step: int) -> None:
         batches = self.micro_batches(step)
