@@ -7,6 +7,7 @@ Run by trainer_bench.py: `python bench/baseline_trainer.py WORKDIR EPOCHS LR BAT
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -29,7 +30,8 @@ def main() -> None:
     train, _ = data.tokenize(data.read_records(work / "train.jsonl", "train"), spec, tokenizer, "train")
     held, _ = data.tokenize(data.read_records(work / "val.jsonl", "val"), spec, tokenizer, "val")
     model = AutoModelForCausalLM.from_pretrained(work / "model", dtype=torch.bfloat16 if gpu else torch.float32)
-    torch.manual_seed(42)  # the same LoRA initialisation as kubetune's (training.seed)
+    seed = int(os.environ.get("BENCH_SEED", "42"))  # the same as kubetune's training.seed in the same comparison
+    torch.manual_seed(seed)
     model = get_peft_model(
         model, LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM")
     )
@@ -48,7 +50,7 @@ def main() -> None:
         disable_tqdm=True,
         use_cpu=not gpu,
         bf16=gpu,
-        seed=42,
+        seed=seed,
         dataloader_num_workers=0,
     )
     collator = DataCollatorForSeq2Seq(tokenizer, padding="longest", label_pad_token_id=data.IGNORE)
