@@ -377,7 +377,9 @@ class Recipe:
             self._epoch = (
                 epoch,
                 data.global_micro_batches(
-                    self.data.train_rows,
+                    data.shuffled_within_lengths(self.data.train_rows, t.seed + epoch)
+                    if self.me.spec.dataset.shuffle
+                    else self.data.train_rows,
                     micro=t.microBatchSize,
                     world=self.me.world,
                     rank=self.me.rank,
