@@ -170,21 +170,3 @@ def test_preparing_in_chunks_gives_the_same_arrays(tmp_path: Path, monkeypatch: 
     assert whole == chunked
     for name in sorted(p.name for p in (tmp_path / "whole").glob("*.npy")):
         assert np.array_equal(np.load(tmp_path / "whole" / name), np.load(tmp_path / "chunked" / name)), name
-
-
-def test_each_epoch_exchanges_samples_of_equal_length_between_rows() -> None:
-    """Rows keep their lengths (the packing's fill and the step count), the samples sharing a row change."""
-    from kubetune_trainer import tiny
-
-    samples, _ = data.tokenize(
-        tiny.records(400, seed=6),
-        __import__("kubetune_api.dataset", fromlist=["DatasetSpec"]).DatasetSpec(train="./t.jsonl", maxSeqLength=64),
-        tiny.byte_tokenizer(),
-        "t",
-    )
-    rows = data.pack(samples, 64)
-    one, other = data.shuffled_within_lengths(rows, 1), data.shuffled_within_lengths(rows, 2)
-    assert np.array_equal(one.lengths(), rows.lengths()) and np.array_equal(other.lengths(), rows.lengths())
-    assert sorted(one.members.tolist()) == list(range(len(samples)))  # every sample once
-    assert not np.array_equal(one.members, other.members)
-    assert np.array_equal(data.shuffled_within_lengths(rows, 1).members, one.members)  # seeded

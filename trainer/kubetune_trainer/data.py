@@ -751,20 +751,6 @@ class EpochBatches(Sequence[list[Row]]):
         return self._batch(k % len(self))
 
 
-def shuffled_within_lengths(rows: Sequence[Row], seed: int) -> Sequence[Row]:
-    """The same packing with samples of equal length exchanged at random (seeded): every row keeps its length
-    and fill, while which samples share a row changes from epoch to epoch, as batches of unpacked samples do."""
-    if not isinstance(rows, Rows) or not len(rows.members):
-        return rows
-    lengths = rows.table.lengths()[rows.members]
-    rng = np.random.default_rng(seed)
-    by_length = np.lexsort((rng.random(len(lengths)), lengths))  # positions grouped by length, in random order
-    in_order = np.argsort(lengths, kind="stable")  # the same groups, in place order
-    members = np.empty_like(rows.members)
-    members[in_order] = rows.members[by_length]
-    return Rows(rows.table, members, rows.offsets)
-
-
 def global_micro_batches(
     rows: Sequence[Row], *, micro: int, world: int, rank: int, multiple: int, seed: int | None
 ) -> EpochBatches:

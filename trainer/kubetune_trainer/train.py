@@ -377,9 +377,7 @@ class Recipe:
             self._epoch = (
                 epoch,
                 data.global_micro_batches(
-                    data.shuffled_within_lengths(self.data.train_rows, t.seed + epoch)
-                    if self.me.spec.dataset.shuffle
-                    else self.data.train_rows,
+                    self.data.train_rows,
                     micro=t.microBatchSize,
                     world=self.me.world,
                     rank=self.me.rank,
