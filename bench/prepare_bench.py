@@ -120,7 +120,7 @@ def side(name: str, data: Path, tok_dir: Path, work: Path, records: int) -> dict
         result = validate_object(body)
         assert result.job is not None, result.problems
         if name == "kubetune":
-            meta = prepared.prepare(result.job.spec, tokenizer, True, data, None, work / "prepared")
+            meta = prepared.prepare(result.job.spec, tokenizer, "llama", data, None, work / "prepared")
             tokens = meta["counts"]["train"]["tokens"] + meta["counts"]["validation"]["tokens"]
         else:  # the previous revision's path: records -> per-record tokenize -> first-fit packing
             from kubetune_trainer import data as old

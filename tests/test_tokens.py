@@ -77,7 +77,7 @@ def _prepared(tmp_path: Path) -> tuple[Path, int, int]:
     assert spec is not None
     tok = tiny.byte_tokenizer()
     out = tmp_path / "prepared"
-    meta = prepared.prepare(spec.spec, tok, True, train, None, out, made_from="digest-1")
+    meta = prepared.prepare(spec.spec, tok, "llama", train, None, out, made_from="digest-1")
     assert meta["counts"]["train"]["samples"] + meta["counts"]["validation"]["samples"] == 300
     return out, len(tok), 64
 
@@ -164,9 +164,9 @@ def test_preparing_in_chunks_gives_the_same_arrays(tmp_path: Path, monkeypatch: 
     spec = validate_object(job(**{"spec.dataset": {"train": "s3://data/shards/", "maxSeqLength": 64}})).job
     assert spec is not None
     tok = tiny.byte_tokenizer()
-    whole = prepared.prepare(spec.spec, tok, True, shards, None, tmp_path / "whole")
+    whole = prepared.prepare(spec.spec, tok, "llama", shards, None, tmp_path / "whole")
     monkeypatch.setattr(prepared, "CHUNK_RECORDS", 7)
-    chunked = prepared.prepare(spec.spec, tok, True, shards, None, tmp_path / "chunked")
+    chunked = prepared.prepare(spec.spec, tok, "llama", shards, None, tmp_path / "chunked")
     assert whole == chunked
     for name in sorted(p.name for p in (tmp_path / "whole").glob("*.npy")):
         assert np.array_equal(np.load(tmp_path / "whole" / name), np.load(tmp_path / "chunked" / name)), name

@@ -39,7 +39,7 @@ from kubetune_api.preflight import (
 from . import prepared
 from .errors import TrainerFailure
 from .launch import data_bytes, fetch_data
-from .model import PACKING_FAMILIES, load_tokenizer
+from .model import load_tokenizer
 from .spec_io import load_spec
 from .storage import Store, join
 
@@ -102,14 +102,10 @@ def count_steps(
     number and field on a bad one), hence the trainer's own step count. With a store, the prepared dataset is left
     beside the job's outputs, so the training pods start from it instead of preparing it again."""
     t = spec.training
-    packing = spec.dataset.packing and family in PACKING_FAMILIES
     with tempfile.TemporaryDirectory(prefix="kubetune-preflight-") as scratch:
         out = Path(scratch) / "prepared"
         made = prepared.made_from(spec, str(model_source or ""), train, validation)
-        meta = prepared.prepare(spec, tokenizer, packing, train, validation, out, made_from=made)
-        if spec.dataset.packing and not packing:
-            meta["packingOff"] = family
-            (out / "meta.json").write_text(json.dumps(meta, indent=1))
+        meta = prepared.prepare(spec, tokenizer, family, train, validation, out, made_from=made)
         ready = prepared.load(out, len(tokenizer), spec.dataset.maxSeqLength)
         lengths = ready.train.lengths()
         steps_per_epoch = prepared.steps_per_epoch(len(ready.train), spec)
@@ -123,7 +119,7 @@ def count_steps(
         "stepsPerEpoch": steps_per_epoch,
         "totalSteps": t.maxSteps or t.epochs * steps_per_epoch,
         "longest": int(lengths.max()),
-        "packing": packing,
+        "packing": meta["packing"],
     }
 
 

@@ -33,7 +33,7 @@ from kubetune_api.job import FineTuneJobSpec
 from . import data
 from .errors import TrainerFailure
 from .packing import best_fit_decreasing, one_per_row
-from .tokens import Rows, TokenTable
+from .tokens import Rows, TokenTable, offsets_of
 
 FORMAT = 1
 PARTS = ("train", "validation")
@@ -243,8 +243,7 @@ def tokenize_parallel(
                     setattr(counts, key, getattr(counts, key) + value)
     finally:
         _WORK = ()
-    offsets = np.zeros(sum(len(x) for x in lengths) + 1, dtype=np.int64)
-    np.cumsum(np.concatenate(lengths), out=offsets[1:])
+    offsets = offsets_of(np.concatenate(lengths))
     return TokenTable(np.concatenate(ids), np.concatenate(masks), offsets), counts
 
 
@@ -266,14 +265,18 @@ def digest(spec: FineTuneJobSpec, data_digests: list[str], tokenizer_dir: Path |
 def prepare(
     spec: FineTuneJobSpec,
     tokenizer: Any,
-    packing: bool,
+    family: str,
     train: Path,
     validation: Path | None,
     out: Path,
     made_from: str = "",
 ) -> dict[str, Any]:
     """Read, tokenize, split and pack both sets into `out` (replaced atomically); returns its meta. Memory holds a
-    chunk of records and each sample's length, never every token: the tokens go to files as they are made."""
+    chunk of records and each sample's length, never every token: the tokens go to files as they are made.
+    `family` is the model's type: packing is on when the spec asks for it and the family keeps packed samples apart."""
+    from .model import PACKING_FAMILIES
+
+    packing = spec.dataset.packing and family in PACKING_FAMILIES
     staging = out.with_name(out.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
@@ -282,8 +285,7 @@ def prepare(
     rows = {}
     for part, made in (("train", train_part), ("validation", val_part)):
         members, offsets = best_fit_decreasing(made.lengths, max_len) if packing else one_per_row(len(made.lengths))
-        sample_offsets = np.zeros(len(made.lengths) + 1, dtype=np.int64)
-        np.cumsum(made.lengths, out=sample_offsets[1:])
+        sample_offsets = offsets_of(made.lengths)
         _save_raw(staging / f"{part}.ids.npy", made.ids, np.int32)
         _save_raw(staging / f"{part}.mask.npy", made.mask, np.bool_)
         _save(staging / f"{part}.offsets.npy", sample_offsets)
@@ -299,6 +301,7 @@ def prepare(
         "packing": packing,
         "counts": {"train": train_part.counts.as_dict(), "validation": val_part.counts.as_dict()},
         "rows": rows,
+        **({"packingOff": family} if spec.dataset.packing and not packing else {}),
     }
     (staging / "meta.json").write_text(json.dumps(meta, indent=1))
     shutil.rmtree(out, ignore_errors=True)
@@ -417,7 +420,7 @@ def for_worker(
     it); prints one `prepared` event saying which and what it took."""
     import time
 
-    from .model import PACKING_FAMILIES, load_tokenizer, model_type
+    from .model import load_tokenizer, model_type
 
     started = time.monotonic()
     tokenizer = load_tokenizer(model_source, spec.model)
@@ -431,12 +434,7 @@ def for_worker(
     if ready is not None:
         meta = ready.meta
     else:
-        family = model_type(model_source, spec.model)
-        packing = spec.dataset.packing and family in PACKING_FAMILIES
-        meta = prepare(spec, tokenizer, packing, train, validation, out, made_from=made)
-        if spec.dataset.packing and not packing:
-            meta["packingOff"] = family
-            (out / "meta.json").write_text(json.dumps(meta, indent=1))
+        meta = prepare(spec, tokenizer, model_type(model_source, spec.model), train, validation, out, made_from=made)
     event = {
         "event": "prepared",
         "source": "storage" if ready is not None else "here",

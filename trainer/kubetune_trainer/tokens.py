@@ -77,6 +77,13 @@ class TokenTable(Sequence[Sample]):
         return builder.table()
 
 
+def offsets_of(lengths: np.ndarray) -> np.ndarray:
+    """Boundaries (int64, one more than lengths, from 0) of items laid end to end."""
+    offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    return offsets
+
+
 class TableBuilder:
     """Collects samples into arrays, a chunk at a time."""
 
@@ -110,8 +117,7 @@ class TableBuilder:
 
     def table(self) -> TokenTable:
         self._flush()
-        offsets = np.zeros(len(self._lengths) + 1, dtype=np.int64)
-        np.cumsum(np.asarray(self._lengths, dtype=np.int64), out=offsets[1:])
+        offsets = offsets_of(np.asarray(self._lengths, dtype=np.int64))
         ids = np.concatenate(self._ids) if self._ids else np.zeros(0, dtype=np.int32)
         mask = np.concatenate(self._mask) if self._mask else np.zeros(0, dtype=bool)
         return TokenTable(ids, mask, offsets)
