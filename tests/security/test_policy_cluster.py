@@ -166,10 +166,14 @@ def test_a_queue_can_be_required_by_the_api_server(plane, crd, tmp_path: Path) -
     manifest.write_text(dump(body))
     offline = kubetune("validate", "--policy", str(policy_file), str(manifest))
     (line,) = [x for x in offline.stdout.splitlines() if "requires a Kueue queue" in x]
-    refused = wait_for(
+    # A dry-run create (admission runs, nothing is stored): an apply that lands before the binding is live would
+    # store the job, and every later apply would be an UPDATE, which the rule (CREATE only) rightly lets through
+    wait_for(
         "the binding to take effect",
-        lambda: (r := plane.kubectl("apply", "-f", str(manifest), check=False)).returncode != 0 and r,
+        lambda: plane.kubectl("create", "--dry-run=server", "-f", str(manifest), check=False).returncode != 0,
     )
+    refused = plane.kubectl("create", "-f", str(manifest), check=False)
+    assert refused.returncode != 0, refused.stdout
     denial = refused.stderr.split("denied request: ", 1)[-1].strip()
     assert denial == re.sub(r"^.*?\(\w[-\w]*\): ", "", line), (denial, line)
     body["metadata"]["labels"] = {"kueue.x-k8s.io/queue-name": "team-queue"}
