@@ -170,3 +170,28 @@ def test_preparing_in_chunks_gives_the_same_arrays(tmp_path: Path, monkeypatch: 
     assert whole == chunked
     for name in sorted(p.name for p in (tmp_path / "whole").glob("*.npy")):
         assert np.array_equal(np.load(tmp_path / "whole" / name), np.load(tmp_path / "chunked" / name)), name
+
+
+def test_preparing_prints_progress_lines_the_operator_reads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """While preparing runs, `preparing` lines (records of all, tokens, rate, ETA): the operator shows the newest in
+    the job's status while the preflight runs (status.preparing)."""
+    from kubetune_api import validate_object
+    from kubetune_api.contract import PreparingLine, last_line
+    from kubetune_trainer import prepared, tiny
+
+    from .conftest import job
+
+    tiny.write_jsonl(tmp_path / "t.jsonl", tiny.records(300, seed=5))
+    spec = validate_object(job(**{"spec.dataset": {"train": "s3://data/t.jsonl", "maxSeqLength": 64}})).job
+    assert spec is not None
+    monkeypatch.setattr(prepared, "CHUNK_RECORDS", 50)
+    monkeypatch.setattr(prepared._Progress, "EVERY", 0.0)
+    meta = prepared.prepare(spec.spec, tiny.byte_tokenizer(), "llama", tmp_path / "t.jsonl", None, tmp_path / "out")
+    lines = [PreparingLine.model_validate_json(x) for x in capsys.readouterr().out.splitlines() if '"preparing"' in x]
+    assert len(lines) >= 5 and all(x.of == 300 for x in lines)
+    assert [x.records for x in lines] == sorted(x.records for x in lines) and lines[-1].records == 300
+    assert lines[-1].tokens == sum(meta["counts"][part]["tokens"] for part in ("train", "validation"))
+    newest = last_line("noise\n" + "\n".join(x.model_dump_json() for x in lines) + "\n{broken", PreparingLine)
+    assert newest == lines[-1] and "300 of 300 records (100%)" in newest.summary()

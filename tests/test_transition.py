@@ -11,7 +11,9 @@ from typing import Any
 
 import pytest
 
+from kubetune_api.contract import PreparingLine
 from kubetune_api.status import FineTuneJobStatus
+from kubetune_operator.status import preparing_status
 from kubetune_operator.transition import (
     CountRestart,
     CreateJob,
@@ -121,6 +123,27 @@ def test_a_new_job_gets_a_preflight_and_no_training_job() -> None:
 def test_a_preflight_running_holds_the_job() -> None:
     status, actions = run(plan(), preflight=job(uid="pf"), preflight_pods=[pod(0)])
     assert actions == [] and status["phase"] == "Preflight"
+
+
+def test_preparing_the_dataset_shows_in_the_status_while_the_preflight_runs() -> None:
+    line = PreparingLine(event="preparing", records=40_000, of=100_000, tokens=24_000_000, recordsPerSecond=2000, etaSeconds=30)
+    status, _ = run(plan(), preflight=job(uid="pf"), preflight_pods=[pod(0)], preparing=preparing_status(line))
+    assert status["preparing"] == {
+        "records": 40_000,
+        "totalRecords": 100_000,
+        "tokens": 24_000_000,
+        "recordsPerSecond": 2000.0,
+        "etaSeconds": 30.0,
+        "summary": "preparing the dataset: 40,000 of 100,000 records (40%), 24,000,000 tokens, 2,000 records/s, about 30 s left",
+    }
+    assert cond(status, "Preflight")["message"] == status["preparing"]["summary"]
+    # no newer line read this sync (reads are at most one per interval): the last one stands
+    again, _ = run(plan(), status, preflight=job(uid="pf"), preflight_pods=[pod(0)])
+    assert again["preparing"] == status["preparing"] and cond(again, "Preflight")["message"] == status["preparing"]["summary"]
+    # once the preflight has passed the report has the totals; preparing is gone
+    done = job(uid="pf", condition="Complete")
+    passed, _ = run(plan(), status, preflight=done, preflight_pods=[pod(0, "Succeeded", message=report(True))])
+    assert "preparing" not in passed and passed["preflight"]["totalSteps"] == 40
 
 
 def test_a_preflight_for_an_older_spec_is_replaced() -> None:

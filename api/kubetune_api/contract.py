@@ -8,7 +8,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, TypeVar
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
@@ -30,6 +30,7 @@ ENV_RESTART_COUNT = "KUBETUNE_RESTART_COUNT"  # gang restarts so far, for log li
 
 DEFAULT_MASTER_PORT = 29500
 PROGRESS_EVENT = "progress"  # value of "event" in rank 0's structured progress lines
+PREPARING_EVENT = "preparing"  # value of "event" in the lines preparing a dataset prints (preflight and launcher)
 SUMMARY_EVENT = "summary"  # value of "event" in the final summary line and termination message
 
 
@@ -127,6 +128,9 @@ class _Message(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
 
 
+M = TypeVar("M", bound=_Message)
+
+
 class ProgressLine(_Message):
     """One of rank 0's `{"event": "progress", ...}` log lines."""
 
@@ -139,6 +143,25 @@ class ProgressLine(_Message):
     tokensPerSecond: NonNegative | None = None
     etaSeconds: NonNegative | None = None
     eta: ShortText | None = None
+
+
+class PreparingLine(_Message):
+    """A `{"event": "preparing", ...}` line: how far preparing the dataset has got (the preflight's, or a
+    launcher's that prepares it itself)."""
+
+    event: Literal["preparing"]
+    records: Count
+    of: Count
+    tokens: Count
+    recordsPerSecond: NonNegative
+    etaSeconds: NonNegative
+
+    def summary(self) -> str:
+        percent = int(100 * min(self.records, self.of) / self.of) if self.of else 0
+        return (
+            f"preparing the dataset: {self.records:,} of {self.of:,} records ({percent}%), {self.tokens:,} tokens, "
+            f"{self.recordsPerSecond:,.0f} records/s, about {self.etaSeconds:.0f} s left"
+        )
 
 
 class SummaryMetrics(_Message):
@@ -191,15 +214,29 @@ class RankFailure(_Message):
     _reason = field_validator("reason")(classmethod(lambda cls, value: _known_reason(value)))
 
 
-def parse_progress(line: str) -> ProgressLine | None:
-    """A progress line, or None for any line that is not a valid one."""
+def parse_line(line: str, model: type[M]) -> M | None:
+    """One structured log line as `model`, or None for any line that is not a valid one."""
     line = line.strip()
     if not line.startswith("{") or len(line) > 4096:
         return None
     try:
-        return ProgressLine.model_validate_json(line)
+        return model.model_validate_json(line)
     except ValueError:
         return None
+
+
+def parse_progress(line: str) -> ProgressLine | None:
+    """A progress line, or None for any line that is not a valid one."""
+    return parse_line(line, ProgressLine)
+
+
+def last_line(log: str, model: type[M]) -> M | None:
+    """The newest valid line of `model` in a log."""
+    for line in reversed(log.splitlines()):
+        found = parse_line(line, model)
+        if found is not None:
+            return found
+    return None
 
 
 def parse_summary(text: str) -> Summary | None:

@@ -38,6 +38,18 @@ class Progress(_Status):
     summary: str = Field("", description="step/totalSteps (percent), as shown by kubectl get.")
 
 
+class Preparing(_Status):
+    """Preparing the dataset (the preflight's tokenizing and packing), from its structured log lines; gone once
+    the preflight has passed (its report has the totals)."""
+
+    records: int = Field(0, description="Records prepared so far.")
+    totalRecords: int = Field(0, description="Records to prepare.")
+    tokens: int = Field(0, description="Tokens made so far.")
+    recordsPerSecond: float = Field(0.0, description="Records prepared per second.")
+    etaSeconds: float = Field(0.0, description="Estimated seconds left.")
+    summary: str = Field("", description="The same in words, as the Preflight condition's message shows it.")
+
+
 class Metrics(_Status):
     """Held-out metrics of the base model and of the trained adapter."""
 
@@ -82,6 +94,7 @@ class FineTuneJobStatus(_Status):
     progress: Progress | None = Field(None, description=Progress.__doc__)
     metrics: Metrics | None = Field(None, description=Metrics.__doc__)
     workers: Workers | None = Field(None, description=Workers.__doc__)
+    preparing: Preparing | None = Field(None, description=Preparing.__doc__)
     preflight: Report | None = Field(None, description=Report.__doc__)
     usage: Usage | None = Field(None, description=Usage.__doc__)
     adapterUri: str | None = Field(None, description="Where the finished adapter is (output.uri + adapter/).")

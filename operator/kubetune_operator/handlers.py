@@ -20,6 +20,7 @@ from kubernetes import client, config
 
 from kubetune_api import validate_object
 from kubetune_api.conditions import ConditionType, Phase, Reason
+from kubetune_api.contract import PreparingLine, last_line
 from kubetune_api.job import pods_digest
 from kubetune_api.names import GROUP, JOB_NAME_LABEL, PLURAL, QUEUE_LABEL, VERSION
 from kubetune_api.policy import Policy, load_policy
@@ -29,7 +30,16 @@ from kubetune_api.status import FineTuneJobStatus
 from . import builders, metrics, webhook_auth
 from .plan import Plan, make_plan
 from .settings import Settings
-from .status import GENERATION_ANNOTATION, last_progress, now, observe, progress_status, rank0_pods, set_condition
+from .status import (
+    GENERATION_ANNOTATION,
+    last_progress,
+    now,
+    observe,
+    preparing_status,
+    progress_status,
+    rank0_pods,
+    set_condition,
+)
 from .transition import (
     Action,
     CountRestart,
@@ -320,16 +330,28 @@ def _write_status(body: dict[str, Any], new: dict[str, Any], queue: str | None =
 
 def _progress(plan: Plan, pods: list[dict[str, Any]], force: bool) -> dict[str, Any] | None:
     """Rank 0's newest progress line, read through pods/log at most once per sync interval per job."""
-    key = f"{plan.namespace}/{plan.name}"
-    if not force and time.monotonic() - _last_log_read.get(key, 0.0) < SETTINGS.sync_seconds * 0.9:
-        return None
     rank0 = next(iter(rank0_pods(pods)), None)
-    if rank0 is None:
-        return None
+    line = last_progress(_log_tail(plan, rank0, "workers", force))
+    return progress_status(line) if line else None
+
+
+def _preparing(plan: Plan, pods: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The preflight pod's newest `preparing` line (tokenizing and packing the dataset), read the same way."""
+    running = next((p for p in pods if (p.get("status") or {}).get("phase") == "Running"), None)
+    line = last_line(_log_tail(plan, running, "preflight", force=False), PreparingLine)
+    return preparing_status(line) if line else None
+
+
+def _log_tail(plan: Plan, pod: dict[str, Any] | None, which: str, force: bool) -> str:
+    """The end of a pod's trainer log, at most once per sync interval per job and pod role, bounded in lines, bytes
+    and time: best effort, a slow or failing read never holds up the status ("" then)."""
+    key = f"{plan.namespace}/{plan.name}/{which}"
+    if pod is None or (not force and time.monotonic() - _last_log_read.get(key, 0.0) < SETTINGS.sync_seconds * 0.9):
+        return ""
     _last_log_read[key] = time.monotonic()
-    try:  # best effort and bounded: a slow or failing log read never holds up the status
+    try:
         log = API.core.read_namespaced_pod_log(
-            rank0["metadata"]["name"],
+            pod["metadata"]["name"],
             plan.namespace,
             container="trainer",
             tail_lines=100,
@@ -339,9 +361,8 @@ def _progress(plan: Plan, pods: list[dict[str, Any]], force: bool) -> dict[str, 
             _request_timeout=LOG_TIMEOUT,
         )
     except Exception:
-        return None
-    line = last_progress(log if isinstance(log, str) else "")
-    return progress_status(line) if line else None
+        return ""
+    return log if isinstance(log, str) else ""
 
 
 def invalid_status(status: dict[str, Any], message: str, generation: int | None) -> dict[str, Any]:
@@ -426,7 +447,8 @@ def _sync(namespace: str, name: str, body: dict[str, Any] | None) -> None:
         preflight_pods = _pods_of(plan, preflight)
     pods = _pods_of(plan, job)
     progress = _progress(plan, pods, force=False) if observe(job, pods, plan.workers).state == "running" else None
-    seen = Observed(generation, datetime.datetime.now(datetime.UTC), job, pods, preflight, preflight_pods, progress)
+    preparing = _preparing(plan, preflight_pods) if preflight_pods else None
+    seen = Observed(generation, datetime.datetime.now(datetime.UTC), job, pods, preflight, preflight_pods, progress, preparing)
     new, actions = transition(plan, seen, previous)
     _carry_out(plan, body, job, new.model_dump(mode="json", exclude_none=True), actions)
 

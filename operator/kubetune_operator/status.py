@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from kubetune_api.conditions import TRAINER_FAILURE_REASONS, ConditionType, Reason
-from kubetune_api.contract import TERMINATION_LIMIT, ProgressLine, Summary, parse_progress, parse_summary
+from kubetune_api.contract import TERMINATION_LIMIT, PreparingLine, ProgressLine, Summary, last_line, parse_summary
 from kubetune_api.preflight_report import Report, parse_report
 
 # Failures that another attempt cannot fix: the job fails at once instead of restarting the gang.
@@ -69,11 +69,19 @@ def rank0_pods(pods: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def last_progress(log: str) -> ProgressLine | None:
     """The newest valid progress line of rank 0's log."""
-    for line in reversed(log.splitlines()):
-        found = parse_progress(line)
-        if found is not None:
-            return found
-    return None
+    return last_line(log, ProgressLine)
+
+
+def preparing_status(line: PreparingLine) -> dict[str, Any]:
+    """status.preparing from the preflight's newest `preparing` line."""
+    return {
+        "records": line.records,
+        "totalRecords": line.of,
+        "tokens": line.tokens,
+        "recordsPerSecond": line.recordsPerSecond,
+        "etaSeconds": line.etaSeconds,
+        "summary": line.summary(),
+    }
 
 
 def progress_status(line: ProgressLine) -> dict[str, Any]:

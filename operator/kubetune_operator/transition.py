@@ -88,6 +88,7 @@ class Observed:
     preflight: dict[str, Any] | None = None
     preflight_pods: list[dict[str, Any]] = field(default_factory=list)
     progress: dict[str, Any] | None = None  # rank 0's newest progress line, when it was read this time
+    preparing: dict[str, Any] | None = None  # the preflight's newest `preparing` line, when it was read this time
 
 
 def stamp(at: datetime.datetime) -> str:
@@ -115,11 +116,18 @@ class Status:
         self.new["observedGeneration"] = self.generation
         self.set(ConditionType.VALIDATED, True, Reason.SPEC_VALID, "the spec is valid")
 
-    def preflight_running(self, reason: str, message: str) -> None:
+    def preflight_running(self, reason: str, message: str, preparing: dict[str, Any] | None = None) -> None:
+        """Preparing the dataset shows in status.preparing and, in words, in the condition's message (the last line
+        read stands until a newer one is: logs are read at most once per sync interval)."""
         self.new["phase"] = Phase.PREFLIGHT.value
+        if preparing:
+            self.new["preparing"] = preparing
+        if reason == Reason.PREFLIGHT_RUNNING and "preparing" in self.new:
+            message = self.new["preparing"]["summary"]
         self.set(ConditionType.PREFLIGHT, False, reason, message)
 
     def preflight_passed(self, message: str) -> None:
+        self.new.pop("preparing", None)  # the report has the totals
         self.set(ConditionType.PREFLIGHT, True, Reason.PREFLIGHT_PASSED, message)
 
     def queued(self, queue: str) -> None:
@@ -176,6 +184,7 @@ def _preflight(plan: Plan, seen: Observed, status: Status) -> tuple[bool, list[A
         actions.append(DeletePreflight(found["metadata"]["uid"]))  # the spec changed since: checked again
         found = None
     if found is None:
+        status.new.pop("preparing", None)  # of an earlier preflight, if any
         status.preflight_running(
             Reason.PREFLIGHT_RUNNING,
             "checking storage, records, memory per GPU and GPU-hours on a CPU before any GPU is requested",
@@ -183,8 +192,9 @@ def _preflight(plan: Plan, seen: Observed, status: Status) -> tuple[bool, list[A
         return True, [*actions, CreatePreflight()]
     outcome = preflight_outcome(found, seen.preflight_pods)
     if outcome.state == "running":
-        status.preflight_running(outcome.reason, outcome.message)
+        status.preflight_running(outcome.reason, outcome.message, seen.preparing)
         return True, []
+    status.new.pop("preparing", None)
     if outcome.report is not None:
         status.new["preflight"] = report_status(outcome.report)
     if outcome.state == "passed":

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from kubetune_api.conditions import Reason
+from kubetune_api.contract import PreparingLine
 from kubetune_api.job import FineTuneJobSpec
 
 from . import data
@@ -119,15 +120,15 @@ class _Progress:
             return
         self.shown = now
         rate = self.done / max(now - self.started, 1e-9)
-        event = {
-            "event": "preparing",
-            "records": self.done,
-            "of": self.total,
-            "tokens": self.tokens,
-            "recordsPerSecond": round(rate),
-            "etaSeconds": round(max(self.total - self.done, 0) / max(rate, 1e-9), 1),
-        }
-        print(json.dumps(event), flush=True)
+        line = PreparingLine(
+            event="preparing",
+            records=self.done,
+            of=self.total,
+            tokens=self.tokens,
+            recordsPerSecond=round(rate),
+            etaSeconds=round(max(self.total - self.done, 0) / max(rate, 1e-9), 1),
+        )
+        print(line.model_dump_json(), flush=True)
 
 
 @dataclass(frozen=True)
