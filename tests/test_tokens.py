@@ -54,6 +54,54 @@ def test_packing_is_exact_best_fit_decreasing_and_keeps_every_sample() -> None:
         assert len(offsets) - 1 <= len(packing.first_fit_decreasing(lengths.tolist(), capacity))
 
 
+def _sequential_shuffled_best_fit(lengths: list[int], capacity: int, seed: int) -> list[int]:
+    rooms: list[int] = []
+    for i in np.random.default_rng(seed).permutation(len(lengths)).tolist():
+        fits = [b for b, room in enumerate(rooms) if room >= lengths[i]]
+        if fits:
+            rooms[min(fits, key=lambda b: rooms[b])] -= lengths[i]
+        else:
+            rooms.append(capacity - lengths[i])
+    return sorted(rooms)
+
+
+def test_shuffled_best_fit_is_best_fit_in_a_seeded_order_and_keeps_every_sample() -> None:
+    rng = np.random.default_rng(1)
+    for trial in range(200):
+        capacity = int(rng.integers(4, 64))
+        lengths = rng.integers(1, capacity + 1, size=int(rng.integers(0, 150)))
+        if trial % 3 == 0:
+            lengths = np.minimum(lengths, rng.integers(1, 6, size=len(lengths)))
+        members, offsets = packing.shuffled_best_fit(lengths, capacity, seed=trial)
+        assert sorted(members.tolist()) == list(range(len(lengths)))
+        fills = [int(lengths[members[offsets[r] : offsets[r + 1]]].sum()) for r in range(len(offsets) - 1)]
+        assert max(fills, default=0) <= capacity and min(fills, default=1) > 0
+        assert sorted(capacity - f for f in fills) == _sequential_shuffled_best_fit(lengths.tolist(), capacity, trial)
+        again = packing.shuffled_best_fit(lengths, capacity, seed=trial)  # the same rows on every rank
+        assert np.array_equal(again[0], members) and np.array_equal(again[1], offsets)
+    with pytest.raises(ValueError, match=r"within 1\.\.8"):
+        packing.shuffled_best_fit(np.array([3, 9]), 8, seed=0)
+
+
+def test_shuffled_rows_mix_the_kinds_of_record_that_decreasing_order_keeps_apart() -> None:
+    """Two kinds of record of different lengths (short sums, long rewrites): longest-first packing puts each kind in
+    rows of its own; shuffled best fit mixes them as random batches would, at nearly the same fill."""
+    rng = np.random.default_rng(2)
+    short = rng.integers(18, 24, size=3000)
+    long = rng.integers(40, 100, size=3000)
+    lengths = np.concatenate([short, long])
+    kind = np.repeat([0, 1], 3000)
+
+    def mixed_share(members: np.ndarray, offsets: np.ndarray) -> float:
+        rows = [kind[members[offsets[r] : offsets[r + 1]]] for r in range(len(offsets) - 1)]
+        return sum(len(set(r.tolist())) == 2 for r in rows) / len(rows)
+
+    decreasing = packing.best_fit_decreasing(lengths, 192)
+    shuffled = packing.shuffled_best_fit(lengths, 192, seed=0)
+    assert mixed_share(*decreasing) < 0.4 < 0.7 < mixed_share(*shuffled)  # 0.30 and 0.82
+    assert len(shuffled[1]) - 1 <= 1.03 * (len(decreasing[1]) - 1)
+
+
 def test_rows_keep_every_token_and_restart_positions(tmp_path: Path) -> None:
     table = tokens.TokenTable.of([tokens.Sample([5, 6, 7], [-100, 6, 7]), tokens.Sample([8, 9], [-100, 9])])
     rows = data.pack(table, 8)

@@ -1,6 +1,15 @@
-"""Best-fit-decreasing packing of samples into rows, in O(n log n) (the sort) plus work per distinct length.
+"""Packing samples into rows: shuffled best fit for training rows, best fit decreasing where order does not matter.
 
-Samples are taken longest first and each goes into the open row with the least room that still fits it (best fit),
+Training rows are packed by `shuffled_best_fit`: samples in a seeded random order, each into the open row with
+the least room that still fits it. Taking samples longest first (best or first fit decreasing) fills rows a
+little better but makes them homogeneous: equal lengths land in the same row, and length follows the kind of
+record (short arithmetic, long rewrites; in real data, short answers and long code), so a row, and at a few rows
+per step a whole optimizer step, holds one kind of record. On the trainer benchmark (two rows a step) that cost 8%
+of held-out loss against random batches; shuffled, packed rows are as mixed as random batches and fill within
+about 1.5% of decreasing order on short sequences, 0.3% at 2,048 tokens (README "Benchmark").
+
+Held-out rows, whose order never matters, are packed by `best_fit_decreasing` in O(n log n) (the sort) plus
+work per distinct length. Samples are taken longest first and each goes into the open row with the least room that still fits it (best fit),
 else a new row. Rows are grouped by their free room (an integer from 0 to the row length), so the best row for a
 sample of length s is one of the smallest room r >= s with a row in it. Samples of one length are placed in bulk:
 once a row of room r takes one sample of length s, its room r - s is the smallest that fits the next one, so each
@@ -50,10 +59,8 @@ class _Rooms:
 def best_fit_decreasing(lengths: np.ndarray, capacity: int) -> tuple[np.ndarray, np.ndarray]:
     """Rows of at most `capacity` tokens: (members, offsets), row r holding samples members[offsets[r]:offsets[r+1]]
     in their original order. Deterministic: equal lengths are taken in index order, rows numbered as opened."""
-    lengths = np.asarray(lengths, dtype=np.int64)
+    lengths = _checked(lengths, capacity)
     n = len(lengths)
-    if n and (lengths.min() < 1 or lengths.max() > capacity):
-        raise ValueError(f"sample lengths must be within 1..{capacity}")
     order = np.argsort(-lengths, kind="stable")
     row_of = np.empty(n, dtype=np.int64)
     rooms = _Rooms(capacity)
@@ -89,6 +96,53 @@ def best_fit_decreasing(lengths: np.ndarray, capacity: int) -> tuple[np.ndarray,
                 row_of[items[at:]] = row[0]
                 rooms.push(room - left * size, row)
                 at += left
+    return _layout(row_of, opened)
+
+
+def shuffled_best_fit(lengths: np.ndarray, capacity: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Rows of at most `capacity` tokens, as best_fit_decreasing returns them, from samples taken in a random order
+    (seeded: the same rows on every rank and every run), each into the open row of least room that fits it, else
+    a new row. Rows are kept in stacks by room and the rooms that hold a row in one integer's bits, so the best room
+    for a sample of length s is the lowest set bit at or above s: O(capacity / 64) word operations a sample at
+    worst, about 2 s a million samples here."""
+    lengths = _checked(lengths, capacity)
+    n = len(lengths)
+    stacks: list[list[int]] = [[] for _ in range(capacity + 1)]
+    held = 0  # bit r set: some open row has exactly r tokens of room
+    row_of = [0] * n
+    opened = 0
+    sizes = lengths.tolist()
+    for i in np.random.default_rng(seed).permutation(n).tolist():
+        size = sizes[i]
+        above = held >> size
+        if above:
+            room = size + (above & -above).bit_length() - 1
+            stack = stacks[room]
+            row = stack.pop()
+            if not stack:
+                held ^= 1 << room
+        else:
+            room, row = capacity, opened
+            opened += 1
+        row_of[i] = row
+        left = room - size
+        if left:
+            stack = stacks[left]
+            if not stack:
+                held |= 1 << left
+            stack.append(row)
+    return _layout(np.asarray(row_of, dtype=np.int64), opened)
+
+
+def _checked(lengths: np.ndarray, capacity: int) -> np.ndarray:
+    lengths = np.asarray(lengths, dtype=np.int64)
+    if len(lengths) and (lengths.min() < 1 or lengths.max() > capacity):
+        raise ValueError(f"sample lengths must be within 1..{capacity}")
+    return lengths
+
+
+def _layout(row_of: np.ndarray, opened: int) -> tuple[np.ndarray, np.ndarray]:
+    """(members, offsets) from each sample's row: a row's samples in their original order."""
     members = np.argsort(row_of, kind="stable")
     offsets = np.zeros(opened + 1, dtype=np.int64)
     np.cumsum(np.bincount(row_of, minlength=opened), out=offsets[1:])

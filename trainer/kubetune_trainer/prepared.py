@@ -33,10 +33,10 @@ from kubetune_api.job import FineTuneJobSpec
 
 from . import data
 from .errors import TrainerFailure
-from .packing import best_fit_decreasing, one_per_row
+from .packing import best_fit_decreasing, one_per_row, shuffled_best_fit
 from .tokens import Rows, TokenTable, offsets_of
 
-FORMAT = 1
+FORMAT = 2  # 2: training rows packed by shuffled best fit
 PARTS = ("train", "validation")
 ARRAYS = {"ids": np.int32, "mask": np.bool_, "offsets": np.int64, "members": np.int64, "rows": np.int64}
 
@@ -285,7 +285,12 @@ def prepare(
     max_len = spec.dataset.maxSeqLength
     rows = {}
     for part, made in (("train", train_part), ("validation", val_part)):
-        members, offsets = best_fit_decreasing(made.lengths, max_len) if packing else one_per_row(len(made.lengths))
+        if not packing:
+            members, offsets = one_per_row(len(made.lengths))
+        elif part == "train":  # mixed rows (packing.py says why)
+            members, offsets = shuffled_best_fit(made.lengths, max_len, spec.training.seed)
+        else:  # held-out rows: order does not matter, the fewest rows do
+            members, offsets = best_fit_decreasing(made.lengths, max_len)
         sample_offsets = offsets_of(made.lengths)
         _save_raw(staging / f"{part}.ids.npy", made.ids, np.int32)
         _save_raw(staging / f"{part}.mask.npy", made.mask, np.bool_)
