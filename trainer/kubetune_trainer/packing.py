@@ -6,16 +6,17 @@ little better but makes them homogeneous: equal lengths land in the same row, an
 record (short arithmetic, long rewrites; in real data, short answers and long code), so a row, and at a few rows
 per step a whole optimizer step, holds one kind of record. On the trainer benchmark (two rows a step) that cost 8%
 of held-out loss against random batches; shuffled, packed rows are as mixed as random batches and fill within
-about 1.5% of decreasing order on short sequences, 0.3% at 2,048 tokens (README "Benchmark").
+about 1.5% of decreasing order on short rows, 0.7% at 4,096 tokens (README "Benchmark", "Preparing a
+dataset").
 
-Held-out rows, whose order never matters, are packed by `best_fit_decreasing` in O(n log n) (the sort) plus
-work per distinct length. Samples are taken longest first and each goes into the open row with the least room that still fits it (best fit),
-else a new row. Rows are grouped by their free room (an integer from 0 to the row length), so the best row for a
-sample of length s is one of the smallest room r >= s with a row in it. Samples of one length are placed in bulk:
-once a row of room r takes one sample of length s, its room r - s is the smallest that fits the next one, so each
-row of room r takes r // s samples before the next row is opened, and a whole class of rows moves to room
-r mod s at once. The result is exactly sequential best fit decreasing; the loop runs per (length, room) pair, not
-per sample, which is what lets ten million samples pack in seconds in numpy."""
+Held-out rows, whose order never matters, are packed by `best_fit_decreasing` in O(n log n) (the sort) plus work
+per distinct length. Samples are taken longest first and each goes into the open row with the least room that still
+fits it (best fit), else a new row. Rows are grouped by their free room (an integer from 0 to the row length), so
+the best row for a sample of length s is one of the smallest room r >= s with a row in it. Samples of one length
+are placed in bulk: once a row of room r takes one sample of length s, its room r - s is the smallest that fits the
+next one, so each row of room r takes r // s samples before the next row is opened, and a whole class of rows moves
+to room r mod s at once. The result is exactly sequential best fit decreasing; the loop runs per (length, room)
+pair, not per sample, which is what lets ten million samples pack in seconds in numpy."""
 
 from __future__ import annotations
 
