@@ -63,7 +63,7 @@ def main() -> None:
     rows = data.rows(held, 256, packing=False)
     sums = evaluate.eval_sums(
         lambda inputs: model(**inputs, use_cache=False).logits,
-        evaluate.shard_rows(rows, 1, 0, 8),
+        evaluate.local_batches(rows, 8),
         tokenizer.pad_token_id,
         model.device,
     )

@@ -96,12 +96,11 @@ def test_packing_fills_rows_and_keeps_every_token(tokenizer) -> None:  # type: i
 
 
 def test_split_is_seeded_and_disjoint() -> None:
-    records = [{"i": i} for i in range(100)]
-    train, held = data.split(records, 0.1, seed=7)
+    train, held = data.split_positions(100, 0.1, seed=7)
     assert len(held) == 10 and len(train) == 90
-    assert {r["i"] for r in train}.isdisjoint({r["i"] for r in held})
-    assert data.split(records, 0.1, seed=7) == (train, held)
-    assert data.split(records, 0.1, seed=8)[1] != held
+    assert set(train).isdisjoint(held) and sorted(train + held) == list(range(100))
+    assert data.split_positions(100, 0.1, seed=7) == (train, held)
+    assert data.split_positions(100, 0.1, seed=8)[1] != held
 
 
 def test_every_rank_runs_the_agreed_number_of_batches_and_every_row_is_used() -> None:
@@ -179,7 +178,7 @@ def test_a_bad_record_is_named_by_its_place_in_the_file(tokenizer) -> None:  # t
     records = [{"prompt": "p", "completion": "c"} for _ in range(40)]
     records[30] = {"prompt": "p"}
     keep, held = data.split_positions(len(records), 0.25, seed=7)
-    assert sorted(keep + held) == list(range(40)) and data.split(records, 0.25, 7)[1] == [records[i] for i in held]
+    assert sorted(keep + held) == list(range(40))
     part, at = (keep, [records[i] for i in keep]) if 30 in keep else (held, [records[i] for i in held])
     with pytest.raises(TrainerFailure, match=r"t\.jsonl record 31: missing field 'completion'"):
         data.tokenize(at, spec(), tokenizer, "t.jsonl", part)

@@ -136,3 +136,42 @@ def test_worker_env_reads_the_contract() -> None:
         WorkerEnv.from_environ({"KUBETUNE_NUM_WORKERS": "2", "JOB_COMPLETION_INDEX": "2"})
     with pytest.raises(ContractError, match="KUBETUNE_NUM_WORKERS must be an integer"):
         WorkerEnv.from_environ({"KUBETUNE_NUM_WORKERS": "two"})
+
+
+def test_worker_env_writes_what_it_reads() -> None:
+    """The launcher hands its WorkerEnv to the ranks as variables (to_environ), never by changing its own
+    environment; from_environ reads exactly that back. The gang restart count is read too (manifest.json)."""
+    env = WorkerEnv.from_environ(
+        {
+            "KUBETUNE_CONFIG": "/etc/kubetune/trainer.yaml",
+            "KUBETUNE_JOB_NAME": "a",
+            "KUBETUNE_JOB_UID": "u-1",
+            "KUBETUNE_NUM_WORKERS": "3",
+            "JOB_COMPLETION_INDEX": "2",
+            "KUBETUNE_PROCS_PER_WORKER": "4",
+            "KUBETUNE_MASTER_ADDR": "a-0.a",
+            "KUBETUNE_MASTER_PORT": "29600",
+            "KUBETUNE_TERMINATION_LOG": "/dev/termination-log",
+            "KUBETUNE_RESTART_COUNT": "2",
+        }
+    )
+    assert env.restarts == 2
+    assert WorkerEnv.from_environ(env.to_environ()) == env
+    local = WorkerEnv.from_environ({})
+    assert WorkerEnv.from_environ(local.to_environ()) == local and "KUBETUNE_TERMINATION_LOG" not in local.to_environ()
+
+
+def test_every_variable_the_operator_sets_is_named_in_the_contract() -> None:
+    """The pod's environment is spelled once (contract.ENV_*): the operator writes those names and nothing else of
+    kubetune's own."""
+    from kubetune_api import contract
+    from kubetune_operator import builders
+
+    from .test_operator_unit import plan_for
+
+    named = {v for k, v in vars(contract).items() if k.startswith("ENV_")}
+    plan = plan_for(**{"spec.workers": {"replicas": 2, "gpusPerWorker": 0}})
+    for made in (builders.build_job(plan), builders.build_preflight_job(plan)):
+        env = made["spec"]["template"]["spec"]["containers"][0]["env"]
+        ours = {e["name"] for e in env if e["name"].startswith("KUBETUNE_")}
+        assert ours and ours <= named, ours - named

@@ -33,7 +33,7 @@ def reloaded_eval_loss(
     tokenizer = AutoTokenizer.from_pretrained(tiny_model)
     spec = DatasetSpec.model_validate({"train": "./t.jsonl", **dataset})
     samples, _ = data.tokenize(records, spec, tokenizer, "held-out")
-    batches = evaluate.shard_rows(data.rows(samples, spec.maxSeqLength, spec.packing), 1, 0, 4)
+    batches = evaluate.local_batches(data.rows(samples, spec.maxSeqLength, spec.packing), 4)
     sums = evaluate.eval_sums(lambda inputs: model(**inputs, use_cache=False).logits, batches, tokenizer.pad_token_id, "cpu")
     return evaluate.metrics(sums)["evalLoss"]
 
@@ -128,7 +128,7 @@ def test_zero3_chat_parquet_with_a_seeded_split(s3: S3Server, stored: dict[str, 
     metrics = assert_trained(outcome, s3, out)
     assert only_lora_tensors(s3, out, tmp_path) == []
     records = tiny.records(500, seed=3, fmt="chat")
-    _, held_out = data.split(records, 0.1, seed=42)
+    held_out = [records[i] for i in data.split_positions(len(records), 0.1, seed=42)[1]]
     assert metrics["data"]["validation"]["records"] == len(held_out) == 50
     reloaded = reloaded_eval_loss(s3, out, tiny_model, dataset, held_out, tmp_path)
     assert reloaded == pytest.approx(metrics["final"]["evalLoss"], abs=2e-4)

@@ -69,7 +69,7 @@ class Reason(StrEnum):
     ATTENTION_UNSUPPORTED = "AttentionUnsupported"  # no attention kernel (model.attnImplementation, sdpa, eager) loads the model
     CANNOT_MERGE = "CannotMerge"  # output.merged cannot fold this adapter into these base weights (checked before training)
     WONT_FIT = "WontFit"  # the preflight's memory estimate exceeds the GPU's; the message names a change that fits
-    PREFLIGHT_RUNNING = "PreflightRunning"  # Preflight=Unknown: the CPU-only checks run before any GPU is requested
+    PREFLIGHT_RUNNING = "PreflightRunning"  # Preflight=False while the CPU-only checks run, before any GPU is requested
     PREFLIGHT_PASSED = "PreflightPassed"  # Preflight=True: every check passed; the training Job was released
     PREFLIGHT_ERROR = "PreflightError"  # Failed=True: the preflight pod ended without a report (its log says why)
     TRAINER_ERROR = "TrainerError"  # any other trainer failure; the message has the last error line

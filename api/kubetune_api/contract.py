@@ -26,7 +26,13 @@ ENV_WORKER_RANK = "JOB_COMPLETION_INDEX"  # this pod's node rank: the Indexed Jo
 ENV_MASTER_ADDR = "KUBETUNE_MASTER_ADDR"  # pod 0's stable DNS name, <job>-0.<service>
 ENV_MASTER_PORT = "KUBETUNE_MASTER_PORT"  # rendezvous port on pod 0
 ENV_TERMINATION_LOG = "KUBETUNE_TERMINATION_LOG"  # where the final summary goes; TERMINATION_MESSAGE_PATH in pods
-ENV_RESTART_COUNT = "KUBETUNE_RESTART_COUNT"  # gang restarts so far, for log lines and metrics
+ENV_RESTART_COUNT = "KUBETUNE_RESTART_COUNT"  # gang restarts before this attempt: recorded in manifest.json
+ENV_CACHE = "KUBETUNE_CACHE"  # node-local download cache (datasets, the pod's own model cache)
+ENV_WORK_DIR = "KUBETUNE_WORK_DIR"  # node-local scratch: the prepared dataset, checkpoint staging, results
+ENV_MODEL_CACHE = "KUBETUNE_MODEL_CACHE"  # the shared model cache (the chart's hostPath or PVC), per namespace
+ENV_MODEL_CACHE_MAX_BYTES = "KUBETUNE_MODEL_CACHE_MAX_BYTES"  # least recently used entries go above it; 0: no bound
+ENV_GPU_TYPE = "KUBETUNE_GPU_TYPE"  # preflight: the GPU type the job will get (nvidia.com/gpu.product)
+ENV_GPU = "KUBETUNE_GPU"  # preflight: that type's memory, TFLOP/s and price (policy.GpuType as JSON)
 
 DEFAULT_MASTER_PORT = 29500
 PROGRESS_EVENT = "progress"  # value of "event" in rank 0's structured progress lines
@@ -51,6 +57,7 @@ class WorkerEnv:
     master_addr: str
     master_port: int
     termination_log: Path | None
+    restarts: int = 0
 
     @property
     def deepspeed_path(self) -> Path:
@@ -86,7 +93,25 @@ class WorkerEnv:
             master_addr=env.get(ENV_MASTER_ADDR, "127.0.0.1"),
             master_port=integer(ENV_MASTER_PORT, DEFAULT_MASTER_PORT, 1),
             termination_log=Path(termination) if termination else None,
+            restarts=integer(ENV_RESTART_COUNT, 0, 0),
         )
+
+    def to_environ(self) -> dict[str, str]:
+        """The variables from_environ reads back as this WorkerEnv: what the ranks inherit from their launcher."""
+        env = {
+            ENV_CONFIG: str(self.config_path),
+            ENV_JOB_NAME: self.job_name,
+            ENV_JOB_UID: self.job_uid,
+            ENV_NUM_WORKERS: str(self.num_workers),
+            ENV_PROCS_PER_WORKER: str(self.procs_per_worker),
+            ENV_WORKER_RANK: str(self.worker_rank),
+            ENV_MASTER_ADDR: self.master_addr,
+            ENV_MASTER_PORT: str(self.master_port),
+            ENV_RESTART_COUNT: str(self.restarts),
+        }
+        if self.termination_log is not None:
+            env[ENV_TERMINATION_LOG] = str(self.termination_log)
+        return env
 
 
 # What pods say: rank 0's progress lines, the launcher's summary (the termination message) and each rank's failure

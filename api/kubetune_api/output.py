@@ -11,11 +11,14 @@ from ._types import OutputUri, is_s3, s3_cel
 
 
 class OutputSpec(Section):
-    """Where results are written: checkpoints/, adapter/, metrics.json, manifest.json and _SUCCESS last."""
+    """Where results are written (kubetune_api.layout): adapter/, metrics.json, manifest.json, curves.svg, merged/,
+    checkpoints/, prepared/ and _SUCCESS last."""
 
     uri: OutputUri = Field(description="s3://bucket/prefix/ (or, for kubetune run only, a local path).")
     overwrite: StrictBool = Field(
-        False, description="Replace a finished output (one with _SUCCESS). Off: a finished output is never overwritten."
+        False,
+        description="Replace a finished output (one with _SUCCESS): everything the earlier run wrote is removed first "
+        "(prepared/ is kept: its digest names what it holds). Off: a finished output is never overwritten.",
     )
     adapter: Literal["best", "last"] = Field(
         "best",

@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ._types import quantity_value
 from .job import FineTuneJobSpec
-from .memory import GIB, Estimate, Shape, estimate, gib
+from .memory import Estimate, Shape, estimate, gib
 from .preflight_report import REPORT_LIMIT, Check, CheckName, Report, parse_report
 
 __all__ = ["REPORT_LIMIT", "Check", "CheckName", "Report", "parse_report"]
@@ -198,7 +198,3 @@ def format_report(report: Report) -> str:
     if report.suggestion:
         figures.append(f"  to fit: {report.suggestion}")
     return "\n".join(lines + figures)
-
-
-def gib_or_none(value: int | None) -> str:
-    return "-" if value is None else f"{value / GIB:.1f}Gi"

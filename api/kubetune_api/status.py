@@ -6,8 +6,11 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from .conditions import Phase
+from .conditions import ConditionType, Phase
 from .preflight_report import Report
+
+PHASES = [p.value for p in Phase]
+CONDITION_TYPES = [c.value for c in ConditionType]
 
 
 class _Status(BaseModel):
@@ -17,7 +20,7 @@ class _Status(BaseModel):
 class Condition(_Status):
     """A Kubernetes-style condition; lastTransitionTime moves only when status flips."""
 
-    type: str = Field(description="Validated, Queued, Running, Suspended, Succeeded or Failed.")
+    type: str = Field(description=f"{', '.join(CONDITION_TYPES[:-1])} or {CONDITION_TYPES[-1]}.")
     status: Literal["True", "False", "Unknown"] = Field(description="True, False or Unknown.")
     reason: str = Field(description="CamelCase reason code, e.g. InvalidSpec, BackoffLimitExceeded.")
     message: str = Field("", description="Human-readable detail.")
@@ -87,10 +90,8 @@ class Usage(_Status):
 class FineTuneJobStatus(_Status):
     """Where the job is and how it went."""
 
-    phase: Phase | None = Field(None, description="Pending, Queued, Running, Succeeded, Failed or Suspended.")
-    conditions: list[Condition] = Field(
-        default_factory=list, description="Validated, Queued, Running, Suspended, Succeeded, Failed."
-    )
+    phase: Phase | None = Field(None, description=f"{', '.join(PHASES[:-1])} or {PHASES[-1]}.")
+    conditions: list[Condition] = Field(default_factory=list, description=f"{', '.join(CONDITION_TYPES)}: one each at most.")
     progress: Progress | None = Field(None, description=Progress.__doc__)
     metrics: Metrics | None = Field(None, description=Metrics.__doc__)
     workers: Workers | None = Field(None, description=Workers.__doc__)

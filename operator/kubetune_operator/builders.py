@@ -105,13 +105,13 @@ def _env(plan: Plan) -> list[dict[str, Any]]:
         {"name": contract.ENV_MASTER_PORT, "value": str(plan.master_port)},
         {"name": contract.ENV_TERMINATION_LOG, "value": contract.TERMINATION_MESSAGE_PATH},
         {"name": contract.ENV_RESTART_COUNT, "value": str(plan.restart)},
-        {"name": "KUBETUNE_CACHE", "value": f"{CACHE_DIR}/cache"},
-        {"name": "KUBETUNE_WORK_DIR", "value": f"{CACHE_DIR}/work"},
+        {"name": contract.ENV_CACHE, "value": f"{CACHE_DIR}/cache"},
+        {"name": contract.ENV_WORK_DIR, "value": f"{CACHE_DIR}/work"},
         *(
             [
                 # entries are kept per namespace: no job finds, verifies against or loads another tenant's model
-                {"name": "KUBETUNE_MODEL_CACHE", "value": f"{MODEL_CACHE_DIR}/{plan.namespace}"},
-                {"name": "KUBETUNE_MODEL_CACHE_MAX_BYTES", "value": str(model_cache_bound(plan))},
+                {"name": contract.ENV_MODEL_CACHE, "value": f"{MODEL_CACHE_DIR}/{plan.namespace}"},
+                {"name": contract.ENV_MODEL_CACHE_MAX_BYTES, "value": str(model_cache_bound(plan))},
             ]
             if plan.model_cache
             else []
@@ -272,12 +272,12 @@ def build_preflight_job(plan: Plan) -> dict[str, Any]:
         "limits": {"memory": memory},
     }
     container["env"] = [
-        e for e in container["env"] if e["name"] not in ("KUBETUNE_MODEL_CACHE", "KUBETUNE_MODEL_CACHE_MAX_BYTES")
+        e for e in container["env"] if e["name"] not in (contract.ENV_MODEL_CACHE, contract.ENV_MODEL_CACHE_MAX_BYTES)
     ]
     if plan.gpu_type:
-        container["env"] += [{"name": "KUBETUNE_GPU_TYPE", "value": plan.gpu_type}]
+        container["env"] += [{"name": contract.ENV_GPU_TYPE, "value": plan.gpu_type}]
     if plan.gpu:
-        container["env"] += [{"name": "KUBETUNE_GPU", "value": plan.gpu}]
+        container["env"] += [{"name": contract.ENV_GPU, "value": plan.gpu}]
     container["volumeMounts"] = [m for m in container["volumeMounts"] if m["name"] != "models"]
     pod["volumes"] = [v for v in pod["volumes"] if v["name"] != "models"]
     labels = {k: v for k, v in plan.labels.items() if k != "kueue.x-k8s.io/queue-name"}

@@ -8,6 +8,7 @@ from typing import Any
 
 from kubetune_api.conditions import TRAINER_FAILURE_REASONS, ConditionType, Reason
 from kubetune_api.contract import TERMINATION_LIMIT, PreparingLine, ProgressLine, Summary, last_line, parse_summary
+from kubetune_api.layout import adapter_uri
 from kubetune_api.preflight_report import Report, parse_report
 
 # Failures that another attempt cannot fix: the job fails at once instead of restarting the gang.
@@ -173,11 +174,6 @@ def observe(job: dict[str, Any] | None, pods: list[dict[str, Any]], workers: int
         return Observation("running", ready=len(running))
     why, message = pending_reason(pods)
     return Observation("pending", why, message, ready=len(running))
-
-
-def adapter_uri(output_uri: str) -> str:
-    """Where the adapter is: derived from the spec, never taken from what a pod says."""
-    return output_uri.rstrip("/") + "/adapter/"
 
 
 def succeeded_fields(summary: Summary | None, output_uri: str, progress: dict[str, Any] | None) -> dict[str, Any]:

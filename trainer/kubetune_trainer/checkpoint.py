@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from kubetune_api import layout
 from kubetune_api.conditions import Reason
 from kubetune_api.job import FineTuneJobSpec
 
@@ -46,7 +47,7 @@ def tag(step: int) -> str:
 
 
 def root(output_uri: str) -> str:
-    return join(output_uri, "checkpoints")
+    return layout.under(output_uri, layout.CHECKPOINTS).rstrip("/")
 
 
 def complete_tags(store: Store, output_uri: str) -> list[str]:

@@ -298,12 +298,6 @@ def _text(stream: Any, name: str) -> str:
         raise TrainerFailure(Reason.BAD_RECORD, f"{name}: not UTF-8 at byte {exc.start}") from exc
 
 
-def split(records: list[dict[str, Any]], fraction: float, seed: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Seeded train/held-out split with no record in both."""
-    keep, held_out = split_positions(len(records), fraction, seed)
-    return [records[i] for i in keep], [records[i] for i in held_out]
-
-
 def split_positions(count: int, fraction: float, seed: int) -> tuple[list[int], list[int]]:
     """The positions (in the file) of the training and held-out records of a seeded split."""
     order = list(range(count))
@@ -725,11 +719,6 @@ def rows(samples: Sequence[Sample], max_len: int, packing: bool) -> Rows:
     return Rows(table, *one_per_row(len(table)))
 
 
-def steps_for(rows: int, micro: int, accumulate: int) -> int:
-    """Optimizer steps one rank needs for its rows in an epoch (the last step may be short)."""
-    return math.ceil(math.ceil(rows / micro) / accumulate)
-
-
 class EpochBatches(Sequence[list[Row]]):
     """A rank's micro-batches of one epoch, made when asked for: a row's tokens are read (from the memory-mapped
     prepared dataset) only for the step that trains on it, never all at the start of an epoch."""
@@ -770,16 +759,9 @@ def micro_batches_per_epoch(rows: int, *, micro: int, world: int, multiple: int)
     return math.ceil(rows / unit) * multiple if rows else 0
 
 
-def local_micro_batches(rows: Sequence[Row], *, micro: int, count: int, seed: int | None) -> list[list[Row]]:
-    """This rank's `count` micro-batches of an epoch from its own rows: shuffled (seeded; None keeps order), and
-    wrapped around to fill the count every rank agreed on (collectives stay in step)."""
-    order = list(range(len(rows)))
-    if seed is not None:
-        random.Random(seed).shuffle(order)
-    if not order:
-        return []
-    order += [order[i % len(order)] for i in range(count * micro - len(order))]
-    return [[rows[i] for i in order[s : s + micro]] for s in range(0, count * micro, micro)]
+def steps_per_epoch(rows: int, *, micro: int, world: int, accumulate: int) -> int:
+    """Optimizer steps per epoch over `rows` for `world` ranks: the trainer's count and the preflight's."""
+    return max(1, micro_batches_per_epoch(rows, micro=micro, world=world, multiple=accumulate) // accumulate)
 
 
 def collate(batch: Sequence[Row], pad_id: int) -> dict[str, Any]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from .data import IGNORE, Row, collate
@@ -32,21 +32,12 @@ def train_loss(logits: Any, labels: Any) -> Any:
     )
 
 
-def shard_rows(rows: list[Row], world: int, rank: int, micro: int) -> list[list[Row]]:
-    """This rank's eval batches: rows dealt round-robin, every rank the same number of batches (None-free padding)."""
-    mine = rows[rank::world]
-    per_rank = math.ceil(len(rows) / world)
-    batches = math.ceil(per_rank / micro) if per_rank else 0
-    dummy = Row([0, 0], [IGNORE, IGNORE], [0, 1])  # scores nothing; keeps collective ops in step under ZeRO-3
-    mine = mine + [dummy] * (batches * micro - len(mine))
-    return [mine[i : i + micro] for i in range(0, len(mine), micro)]
-
-
-def local_batches(rows: list[Row], micro: int, count: int) -> list[list[Row]]:
+def local_batches(rows: Sequence[Row], micro: int, count: int | None = None) -> list[list[Row]]:
     """This rank's eval batches from its own rows, padded with rows that score nothing to the `count` every rank
-    agreed on (under ZeRO-3 every rank must run the same number of forwards)."""
-    dummy = Row([0, 0], [IGNORE, IGNORE], [0, 1])
-    padded = rows + [dummy] * (count * micro - len(rows))
+    agreed on (under ZeRO-3 every rank must run the same number of forwards); by default as many as the rows need."""
+    count = math.ceil(len(rows) / micro) if count is None else count
+    dummy = Row([0, 0], [IGNORE, IGNORE], [0, 1])  # scores nothing
+    padded = [*rows, *[dummy] * (count * micro - len(rows))]
     return [padded[i : i + micro] for i in range(0, count * micro, micro)]
 
 

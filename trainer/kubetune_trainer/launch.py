@@ -16,25 +16,24 @@ import time
 from pathlib import Path
 from typing import Any
 
+from kubetune_api import layout
 from kubetune_api._types import quantity_value
 from kubetune_api.conditions import Reason
-from kubetune_api.contract import RankFailure, WorkerEnv
+from kubetune_api.contract import ENV_CACHE, ENV_WORK_DIR, RankFailure, WorkerEnv
 from kubetune_api.job import FineTuneJobSpec
 
-from . import prepared, report
+from . import outputs, prepared, rank_env, report
 from .data import is_data_file
 from .errors import TrainerFailure
 from .loaders import without_loaders
 from .model_cache import Entry, ModelCache, fetch_model
 from .rank_env import RankEnv
 from .spec_io import load_spec
-from .storage import Store, human_bytes, join
-
-CACHE_ENV = "KUBETUNE_CACHE"
+from .storage import Store, human_bytes
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get(CACHE_ENV) or Path(tempfile.gettempdir()) / "kubetune-cache")
+    return Path(os.environ.get(ENV_CACHE) or Path(tempfile.gettempdir()) / "kubetune-cache")
 
 
 def _local_name(uri: str) -> str:
@@ -43,25 +42,16 @@ def _local_name(uri: str) -> str:
     return hashlib.sha256(uri.encode()).hexdigest()[:16]
 
 
-OUTPUT_PARTS = ("_SUCCESS", "metrics.json", "manifest.json", "adapter", "checkpoints")  # what a run writes under output.uri
-
-
 def prepare_output(spec: FineTuneJobSpec, store: Store) -> None:
     """Before any download: a finished output is never overwritten by accident, and with overwrite it starts afresh."""
-    if not store.exists(join(spec.output.uri, "_SUCCESS")):
+    if not outputs.finished(spec, store):
         return  # nothing finished there: a restarted run resumes from its checkpoints
-    if not spec.output.overwrite:
-        raise TrainerFailure(
-            Reason.OUTPUT_EXISTS,
-            f"{spec.output.uri} already holds a finished adapter (_SUCCESS); set output.overwrite or choose another uri",
-        )
-    for part in OUTPUT_PARTS:  # _SUCCESS first, so an interrupted clean-up never leaves a half-deleted "finished" output
-        target = join(spec.output.uri, part)
-        if part in ("_SUCCESS", "metrics.json", "manifest.json"):
-            if store.exists(target):
-                store.delete(target)
-        else:
-            store.delete_prefix(target)
+    for name in layout.RUN_FILES:  # _SUCCESS first (layout.py says why)
+        target = layout.under(spec.output.uri, name)
+        if store.exists(target):
+            store.delete(target)
+    for name in layout.RUN_PREFIXES:
+        store.delete_prefix(layout.under(spec.output.uri, name))
 
 
 def _data_size(store: Store, uri: str) -> int:
@@ -164,7 +154,7 @@ def final_summary(spec: FineTuneJobSpec, outcome: dict[str, Any]) -> dict[str, A
     return report.summary(
         "Succeeded",
         message="; ".join(notes) or None,
-        adapterUri=join(spec.output.uri, "adapter") + "/",
+        adapterUri=layout.adapter_uri(spec.output.uri),
         metrics={
             "baseEvalLoss": base.get("evalLoss"),
             "evalLoss": final.get("evalLoss"),
@@ -222,9 +212,14 @@ def run_worker(
         "kubetune_trainer.train",
     ]
     # the ranks never see a variable that loads code, whatever put it in the pod (contract.LOADER_VARIABLES)
-    env = {**without_loaders(os.environ), **ranks.to_environ(), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    env = {
+        **without_loaders(os.environ),
+        **worker.to_environ(),
+        **ranks.to_environ(),
+        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
+    }
     env["PYTHONSAFEPATH"] = "1"  # the working directory is never on the ranks' sys.path
-    env["KUBETUNE_PROCESS_START"] = str(time.time())  # ranks report their start-up cost against it
+    env[rank_env.PROCESS_START] = str(time.time())  # ranks report their start-up cost against it
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
     if spec.workers.gpusPerWorker == 0:
         env.setdefault("DS_ACCELERATOR", "cpu")
@@ -255,6 +250,6 @@ def main() -> int:
         report.write_termination(worker.termination_log, summary)
         print(json.dumps(summary), flush=True)
         return 1
-    work = Path(os.environ.get("KUBETUNE_WORK_DIR") or tempfile.mkdtemp(prefix="kubetune-"))
+    work = Path(os.environ.get(ENV_WORK_DIR) or tempfile.mkdtemp(prefix="kubetune-"))
     summary = run_worker(spec, worker, progress="json", work_dir=work)
     return 0 if summary["status"] == "Succeeded" else 1

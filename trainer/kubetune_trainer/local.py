@@ -51,10 +51,6 @@ def run(job: FineTuneJob, processes: int, progress: str, work_dir: Path) -> dict
         master_port=free_port(),
         termination_log=work_dir / "termination-log",
     )
-    import os
-
-    os.environ["KUBETUNE_CONFIG"] = str(worker.config_path)
-    os.environ["KUBETUNE_JOB_NAME"] = name
     log = log_path(work_dir)
     log.unlink(missing_ok=True)
     return run_worker(spec, worker, progress=progress, work_dir=work_dir, log=log)

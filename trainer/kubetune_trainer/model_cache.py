@@ -24,12 +24,11 @@ from pathlib import Path
 from typing import Any
 
 from kubetune_api.conditions import Reason
+from kubetune_api.contract import ENV_MODEL_CACHE, ENV_MODEL_CACHE_MAX_BYTES
 
 from .storage import Store, check_room, fingerprint, human_bytes, join
 from .storage_base import CHUNK_MIB, Fetch, Object, is_md5, md5, safe_target
 
-ENV_ROOT = "KUBETUNE_MODEL_CACHE"  # the cache directory (the chart's hostPath or PVC mount); default: the pod's cache
-ENV_MAX_BYTES = "KUBETUNE_MODEL_CACHE_MAX_BYTES"  # least recently used entries are evicted above this; 0: no bound
 COMPLETE = ".kubetune-entry.json"
 PARTIAL_MAX_AGE = 24 * 3600  # seconds an unfinished download (`<key>.partial/`) nobody resumes is kept
 
@@ -146,7 +145,7 @@ class ModelCache:
 
     @classmethod
     def from_environ(cls, default: Path) -> ModelCache:
-        return cls(Path(os.environ.get(ENV_ROOT) or default), int(os.environ.get(ENV_MAX_BYTES) or 0))
+        return cls(Path(os.environ.get(ENV_MODEL_CACHE) or default), int(os.environ.get(ENV_MODEL_CACHE_MAX_BYTES) or 0))
 
     def _lock(self, key: str) -> int:
         self.root.mkdir(parents=True, exist_ok=True)

@@ -11,7 +11,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from kubetune_api import layout
 from kubetune_api.conditions import Reason
+from kubetune_api.contract import WorkerEnv
 from kubetune_api.job import FineTuneJobSpec
 
 from . import curves, merge
@@ -42,7 +44,7 @@ def data_digest(path: Path) -> str:
     return hashlib.sha256(json.dumps(listing).encode()).hexdigest()
 
 
-def manifest(spec: FineTuneJobSpec, paths: RankEnv, job_name: str, world: int, adjusted: dict[str, Any]) -> dict[str, Any]:
+def manifest(spec: FineTuneJobSpec, paths: RankEnv, worker: WorkerEnv, world: int, adjusted: dict[str, Any]) -> dict[str, Any]:
     import deepspeed
     import peft
     import torch
@@ -53,7 +55,8 @@ def manifest(spec: FineTuneJobSpec, paths: RankEnv, job_name: str, world: int, a
     if paths.validation_file is not None:
         datasets["validation"] = {"uri": spec.dataset.validation or "", "sha256": data_digest(paths.validation_file)}
     return {
-        "job": job_name,
+        "job": worker.job_name,
+        "restarts": worker.restarts,  # gang restarts before the attempt that finished
         "specSha256": hashlib.sha256(spec_json.encode()).hexdigest(),
         "spec": spec.model_dump(mode="json"),
         "adjusted": adjusted,  # what the trainer changed from the spec to make the model train, and why
@@ -89,11 +92,24 @@ def model_directory(source: str, spec: FineTuneJobSpec) -> Path:
     return Path(snapshot_download(source, revision=spec.model.revision, local_files_only=True))
 
 
+def finished(spec: FineTuneJobSpec, store: Store) -> bool:
+    """Whether output.uri holds a finished run (_SUCCESS): one that output.overwrite does not let a run replace is
+    OutputExists, for the preflight and the launcher alike."""
+    if not store.exists(layout.under(spec.output.uri, layout.SUCCESS)):
+        return False
+    if not spec.output.overwrite:
+        raise TrainerFailure(
+            Reason.OUTPUT_EXISTS,
+            f"{spec.output.uri} already holds a finished adapter (_SUCCESS); set output.overwrite or choose another uri",
+        )
+    return True
+
+
 def write_merged(
     store: Store, spec: FineTuneJobSpec, source: str, adapter_dir: Path, work: Path, tokenizer: Any
 ) -> dict[str, Any]:
     """merged/: each file uploaded as soon as it is written and then deleted here, so the local disk holds one shard."""
-    target_uri = join(spec.output.uri, "merged")
+    target_uri = layout.under(spec.output.uri, layout.MERGED)
     local = work / "merged"
     shutil.rmtree(local, ignore_errors=True)
 
@@ -102,7 +118,7 @@ def write_merged(
         path.unlink()
 
     written = merge.merge(model_directory(source, spec), adapter_dir, local, publish, tokenizer.save_pretrained)
-    return {"uri": target_uri + "/", **written}
+    return {"uri": target_uri, **written}
 
 
 def write(
@@ -117,16 +133,16 @@ def write(
     """Upload everything; _SUCCESS last. Below output.minImprovement everything but merged/ and _SUCCESS is written
     (for inspection) and the run fails with BelowThreshold."""
     out = spec.output.uri
-    picture = paths.work_dir / "curves.svg"
+    picture = paths.work_dir / layout.CURVES
     picture.write_text(curves.svg(metrics["curves"]["train"], metrics["curves"]["eval"]))
-    store.upload_file(picture, join(out, "curves.svg"))
+    store.upload_file(picture, layout.under(out, layout.CURVES))
     gate = quality_gate(spec, metrics["base"], metrics["final"])
     if gate is not None:
         metrics["qualityGate"] = gate
-    store.upload_dir(adapter_dir, join(out, "adapter"))
+    store.upload_dir(adapter_dir, layout.adapter_uri(out))
     if gate is not None and not gate["passed"]:
-        store.write_text(join(out, "metrics.json"), json.dumps(metrics, indent=2))
-        store.write_text(join(out, "manifest.json"), json.dumps(manifest_data, indent=2))
+        store.write_text(layout.under(out, layout.METRICS), json.dumps(metrics, indent=2))
+        store.write_text(layout.under(out, layout.MANIFEST), json.dumps(manifest_data, indent=2))
         base_loss, loss, improvement = metrics["base"].get("evalLoss"), metrics["final"].get("evalLoss"), gate["improvement"]
         raise TrainerFailure(
             Reason.BELOW_THRESHOLD,
@@ -137,7 +153,7 @@ def write(
     if spec.output.merged:
         manifest_data["merged"] = write_merged(store, spec, paths.model_source, adapter_dir, paths.work_dir, tokenizer)
         print(json.dumps({"event": "merged", **manifest_data["merged"]}), flush=True)
-    store.write_text(join(out, "metrics.json"), json.dumps(metrics, indent=2))
-    store.write_text(join(out, "manifest.json"), json.dumps(manifest_data, indent=2))
-    store.write_text(join(out, "_SUCCESS"), "")
+    store.write_text(layout.under(out, layout.METRICS), json.dumps(metrics, indent=2))
+    store.write_text(layout.under(out, layout.MANIFEST), json.dumps(manifest_data, indent=2))
+    store.write_text(layout.under(out, layout.SUCCESS), "")
     return metrics

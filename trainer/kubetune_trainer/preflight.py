@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from kubetune_api.conditions import Reason
-from kubetune_api.contract import WorkerEnv
+from kubetune_api.contract import ENV_GPU, ENV_GPU_TYPE, ENV_WORK_DIR, WorkerEnv
 from kubetune_api.job import FineTuneJobSpec
 from kubetune_api.memory import Shape, estimate, gib, shape_from_dir, shape_of
 from kubetune_api.preflight import (
@@ -36,7 +36,7 @@ from kubetune_api.preflight import (
     wont_fit_message,
 )
 
-from . import prepared
+from . import outputs, prepared
 from .errors import TrainerFailure
 from .launch import data_bytes, fetch_data
 from .model import load_tokenizer
@@ -55,11 +55,7 @@ def _failure(exc: BaseException) -> TrainerFailure:
 
 def check_output(spec: FineTuneJobSpec, store: Store) -> str:
     """A probe object written and deleted where the adapter will go; a finished output needs overwrite."""
-    if store.exists(join(spec.output.uri, "_SUCCESS")) and not spec.output.overwrite:
-        raise TrainerFailure(
-            Reason.OUTPUT_EXISTS,
-            f"{spec.output.uri} already holds a finished adapter (_SUCCESS); set output.overwrite or choose another uri",
-        )
+    outputs.finished(spec, store)
     probe = join(spec.output.uri, PROBE + uuid.uuid4().hex[:12])
     store.write_text(probe, "kubetune preflight: this object is deleted at once\n")
     store.delete(probe)
@@ -217,8 +213,8 @@ def memory_and_hours(
 
 def gpu_from_environ() -> tuple[str | None, GpuType | None]:
     """The GPU type the operator found for this job: KUBETUNE_GPU_TYPE (its name) and KUBETUNE_GPU (its entry)."""
-    raw = os.environ.get("KUBETUNE_GPU")
-    return os.environ.get("KUBETUNE_GPU_TYPE"), GpuType.model_validate_json(raw) if raw else None
+    raw = os.environ.get(ENV_GPU)
+    return os.environ.get(ENV_GPU_TYPE), GpuType.model_validate_json(raw) if raw else None
 
 
 def main() -> int:
@@ -229,7 +225,7 @@ def main() -> int:
     except TrainerFailure as exc:
         report = Report(passed=False, reason=exc.reason.value, message=exc.message)
     else:
-        work = Path(os.environ.get("KUBETUNE_WORK_DIR") or tempfile.mkdtemp(prefix="kubetune-preflight-"))
+        work = Path(os.environ.get(ENV_WORK_DIR) or tempfile.mkdtemp(prefix="kubetune-preflight-"))
         work.mkdir(parents=True, exist_ok=True)
         name, gpu = gpu_from_environ()
         report = run(spec, Store(spec.storage), work, name, gpu)

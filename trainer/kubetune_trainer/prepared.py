@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import shutil
 from dataclasses import dataclass
@@ -372,10 +371,9 @@ def load(directory: Path, vocabulary: int, max_len: int, made_from: str | None =
 def steps_per_epoch(rows: int, spec: FineTuneJobSpec) -> int:
     """Optimizer steps per epoch for every world size's share of `rows` (the trainer's own count)."""
     t = spec.training
-    per_rank = data.micro_batches_per_epoch(
-        rows, micro=t.microBatchSize, world=spec.workers.world_size, multiple=t.gradientAccumulationSteps
+    return data.steps_per_epoch(
+        rows, micro=t.microBatchSize, world=spec.workers.world_size, accumulate=t.gradientAccumulationSteps
     )
-    return max(1, math.ceil(per_rank / t.gradientAccumulationSteps))
 
 
 def made_from(spec: FineTuneJobSpec, model_source: str, train: Path, validation: Path | None) -> str:

@@ -6,13 +6,16 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from kubetune_api.contract import ENV_WORK_DIR
+
 MODEL_DIR = "KUBETUNE_MODEL_SOURCE"  # local directory (or hub id) of the base model
 TRAIN_FILE = "KUBETUNE_TRAIN_FILE"  # local copy of dataset.train
 VALIDATION_FILE = "KUBETUNE_VALIDATION_FILE"  # local copy of dataset.validation, if any
-WORK_DIR = "KUBETUNE_WORK_DIR"  # node-local scratch: checkpoint staging, adapter before upload
+WORK_DIR = ENV_WORK_DIR  # node-local scratch (the pod's, from the operator): checkpoint staging, adapter before upload
 RESULT_DIR = "KUBETUNE_RESULT_DIR"  # where ranks leave failure-<rank>.json and rank 0 leaves summary.json
 PROGRESS_STYLE = "KUBETUNE_PROGRESS"  # json (pods) or bar (a person at a terminal)
 PREPARED_DIR = "KUBETUNE_PREPARED_DIR"  # the worker's prepared dataset (prepared.py), made before the ranks start
+PROCESS_START = "KUBETUNE_PROCESS_START"  # when the launcher started the ranks (epoch seconds): start-up cost
 
 
 @dataclass(frozen=True)

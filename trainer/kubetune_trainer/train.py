@@ -28,7 +28,7 @@ from kubetune_api.contract import RankFailure, WorkerEnv
 from kubetune_api.job import FineTuneJobSpec
 from kubetune_api.memory import bucket_elements
 
-from . import checkpoint, data, evaluate, merge, meter, outputs, prepared, spec_io
+from . import checkpoint, data, evaluate, merge, meter, outputs, prepared, rank_env, spec_io
 from .errors import TrainerFailure
 from .model import add_lora, load_model, load_tokenizer, model_type
 from .rank_env import RankEnv
@@ -62,7 +62,7 @@ class Data:
     train_rows: Sequence[data.Row]  # every row (memory-mapped); each rank takes its share per epoch
     eval_batches: list[list[data.Row]]  # this rank's share of the held-out set
     counts: dict[str, Any]  # the whole dataset's
-    batches_per_epoch: int  # micro-batches every rank runs per epoch (the largest share's, wrapped around)
+    steps_per_epoch: int  # optimizer steps per epoch (data.steps_per_epoch: the preflight's count too)
 
 
 @dataclass(frozen=True)
@@ -228,7 +228,7 @@ def setup_data(me: Rank, tokenizer: Any) -> Data:
         )
     t = me.spec.training
     accumulate, micro = t.gradientAccumulationSteps, t.microBatchSize
-    batches = data.micro_batches_per_epoch(len(train_rows), micro=micro, world=me.world, multiple=accumulate)
+    steps = data.steps_per_epoch(len(train_rows), micro=micro, world=me.world, accumulate=accumulate)
     train_counts = data.Counts(**meta["counts"]["train"])
     what = {
         "train": meta["counts"]["train"],
@@ -252,7 +252,7 @@ def setup_data(me: Rank, tokenizer: Any) -> Data:
     mine = [val_rows[r] for r in range(me.rank, len(val_rows), me.world)]
     eval_count = math.ceil(math.ceil(len(val_rows) / me.world) / micro)
     eval_batches = evaluate.local_batches(mine, micro, eval_count)
-    return Data(train_rows, eval_batches, what, int(batches))
+    return Data(train_rows, eval_batches, what, steps)
 
 
 def deepspeed_config(me: Rank, on_gpu: bool) -> dict[str, Any]:
@@ -276,14 +276,13 @@ def deepspeed_config(me: Rank, on_gpu: bool) -> dict[str, Any]:
     return config
 
 
-def setup_engine(me: Rank, batches_per_epoch: int) -> Engine:
+def setup_engine(me: Rank, steps_per_epoch: int) -> Engine:
     import deepspeed
     from transformers import get_scheduler
 
     on_gpu = me.device.type == "cuda"
     t = me.spec.training
     config = deepspeed_config(me, on_gpu)
-    steps_per_epoch = max(1, batches_per_epoch // t.gradientAccumulationSteps)
     total_steps = t.maxSteps or t.epochs * steps_per_epoch
     warmup = t.warmupSteps if t.warmupSteps is not None else math.ceil(t.warmupRatio * total_steps)
     keep_alive = None
@@ -698,7 +697,7 @@ class Recipe:
         if fetched.is_file():
             metrics["fetch"] = json.loads(fetched.read_text())
         me = self.me
-        about = outputs.manifest(me.spec, me.paths, me.worker.job_name, me.world, self.built.adjusted)
+        about = outputs.manifest(me.spec, me.paths, me.worker, me.world, self.built.adjusted)
         return outputs.write(self.store, me.spec, me.paths, adapter_dir, metrics, about, self.tokenizer)
 
 
@@ -716,7 +715,7 @@ class Clock:
 
 
 def train(spec: FineTuneJobSpec, worker: WorkerEnv, paths: RankEnv) -> dict[str, Any]:
-    started = float(os.environ.get("KUBETUNE_PROCESS_START", "0")) or None
+    started = float(os.environ.get(rank_env.PROCESS_START, "0")) or None
     clock = Clock(os.environ.get("RANK", "0") == "0")
     if started is not None:  # from the launcher's clock: interpreter start and imports
         clock.last = time.monotonic() - (time.time() - started)
@@ -729,7 +728,7 @@ def train(spec: FineTuneJobSpec, worker: WorkerEnv, paths: RankEnv) -> dict[str,
     clock.lap("read and tokenize data")
     memory = meter.Meter(me.device)
     memory.start()
-    built = setup_engine(me, batches.batches_per_epoch)
+    built = setup_engine(me, batches.steps_per_epoch)
     clock.lap("load model, DeepSpeed init")
     return Recipe(me, store, tokenizer, batches, built, clock, memory).train()
 
