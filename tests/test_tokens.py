@@ -5,6 +5,7 @@ directory keep every token; packing is exact best fit decreasing, at least as fu
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -38,16 +39,26 @@ def _sequential_best_fit(lengths: list[int], capacity: int) -> list[int]:
     return sorted(rooms)
 
 
-def test_packing_is_exact_best_fit_decreasing_and_keeps_every_sample() -> None:
-    rng = np.random.default_rng(0)
+def _packing_cases(seed: int) -> Iterator[tuple[int, int, np.ndarray]]:
+    """200 (trial, capacity, lengths) cases; every third with many equal short lengths (best fit's bulk moves)."""
+    rng = np.random.default_rng(seed)
     for trial in range(200):
         capacity = int(rng.integers(4, 64))
         lengths = rng.integers(1, capacity + 1, size=int(rng.integers(0, 150)))
-        if trial % 3 == 0:  # many equal short lengths: the bulk moves
+        if trial % 3 == 0:
             lengths = np.minimum(lengths, rng.integers(1, 6, size=len(lengths)))
+        yield trial, capacity, lengths
+
+
+def _fills(lengths: np.ndarray, members: np.ndarray, offsets: np.ndarray) -> list[int]:
+    assert sorted(members.tolist()) == list(range(len(lengths)))  # every sample exactly once
+    return [int(lengths[members[offsets[r] : offsets[r + 1]]].sum()) for r in range(len(offsets) - 1)]
+
+
+def test_packing_is_exact_best_fit_decreasing_and_keeps_every_sample() -> None:
+    for _, capacity, lengths in _packing_cases(0):
         members, offsets = packing.best_fit_decreasing(lengths, capacity)
-        assert sorted(members.tolist()) == list(range(len(lengths)))
-        fills = [int(lengths[members[offsets[r] : offsets[r + 1]]].sum()) for r in range(len(offsets) - 1)]
+        fills = _fills(lengths, members, offsets)
         assert max(fills, default=0) <= capacity
         assert sorted(capacity - f for f in fills) == _sequential_best_fit(lengths.tolist(), capacity)
         assert all(np.all(np.diff(members[offsets[r] : offsets[r + 1]]) > 0) for r in range(len(offsets) - 1))
@@ -66,15 +77,9 @@ def _sequential_shuffled_best_fit(lengths: list[int], capacity: int, seed: int) 
 
 
 def test_shuffled_best_fit_is_best_fit_in_a_seeded_order_and_keeps_every_sample() -> None:
-    rng = np.random.default_rng(1)
-    for trial in range(200):
-        capacity = int(rng.integers(4, 64))
-        lengths = rng.integers(1, capacity + 1, size=int(rng.integers(0, 150)))
-        if trial % 3 == 0:
-            lengths = np.minimum(lengths, rng.integers(1, 6, size=len(lengths)))
+    for trial, capacity, lengths in _packing_cases(1):
         members, offsets = packing.shuffled_best_fit(lengths, capacity, seed=trial)
-        assert sorted(members.tolist()) == list(range(len(lengths)))
-        fills = [int(lengths[members[offsets[r] : offsets[r + 1]]].sum()) for r in range(len(offsets) - 1)]
+        fills = _fills(lengths, members, offsets)
         assert max(fills, default=0) <= capacity and min(fills, default=1) > 0
         assert sorted(capacity - f for f in fills) == _sequential_shuffled_best_fit(lengths.tolist(), capacity, trial)
         again = packing.shuffled_best_fit(lengths, capacity, seed=trial)  # the same rows on every rank

@@ -36,7 +36,6 @@ ENV_GPU = "KUBETUNE_GPU"  # preflight: that type's memory, TFLOP/s and price (po
 
 DEFAULT_MASTER_PORT = 29500
 PROGRESS_EVENT = "progress"  # value of "event" in rank 0's structured progress lines
-PREPARING_EVENT = "preparing"  # value of "event" in the lines preparing a dataset prints (preflight and launcher)
 SUMMARY_EVENT = "summary"  # value of "event" in the final summary line and termination message
 
 

@@ -127,7 +127,6 @@ class Status:
         self.set(ConditionType.PREFLIGHT, False, reason, message)
 
     def preflight_passed(self, message: str) -> None:
-        self.new.pop("preparing", None)  # the report has the totals
         self.set(ConditionType.PREFLIGHT, True, Reason.PREFLIGHT_PASSED, message)
 
     def queued(self, queue: str) -> None:
@@ -194,7 +193,7 @@ def _preflight(plan: Plan, seen: Observed, status: Status) -> tuple[bool, list[A
     if outcome.state == "running":
         status.preflight_running(outcome.reason, outcome.message, seen.preparing)
         return True, []
-    status.new.pop("preparing", None)
+    status.new.pop("preparing", None)  # passed or failed: the report has the totals
     if outcome.report is not None:
         status.new["preflight"] = report_status(outcome.report)
     if outcome.state == "passed":

@@ -47,7 +47,7 @@ def tag(step: int) -> str:
 
 
 def root(output_uri: str) -> str:
-    return layout.under(output_uri, layout.CHECKPOINTS).rstrip("/")
+    return join(output_uri, layout.CHECKPOINTS)
 
 
 def complete_tags(store: Store, output_uri: str) -> list[str]:

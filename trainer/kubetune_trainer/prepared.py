@@ -386,9 +386,11 @@ def made_from(spec: FineTuneJobSpec, model_source: str, train: Path, validation:
 
 def uri_for(spec: FineTuneJobSpec, made: str) -> str:
     """Where the preflight leaves a job's prepared dataset: beside its outputs, named by what it was made from."""
+    from kubetune_api import layout
+
     from .storage import join
 
-    return join(spec.output.uri, f"prepared/{made}/")
+    return join(spec.output.uri, layout.PREPARED, made)
 
 
 def publish(store: Any, directory: Path, uri: str) -> None:
