@@ -27,8 +27,8 @@ def main() -> None:
         torch.set_num_threads(2)
     tokenizer = AutoTokenizer.from_pretrained(work / "model")
     spec = DatasetSpec.model_validate({"train": "./t.jsonl", "maxSeqLength": 256, "packing": False})
-    train, _ = data.tokenize(data.read_records(work / "train.jsonl", "train"), spec, tokenizer, "train")
-    held, _ = data.tokenize(data.read_records(work / "val.jsonl", "val"), spec, tokenizer, "val")
+    train, _ = data.tokenize([r for _, r in data.read_indexed(work / "train.jsonl", "train")[0]], spec, tokenizer, "train")
+    held, _ = data.tokenize([r for _, r in data.read_indexed(work / "val.jsonl", "val")[0]], spec, tokenizer, "val")
     model = AutoModelForCausalLM.from_pretrained(work / "model", dtype=torch.bfloat16 if gpu else torch.float32)
     seed = int(os.environ.get("BENCH_SEED", "42"))  # the same as kubetune's training.seed in the same comparison
     torch.manual_seed(seed)

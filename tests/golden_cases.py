@@ -9,7 +9,7 @@ from typing import Any
 from kubetune_api.dataset import DatasetSpec
 from kubetune_trainer import tiny
 
-from .test_chat_masks import FAMILIES, conversation, tokenizer_for, tool_conversation
+from .chat_helpers import FAMILIES, conversation, tokenizer_for, tool_conversation
 
 
 def cases() -> list[tuple[str, str, DatasetSpec, list[dict[str, Any]]]]:

@@ -15,43 +15,8 @@ from kubetune_trainer import data
 from kubetune_trainer.errors import TrainerFailure
 from kubetune_trainer.tiny import byte_tokenizer
 
-TEMPLATES = Path(__file__).parent / "fixtures" / "chat_templates"
-
-# family: (bos, eos, end-of-turn, extra special tokens, whether the template takes a system message)
-FAMILIES: dict[str, tuple[str, str, str, list[str], bool]] = {
-    "llama3": (
-        "<|begin_of_text|>",
-        "<|end_of_text|>",
-        "<|eot_id|>",
-        ["<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"],
-        True,
-    ),
-    "qwen2.5": ("<|endoftext|>", "<|im_end|>", "<|im_end|>", ["<|im_start|>", "<|im_end|>"], True),
-    "qwen3": ("<|endoftext|>", "<|im_end|>", "<|im_end|>", ["<|im_start|>", "<|im_end|>"], True),
-    "mistral": ("<s>", "</s>", "</s>", [], False),
-    "gemma": ("<bos>", "<eos>", "<end_of_turn>", ["<start_of_turn>", "<end_of_turn>"], False),
-    "phi3": ("<s>", "<|endoftext|>", "<|end|>", ["<|system|>", "<|user|>", "<|assistant|>", "<|end|>"], True),
-    "chatml": ("<s>", "<|im_end|>", "<|im_end|>", ["<|im_start|>", "<|im_end|>"], True),
-}
-ANSWERS = ["Paris is the capital.", "About 2.1 million people live there."]
-
-
-def tokenizer_for(family: str) -> Any:
-    bos, eos, _, extra, _ = FAMILIES[family]
-    tokenizer = byte_tokenizer()
-    tokenizer.add_special_tokens({"bos_token": bos, "eos_token": eos, "additional_special_tokens": extra})
-    tokenizer.chat_template = (TEMPLATES / f"{family}.jinja").read_text()
-    return tokenizer
-
-
-def conversation(system: bool, **first: Any) -> list[dict[str, Any]]:
-    messages = [
-        {"role": "user", "content": "What is the capital of France?"},
-        {"role": "assistant", "content": ANSWERS[0], **first},
-        {"role": "user", "content": "How many people live there?"},
-        {"role": "assistant", "content": ANSWERS[1]},
-    ]
-    return ([{"role": "system", "content": "You answer briefly."}] if system else []) + messages
+from .chat_helpers import ANSWERS, FAMILIES, conversation, tokenizer_for, tool_conversation
+from .data_helpers import read_records
 
 
 def learned(sample: data.Sample, tokenizer: Any) -> list[str]:
@@ -105,11 +70,11 @@ def test_parquet_chat_with_weights_on_some_messages_reads_as_written(tmp_path: P
     jsonl.write_text("".join(json.dumps(r) + "\n" for r in records))
     parquet = tmp_path / "chat.parquet"
     pq.write_table(pa.Table.from_pylist(records), parquet)
-    read = data.read_records(parquet, "chat.parquet")
+    read = read_records(parquet, "chat.parquet")
     assert read[1]["messages"][0]["weight"] is None and read[0]["messages"][2]["weight"] == 0.0  # as Parquet gives it
     spec, tokenizer = DatasetSpec(train="./chat.parquet", format="chat"), tokenizer_for("chatml")
     from_parquet, _ = data.tokenize(read, spec, tokenizer, "chat.parquet")
-    from_jsonl, _ = data.tokenize(data.read_records(jsonl, "chat.jsonl"), spec, tokenizer, "chat.jsonl")
+    from_jsonl, _ = data.tokenize(read_records(jsonl, "chat.jsonl"), spec, tokenizer, "chat.jsonl")
     assert list(from_parquet) == list(from_jsonl) and len(from_jsonl) == 3
 
 
@@ -179,33 +144,6 @@ def test_a_template_without_a_system_role_gets_it_in_the_first_user_turn() -> No
     assert counts.system_folded == 1
     assert "<start_of_turn>user\nYou answer briefly.\n\nWhat is the capital of France?" in tokenizer.decode(samples[0].input_ids)
     assert learned(samples[0], tokenizer) == [answer + "<end_of_turn>" for answer in ANSWERS]
-
-
-WEATHER_TOOL = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "The weather in a city",
-        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
-    },
-}
-
-
-def tool_conversation(arguments: Any = '{"city": "Paris"}') -> dict[str, Any]:
-    """An OpenAI function-calling fine-tuning record, as the API takes it (arguments as a JSON string)."""
-    return {
-        "tools": [WEATHER_TOOL],
-        "messages": [
-            {"role": "user", "content": "How warm is it in Paris?"},
-            {
-                "role": "assistant",
-                "content": None,
-                "tool_calls": [{"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": arguments}}],
-            },
-            {"role": "tool", "tool_call_id": "call_1", "content": '{"celsius": 18}'},
-            {"role": "assistant", "content": "It is 18 degrees."},
-        ],
-    }
 
 
 def chat(record: dict[str, Any], family: str) -> data.Sample:

@@ -13,9 +13,8 @@ import yaml
 
 from kubetune_api.manifests import dump
 
+from .cases import INVALID_CASES, SCHEMA_CASES
 from .conftest import EXAMPLES, job
-from .test_crd import SCHEMA_CASES
-from .test_models import INVALID_CASES
 
 pytestmark = pytest.mark.cluster
 

@@ -10,11 +10,9 @@ import yaml
 from kubetune_api import validate_object
 from kubetune_api.crd import build_crd, object_schema, render
 
-from .conftest import EXAMPLES, ROOT, job
+from .cases import CRD_FILE, SCHEMA_CASES
+from .conftest import EXAMPLES, job
 from .schema_layer import error_paths
-from .test_models import INVALID_CASES
-
-CRD_FILE = ROOT / "crds" / "finetunejob.yaml"
 
 
 def walk(schema: dict[str, Any], path: str = ""):  # type: ignore[no-untyped-def]
@@ -87,10 +85,6 @@ def test_examples_pass_both_layers(example: Any) -> None:
         # the quickstart runs with `kubetune run` from local paths, which no cluster layer admits
         expected = ["spec.model.uri", "spec.dataset.train", "spec.output.uri"] if example.name == "quickstart.yaml" else []
         assert sorted(cluster) == sorted(expected)
-
-
-# apiVersion and kind are the API server's routing, not its schema, so those cases are pydantic's alone.
-SCHEMA_CASES = [changes for changes, path in INVALID_CASES if path not in ("kind", "apiVersion")]
 
 
 @pytest.mark.parametrize("changes", SCHEMA_CASES, ids=lambda c: ",".join(f"{k}={v!r}" for k, v in c.items())[:60])

@@ -12,6 +12,8 @@ from kubetune_api.dataset import DatasetSpec
 from kubetune_trainer import data, tiny
 from kubetune_trainer.errors import TrainerFailure
 
+from .data_helpers import read_records
+
 torch = pytest.importorskip("torch")
 
 
@@ -151,7 +153,7 @@ def test_malformed_files_name_the_position(tmp_path: Path, content: str, suffix:
     path = tmp_path / f"d{suffix}"
     path.write_bytes(content.encode("latin-1"))
     with pytest.raises(TrainerFailure) as failure:
-        data.read_records(path, path.name)
+        read_records(path, path.name)
     assert failure.value.reason == Reason.BAD_RECORD and needle in failure.value.message
 
 
@@ -202,7 +204,7 @@ def test_files_as_they_come(tmp_path: Path) -> None:
     pq.write_table(pa.Table.from_pylist(rows), buffer)
     (tmp_path / "d.parquet.gz").write_bytes(gzip.compress(buffer.getvalue().to_pybytes()))
     for name in ("a.jsonl", "b.jsonl.gz", "c.json.zst", "d.parquet.gz"):
-        assert data.read_records(tmp_path / name, name) == rows, name
+        assert read_records(tmp_path / name, name) == rows, name
     (tmp_path / "bad.jsonl.gz").write_bytes(b"not gzip at all")
     with pytest.raises(TrainerFailure, match=r"bad\.jsonl\.gz: cannot be decompressed"):
-        data.read_records(tmp_path / "bad.jsonl.gz", "bad.jsonl.gz")
+        read_records(tmp_path / "bad.jsonl.gz", "bad.jsonl.gz")

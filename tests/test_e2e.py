@@ -24,14 +24,13 @@ from kubetune_api.manifests import dump
 
 from .cluster import images
 from .cluster.plane import IN_CLUSTER_OPERATOR_USER, free_port
+from .cluster_helpers import NAMESPACE, condition, credentials, ftj, manifest, namespace_with_credentials, wait_for
 from .conftest import ROOT
 from .gitops_health import argocd_health, flux_health
 from .s3server import S3Server
-from .test_operator_cluster import condition, ftj, wait_for
-from .test_trainer import reloaded_eval_loss
+from .trainer_helpers import reloaded_eval_loss
 
 pytestmark = pytest.mark.e2e
-NAMESPACE = "e2e"
 # a second release of the chart in a namespace of the same name, its operator watching only this module's namespace;
 # the test cluster's audit log keeps its ServiceAccount's requests
 RELEASE = IN_CLUSTER_OPERATOR_USER.rpartition(":")[2]
@@ -93,53 +92,9 @@ def operator(plane, crd, node_agent, namespace, platform_values, tmp_path_factor
     plane.helm("uninstall", RELEASE, "-n", RELEASE, "--wait", check=False)
 
 
-def credentials(plane, namespace: str, name: str, access_key: str, secret_key: str) -> None:  # type: ignore[no-untyped-def]
-    """A credentials Secret in the namespace (storage.credentialsSecret names it), made once."""
-    plane.kubectl(
-        "create",
-        "secret",
-        "generic",
-        name,
-        "-n",
-        namespace,
-        f"--from-literal=AWS_ACCESS_KEY_ID={access_key}",
-        f"--from-literal=AWS_SECRET_ACCESS_KEY={secret_key}",
-        check=False,
-    )
-
-
-def namespace_with_credentials(plane, s3: S3Server, namespace: str) -> str:  # type: ignore[no-untyped-def]
-    plane.kubectl("create", "namespace", namespace, check=False)
-    credentials(plane, namespace, "s3-credentials", s3.access_key, s3.secret_key)
-    return namespace
-
-
 @pytest.fixture(scope="module")
 def namespace(plane, s3: S3Server) -> str:  # type: ignore[no-untyped-def]
     return namespace_with_credentials(plane, s3, NAMESPACE)
-
-
-def manifest(name: str, s3: S3Server, stored: dict[str, str], training: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "apiVersion": "kubetune.dev/v1alpha1",
-        "kind": "FineTuneJob",
-        "metadata": {"name": name, "namespace": NAMESPACE},
-        "spec": {
-            "model": {"uri": stored["model"]},
-            "dataset": {"train": stored["train"], "validation": stored["validation"], "maxSeqLength": 128},
-            "lora": {"r": 8, "alpha": 16, "dropout": 0.0},
-            "training": {"learningRate": 3.0e-3, "microBatchSize": 8, **training},
-            "deepspeed": {"zeroStage": 2},
-            "workers": {"replicas": 2, "gpusPerWorker": 0},
-            "storage": {
-                "endpoint": s3.endpoint,
-                "region": "us-east-1",
-                "addressingStyle": "path",
-                "credentialsSecret": "s3-credentials",
-            },
-            "output": {"uri": f"s3://adapters/e2e/{name}/"},
-        },
-    }
 
 
 def finished(plane, name: str) -> dict[str, Any]:  # type: ignore[no-untyped-def]

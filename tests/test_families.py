@@ -15,8 +15,8 @@ from kubetune_api.lora import LoraSpec
 from kubetune_trainer.errors import TrainerFailure
 from kubetune_trainer.model import add_lora, check_targets
 
-from .test_packing_families import COMMON, CONFIGS
-from .test_packing_families import tiny as packing_tiny
+from .model_helpers import COMMON, CONFIGS
+from .model_helpers import tiny as packing_tiny
 
 MOE = {
     "olmoe": ("OlmoeConfig", {"num_experts": 4, "num_experts_per_tok": 2}),

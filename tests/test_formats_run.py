@@ -13,8 +13,8 @@ import pytest
 
 from kubetune_trainer import tiny
 
+from .chat_helpers import WEATHER_TOOL, tokenizer_for
 from .s3server import S3Server
-from .test_chat_masks import WEATHER_TOOL, tokenizer_for
 from .trainer_helpers import manifest, run
 
 pytestmark = pytest.mark.trainer

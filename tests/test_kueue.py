@@ -15,9 +15,8 @@ import pytest
 from kubetune_api.manifests import dump
 
 from .cluster import kueue as kueue_manager
+from .cluster_helpers import condition, ftj, manifest, namespace_with_credentials, wait_for
 from .s3server import S3Server
-from .test_e2e import manifest, namespace_with_credentials
-from .test_operator_cluster import condition, ftj, wait_for
 
 pytestmark = pytest.mark.e2e
 NAMESPACE = "queued"  # watched by the session's operator (tests/conftest.py), which these jobs run under

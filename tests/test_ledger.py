@@ -11,9 +11,9 @@ import pytest
 from prometheus_client import REGISTRY
 
 from kubetune_operator import builders, metrics
-from kubetune_operator.status import ledger, pod_seconds
+from kubetune_operator.ledger import ledger, pod_seconds
 
-from .test_operator_unit import plan_for
+from .operator_helpers import plan_for
 
 AT = datetime.datetime(2026, 11, 26, 12, 0, 0, tzinfo=datetime.UTC)
 

@@ -18,6 +18,7 @@ from kubetune_api.job import FineTuneJobSpec
 from kubetune_api.memory import bucket_elements, estimate, safetensors_sizes, shape_from_dir, shape_of
 
 from .conftest import ROOT
+from .model_helpers import LLAMA_8B
 
 FIXTURE = ROOT / "tests" / "fixtures" / "memory-h200.json"
 TOLERANCE = 0.25
@@ -35,18 +36,6 @@ def spec(**over: Any) -> FineTuneJobSpec:
     }
     assert not over, over
     return FineTuneJobSpec.model_validate(body)
-
-
-LLAMA_8B = {
-    "model_type": "llama",
-    "hidden_size": 4096,
-    "num_hidden_layers": 32,
-    "num_attention_heads": 32,
-    "num_key_value_heads": 8,
-    "intermediate_size": 14336,
-    "vocab_size": 128256,
-    "tie_word_embeddings": False,
-}
 
 
 def test_a_known_model_has_its_published_parameter_count() -> None:

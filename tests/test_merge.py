@@ -16,7 +16,7 @@ from kubetune_trainer.errors import TrainerFailure
 from kubetune_trainer.merge import merge, read_adapter
 from kubetune_trainer.model import add_lora
 
-from .test_packing_families import tiny
+from .model_helpers import tiny
 
 
 def trained_adapter(family: str, tmp: Path, **lora: Any) -> tuple[Path, Path, Any]:

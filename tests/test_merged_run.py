@@ -13,8 +13,8 @@ import torch
 
 from kubetune_trainer import tiny
 
+from .model_helpers import save_with_byte_tokenizer
 from .s3server import S3Server
-from .test_packing_families import save_with_byte_tokenizer
 from .trainer_helpers import manifest, run
 
 pytestmark = pytest.mark.trainer

@@ -11,6 +11,7 @@ from kubetune_api import FineTuneJob, validate_object
 from kubetune_api.conditions import TRAINER_FAILURE_REASONS, Reason
 from kubetune_api.contract import ContractError, WorkerEnv
 
+from .cases import INVALID_CASES
 from .conftest import job
 
 
@@ -26,41 +27,6 @@ def test_minimal_fills_every_default() -> None:
     assert spec.training.epochs == 1 and spec.runPolicy.backoffLimit == 3
     assert spec.validation_split == 0.05
     assert spec.global_batch_size == 4
-
-
-INVALID_CASES: list[tuple[dict[str, Any], str]] = [
-    ({"spec.lora.r": -1}, "spec.lora.r"),
-    ({"spec.lora.r": 2048}, "spec.lora.r"),
-    ({"spec.lora.r": "16"}, "spec.lora.r"),
-    ({"spec.lora.dropout": 1.0}, "spec.lora.dropout"),
-    ({"spec.lora.targetModules": []}, "spec.lora.targetModules"),
-    ({"spec.lora.targetModules": ["all-linear", "q_proj"]}, "spec.lora.targetModules"),
-    ({"spec.lorra": {}}, "spec.lorra"),
-    ({"spec.model.uri": "http://example.com/model"}, "spec.model.uri"),
-    ({"spec.dataset.train": "s3://data/train.csv"}, "spec.dataset.train"),
-    ({"spec.dataset.validation": "s3://data/v.jsonl", "spec.dataset.validationSplit": 0.1}, "spec.dataset.validationSplit"),
-    ({"spec.dataset.validationSplit": 0.9}, "spec.dataset.validationSplit"),
-    ({"spec.dataset.format": "orca"}, "spec.dataset.format"),
-    ({"spec.deepspeed.zeroStage": 4}, "spec.deepspeed.zeroStage"),
-    ({"spec.deepspeed.offload": "all"}, "spec.deepspeed.offload"),
-    ({"spec.training.learningRate": 0}, "spec.training.learningRate"),
-    ({"spec.training.globalBatchSize": 7}, "spec.training.globalBatchSize"),
-    ({"spec.training.warmupSteps": 10, "spec.training.maxSteps": 5}, "spec.training.warmupSteps"),
-    ({"spec.workers.gpusPerWorker": 8, "spec.workers.processesPerWorker": 4}, "spec.workers.processesPerWorker"),
-    ({"spec.workers.resources": {"limits": {"nvidia.com/gpu": 2}}}, "spec.workers.resources.limits"),
-    ({"spec.workers.resources": {"requests": {"cpu": 0.5}}}, "spec.workers.resources.requests.cpu"),
-    ({"spec.workers.resources": {"requests": {"memory": "lots"}}}, "spec.workers.resources.requests.memory"),
-    ({"spec.workers.tolerations": [{"effect": "Sometimes"}]}, "spec.workers.tolerations[0].effect"),
-    ({"spec.workers.env": [{"name": "AWS_SECRET_ACCESS_KEY", "value": "x"}]}, "spec.workers.env"),
-    ({"spec.storage.endpoint": "s3.example.com"}, "spec.storage.endpoint"),
-    ({"spec.storage.credentialsSecret": "Bad_Name"}, "spec.storage.credentialsSecret"),
-    ({"spec.runPolicy.backoffLimit": -1}, "spec.runPolicy.backoffLimit"),
-    ({"spec.output": None}, "spec.output"),
-    ({"metadata.name": "a" * 53}, "metadata.name"),
-    ({"metadata.name": "9lives"}, "metadata.name"),
-    ({"kind": "PyTorchJob"}, "kind"),
-    ({"apiVersion": "kubetune.dev/v1"}, "apiVersion"),
-]
 
 
 @pytest.mark.parametrize(("changes", "expected"), INVALID_CASES)
@@ -131,7 +97,6 @@ def test_worker_env_reads_the_contract() -> None:
         }
     )
     assert (env.worker_rank, env.num_workers, env.procs_per_worker, env.master_port) == (1, 2, 8, 29500)
-    assert str(env.deepspeed_path) == "/etc/kubetune/deepspeed.json"
     with pytest.raises(ContractError, match="JOB_COMPLETION_INDEX=2 must be below KUBETUNE_NUM_WORKERS=2"):
         WorkerEnv.from_environ({"KUBETUNE_NUM_WORKERS": "2", "JOB_COMPLETION_INDEX": "2"})
     with pytest.raises(ContractError, match="KUBETUNE_NUM_WORKERS must be an integer"):
@@ -167,7 +132,7 @@ def test_every_variable_the_operator_sets_is_named_in_the_contract() -> None:
     from kubetune_api import contract
     from kubetune_operator import builders
 
-    from .test_operator_unit import plan_for
+    from .operator_helpers import plan_for
 
     named = {v for k, v in vars(contract).items() if k.startswith("ENV_")}
     plan = plan_for(**{"spec.workers": {"replicas": 2, "gpusPerWorker": 0}})

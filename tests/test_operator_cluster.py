@@ -6,38 +6,16 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
-from collections.abc import Callable
-from typing import Any
 
 import pytest
 
 from kubetune_api.manifests import dump
 
+from .cluster_helpers import condition, ftj, wait_for
 from .conftest import ROOT, job
 from .gitops_health import argocd_health, flux_health
 
 pytestmark = pytest.mark.cluster
-
-
-def wait_for(what: str, check: Callable[[], Any], timeout: float = 60) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(0.3)
-    raise AssertionError(f"timed out waiting for {what}; last: {last}")
-
-
-def ftj(plane, name: str, namespace: str = "default") -> dict[str, Any]:  # type: ignore[no-untyped-def]
-    out = plane.kubectl("get", "ftj", name, "-n", namespace, "-o", "json", check=False)
-    return json.loads(out.stdout) if out.returncode == 0 else {}
-
-
-def condition(body: dict[str, Any], type_: str) -> dict[str, Any]:
-    return next((c for c in (body.get("status") or {}).get("conditions", []) if c["type"] == type_), {})
 
 
 def test_render_is_accepted_by_the_api_server(plane, crd) -> None:  # type: ignore[no-untyped-def]

@@ -16,8 +16,8 @@ import pytest
 from kubetune_api.manifests import dump
 
 from .cluster.plane import free_port
+from .cluster_helpers import ftj, wait_for
 from .conftest import ROOT, job
-from .test_operator_cluster import ftj, wait_for
 
 pytestmark = pytest.mark.cluster
 NAMESPACE = "faults"

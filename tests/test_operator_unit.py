@@ -7,19 +7,10 @@ from typing import Any
 
 import pytest
 
-from kubetune_api import FineTuneJob
-from kubetune_operator import builders, status
-from kubetune_operator.plan import make_plan
+from kubetune_operator import builders, conditions, observation
 from kubetune_operator.rbac import RULES
-from kubetune_operator.settings import Settings
 
-from .conftest import job
-
-
-def plan_for(**changes: Any):  # type: ignore[no-untyped-def]
-    body = job(**changes)
-    body["metadata"].update({"namespace": "team-a", "uid": "uid-1"})
-    return make_plan(body, FineTuneJob.model_validate(body), Settings(trainer_image="trainer:test"))
+from .operator_helpers import plan_for
 
 
 def container(job_obj: dict[str, Any]) -> dict[str, Any]:
@@ -113,11 +104,11 @@ def test_configmap_holds_the_resolved_spec_and_deepspeed_json() -> None:
 
 
 def test_condition_time_moves_only_when_status_flips() -> None:
-    first = status.set_condition([], "Running", False, "PodsPending", "waiting", 1)
+    first = conditions.set_condition([], "Running", False, "PodsPending", "waiting", 1)
     first[0]["lastTransitionTime"] = "2000-01-01T00:00:00Z"
-    same = status.set_condition(first, "Running", False, "Unschedulable", "no GPUs", 1)
+    same = conditions.set_condition(first, "Running", False, "Unschedulable", "no GPUs", 1)
     assert same[0]["lastTransitionTime"] == "2000-01-01T00:00:00Z" and same[0]["reason"] == "Unschedulable"
-    flipped = status.set_condition(same, "Running", True, "Training", "2 workers", 1)
+    flipped = conditions.set_condition(same, "Running", True, "Training", "2 workers", 1)
     assert flipped[0]["lastTransitionTime"] != "2000-01-01T00:00:00Z"
 
 
@@ -178,7 +169,7 @@ FAILURE = json.dumps(
     ],
 )
 def test_observe(job_obj: dict[str, Any] | None, pods: list[dict[str, Any]], state: str, reason: str) -> None:
-    obs = status.observe(job_obj, pods, workers=2)
+    obs = observation.observe(job_obj, pods, workers=2)
     assert (obs.state, obs.reason) == (state, reason)
 
 
@@ -192,7 +183,7 @@ def test_unschedulable_pods_show_the_schedulers_words() -> None:
             ],
         },
     }
-    assert status.pending_reason([waiting]) == (
+    assert observation.pending_reason([waiting]) == (
         "Unschedulable",
         "job-0-x: 0/2 nodes are available: 2 Insufficient nvidia.com/gpu.",
     )
@@ -200,13 +191,15 @@ def test_unschedulable_pods_show_the_schedulers_words() -> None:
 
 def test_progress_from_rank0_lines() -> None:
     log = 'noise\n{"event": "progress", "step": 5, "totalSteps": 20, "epoch": 0.5, "loss": 2.0, "eta": "1m00s"}\n{"event": "eval"}\n'
-    line = status.last_progress(log)
-    assert line is not None and status.progress_status(line)["summary"] == "5/20 (25%)"
+    line = observation.last_progress(log)
+    assert line is not None and observation.progress_status(line)["summary"] == "5/20 (25%)"
 
 
 def test_permanent_failures_do_not_restart() -> None:
     assert (
-        "DatasetMissing" in status.PERMANENT and "OutOfMemory" not in status.PERMANENT and "TrainerError" not in status.PERMANENT
+        "DatasetMissing" in observation.PERMANENT
+        and "OutOfMemory" not in observation.PERMANENT
+        and "TrainerError" not in observation.PERMANENT
     )
 
 
@@ -227,3 +220,27 @@ def test_in_a_pod_the_operator_talks_to_the_api_server_the_kubelet_names(env: di
     from kubetune_operator.handlers import in_cluster_server
 
     assert in_cluster_server(env) == server
+
+
+def test_the_rendered_deepspeed_json_is_the_derivation_the_trainer_runs() -> None:
+    """The ConfigMap shows ds_config.deepspeed_config of the spec; the trainer calls the same function with what only
+    the running job knows, and on the spec's world with bfloat16 gets the same config, bar a reduce bucket sized to the
+    adapter (never larger)."""
+    from kubetune_api.ds_config import deepspeed_config
+
+    plan = plan_for(**{"spec.workers": {"replicas": 2, "gpusPerWorker": 4}})
+    rendered = json.loads(builders.build_configmap(plan)["data"]["deepspeed.json"])
+    ran = deepspeed_config(plan.spec, 8, on_gpu=True, bf16=True, trainable=4_000_000)
+    assert (
+        rendered["train_batch_size"]
+        == ran["train_batch_size"]
+        == 8 * plan.spec.training.microBatchSize * plan.spec.training.gradientAccumulationSteps
+    )
+    assert (
+        ran["zero_optimization"].pop("reduce_bucket_size") == 4_000_000 < rendered["zero_optimization"].pop("reduce_bucket_size")
+    )
+    assert ran == rendered
+    no_bf16 = deepspeed_config(plan.spec, 8, on_gpu=True, bf16=False)  # a GPU without bfloat16: float16, loss scaled
+    assert "bf16" not in no_bf16 and no_bf16["fp16"]["enabled"]
+    on_cpu = deepspeed_config(plan.spec, 2, on_gpu=False)
+    assert "bf16" not in on_cpu and "fp16" not in on_cpu and on_cpu["optimizer"]["params"]["torch_adam"]

@@ -39,12 +39,21 @@ def test_early_stopping_stops_when_the_held_out_loss_stalls(s3: S3Server, stored
     assert "_SUCCESS" in s3.keys(out)
 
 
+def one_word(s3: S3Server, stored: dict[str, str]) -> dict[str, str]:
+    """The stored datasets with training records that teach one repeated word: the held-out loss falls at first
+    (the format is learned), then climbs as the model learns to say nothing else. Best and last differ by design,
+    not by the noise of a tiny model's curve."""
+    records = [{"prompt": f"Question {i}: what is {i} plus {i}?", "completion": " zz" * 40} for i in range(200)]
+    train = s3.put("data", "outcomes/one-word.jsonl", "".join(json.dumps(r) + "\n" for r in records).encode())
+    return {**stored, "train": train}
+
+
 def test_the_best_adapter_is_written_not_the_last(s3: S3Server, stored: dict[str, str], tmp_path: Path) -> None:
-    """A learning rate far too high: the held-out loss falls, then climbs. The adapter written is the one of the
-    lowest evaluation, and reloads to exactly that loss."""
+    """The held-out loss falls, then climbs (one_word). The adapter written is the one of the lowest evaluation, and
+    reloads to exactly that loss."""
     out = "s3://adapters/outcomes/best/"
-    training = {"maxSteps": 12, "learningRate": 0.1, "evalEverySteps": 2}
-    outcome = run(manifest("best", s3, spec(stored, out, training)), s3, tmp_path)
+    training = {"maxSteps": 12, "learningRate": 0.05, "evalEverySteps": 2}
+    outcome = run(manifest("best", s3, spec(one_word(s3, stored), out, training)), s3, tmp_path)
     assert outcome.returncode == 0, outcome.stdout[-2000:] + outcome.stderr[-2000:]
     metrics = json.loads(s3.get(out + "metrics.json"))
     losses = {h["step"]: h["evalLoss"] for h in metrics["history"]}
@@ -73,8 +82,8 @@ def test_the_best_adapter_survives_a_gang_restart(s3: S3Server, stored: dict[str
     """The best adapter is kept beside the checkpoints: a gang that died after its step-10 checkpoint, restarted on
     a fresh node (a new work directory, so nothing local survives), still writes the best one, not the last."""
     out = "s3://adapters/outcomes/best-restart/"
-    training = {"maxSteps": 12, "learningRate": 0.1, "evalEverySteps": 2, "checkpointEverySteps": 10}
-    body = manifest("best-restart", s3, spec(stored, out, training))
+    training = {"maxSteps": 12, "learningRate": 0.05, "evalEverySteps": 2, "checkpointEverySteps": 10}
+    body = manifest("best-restart", s3, spec(one_word(s3, stored), out, training))
     (tmp_path / "first").mkdir()
     first = run(body, s3, tmp_path / "first")
     assert first.returncode == 0, first.stdout[-2000:]

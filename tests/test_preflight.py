@@ -15,8 +15,8 @@ from kubetune_api.memory import shape_of
 from kubetune_api.preflight import GpuType, Report, candidates, fit, format_report, parse_report
 
 from .conftest import ROOT, kubetune
+from .model_helpers import LLAMA_8B
 from .s3server import S3Server
-from .test_memory_estimate import LLAMA_8B
 from .trainer_helpers import manifest, run, store_for
 
 

@@ -8,34 +8,15 @@ from typing import Any
 
 import pytest
 
-from kubetune_api.dataset import DatasetSpec
-from kubetune_trainer import data, evaluate, tiny
+from kubetune_api.ds_config import deepspeed_config
+from kubetune_api.job import FineTuneJobSpec
+from kubetune_api.metrics import Metrics
+from kubetune_trainer import data, tiny
 
 from .s3server import S3Server
-from .trainer_helpers import Outcome, manifest, run
+from .trainer_helpers import Outcome, manifest, reloaded_eval_loss, run
 
 pytestmark = pytest.mark.trainer
-
-
-def reloaded_eval_loss(
-    s3: S3Server, out: str, tiny_model: Path, dataset: dict[str, Any], records: list[dict[str, Any]], tmp: Path
-) -> float:
-    """Load the adapter from S3 with plain PEFT and evaluate it on the held-out records, in one process."""
-    import torch
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    adapter = tmp / "adapter"
-    adapter.mkdir(exist_ok=True)
-    for key in s3.keys(out + "adapter/"):
-        (adapter / key).write_bytes(s3.get(out + "adapter/" + key))
-    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32), adapter).eval()
-    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
-    spec = DatasetSpec.model_validate({"train": "./t.jsonl", **dataset})
-    samples, _ = data.tokenize(records, spec, tokenizer, "held-out")
-    batches = evaluate.local_batches(data.rows(samples, spec.maxSeqLength, spec.packing), 4)
-    sums = evaluate.eval_sums(lambda inputs: model(**inputs, use_cache=False).logits, batches, tokenizer.pad_token_id, "cpu")
-    return evaluate.metrics(sums)["evalLoss"]
 
 
 def assert_trained(outcome: Outcome, s3: S3Server, out: str) -> dict[str, Any]:
@@ -50,8 +31,16 @@ def assert_trained(outcome: Outcome, s3: S3Server, out: str) -> dict[str, Any]:
     assert progress and set(progress[-1]) >= {"step", "totalSteps", "epoch", "loss", "learningRate", "tokensPerSecond", "eta"}
     assert progress[-1]["step"] == progress[-1]["totalSteps"]
     metrics = json.loads(s3.get(out + "metrics.json"))
+    Metrics.model_validate(metrics)  # written through the model, read back through it
     assert metrics["final"]["evalLoss"] == summary["metrics"]["evalLoss"]
     manifest_doc = json.loads(s3.get(out + "manifest.json"))
+    ran = FineTuneJobSpec.model_validate(manifest_doc["spec"])
+    expected = deepspeed_config(ran, metrics["train"]["worldSize"], on_gpu=False)
+    ds = manifest_doc["deepspeed"]  # what ran is the one derivation, with the adapter's size for the bucket
+    assert {k: v for k, v in ds.items() if k != "zero_optimization"} == {
+        k: v for k, v in expected.items() if k != "zero_optimization"
+    }
+    assert ds["zero_optimization"]["reduce_bucket_size"] <= expected["zero_optimization"]["reduce_bucket_size"]
     assert set(manifest_doc["versions"]) >= {"torch", "transformers", "peft", "deepspeed"}
     assert len(manifest_doc["specSha256"]) == 64 and manifest_doc["datasets"]["train"]["sha256"]
     return metrics

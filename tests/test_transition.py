@@ -13,7 +13,7 @@ import pytest
 
 from kubetune_api.contract import PreparingLine
 from kubetune_api.status import FineTuneJobStatus
-from kubetune_operator.status import preparing_status
+from kubetune_operator.preflight_outcome import preparing_status
 from kubetune_operator.transition import (
     CountRestart,
     CreateJob,
@@ -21,13 +21,19 @@ from kubetune_operator.transition import (
     DeleteJob,
     DeletePreflight,
     Emit,
+    EnsureChildren,
+    Expire,
     Observed,
     SuspendJob,
     WriteStatus,
+    finished,
+    invalid,
+    refused,
     transition,
+    typed_status,
 )
 
-from .test_operator_unit import plan_for
+from .operator_helpers import plan_for
 
 NOW = datetime.datetime(2026, 11, 26, 12, 0, 0, tzinfo=datetime.UTC)
 GEN = 1
@@ -102,8 +108,19 @@ def passed_preflight() -> dict[str, Any]:
 
 
 def run(p: Any, previous: dict[str, Any] | None = None, **seen: Any) -> tuple[dict[str, Any], list[Any]]:
+    """The status and the actions of one transition, less those every sync has (the children ensured, the phase
+    change announced after the status is written): those are tested on their own below."""
     status, actions = transition(p, Observed(GEN, NOW, **seen), FineTuneJobStatus.model_validate(previous or {}))
-    return status.model_dump(mode="json", exclude_none=True), actions
+    return status.model_dump(mode="json", exclude_none=True), core(actions)
+
+
+def core(actions: list[Any]) -> list[Any]:
+    out = [a for a in actions if not isinstance(a, EnsureChildren)]
+    if out and isinstance(out[-1], Emit) and " -> " in out[-1].message:  # the phase change
+        out.pop()
+        if out and isinstance(out[-1], WriteStatus):
+            out.pop()
+    return out
 
 
 def cond(status: dict[str, Any], type_: str) -> dict[str, Any]:
@@ -277,3 +294,108 @@ def test_conditions_keep_their_time_until_they_flip() -> None:
     first, _ = run(plan())
     later, _ = transition(plan(), Observed(GEN, NOW + datetime.timedelta(minutes=5)), FineTuneJobStatus.model_validate(first))
     assert later.conditions[0].lastTransitionTime == cond(first, later.conditions[0].type)["lastTransitionTime"]
+
+
+# what every sync does, and the decisions outside the training path (invalid, refused, finished)
+
+
+def test_the_children_are_ensured_first_and_created_at_once_for_a_new_gang() -> None:
+    _, first = transition(plan(run={"preflight": False}), Observed(GEN, NOW), FineTuneJobStatus())
+    assert first[0] == EnsureChildren(fresh=True)
+    _, later = transition(
+        plan(), Observed(GEN, NOW, job=job(), pods=[pod(0), pod(1)]), FineTuneJobStatus.model_validate(passed_preflight())
+    )
+    assert later[0] == EnsureChildren(fresh=False)  # an existing gang's children are read and put back if changed
+
+
+@pytest.mark.parametrize(
+    ("previous", "seen", "event"),
+    [
+        ({}, {}, ("PreflightRunning", "New -> Preflight", False)),
+        (
+            {"phase": "Running"},
+            {"job": job(condition="Failed"), "pods": [pod(0, "Failed", message=summary("Failed", "DatasetMissing", "gone"))]},
+            ("DatasetMissing", "Running -> Failed: gone", True),
+        ),
+    ],
+)
+def test_a_phase_change_is_announced_after_the_status_that_says_it(
+    previous: dict[str, Any], seen: dict[str, Any], event: tuple[str, str, bool]
+) -> None:
+    before = {**passed_preflight(), **previous} if previous else {}
+    _, actions = transition(plan(), Observed(GEN, NOW, **seen), FineTuneJobStatus.model_validate(before))
+    *_, written, said = actions
+    assert isinstance(written, WriteStatus) and isinstance(said, Emit)
+    assert (said.reason, said.warning) == (event[0], event[2]) and said.message.startswith(event[1])
+
+
+def test_no_event_when_the_phase_stays() -> None:
+    status, _ = transition(plan(), Observed(GEN, NOW), FineTuneJobStatus())
+    _, again = transition(plan(), Observed(GEN, NOW, preflight=job(), preflight_pods=[pending_pod()]), status)
+    assert not any(isinstance(a, Emit) for a in again)
+
+
+@pytest.mark.parametrize(
+    ("seen", "reason", "stops"),
+    [
+        ({"denied": ("spec.model.uri: outside readPrefixes",)}, "PolicyDenied", False),
+        ({"denied": ("spec.model.uri: outside readPrefixes",), "job": job()}, "PolicyDenied", True),
+        ({"spec_changed": True, "job": job()}, "SpecChanged", True),
+    ],
+)
+def test_the_policy_and_a_changed_spec_refuse_before_any_child_is_made(seen: dict[str, Any], reason: str, stops: bool) -> None:
+    status, actions = transition(plan(), Observed(GEN, NOW, **seen), FineTuneJobStatus.model_validate(passed_preflight()))
+    assert status.phase == "Failed" and status.completionTime is not None
+    assert cond(status.model_dump(mode="json"), "Failed")["reason"] == reason
+    assert not any(isinstance(a, (EnsureChildren, CreateJob, CreatePreflight)) for a in actions)
+    assert (DeleteJob("job-1") in actions) == stops  # running workers stop too
+
+
+@pytest.mark.parametrize(
+    ("previous", "phase", "conditions"),
+    [
+        ({}, "Failed", {"Validated": ("False", "InvalidSpec"), "Failed": ("True", "InvalidSpec")}),
+        ({"phase": "Running"}, "Failed", {"Validated": ("False", "InvalidSpec"), "Failed": ("True", "InvalidSpec")}),
+    ],
+)
+def test_an_invalid_spec_fails_in_the_offline_words(previous: dict[str, Any], phase: str, conditions: dict[str, Any]) -> None:
+    new, actions = invalid(FineTuneJobStatus.model_validate(previous), "spec.lora.r: must be > 0", 3, NOW)
+    assert new.phase == phase and new.observedGeneration == 3
+    for type_, (value, reason) in conditions.items():
+        found = cond(new.model_dump(mode="json"), type_)
+        assert (found["status"], found["reason"]) == (value, reason) and found["message"] == "spec.lora.r: must be > 0"
+    assert isinstance(actions[-1], Emit) and actions[-1].warning
+
+
+def test_a_refusal_found_while_carrying_out_fails_the_job() -> None:
+    new, actions = refused(FineTuneJobStatus.model_validate({"phase": "Pending"}), "NameConflict", "ConfigMap x exists", 1, NOW)
+    assert new.phase == "Failed" and cond(new.model_dump(mode="json"), "Running")["reason"] == "NameConflict"
+    assert actions == [WriteStatus(), Emit("NameConflict", "Pending -> Failed: ConfigMap x exists", True)]
+
+
+@pytest.mark.parametrize(
+    ("ttl", "completed", "expired"),
+    [
+        (None, "2026-11-26T11:00:00Z", False),  # no TTL: kept
+        (3600, "2026-11-26T11:30:00Z", False),  # 30 minutes of 60
+        (3600, "2026-11-26T11:00:00Z", True),
+        (0, "2026-11-26T12:00:00Z", True),
+        (0, None, False),  # never completed: nothing to count from
+    ],
+)
+def test_a_finished_job_is_deleted_after_its_ttl(ttl: int | None, completed: str | None, expired: bool) -> None:
+    previous = FineTuneJobStatus.model_validate({"phase": "Succeeded", "completionTime": completed})
+    assert finished(previous, ttl, "uid-1", NOW) == ([Expire("uid-1")] if expired else [])
+
+
+@pytest.mark.parametrize(
+    ("written", "phase"),
+    [
+        ({"phase": "Running", "restarts": 2}, "Running"),
+        ({"phase": "Running", "fromANewerVersion": 1}, "Running"),  # unknown fields are dropped
+        ({"phase": "NoSuchPhase"}, None),  # unreadable: starts afresh
+        ({}, None),
+    ],
+)
+def test_the_written_status_is_read_back_typed(written: dict[str, Any], phase: str | None) -> None:
+    assert typed_status(written).phase == phase

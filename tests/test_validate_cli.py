@@ -146,7 +146,7 @@ def test_floats_written_like_kubectl_reads_them(tmp_manifest) -> None:  # type: 
 
 
 def test_crd_command_prints_the_checked_in_crd() -> None:
-    from .test_crd import CRD_FILE
+    from .cases import CRD_FILE
 
     result = kubetune("crd")
     assert result.returncode == 0

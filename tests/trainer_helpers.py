@@ -8,9 +8,14 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
+from pydantic import Field, TypeAdapter
+
+from kubetune_api import events
+from kubetune_api.dataset import DatasetSpec
 from kubetune_api.manifests import dump
+from kubetune_trainer import data, evaluate
 
 from .conftest import ROOT
 from .s3server import S3Server
@@ -26,6 +31,9 @@ def manifest(name: str, s3: S3Server, spec: dict[str, Any]) -> dict[str, Any]:
     return {"apiVersion": "kubetune.dev/v1alpha1", "kind": "FineTuneJob", "metadata": {"name": name}, "spec": base}
 
 
+EVENTS: TypeAdapter[events.Event] = TypeAdapter(Annotated[events.Event, Field(discriminator="event")])
+
+
 @dataclass
 class Outcome:
     returncode: int
@@ -34,13 +42,18 @@ class Outcome:
 
     @property
     def events(self) -> list[dict[str, Any]]:
+        """Every structured line, each checked against its model (kubetune_api.events): a line that is not what its
+        model says fails the test."""
         out = []
         for line in self.stdout.splitlines():
             if line.startswith("{"):
                 try:
-                    out.append(json.loads(line))
+                    found = json.loads(line)
                 except json.JSONDecodeError:
                     continue
+                if isinstance(found, dict) and "event" in found:
+                    EVENTS.validate_python(found)
+                    out.append(found)
         return out
 
     def of(self, kind: str) -> list[dict[str, Any]]:
@@ -90,3 +103,24 @@ def run(body: dict[str, Any], s3: S3Server, tmp: Path, processes: int = 2, timeo
         command(body, tmp, processes), env=environment(s3, tmp, **env), cwd=ROOT, capture_output=True, text=True, timeout=timeout
     )
     return Outcome(result.returncode, result.stdout, result.stderr)
+
+
+def reloaded_eval_loss(
+    s3: S3Server, out: str, tiny_model: Path, dataset: dict[str, Any], records: list[dict[str, Any]], tmp: Path
+) -> float:
+    """Load the adapter from S3 with plain PEFT and evaluate it on the held-out records, in one process."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    adapter = tmp / "adapter"
+    adapter.mkdir(exist_ok=True)
+    for key in s3.keys(out + "adapter/"):
+        (adapter / key).write_bytes(s3.get(out + "adapter/" + key))
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32), adapter).eval()
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    spec = DatasetSpec.model_validate({"train": "./t.jsonl", **dataset})
+    samples, _ = data.tokenize(records, spec, tokenizer, "held-out")
+    batches = evaluate.local_batches(data.rows(samples, spec.maxSeqLength, spec.packing), 4)
+    sums = evaluate.eval_sums(lambda inputs: model(**inputs, use_cache=False).logits, batches, tokenizer.pad_token_id, "cpu")
+    return evaluate.metrics(sums)["evalLoss"]

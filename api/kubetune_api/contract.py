@@ -17,7 +17,7 @@ CONFIG_FILE = "trainer.yaml"  # the resolved FineTuneJob spec (every default fil
 DEEPSPEED_FILE = "deepspeed.json"  # the DeepSpeed config derived from it, ConfigMap key and file name
 TERMINATION_MESSAGE_PATH = "/dev/termination-log"
 
-ENV_CONFIG = "KUBETUNE_CONFIG"  # path of CONFIG_FILE; DEEPSPEED_FILE sits beside it
+ENV_CONFIG = "KUBETUNE_CONFIG"  # path of CONFIG_FILE; DEEPSPEED_FILE (for people: ds_config runs) sits beside it
 ENV_JOB_NAME = "KUBETUNE_JOB_NAME"  # the FineTuneJob's name, for log lines and the manifest
 ENV_JOB_UID = "KUBETUNE_JOB_UID"  # the FineTuneJob's uid: recorded in checkpoints, which only this job resumes
 ENV_NUM_WORKERS = "KUBETUNE_NUM_WORKERS"  # workers.replicas
@@ -35,8 +35,6 @@ ENV_GPU_TYPE = "KUBETUNE_GPU_TYPE"  # preflight: the GPU type the job will get (
 ENV_GPU = "KUBETUNE_GPU"  # preflight: that type's memory, TFLOP/s and price (policy.GpuType as JSON)
 
 DEFAULT_MASTER_PORT = 29500
-PROGRESS_EVENT = "progress"  # value of "event" in rank 0's structured progress lines
-SUMMARY_EVENT = "summary"  # value of "event" in the final summary line and termination message
 
 
 class ContractError(ValueError):
@@ -57,10 +55,6 @@ class WorkerEnv:
     master_port: int
     termination_log: Path | None
     restarts: int = 0
-
-    @property
-    def deepspeed_path(self) -> Path:
-        return self.config_path.with_name(DEEPSPEED_FILE)
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str] | None = None) -> WorkerEnv:
@@ -156,7 +150,7 @@ M = TypeVar("M", bound=_Message)
 
 
 class ProgressLine(_Message):
-    """One of rank 0's `{"event": "progress", ...}` log lines."""
+    """One of rank 0's progress lines (event: progress)."""
 
     event: Literal["progress"]
     step: Count
@@ -170,7 +164,7 @@ class ProgressLine(_Message):
 
 
 class PreparingLine(_Message):
-    """A `{"event": "preparing", ...}` line: how far preparing the dataset has got (the preflight's, or a
+    """A preparing line (event: preparing): how far preparing the dataset has got (the preflight's, or a
     launcher's that prepares it itself)."""
 
     event: Literal["preparing"]

@@ -1,14 +1,27 @@
-"""The DeepSpeed JSON derived from a spec: pure, so the operator renders it into the ConfigMap and the trainer uses it."""
+"""The DeepSpeed JSON derived from a spec: pure, so the operator renders it into the ConfigMap, `kubetune render` shows
+it, and the trainer runs it. The trainer derives it with what only the running job knows (the world that started, whether
+the GPU has bfloat16, the adapter's size); with the spec's world on a bfloat16 GPU it is what the ConfigMap shows, bar
+the reduce bucket, which is at most the rendered size (memory.bucket_elements). manifest.json records what ran."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from .job import FineTuneJobSpec
+from .memory import BUCKET, bucket_elements
 
 
-def deepspeed_config(spec: FineTuneJobSpec, world_size: int | None = None, on_gpu: bool | None = None) -> dict[str, Any]:
-    """DeepSpeed config for `world_size` processes (default: the spec's) on GPUs or CPUs (default: from the spec)."""
+def deepspeed_config(
+    spec: FineTuneJobSpec,
+    world_size: int | None = None,
+    on_gpu: bool | None = None,
+    *,
+    bf16: bool = True,
+    trainable: int | None = None,
+) -> dict[str, Any]:
+    """DeepSpeed config for `world_size` processes (default: the spec's) on GPUs or CPUs (default: from the spec);
+    `bf16`: whether the GPU has bfloat16 (without it, dtype auto and bfloat16 train in float16 with loss scaling);
+    `trainable`: the adapter's parameter count, which sizes the reduce bucket."""
     world = spec.workers.world_size if world_size is None else world_size
     gpu = spec.workers.gpusPerWorker > 0 if on_gpu is None else on_gpu
     t, ds = spec.training, spec.deepspeed
@@ -16,7 +29,8 @@ def deepspeed_config(spec: FineTuneJobSpec, world_size: int | None = None, on_gp
         "stage": ds.zeroStage,
         "overlap_comm": gpu,
         "contiguous_gradients": True,
-        "reduce_bucket_size": 5e7,
+        # DeepSpeed allocates its gradient buckets at full size: sized to the adapter, a LoRA run keeps the difference
+        "reduce_bucket_size": BUCKET if trainable is None else bucket_elements(trainable),
     }
     if ds.offload in ("optimizer", "all"):
         zero["offload_optimizer"] = {"device": "cpu", "pin_memory": gpu}
@@ -48,8 +62,8 @@ def deepspeed_config(spec: FineTuneJobSpec, world_size: int | None = None, on_gp
     if t.maxGradNorm > 0:
         config["gradient_clipping"] = t.maxGradNorm
     dtype = spec.model.dtype
-    if gpu and dtype in ("auto", "bfloat16"):
+    if gpu and dtype in ("auto", "bfloat16") and bf16:
         config["bf16"] = {"enabled": True}
-    elif gpu and dtype == "float16":
+    elif gpu and dtype in ("auto", "bfloat16", "float16"):
         config["fp16"] = {"enabled": True, "loss_scale": 0, "initial_scale_power": 16}
     return config

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
@@ -31,7 +30,7 @@ def run(args: argparse.Namespace) -> int:
     processes = args.processes or job.spec.workers.world_size
     if not os.environ.get("CUDA_VISIBLE_DEVICES") and job.spec.workers.gpusPerWorker == 0:
         os.environ["CUDA_VISIBLE_DEVICES"] = ""
-    from kubetune_trainer.local import log_path, print_report
+    from kubetune_trainer.local import log_path, print_report, written_metrics
     from kubetune_trainer.local import run as run_local
 
     progress = args.progress if args.progress != "auto" else ("bar" if sys.stderr.isatty() else "json")
@@ -42,10 +41,5 @@ def run(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     summary = run_local(job, processes, progress, work.resolve())
-    written = work.resolve() / "results" / "summary.json"  # rank 0's metrics, for the curves
-    try:
-        metrics = json.loads(written.read_text()) if written.is_file() else None
-    except ValueError:
-        metrics = None
-    print_report(summary, metrics=metrics, log=log_path(work.resolve()))
+    print_report(summary, metrics=written_metrics(work.resolve()), log=log_path(work.resolve()))
     return 0 if summary["status"] == "Succeeded" else 1

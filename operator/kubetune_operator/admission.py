@@ -18,6 +18,7 @@ from kubetune_api.outputs import conflict
 from kubetune_api.policy import check as policy_check
 
 from . import webhook_auth
+from .settings import POLICY, SETTINGS
 
 
 @kopf.index(GROUP, VERSION, PLURAL)
@@ -29,8 +30,6 @@ def outputs(*, name: str, namespace: str | None, spec: kopf.Spec, **_: Any) -> d
 
 @kopf.on.validate(GROUP, VERSION, PLURAL, operations=["CREATE"], id="validate")
 def admit(*, body: kopf.Body, sslpeer: Mapping[str, Any] | None = None, **kwargs: Any) -> None:
-    from .handlers import POLICY, SETTINGS
-
     if not webhook_auth.allowed(sslpeer, SETTINGS.webhook_client_names):
         raise kopf.AdmissionError(webhook_auth.NOT_THE_API_SERVER, code=403)  # before anything about any job
     index: kopf.Index[str, str] = kwargs["outputs"]  # the index above, passed by name

@@ -12,34 +12,24 @@ import threading
 import time
 from collections import defaultdict
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import kopf
 from kubernetes import client, config
 
 from kubetune_api import validate_object
-from kubetune_api.conditions import ConditionType, Phase, Reason
+from kubetune_api.conditions import Phase, Reason
 from kubetune_api.contract import PreparingLine, last_line
-from kubetune_api.job import pods_digest
 from kubetune_api.names import GROUP, JOB_NAME_LABEL, PLURAL, QUEUE_LABEL, VERSION
-from kubetune_api.policy import Policy, load_policy
 from kubetune_api.policy import check as policy_check
 from kubetune_api.status import FineTuneJobStatus
 
 from . import builders, metrics, webhook_auth
+from .ledger import parse_time
+from .observation import State, last_progress, observe, progress_status, rank0_pods, reads_spec
 from .plan import Plan, make_plan
-from .settings import Settings
-from .status import (
-    GENERATION_ANNOTATION,
-    last_progress,
-    now,
-    observe,
-    preparing_status,
-    progress_status,
-    rank0_pods,
-    set_condition,
-)
+from .preflight_outcome import GENERATION_ANNOTATION, preparing_status
+from .settings import POLICY, SETTINGS
 from .transition import (
     Action,
     CountRestart,
@@ -48,16 +38,19 @@ from .transition import (
     DeleteJob,
     DeletePreflight,
     Emit,
+    EnsureChildren,
+    Expire,
     Observed,
     SuspendJob,
     WriteStatus,
+    finished,
+    invalid,
     preflight_passed,
+    refused,
     transition,
+    typed_status,
 )
 
-SETTINGS = Settings.from_environ()
-# the platform policy, read once at start-up: a policy that cannot be read stops the operator rather than admit all
-POLICY: Policy | None = load_policy(Path(SETTINGS.policy_file)) if SETTINGS.policy_file else None
 LOG_LIMIT = 64 * 1024  # bytes of rank 0's log read per sync
 LOG_TIMEOUT = 5  # seconds a log read may take
 
@@ -301,10 +294,11 @@ def replacing(current: Any, desired: Any) -> Any:
     return out
 
 
-def _write_status(body: dict[str, Any], new: dict[str, Any], queue: str | None = None) -> None:
-    """Write status when it changed; GPU time it adds is charged to `queue`, the one the Job was made with (a
+def _write_status(body: dict[str, Any], status: FineTuneJobStatus, queue: str | None = None) -> None:
+    """Write the status when it changed; GPU time it adds is charged to `queue`, the one the Job was made with (a
     FineTuneJob's labels can be changed afterwards, the Job's queue cannot)."""
     old = body.get("status") or {}
+    new = status.model_dump(mode="json", exclude_none=True)
     if new == old:
         return  # status is written only when it changed
     try:
@@ -321,10 +315,6 @@ def _write_status(body: dict[str, Any], new: dict[str, Any], queue: str | None =
         return
     metrics.usage_changed(meta["namespace"], queue or "", old.get("usage"), new.get("usage"))
     if old.get("phase") != new.get("phase"):
-        failed = new.get("phase") == Phase.FAILED
-        reason = next((c["reason"] for c in new.get("conditions", []) if c["type"] == new.get("phase")), new.get("phase", ""))
-        message = next((c["message"] for c in new.get("conditions", []) if c["type"] == new.get("phase")), "")
-        _event(body, str(reason), f"{old.get('phase') or 'New'} -> {new.get('phase')}: {message}", warning=failed)
         metrics.phase_changed(old.get("phase"), new.get("phase"))
 
 
@@ -365,80 +355,58 @@ def _log_tail(plan: Plan, pod: dict[str, Any] | None, which: str, force: bool) -
     return log if isinstance(log, str) else ""
 
 
-def invalid_status(status: dict[str, Any], message: str, generation: int | None) -> dict[str, Any]:
-    conditions = set_condition(
-        status.get("conditions", []), ConditionType.VALIDATED, False, Reason.INVALID_SPEC, message, generation
-    )
-    conditions = set_condition(conditions, ConditionType.FAILED, True, Reason.INVALID_SPEC, message, generation)
-    return {**status, "phase": Phase.FAILED.value, "conditions": conditions, "observedGeneration": generation}
-
-
-def refused_status(status: dict[str, Any], refusal: Refused, generation: int | None) -> dict[str, Any]:
-    conditions = set_condition(
-        status.get("conditions", []), ConditionType.RUNNING, False, refusal.reason, refusal.message, generation
-    )
-    conditions = set_condition(conditions, ConditionType.FAILED, True, refusal.reason, refusal.message, generation)
-    return {**status, "phase": Phase.FAILED.value, "conditions": conditions, "completionTime": now()}
-
-
 def sync(namespace: str, name: str, body: dict[str, Any] | None = None) -> None:
     with _locks[f"{namespace}/{name}"]:
         started = time.monotonic()
         try:
             _sync(namespace, name, body)
-        except Refused as refusal:
+        except Refused as refusal:  # what carrying out found: the job cannot go on
             current = _read(API.custom.get_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL, name)
             if current is not None:
-                status = dict(current.get("status") or {})
-                _write_status(current, refused_status(status, refusal, current["metadata"].get("generation")))
+                previous = typed_status(current.get("status") or {})
+                at = datetime.datetime.now(datetime.UTC)
+                new, actions = refused(previous, refusal.reason, refusal.message, current["metadata"].get("generation"), at)
+                _carry_out(None, current, None, new, actions)
         finally:
             metrics.reconciled(time.monotonic() - started)
 
 
 def _sync(namespace: str, name: str, body: dict[str, Any] | None) -> None:
-    """Observe, decide (transition.transition, pure), carry out, write the status once if it changed."""
+    """Observe, decide (transition, pure), carry out; the status is written once, if it changed."""
     if body is None:
         body = _read(API.custom.get_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL, name)
     if body is None or body["metadata"].get("deletionTimestamp"):
         return
-    status: dict[str, Any] = dict(body.get("status") or {})
-    generation = body["metadata"].get("generation")
+    previous = typed_status(body.get("status") or {})
+    generation, at = body["metadata"].get("generation"), datetime.datetime.now(datetime.UTC)
     result = validate_object(body, source=f"{namespace}/{name}", cluster=True)
     if result.job is None:
-        message = "; ".join(str(p) for p in result.problems)
-        _write_status(body, invalid_status(status, message, generation))
+        new, actions = invalid(previous, "; ".join(str(p) for p in result.problems), generation, at)
+        _carry_out(None, body, None, new, actions)
         return
-    if status.get("phase") in (Phase.SUCCEEDED, Phase.FAILED):
-        _expire(body, status)
+    if previous.phase in (Phase.SUCCEEDED, Phase.FAILED):
+        ttl = result.job.spec.runPolicy.ttlSecondsAfterFinished
+        _carry_out(None, body, None, previous, finished(previous, ttl, body["metadata"]["uid"], at))
         return
-    previous = typed_status(status)
-    elapsed = 0.0
-    if status.get("startTime"):
-        started = datetime.datetime.strptime(status["startTime"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=datetime.UTC)
-        elapsed = (datetime.datetime.now(datetime.UTC) - started).total_seconds()
+    plan, seen = _observe(body, result.job, previous, at)
+    new, actions = transition(plan, seen, previous)
+    _carry_out(plan, body, seen.job, new, actions)
+
+
+def _observe(body: dict[str, Any], job_spec: Any, previous: FineTuneJobStatus, at: datetime.datetime) -> tuple[Plan, Observed]:
+    """Everything the decision needs, read once: the Job and its pods, the preflight's, the logs, the policy's word."""
+    meta = body["metadata"]
+    namespace, name, generation = meta["namespace"], meta["name"], meta.get("generation")
+    started = parse_time(previous.startTime)
+    elapsed = (at - started).total_seconds() if started is not None else 0.0
     job = _json(API.batch.read_namespaced_job, name, namespace)
     # the queue is fixed when the Job is made: removing the label from a started job does not skip the queue
     queue = (job["metadata"].get("labels") or {}).get(QUEUE_LABEL) if job is not None else None
-    plan = make_plan(body, result.job, SETTINGS, previous.restarts, elapsed, queue=queue)
+    plan = make_plan(body, job_spec, SETTINGS, previous.restarts, elapsed, queue=queue)
     if job is not None and not owned(job, plan.uid):
         raise _conflict("Job", plan)
-    labels = (job["metadata"].get("labels") or {}) if job is not None else (body.get("metadata") or {}).get("labels")
-    denied = policy_check(result.job.spec, namespace, POLICY, labels) if POLICY is not None else []
-    if denied:  # at every sync, before any child is made or put back; the API server enforced it at admission already
-        if job is not None:
-            _delete_job(plan, job)  # a policy tightened since: its workers stop too
-        raise Refused(Reason.POLICY_DENIED, "; ".join(str(p) for p in denied))
-    if job is not None and not _same_spec(job, result.job.spec):
-        # the ConfigMap is not rewritten and the workers stop: no pod runs a spec the preflight and policy did not see
-        _delete_job(plan, job)
-        raise Refused(
-            Reason.SPEC_CHANGED,
-            "the spec the workers read changed after their Job was created; the workers were stopped and nothing was "
-            "applied. Create a new FineTuneJob",
-        )
-    _ensure(plan, builders.build_configmap(plan), fresh=job is None)
-    _ensure(plan, builders.build_service(plan), fresh=job is None)
-    _ensure(plan, builders.build_network_policy(plan), fresh=job is None)
+    labels = (job["metadata"].get("labels") or {}) if job is not None else meta.get("labels")
+    denied = policy_check(job_spec.spec, namespace, POLICY, labels) if POLICY is not None else []
     preflight, preflight_pods = None, []
     if job is None and plan.preflight and not preflight_passed(previous, generation):
         preflight = _json(API.batch.read_namespaced_job, plan.preflight_name, namespace)
@@ -446,26 +414,23 @@ def _sync(namespace: str, name: str, body: dict[str, Any] | None) -> None:
             raise _conflict("Job", plan)
         preflight_pods = _pods_of(plan, preflight)
     pods = _pods_of(plan, job)
-    progress = _progress(plan, pods, force=False) if observe(job, pods, plan.workers).state == "running" else None
+    observation = observe(job, pods, plan.workers)
+    progress = _progress(plan, pods, force=False) if observation.state == State.RUNNING else None
     preparing = _preparing(plan, preflight_pods) if preflight_pods else None
-    seen = Observed(generation, datetime.datetime.now(datetime.UTC), job, pods, preflight, preflight_pods, progress, preparing)
-    new, actions = transition(plan, seen, previous)
-    _carry_out(plan, body, job, new.model_dump(mode="json", exclude_none=True), actions)
-
-
-def _same_spec(job: dict[str, Any], spec: Any) -> bool:
-    annotations = (job.get("metadata") or {}).get("annotations") or {}
-    return annotations.get(builders.SPEC_ANNOTATION) == pods_digest(spec)
-
-
-def typed_status(status: Mapping[str, Any]) -> FineTuneJobStatus:
-    """The status as written before, typed; fields this version does not know are dropped, an unreadable one
-    starts afresh (only the operator writes the status subresource)."""
-    known = {k: v for k, v in status.items() if k in FineTuneJobStatus.model_fields}
-    try:
-        return FineTuneJobStatus.model_validate(known)
-    except ValueError:
-        return FineTuneJobStatus()
+    seen = Observed(
+        generation,
+        at,
+        job,
+        pods,
+        preflight,
+        preflight_pods,
+        progress,
+        preparing,
+        denied=tuple(str(p) for p in denied),
+        spec_changed=job is not None and not reads_spec(job, job_spec.spec),
+        observation=observation,
+    )
+    return plan, seen
 
 
 def _pods_of(plan: Plan, job: dict[str, Any] | None) -> list[dict[str, Any]]:
@@ -486,11 +451,28 @@ def _create_job(plan: Plan, obj: dict[str, Any]) -> None:
             raise kopf.TemporaryError(f"cannot create Job {obj['metadata']['name']}: {exc.reason}", delay=5) from exc
 
 
-def _carry_out(plan: Plan, body: dict[str, Any], job: dict[str, Any] | None, new: dict[str, Any], actions: list[Action]) -> None:
-    """The transition's actions, in order; the status is written where WriteStatus says, else at the end."""
+def _carry_out(
+    plan: Plan | None, body: dict[str, Any], job: dict[str, Any] | None, new: FineTuneJobStatus, actions: list[Action]
+) -> None:
+    """The decision's actions, in order; the status is written where WriteStatus says, else at the end. Actions on
+    children come only with a plan (invalid, refused and finished jobs have none)."""
     written = False
     for action in actions:
-        if isinstance(action, CreatePreflight):
+        if isinstance(action, WriteStatus):
+            _write_status(body, new, plan.queue if plan else None)
+            written = True
+        elif isinstance(action, Emit):
+            _event(body, action.reason, action.message, warning=action.warning)
+        elif isinstance(action, CountRestart):
+            metrics.restarted()
+        elif isinstance(action, Expire):
+            _delete_self(body["metadata"], action.uid)
+        elif plan is None:
+            raise AssertionError(f"{action} needs the job's plan")
+        elif isinstance(action, EnsureChildren):
+            for child in (builders.build_configmap(plan), builders.build_service(plan), builders.build_network_policy(plan)):
+                _ensure(plan, child, fresh=action.fresh)
+        elif isinstance(action, CreatePreflight):
             preflight = builders.build_preflight_job(plan)
             preflight["metadata"].setdefault("annotations", {})[GENERATION_ANNOTATION] = str(body["metadata"].get("generation"))
             _create_job(plan, preflight)
@@ -500,17 +482,10 @@ def _carry_out(plan: Plan, body: dict[str, Any], job: dict[str, Any] | None, new
             _create_job(plan, builders.build_job(plan))
         elif isinstance(action, SuspendJob):
             _patch_job(plan, job, {"spec": {"suspend": action.suspend}})
-        elif isinstance(action, WriteStatus):
-            _write_status(body, new, plan.queue)
-            written = True
         elif isinstance(action, DeleteJob):
             _delete_job(plan, {"metadata": {"uid": action.uid}})
-        elif isinstance(action, Emit):
-            _event(body, action.reason, action.message, warning=action.warning)
-        elif isinstance(action, CountRestart):
-            metrics.restarted()
     if not written:
-        _write_status(body, new, plan.queue)
+        _write_status(body, new, plan.queue if plan else None)
 
 
 def _patch_job(plan: Plan, job: dict[str, Any] | None, patch: dict[str, Any]) -> None:
@@ -536,23 +511,15 @@ def _delete_job(plan: Plan, job: dict[str, Any], name: str | None = None) -> Non
             raise kopf.TemporaryError(f"cannot delete Job {name or plan.job_name}: {exc.reason}", delay=5) from exc
 
 
-def _expire(body: dict[str, Any], status: dict[str, Any]) -> None:
-    """ttlSecondsAfterFinished, as for a batch/v1 Job: the finished FineTuneJob (and its children) are deleted."""
-    ttl = ((body.get("spec") or {}).get("runPolicy") or {}).get("ttlSecondsAfterFinished")
-    done = status.get("completionTime")
-    if ttl is None or not done:
-        return
-    finished = datetime.datetime.strptime(done, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=datetime.UTC)
-    if (datetime.datetime.now(datetime.UTC) - finished).total_seconds() >= ttl:
-        meta = body["metadata"]
-        options = client.V1DeleteOptions(preconditions=client.V1Preconditions(uid=meta["uid"]))
-        try:  # the uid precondition: a FineTuneJob created under the same name since this one was read is spared
-            _raw(
-                API.custom.delete_namespaced_custom_object, GROUP, VERSION, meta["namespace"], PLURAL, meta["name"], body=options
-            )
-        except client.ApiException as exc:
-            if exc.status not in (404, 409):
-                raise kopf.TemporaryError(f"cannot delete {meta['name']}: {exc.reason}", delay=5) from exc
+def _delete_self(meta: Mapping[str, Any], uid: str) -> None:
+    """Delete the FineTuneJob (its children go with their owner references). The uid precondition: a FineTuneJob
+    created under the same name since this one was read is spared."""
+    options = client.V1DeleteOptions(preconditions=client.V1Preconditions(uid=uid))
+    try:
+        _raw(API.custom.delete_namespaced_custom_object, GROUP, VERSION, meta["namespace"], PLURAL, meta["name"], body=options)
+    except client.ApiException as exc:
+        if exc.status not in (404, 409):
+            raise kopf.TemporaryError(f"cannot delete {meta['name']}: {exc.reason}", delay=5) from exc
 
 
 if SETTINGS.webhook_port:

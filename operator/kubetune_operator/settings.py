@@ -1,9 +1,13 @@
-"""Operator settings, from the environment (the chart sets them)."""
+"""Operator settings, from the environment (the chart sets them), and the platform policy they name: read once, at
+start-up, by the handlers and the admission webhook alike."""
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from pathlib import Path
+
+from kubetune_api.policy import Policy, load_policy
 
 
 @dataclass(frozen=True)
@@ -67,3 +71,8 @@ class Settings:
             gpu_types=env.get("KUBETUNE_GPU_TYPES", ""),
             default_gpu_type=env.get("KUBETUNE_DEFAULT_GPU_TYPE") or cls.default_gpu_type,
         )
+
+
+SETTINGS = Settings.from_environ()
+# the platform policy, read once at start-up: a policy that cannot be read stops the operator rather than admit all
+POLICY: Policy | None = load_policy(Path(SETTINGS.policy_file)) if SETTINGS.policy_file else None

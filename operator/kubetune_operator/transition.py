@@ -1,13 +1,15 @@
-"""The reconcile's decision, pure: `transition(plan, observed, previous status) -> (new status, actions)`.
+"""The reconcile's decisions, pure: `transition(plan, observed, previous status) -> (new status, actions)`, and its
+siblings for a spec that is invalid (`invalid`), a job that cannot go on (`refused`) and a finished one (`finished`).
 
-The handler observes (the Job, its pods, the preflight Job and its pods, rank 0's progress line, the time), calls
-this, carries out the actions in order and writes the status once if it changed. Nothing here calls the API, so
-every phase is table-tested (tests/test_transition.py). The conditions are set through small named setters, as
-kubeflow/trainer does."""
+The handler observes (the Job, its pods, the preflight Job and its pods, rank 0's progress line, the policy's word,
+the time), calls one of these, carries out the actions in order and writes the status once if it changed: observe,
+decide, carry out, nothing in between. Nothing here calls the API, so every phase is table-tested
+(tests/test_transition.py). The conditions are set through small named setters, as kubeflow/trainer does."""
 
 from __future__ import annotations
 
 import datetime
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,20 +17,21 @@ from kubetune_api.conditions import ConditionType, Phase, Reason
 from kubetune_api.status import FineTuneJobStatus
 
 from . import builders
+from .conditions import set_condition
+from .ledger import ledger, parse_time, pod_seconds
+from .observation import PERMANENT, Observation, State, observe, succeeded_fields
 from .plan import Plan
-from .status import (
-    PERMANENT,
-    ledger,
-    observe,
-    pod_seconds,
-    preflight_outcome,
-    preflight_stale,
-    report_status,
-    set_condition,
-    succeeded_fields,
-)
+from .preflight_outcome import PreflightState, preflight_outcome, preflight_stale, report_status
 
 # actions, carried out by the handler in the order given
+
+
+@dataclass(frozen=True)
+class EnsureChildren:
+    """Create the ConfigMap, Service and NetworkPolicy, or put back what someone changed by hand; for a new gang
+    (fresh) they are created straight away, and read only if they exist already."""
+
+    fresh: bool
 
 
 @dataclass(frozen=True)
@@ -74,7 +77,25 @@ class CountRestart:
     """The gang-restart metric."""
 
 
-Action = CreatePreflight | DeletePreflight | CreateJob | SuspendJob | WriteStatus | DeleteJob | Emit | CountRestart
+@dataclass(frozen=True)
+class Expire:
+    """runPolicy.ttlSecondsAfterFinished has passed: delete the FineTuneJob, the uid read as a precondition."""
+
+    uid: str
+
+
+Action = (
+    EnsureChildren
+    | CreatePreflight
+    | DeletePreflight
+    | CreateJob
+    | SuspendJob
+    | WriteStatus
+    | DeleteJob
+    | Emit
+    | CountRestart
+    | Expire
+)
 
 
 @dataclass(frozen=True)
@@ -89,6 +110,12 @@ class Observed:
     preflight_pods: list[dict[str, Any]] = field(default_factory=list)
     progress: dict[str, Any] | None = None  # rank 0's newest progress line, when it was read this time
     preparing: dict[str, Any] | None = None  # the preflight's newest `preparing` line, when it was read this time
+    denied: tuple[str, ...] = ()  # the platform policy's refusals, checked at every sync
+    spec_changed: bool = False  # the Job's pods read another spec than this one (builders.SPEC_ANNOTATION)
+    observation: Observation | None = None  # observe(job, pods, workers), made once per sync; None: made here
+
+    def of_job(self, workers: int) -> Observation:
+        return self.observation if self.observation is not None else observe(self.job, self.pods, workers)
 
 
 def stamp(at: datetime.datetime) -> str:
@@ -164,6 +191,13 @@ class Status:
         if reason == Reason.BELOW_THRESHOLD:  # the run finished; its adapter missed output.minImprovement
             self.set(ConditionType.QUALITY_GATE, False, reason, message)
 
+    def refused(self, reason: str, message: str) -> None:
+        """The job cannot go on (a name taken, a child the API server rejects, the policy, a changed spec)."""
+        self.new["phase"] = Phase.FAILED.value
+        self.new["completionTime"] = self.now
+        self.set(ConditionType.RUNNING, False, reason, message)
+        self.set(ConditionType.FAILED, True, reason, message)
+
     def result(self) -> FineTuneJobStatus:
         return FineTuneJobStatus.model_validate({**self.new, "conditions": self.conditions})
 
@@ -190,13 +224,13 @@ def _preflight(plan: Plan, seen: Observed, status: Status) -> tuple[bool, list[A
         )
         return True, [*actions, CreatePreflight()]
     outcome = preflight_outcome(found, seen.preflight_pods)
-    if outcome.state == "running":
+    if outcome.state == PreflightState.RUNNING:
         status.preflight_running(outcome.reason, outcome.message, seen.preparing)
         return True, []
     status.new.pop("preparing", None)  # passed or failed: the report has the totals
     if outcome.report is not None:
         status.new["preflight"] = report_status(outcome.report)
-    if outcome.state == "passed":
+    if outcome.state == PreflightState.PASSED:
         status.preflight_passed(outcome.message)
         return False, []
     status.failed(outcome.reason, outcome.message, also=ConditionType.PREFLIGHT)
@@ -218,20 +252,37 @@ def _usage(plan: Plan, status: Status, seen: Observed, attempt: int, *, restarti
 
 
 def transition(plan: Plan, seen: Observed, previous: FineTuneJobStatus) -> tuple[FineTuneJobStatus, list[Action]]:
-    """The new status and what to do, from what was observed and the status before."""
+    """The new status and what to do, from what was observed and the status before (with the phase-change Event)."""
+    new, actions = _decide(plan, seen, previous)
+    return new, _with_phase_event(previous, new, actions)
+
+
+def _decide(plan: Plan, seen: Observed, previous: FineTuneJobStatus) -> tuple[FineTuneJobStatus, list[Action]]:
     status = Status(previous, seen.generation, seen.now)
     status.validated()
     job, spec = seen.job, plan.spec
-    actions: list[Action] = []
+    if seen.denied or seen.spec_changed:  # before any child is made or put back; the running workers stop
+        stop: list[Action] = [DeleteJob(job["metadata"]["uid"])] if job is not None else []
+        if seen.denied:  # a policy tightened since admission
+            status.refused(Reason.POLICY_DENIED, "; ".join(seen.denied))
+        else:  # the ConfigMap is not rewritten: no pod runs a spec the preflight and the policy did not see
+            status.refused(
+                Reason.SPEC_CHANGED,
+                "the spec the workers read changed after their Job was created; the workers were stopped and nothing "
+                "was applied. Create a new FineTuneJob",
+            )
+        return status.result(), stop
+    actions: list[Action] = [EnsureChildren(fresh=job is None)]
     if job is None and plan.preflight and not preflight_passed(previous, seen.generation):
-        held, actions = _preflight(plan, seen, status)
+        held, more = _preflight(plan, seen, status)
+        actions += more
         if held:
             return status.result(), actions
-    obs = observe(job, seen.pods, plan.workers)
+    obs = seen.of_job(plan.workers)
     status.new["workers"] = {"ready": obs.ready, "total": plan.workers}
     restarts = previous.restarts
 
-    if obs.state == "missing":
+    if obs.state == State.MISSING:
         if job is not None:  # the previous gang is still being torn down
             status.set(ConditionType.RUNNING, False, Reason.GANG_RESTARTING, "waiting for the old workers to stop")
         else:
@@ -242,7 +293,7 @@ def transition(plan: Plan, seen: Observed, previous: FineTuneJobStatus) -> tuple
                 status.queued(plan.queue)
             else:
                 status.new["phase"] = Phase.PENDING.value
-    elif obs.state == "suspended":
+    elif obs.state == State.SUSPENDED:
         assert job is not None
         if plan.suspend:
             status.suspended("runPolicy.suspend is true")
@@ -253,7 +304,7 @@ def transition(plan: Plan, seen: Observed, previous: FineTuneJobStatus) -> tuple
             actions.append(SuspendJob(False, job["metadata"]["uid"]))
             status.new["phase"] = Phase.PENDING.value
             status.set(ConditionType.SUSPENDED, False, Reason.RESUMED, "resumed from the newest checkpoint")
-    elif plan.suspend and obs.state in ("pending", "running"):
+    elif plan.suspend and obs.state in (State.PENDING, State.RUNNING):
         assert job is not None
         actions.append(SuspendJob(True, job["metadata"]["uid"]))
         status.suspended("stopping the workers; checkpoints are kept")
@@ -262,13 +313,13 @@ def transition(plan: Plan, seen: Observed, previous: FineTuneJobStatus) -> tuple
             status.set(ConditionType.QUEUED, False, Reason.ADMITTED, f"admitted by queue {plan.queue}")
         if status.is_true(ConditionType.SUSPENDED):
             status.set(ConditionType.SUSPENDED, False, Reason.RESUMED, "resumed")
-        if obs.state == "pending":
+        if obs.state == State.PENDING:
             status.pending(obs.reason, obs.message)
-        elif obs.state == "running":
+        elif obs.state == State.RUNNING:
             status.running(obs.ready, seen.progress)
-        elif obs.state == "succeeded":
+        elif obs.state == State.SUCCEEDED:
             status.succeeded(succeeded_fields(obs.summary, spec.output.uri, status.new.get("progress")), obs.message)
-        elif obs.state == "failed":
+        elif obs.state == State.FAILED:
             # the failed gang's own attempt number, not the status's count: counting is idempotent, so a delete that
             # fails after the count was written, and is tried again, never counts the same failure twice
             assert job is not None
@@ -298,3 +349,55 @@ def transition(plan: Plan, seen: Observed, previous: FineTuneJobStatus) -> tuple
         attempt = builders.attempt_of(job, restarts)
         _usage(plan, status, seen, attempt, restarting=False, failed=status.new.get("phase") == Phase.FAILED, final=done)
     return status.result(), actions
+
+
+def _with_phase_event(previous: FineTuneJobStatus, new: FineTuneJobStatus, actions: list[Action]) -> list[Action]:
+    """A phase change is announced in an Event (a Warning when the job failed), after the status that says it."""
+    if previous.phase == new.phase or new.phase is None:
+        return actions
+    said = next((c for c in new.conditions if c.type == new.phase), None)
+    reason = said.reason if said is not None else str(new.phase)
+    message = f"{previous.phase or 'New'} -> {new.phase}: {said.message if said is not None else ''}"
+    written = [] if any(isinstance(a, WriteStatus) for a in actions) else [WriteStatus()]
+    return [*actions, *written, Emit(str(reason), message, warning=new.phase == Phase.FAILED)]
+
+
+def typed_status(status: Mapping[str, Any]) -> FineTuneJobStatus:
+    """The status as written before, typed; fields this version does not know are dropped, an unreadable one
+    starts afresh (only the operator writes the status subresource)."""
+    known = {k: v for k, v in status.items() if k in FineTuneJobStatus.model_fields}
+    try:
+        return FineTuneJobStatus.model_validate(known)
+    except ValueError:
+        return FineTuneJobStatus()
+
+
+def invalid(
+    previous: FineTuneJobStatus, message: str, generation: int | None, now: datetime.datetime
+) -> tuple[FineTuneJobStatus, list[Action]]:
+    """A spec that fails validation (one stored before a stricter version, say): Failed, in the offline words."""
+    status = Status(previous, generation, now)
+    status.new["phase"] = Phase.FAILED.value
+    status.new["observedGeneration"] = generation
+    status.set(ConditionType.VALIDATED, False, Reason.INVALID_SPEC, message)
+    status.set(ConditionType.FAILED, True, Reason.INVALID_SPEC, message)
+    new = status.result()
+    return new, _with_phase_event(previous, new, [])
+
+
+def refused(
+    previous: FineTuneJobStatus, reason: str, message: str, generation: int | None, now: datetime.datetime
+) -> tuple[FineTuneJobStatus, list[Action]]:
+    """The job cannot go on because of what carrying out found (a name taken, a child the API server rejects)."""
+    status = Status(previous, generation, now)
+    status.refused(reason, message)
+    new = status.result()
+    return new, _with_phase_event(previous, new, [])
+
+
+def finished(previous: FineTuneJobStatus, ttl: int | None, uid: str, now: datetime.datetime) -> list[Action]:
+    """A finished job waits for runPolicy.ttlSecondsAfterFinished, as a batch/v1 Job does, then is deleted."""
+    done = parse_time(previous.completionTime)
+    if ttl is None or done is None or (now - done).total_seconds() < ttl:
+        return []
+    return [Expire(uid)]

@@ -10,8 +10,8 @@ import pytest
 
 from kubetune_api.manifests import dump
 
+from ..cluster_helpers import condition, ftj, wait_for
 from ..conftest import job
-from ..test_operator_cluster import condition, ftj, wait_for
 
 pytestmark = pytest.mark.cluster
 

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from kubetune_api.contract import TERMINATION_LIMIT, RankFailure, Summary, parse_progress, parse_summary
-from kubetune_operator import status
+from kubetune_operator import observation
 
 GOOD = {"event": "progress", "step": 5, "totalSteps": 20, "epoch": 0.25, "loss": 1.5, "eta": "1m00s"}
 
@@ -37,10 +37,10 @@ def line(**changes: Any) -> str:
 )
 def test_a_hostile_progress_line_is_ignored_and_the_last_good_one_kept(hostile: str) -> None:
     log = "\n".join([line(step=3), hostile])
-    found = status.last_progress(log)
+    found = observation.last_progress(log)
     assert found is not None and found.step == 3
-    assert status.progress_status(found)["summary"] == "3/20 (15%)"
-    json.dumps(status.progress_status(found), allow_nan=False)  # always writable into a status
+    assert observation.progress_status(found)["summary"] == "3/20 (15%)"
+    json.dumps(observation.progress_status(found), allow_nan=False)  # always writable into a status
 
 
 def test_escapes_and_control_characters_never_reach_the_status() -> None:
@@ -56,7 +56,7 @@ def test_adapter_uri_comes_from_the_spec_not_from_the_pod() -> None:
     told = parse_summary(
         json.dumps({"event": "summary", "status": "Succeeded", "adapterUri": "s3://other-tenant/secret/", "steps": 9})
     )
-    fields = status.succeeded_fields(told, "s3://adapters/mine/", None)
+    fields = observation.succeeded_fields(told, "s3://adapters/mine/", None)
     assert fields["adapterUri"] == "s3://adapters/mine/adapter/"
     assert "other-tenant" not in json.dumps(fields)
 
@@ -80,7 +80,7 @@ def test_an_oversized_termination_message_stays_valid_json_and_keeps_its_reason(
     assert len(text.encode()) <= TERMINATION_LIMIT
     parsed = parse_summary(text)
     assert parsed is not None and parsed.reason == "BadRecord"  # still permanent: not retried as a TrainerError
-    assert "BadRecord" in status.PERMANENT
+    assert "BadRecord" in observation.PERMANENT
 
 
 def test_a_non_finite_metric_is_dropped_not_written() -> None:
@@ -112,5 +112,5 @@ def test_pod_observation_with_a_hostile_termination_message() -> None:
         },
     }  # cut off mid-JSON: no summary, so the job falls back to TrainerError rather than crashing
     job = {"metadata": {}, "status": {"conditions": [{"type": "Failed", "status": "True", "message": "BackoffLimitExceeded"}]}}
-    observed = status.observe(job, [pod], 1)
+    observed = observation.observe(job, [pod], 1)
     assert observed.state == "failed" and observed.reason == "TrainerError"

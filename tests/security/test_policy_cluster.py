@@ -15,9 +15,9 @@ import yaml
 from kubetune_api.manifests import dump
 from kubetune_api.policy import Policy
 
+from ..cluster_helpers import condition, ftj, wait_for
 from ..conftest import RELEASE, RELEASE_NAMESPACE, job, kubetune
-from ..test_operator_cluster import condition, ftj, wait_for
-from .test_policy import ALLOWED, ATTACKS, PLATFORM, STRICT
+from .policy_cases import ALLOWED, ATTACKS, PLATFORM, STRICT
 
 pytestmark = pytest.mark.cluster
 
@@ -117,6 +117,7 @@ def test_the_operator_refuses_a_job_stored_before_the_policy(plane, operator) ->
         applied = wait_for(
             "the job to be stored once the binding is gone",
             lambda: plane.kubectl("apply", "-n", "research", "-f", "-", input=dump(body), check=False).returncode == 0,
+            timeout=180,  # the API server drops the binding from its cache within a minute; longer on a loaded machine
         )
         assert applied
     finally:
@@ -130,6 +131,7 @@ def test_the_operator_refuses_a_job_stored_before_the_policy(plane, operator) ->
             condition(ftj(plane, "sneaky", "research"), "Failed").get("reason") == "PolicyDenied"
             and ftj(plane, "sneaky", "research")
         ),
+        timeout=180,
     )
     message = condition(failed, "Failed")["message"]
     assert message == (

@@ -17,13 +17,15 @@ import pytest
 from kubetune_api import validate_object
 from kubetune_api.policy import Policy, PolicyError, check, load_policy
 from kubetune_api.preflight_report import parse_report
+from kubetune_api.status import FineTuneJobStatus
 from kubetune_operator import builders
+from kubetune_operator.observation import observe
 from kubetune_operator.plan import make_plan
 from kubetune_operator.settings import Settings
-from kubetune_operator.status import observe
 from kubetune_trainer.loaders import without_loaders
 
 from ..conftest import job
+from ..data_helpers import read_records
 from ..schema_layer import error_paths
 
 # 1, 2, 15: workers.env is an allow-list; each of these loads code, exposes devices, redirects traffic, changes
@@ -239,7 +241,7 @@ def test_unlisted_and_stale_files_never_stay_in_the_cache(tmp_path: Path) -> Non
 # 6: what the pods read is fixed with the Job
 def test_the_job_records_what_its_pods_read() -> None:
     from kubetune_api.job import pods_digest
-    from kubetune_operator.handlers import _same_spec
+    from kubetune_operator.observation import reads_spec
 
     body = job(**{"spec.runPolicy": {"suspend": True}})
     body["metadata"]["uid"] = "u-1"
@@ -247,11 +249,11 @@ def test_the_job_records_what_its_pods_read() -> None:
     assert result.job is not None
     made = builders.build_job(make_plan(body, result.job, Settings()))
     assert made["metadata"]["annotations"][builders.SPEC_ANNOTATION] == pods_digest(result.job.spec)
-    assert _same_spec(made, result.job.spec)
+    assert reads_spec(made, result.job.spec)
     changed = validate_object(job(**{"spec.model.uri": "s3://models/other/", "spec.runPolicy": {"suspend": True}}))
-    assert changed.job is not None and not _same_spec(made, changed.job.spec)
+    assert changed.job is not None and not reads_spec(made, changed.job.spec)
     resumed = validate_object(job(**{"spec.runPolicy": {"suspend": False}}))  # runPolicy is the operator's alone
-    assert resumed.job is not None and _same_spec(made, resumed.job.spec)
+    assert resumed.job is not None and reads_spec(made, resumed.job.spec)
 
 
 def test_the_crd_freezes_the_spec_once_the_workers_may_exist() -> None:
@@ -363,7 +365,8 @@ def test_gpu_hours_go_to_the_jobs_queue_not_the_relabelled_finetunejob(monkeypat
     charged = metrics.GPU_HOURS.labels("team-a", "team-a-queue", "H100")
     elsewhere = metrics.GPU_HOURS.labels("team-a", "someone-elses", "H100")
     before, before_elsewhere = charged._value.get(), elsewhere._value.get()
-    handlers._write_status(body, {"usage": {"gpuHours": 3.5, "gpuType": "H100"}}, "team-a-queue")
+    new = FineTuneJobStatus.model_validate({"usage": {"gpuHours": 3.5, "gpuType": "H100"}})
+    handlers._write_status(body, new, "team-a-queue")
     assert charged._value.get() - before == pytest.approx(2.5) and elsewhere._value.get() == before_elsewhere
 
 
@@ -391,7 +394,7 @@ def test_deep_nesting_and_giant_files_and_lines_are_bad_records(tmp_path: Path, 
 
     def refused(path: Path) -> str:
         with pytest.raises(TrainerFailure) as failed:
-            data.read_records(path, path.name)
+            read_records(path, path.name)
         assert failed.value.reason.value == "BadRecord"
         return str(failed.value)
 
@@ -431,6 +434,6 @@ def test_the_ttl_delete_names_the_uid_it_read(monkeypatch: pytest.MonkeyPatch) -
         "metadata": {"namespace": "team-a", "name": "done", "uid": "uid-read"},
         "spec": {"runPolicy": {"ttlSecondsAfterFinished": 0}},
     }
-    handlers._expire(body, {"completionTime": "2020-01-01T00:00:00Z"})
+    handlers._delete_self(body["metadata"], "uid-read")
     (options,) = calls
     assert options.preconditions.uid == "uid-read"

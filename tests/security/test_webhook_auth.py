@@ -18,8 +18,8 @@ import pytest
 from kubetune_operator import webhook_auth
 from kubetune_operator.settings import Settings
 
-from ..test_admission import NAMESPACE, body, webhook_port
-from ..test_admission import webhook as webhook
+from ..admission_helpers import NAMESPACE, body, webhook_port
+from ..admission_helpers import webhook as webhook
 
 
 def review(obj: dict[str, Any]) -> bytes:

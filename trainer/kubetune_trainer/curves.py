@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+from collections.abc import Sequence
+
+from kubetune_api.metrics import Curves
 
 BARS = "▁▂▃▄▅▆▇█"
 
@@ -20,10 +22,10 @@ def sparkline(values: list[float], width: int = 40) -> str:
     return "".join(BARS[min(len(BARS) - 1, int((v - low) / span * len(BARS)))] for v in finite)
 
 
-def svg(train: list[dict[str, Any]], evals: list[dict[str, Any]], width: int = 480, height: int = 240) -> str:
+def svg(curves: Curves, width: int = 480, height: int = 240) -> str:
     """Training loss (per logged step) and held-out loss (per evaluation) against the step, on one pair of axes."""
-    points = [(p["step"], p["loss"]) for p in train if math.isfinite(p.get("loss", math.nan))]
-    held = [(p["step"], p["evalLoss"]) for p in evals if math.isfinite(p.get("evalLoss", math.nan))]
+    points = [(p.step, p.loss) for p in curves.train if p.loss is not None]
+    held = [(p.step, p.evalLoss) for p in curves.eval if p.evalLoss is not None]
     everything = points + held
     if not everything:
         return f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}"/>\n'
@@ -36,7 +38,7 @@ def svg(train: list[dict[str, Any]], evals: list[dict[str, Any]], width: int = 4
         y = height - pad - (value - y_low) / ((y_high - y_low) or 1) * (height - 2 * pad)
         return f"{x:.1f},{y:.1f}"
 
-    def line(series: list[tuple[float, float]], colour: str) -> str:
+    def line(series: Sequence[tuple[float, float]], colour: str) -> str:
         if not series:
             return ""
         marks = "".join(

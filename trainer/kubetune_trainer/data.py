@@ -17,6 +17,8 @@ import numpy as np
 
 from kubetune_api.conditions import Reason
 from kubetune_api.dataset import DatasetSpec
+from kubetune_api.metrics import Counts as Counts
+from kubetune_api.training import TrainingSpec
 
 from .errors import TrainerFailure
 from .packing import best_fit_decreasing, one_per_row
@@ -25,32 +27,6 @@ from .tokens import Row as Row
 from .tokens import Rows as Rows
 from .tokens import Sample as Sample
 from .tokens import TableBuilder, TokenTable
-
-
-@dataclass
-class Counts:
-    """What happened to the records on their way to sequences (reported in metrics.json)."""
-
-    records: int = 0
-    samples: int = 0
-    truncated: int = 0  # cut from the end (right)
-    kept_end: int = 0  # cut from the start (keep-end): the completion or the latest turns kept
-    dropped: int = 0
-    empty: int = 0  # samples with no token to learn from (e.g. the completion was truncated away)
-    system_folded: int = 0  # conversations whose system message went into the first user turn (Gemma's templates)
-    tokens: int = 0
-    loss_tokens: int = 0
-
-    def as_dict(self) -> dict[str, int]:
-        return dict(self.__dict__)
-
-    def values(self) -> list[float]:
-        return [float(v) for v in self.__dict__.values()]
-
-    @classmethod
-    def of(cls, values: list[float]) -> Counts:
-        return cls(*(round(v) for v in values))
-
 
 # reading
 
@@ -69,13 +45,6 @@ def _open(path: Path, name: str) -> tuple[str, Any]:
         return fmt, pa.input_stream(str(path), compression=codec)
     except (OSError, pa.ArrowInvalid) as exc:
         raise TrainerFailure(Reason.BAD_RECORD, f"{name}: cannot be read: {exc}") from exc
-
-
-def read_records(path: Path, name: str, keep: Callable[[int], bool] | None = None) -> list[dict[str, Any]]:
-    """Records from .jsonl, .json (a list) or .parquet, each optionally .gz or .zst compressed; JSON text may start
-    with a UTF-8 byte-order mark and use CRLF line ends. A malformed record stops the run with its position.
-    `keep(index)`: only those records (0-based) are returned, and JSONL is streamed, the others never parsed."""
-    return [record for _, record in read_indexed(path, name, keep)[0]]
 
 
 def read_indexed(
@@ -760,8 +729,26 @@ def micro_batches_per_epoch(rows: int, *, micro: int, world: int, multiple: int)
 
 
 def steps_per_epoch(rows: int, *, micro: int, world: int, accumulate: int) -> int:
-    """Optimizer steps per epoch over `rows` for `world` ranks: the trainer's count and the preflight's."""
+    """Optimizer steps per epoch over `rows` for `world` ranks."""
     return max(1, micro_batches_per_epoch(rows, micro=micro, world=world, multiple=accumulate) // accumulate)
+
+
+@dataclass(frozen=True)
+class StepPlan:
+    """How many optimizer steps a run takes: the trainer's plan and the preflight's count, from one function."""
+
+    steps_per_epoch: int
+    total_steps: int
+    warmup_steps: int
+
+
+def step_plan(rows: int, training: TrainingSpec, world: int) -> StepPlan:
+    """The plan for `rows` training rows dealt to `world` ranks (every rank sees every row and takes its share)."""
+    t = training
+    per_epoch = steps_per_epoch(rows, micro=t.microBatchSize, world=world, accumulate=t.gradientAccumulationSteps)
+    total = t.maxSteps or t.epochs * per_epoch
+    warmup = t.warmupSteps if t.warmupSteps is not None else math.ceil(t.warmupRatio * total)
+    return StepPlan(per_epoch, total, warmup)
 
 
 def collate(batch: Sequence[Row], pad_id: int) -> dict[str, Any]:

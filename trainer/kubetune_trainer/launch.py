@@ -6,7 +6,6 @@ In a pod: `python -m kubetune_trainer` (the environment and mounted config follo
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
@@ -16,11 +15,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from kubetune_api import layout
+from kubetune_api import events, layout
 from kubetune_api._types import quantity_value
 from kubetune_api.conditions import Reason
 from kubetune_api.contract import ENV_CACHE, ENV_WORK_DIR, RankFailure, WorkerEnv
 from kubetune_api.job import FineTuneJobSpec
+from kubetune_api.metrics import Metrics
 
 from . import outputs, prepared, rank_env, report
 from .data import is_data_file
@@ -118,12 +118,17 @@ def fetch_inputs(spec: FineTuneJobSpec, store: Store, cache: Path) -> tuple[str,
     return model, train, validation, entry
 
 
-def _outcome(result_dir: Path, returncode: int) -> dict[str, Any]:
-    summary = result_dir / "summary.json"
+def result_dir(work: Path) -> Path:
+    """Where the ranks leave their results for the launcher (rank_env.METRICS_FILE, rank_env.FAILURE_FILES)."""
+    return work / "results"
+
+
+def _outcome(results: Path, returncode: int) -> dict[str, Any]:
+    written = results / rank_env.METRICS_FILE
     if returncode == 0:  # rank 0's worker has the metrics; the other workers only finished their part
-        return {"status": "Succeeded", "metrics": json.loads(summary.read_text()) if summary.is_file() else {}}
+        return {"status": "Succeeded", "metrics": Metrics.model_validate_json(written.read_text()) if written.is_file() else None}
     failures = []
-    for path in sorted(result_dir.glob("failure-*.json")):
+    for path in sorted(results.glob(rank_env.FAILURE_FILES)):
         try:
             failures.append(RankFailure.model_validate_json(path.read_bytes()[:65536]))
         except ValueError:
@@ -145,27 +150,25 @@ def final_summary(spec: FineTuneJobSpec, outcome: dict[str, Any]) -> dict[str, A
     metrics = outcome["metrics"]
     if not metrics:
         return report.summary("Succeeded", message="this worker's ranks finished; worker 0 reports the metrics")
-    base, final = metrics.get("base", {}), metrics.get("final", {})
-    chosen = metrics.get("adapter") or {}
-    notes = [f"adapter from step {chosen['step']} ({chosen['choice']})"] if chosen else []
-    stopped = (metrics.get("train") or {}).get("earlyStopping")
+    base, final, chosen, stopped = metrics.base, metrics.final, metrics.adapter, metrics.train.earlyStopping
+    notes = [f"adapter from step {chosen.step} ({chosen.choice})"]
     if stopped:
-        notes.append(f"stopped early at step {stopped['stoppedAtStep']}: {stopped['reason']}")
+        notes.append(f"stopped early at step {stopped.stoppedAtStep}: {stopped.reason}")
     return report.summary(
         "Succeeded",
-        message="; ".join(notes) or None,
+        message="; ".join(notes),
         adapterUri=layout.adapter_uri(spec.output.uri),
         metrics={
-            "baseEvalLoss": base.get("evalLoss"),
-            "evalLoss": final.get("evalLoss"),
-            "basePerplexity": base.get("perplexity"),
-            "perplexity": final.get("perplexity"),
-            "baseTokenAccuracy": base.get("tokenAccuracy"),
-            "tokenAccuracy": final.get("tokenAccuracy"),
-            "trainLoss": metrics.get("train", {}).get("loss"),
+            "baseEvalLoss": base.evalLoss,
+            "evalLoss": final.evalLoss,
+            "basePerplexity": base.perplexity,
+            "perplexity": final.perplexity,
+            "baseTokenAccuracy": base.tokenAccuracy,
+            "tokenAccuracy": final.tokenAccuracy,
+            "trainLoss": metrics.train.loss,
         },
-        steps=metrics.get("train", {}).get("steps"),
-        usefulTokensPerSecond=metrics.get("train", {}).get("usefulTokensPerSecond"),
+        steps=metrics.train.steps,
+        usefulTokensPerSecond=metrics.train.usefulTokensPerSecond,
     )
 
 
@@ -176,18 +179,18 @@ def run_worker(
     `log`, everything the ranks and torchrun write to stderr (warnings, tracebacks, torch elastic's report) goes to
     that file instead of this process's stderr (`kubetune run`: the terminal keeps the progress and the outcome)."""
     work = work_dir or Path(tempfile.mkdtemp(prefix="kubetune-"))
-    result_dir = work / "results"
-    shutil.rmtree(result_dir, ignore_errors=True)
-    result_dir.mkdir(parents=True)
+    results = result_dir(work)
+    shutil.rmtree(results, ignore_errors=True)
+    results.mkdir(parents=True)
     entry: Entry | None = None
     try:
         store = Store(spec.storage)
         prepare_output(spec, store)
         model, train, validation, entry = fetch_inputs(spec, store, cache_dir())
         if entry is not None:
-            fetched = entry.event(spec.model.uri)
-            print(json.dumps(fetched), flush=True)  # how much came from the node's cache, how much from storage
-            (work / "fetch.json").write_text(json.dumps(fetched))
+            fetched = entry.fetched(spec.model.uri)
+            events.emit(events.FetchLine(**fetched.model_dump()))  # how much came from the node's cache, from storage
+            (work / rank_env.FETCH_FILE).write_text(fetched.model_dump_json())
         prepared_dir = prepared.for_worker(spec, model, train, validation, work, store)
     except Exception as exc:  # every failure before the ranks start still ends in one summary with a reason
         if entry is not None:
@@ -195,9 +198,9 @@ def run_worker(
         failure = exc if isinstance(exc, TrainerFailure) else TrainerFailure(Reason.TRAINER_ERROR, f"{type(exc).__name__}: {exc}")
         summary = report.summary("Failed", reason=failure.reason.value, message=failure.message)
         report.write_termination(worker.termination_log, summary)
-        print(json.dumps(summary), flush=True)
+        report.say(summary)
         return summary
-    ranks = RankEnv(model, train, validation, work, result_dir, progress, prepared_dir)
+    ranks = RankEnv(model, train, validation, work, results, progress, prepared_dir)
     command = [
         sys.executable,
         "-m",
@@ -234,10 +237,10 @@ def run_worker(
     finally:
         if entry is not None:
             entry.release()  # the model is no longer in use here: the cache may evict it
-    summary = final_summary(spec, _outcome(result_dir, code))
+    summary = final_summary(spec, _outcome(results, code))
     report.write_termination(worker.termination_log, summary)
     if worker.worker_rank == 0 or summary["status"] != "Succeeded":
-        print(json.dumps(summary), flush=True)
+        report.say(summary)
     return summary
 
 
@@ -248,7 +251,7 @@ def main() -> int:
     except TrainerFailure as exc:
         summary = report.summary("Failed", reason=exc.reason.value, message=exc.message)
         report.write_termination(worker.termination_log, summary)
-        print(json.dumps(summary), flush=True)
+        report.say(summary)
         return 1
     work = Path(os.environ.get(ENV_WORK_DIR) or tempfile.mkdtemp(prefix="kubetune-"))
     summary = run_worker(spec, worker, progress="json", work_dir=work)

@@ -11,8 +11,10 @@ from typing import Any
 from kubetune_api.contract import CONFIG_FILE, DEEPSPEED_FILE, WorkerEnv
 from kubetune_api.ds_config import deepspeed_config
 from kubetune_api.job import FineTuneJob
+from kubetune_api.metrics import Metrics
 
-from .launch import run_worker
+from .launch import result_dir, run_worker
+from .rank_env import METRICS_FILE
 from .spec_io import dump_spec
 
 
@@ -27,6 +29,14 @@ LOG_NAME = "trainer.log"
 
 def log_path(work_dir: Path) -> Path:
     return work_dir / LOG_NAME
+
+
+def written_metrics(work_dir: Path) -> Metrics | None:
+    """What rank 0 wrote to metrics.json, as the launcher kept it in work_dir (for the curves); None if it did not."""
+    try:
+        return Metrics.model_validate_json((result_dir(work_dir) / METRICS_FILE).read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def run(job: FineTuneJob, processes: int, progress: str, work_dir: Path) -> dict[str, Any]:
@@ -57,20 +67,20 @@ def run(job: FineTuneJob, processes: int, progress: str, work_dir: Path) -> dict
 
 
 def print_report(
-    summary: dict[str, Any], stream: Any = sys.stdout, metrics: dict[str, Any] | None = None, log: Path | None = None
+    summary: dict[str, Any], stream: Any = sys.stdout, metrics: Metrics | None = None, log: Path | None = None
 ) -> None:
     if summary["status"] != "Succeeded":
         print(f"\nFailed: {summary['reason']}: {summary['message']}", file=stream)
         if log is not None and log.is_file():
             print(f"the full log, with every rank's output: {log}", file=stream)
         return
-    drawn = (metrics or {}).get("curves") or {}
-    if drawn.get("train"):
+    drawn = metrics.curves if metrics is not None else None
+    if drawn is not None and drawn.train:
         from .curves import sparkline
 
-        print(f"\ntraining loss  {sparkline([p['loss'] for p in drawn['train']])}", file=stream)
-        if len(drawn.get("eval") or []) > 1:
-            print(f"held-out loss  {sparkline([p['evalLoss'] for p in drawn['eval']])}", file=stream)
+        print(f"\ntraining loss  {sparkline([p.loss for p in drawn.train if p.loss is not None])}", file=stream)
+        if len(drawn.eval) > 1:
+            print(f"held-out loss  {sparkline([p.evalLoss for p in drawn.eval if p.evalLoss is not None])}", file=stream)
     m = summary["metrics"]
     print("\nheld-out            base      adapter", file=stream)
     for label, base, tuned in (

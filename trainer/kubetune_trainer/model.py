@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import copy
-import json
 import re
 from pathlib import Path
 from typing import Any
 
 from kubetune_api.conditions import Reason
+from kubetune_api.events import Notice, emit
 from kubetune_api.lora import ALL_LINEAR, LoraSpec
 from kubetune_api.model import ModelSpec
 
@@ -109,15 +109,11 @@ def load_model(source: str, spec: ModelSpec, on_gpu: bool) -> Any:
             f"model.attnImplementation: no attention kernel this model accepts here ({'; '.join(refusals)})",
         )
     if refusals:
-        print(
-            json.dumps(
-                {
-                    "event": "notice",
-                    "message": f"model.attnImplementation {spec.attnImplementation} cannot load this model here "
-                    f"({refusals[0].split(': ', 1)[1]}); using {model.config._attn_implementation} attention",
-                }
-            ),
-            flush=True,
+        emit(
+            Notice(
+                message=f"model.attnImplementation {spec.attnImplementation} cannot load this model here "
+                f"({refusals[0].split(': ', 1)[1]}); using {model.config._attn_implementation} attention"
+            )
         )
     model.config.use_cache = False
     return model

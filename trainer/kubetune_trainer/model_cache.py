@@ -25,6 +25,8 @@ from typing import Any
 
 from kubetune_api.conditions import Reason
 from kubetune_api.contract import ENV_MODEL_CACHE, ENV_MODEL_CACHE_MAX_BYTES
+from kubetune_api.events import Notice, emit
+from kubetune_api.metrics import Fetch as Fetched
 
 from .storage import Store, check_room, fingerprint, human_bytes, join
 from .storage_base import CHUNK_MIB, Fetch, Object, is_md5, md5, safe_target
@@ -72,16 +74,14 @@ class Entry:
         if ".private-" in self.path.name:  # a copy made because the shared entry was damaged and in use
             shutil.rmtree(self.path, ignore_errors=True)
 
-    def event(self, uri: str) -> dict[str, object]:
-        return {
-            "event": "fetch",
-            "what": "base model",
-            "uri": uri,
-            "fromCache": self.from_cache,
-            "fromStorage": self.from_storage,
-            "verifySeconds": round(self.verify_seconds, 3),
-            "fetchSeconds": round(self.fetch_seconds, 3),
-        }
+    def fetched(self, uri: str) -> Fetched:
+        return Fetched(
+            uri=uri,
+            fromCache=self.from_cache,
+            fromStorage=self.from_storage,
+            verifySeconds=round(self.verify_seconds, 3),
+            fetchSeconds=round(self.fetch_seconds, 3),
+        )
 
 
 def multipart_matches(path: Path, size: int, etag: str) -> bool | None:
@@ -306,21 +306,14 @@ class ModelCache:
             finally:
                 os.close(fd)
         if total + need > self.max_bytes:
-            print(
-                json.dumps(
-                    {
-                        "event": "notice",
-                        "message": f"the model cache holds {human_bytes(total)} in use; {human_bytes(need)} more goes "
-                        f"beyond its bound of {human_bytes(self.max_bytes)} until those jobs end",
-                    }
-                ),
-                flush=True,
+            emit(
+                Notice(
+                    message=f"the model cache holds {human_bytes(total)} in use; {human_bytes(need)} more goes "
+                    f"beyond its bound of {human_bytes(self.max_bytes)} until those jobs end"
+                )
             )
         if evicted:
-            print(
-                json.dumps({"event": "notice", "message": f"model cache: evicted {len(evicted)} least recently used entries"}),
-                flush=True,
-            )
+            emit(Notice(message=f"model cache: evicted {len(evicted)} least recently used entries"))
         return evicted
 
 

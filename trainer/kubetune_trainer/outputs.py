@@ -11,10 +11,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from kubetune_api import layout
+from kubetune_api import events, layout
 from kubetune_api.conditions import Reason
 from kubetune_api.contract import WorkerEnv
 from kubetune_api.job import FineTuneJobSpec
+from kubetune_api.metrics import Evaluation, Metrics, QualityGate
 
 from . import curves, merge
 from .errors import TrainerFailure
@@ -44,7 +45,9 @@ def data_digest(path: Path) -> str:
     return hashlib.sha256(json.dumps(listing).encode()).hexdigest()
 
 
-def manifest(spec: FineTuneJobSpec, paths: RankEnv, worker: WorkerEnv, world: int, adjusted: dict[str, Any]) -> dict[str, Any]:
+def manifest(
+    spec: FineTuneJobSpec, paths: RankEnv, worker: WorkerEnv, world: int, adjusted: dict[str, Any], ds_config: dict[str, Any]
+) -> dict[str, Any]:
     import deepspeed
     import peft
     import torch
@@ -63,6 +66,7 @@ def manifest(spec: FineTuneJobSpec, paths: RankEnv, worker: WorkerEnv, world: in
         "baseModel": {"uri": spec.model.uri, "revision": spec.model.revision, "filesSha256": model_digest(paths.model_source)},
         "datasets": datasets,
         "worldSize": world,
+        "deepspeed": ds_config,  # what ran (kubetune_api.ds_config with this run's world, GPU and adapter size)
         "versions": {
             "python": platform.python_version(),
             "torch": torch.__version__,
@@ -74,13 +78,13 @@ def manifest(spec: FineTuneJobSpec, paths: RankEnv, worker: WorkerEnv, world: in
     }
 
 
-def quality_gate(spec: FineTuneJobSpec, base: dict[str, float], final: dict[str, float]) -> dict[str, Any] | None:
+def quality_gate(spec: FineTuneJobSpec, base: Evaluation, final: Evaluation) -> QualityGate | None:
     gate = spec.output.minImprovement
     if gate is None:
         return None
-    base_loss, loss = base.get("evalLoss"), final.get("evalLoss")
+    base_loss, loss = base.evalLoss, final.evalLoss
     improvement = (base_loss - loss) / base_loss if base_loss and loss is not None else None
-    return {"minImprovement": gate, "improvement": improvement, "passed": bool(improvement and improvement >= gate)}
+    return QualityGate(minImprovement=gate, improvement=improvement, passed=bool(improvement and improvement >= gate))
 
 
 def model_directory(source: str, spec: FineTuneJobSpec) -> Path:
@@ -126,34 +130,32 @@ def write(
     spec: FineTuneJobSpec,
     paths: RankEnv,
     adapter_dir: Path,
-    metrics: dict[str, Any],
+    metrics: Metrics,
     manifest_data: dict[str, Any],
     tokenizer: Any,
-) -> dict[str, Any]:
+) -> Metrics:
     """Upload everything; _SUCCESS last. Below output.minImprovement everything but merged/ and _SUCCESS is written
     (for inspection) and the run fails with BelowThreshold."""
     out = spec.output.uri
     picture = paths.work_dir / layout.CURVES
-    picture.write_text(curves.svg(metrics["curves"]["train"], metrics["curves"]["eval"]))
+    picture.write_text(curves.svg(metrics.curves))
     store.upload_file(picture, layout.under(out, layout.CURVES))
-    gate = quality_gate(spec, metrics["base"], metrics["final"])
-    if gate is not None:
-        metrics["qualityGate"] = gate
+    gate = metrics.qualityGate = quality_gate(spec, metrics.base, metrics.final)
     store.upload_dir(adapter_dir, layout.adapter_uri(out))
-    if gate is not None and not gate["passed"]:
-        store.write_text(layout.under(out, layout.METRICS), json.dumps(metrics, indent=2))
+    if gate is not None and not gate.passed:
+        store.write_text(layout.under(out, layout.METRICS), metrics.to_json())
         store.write_text(layout.under(out, layout.MANIFEST), json.dumps(manifest_data, indent=2))
-        base_loss, loss, improvement = metrics["base"].get("evalLoss"), metrics["final"].get("evalLoss"), gate["improvement"]
+        base_loss, loss, improvement = metrics.base.evalLoss, metrics.final.evalLoss, gate.improvement
         raise TrainerFailure(
             Reason.BELOW_THRESHOLD,
             f"the adapter's held-out loss {loss:.4f} is {0.0 if improvement is None else improvement:.1%} below the base "
-            f"model's {base_loss:.4f}; output.minImprovement asks for {gate['minImprovement']:.1%}. The adapter and "
+            f"model's {base_loss:.4f}; output.minImprovement asks for {gate.minImprovement:.1%}. The adapter and "
             f"metrics.json are in {out} for inspection; _SUCCESS was not written",
         )
     if spec.output.merged:
         manifest_data["merged"] = write_merged(store, spec, paths.model_source, adapter_dir, paths.work_dir, tokenizer)
-        print(json.dumps({"event": "merged", **manifest_data["merged"]}), flush=True)
-    store.write_text(layout.under(out, layout.METRICS), json.dumps(metrics, indent=2))
+        events.emit(events.Merged(**manifest_data["merged"]))
+    store.write_text(layout.under(out, layout.METRICS), metrics.to_json())
     store.write_text(layout.under(out, layout.MANIFEST), json.dumps(manifest_data, indent=2))
     store.write_text(layout.under(out, layout.SUCCESS), "")
     return metrics

@@ -36,7 +36,7 @@ from kubetune_api.preflight import (
     wont_fit_message,
 )
 
-from . import outputs, prepared
+from . import data, outputs, prepared
 from .errors import TrainerFailure
 from .launch import data_bytes, fetch_data
 from .model import load_tokenizer
@@ -97,14 +97,13 @@ def count_steps(
     """Every record read, tokenized and packed exactly as the worker's launcher prepares them (prepared.py: record
     number and field on a bad one), hence the trainer's own step count. With a store, the prepared dataset is left
     beside the job's outputs, so the training pods start from it instead of preparing it again."""
-    t = spec.training
     with tempfile.TemporaryDirectory(prefix="kubetune-preflight-") as scratch:
         out = Path(scratch) / "prepared"
         made = prepared.made_from(spec, str(model_source or ""), train, validation)
         meta = prepared.prepare(spec, tokenizer, family, train, validation, out, made_from=made)
         ready = prepared.load(out, len(tokenizer), spec.dataset.maxSeqLength)
         lengths = ready.train.lengths()
-        steps_per_epoch = prepared.steps_per_epoch(len(ready.train), spec)
+        plan = data.step_plan(len(ready.train), spec.training, spec.workers.world_size)
         if store is not None:  # best effort: an output the job cannot write is the output check's to report
             with contextlib.suppress(Exception):  # boto3 raises its own S3UploadFailedError here
                 prepared.publish(store, out, prepared.uri_for(spec, made))
@@ -112,8 +111,8 @@ def count_steps(
         "records": meta["records"],
         "tokens": int(lengths.sum()),
         "evalTokens": meta["counts"]["validation"]["tokens"],
-        "stepsPerEpoch": steps_per_epoch,
-        "totalSteps": t.maxSteps or t.epochs * steps_per_epoch,
+        "stepsPerEpoch": plan.steps_per_epoch,
+        "totalSteps": plan.total_steps,
         "longest": int(lengths.max()),
         "packing": meta["packing"],
     }

@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from kubetune_api import events
 from kubetune_api.conditions import Reason
 from kubetune_api.contract import PreparingLine
 from kubetune_api.job import FineTuneJobSpec
@@ -368,14 +369,6 @@ def load(directory: Path, vocabulary: int, max_len: int, made_from: str | None =
     return Prepared(parts["train"], parts["validation"], meta)
 
 
-def steps_per_epoch(rows: int, spec: FineTuneJobSpec) -> int:
-    """Optimizer steps per epoch for every world size's share of `rows` (the trainer's own count)."""
-    t = spec.training
-    return data.steps_per_epoch(
-        rows, micro=t.microBatchSize, world=spec.workers.world_size, accumulate=t.gradientAccumulationSteps
-    )
-
-
 def made_from(spec: FineTuneJobSpec, model_source: str, train: Path, validation: Path | None) -> str:
     from .outputs import data_digest
 
@@ -441,14 +434,14 @@ def for_worker(
         meta = ready.meta
     else:
         meta = prepare(spec, tokenizer, model_type(model_source, spec.model), train, validation, out, made_from=made)
-    event = {
-        "event": "prepared",
-        "source": "storage" if ready is not None else "here",
-        **({"why": source} if ready is None else {}),
-        "records": meta["records"],
-        "tokens": meta["counts"]["train"]["tokens"] + meta["counts"]["validation"]["tokens"],
-        "rows": meta["rows"],
-        "seconds": round(time.monotonic() - started, 2),
-    }
-    print(json.dumps(event), flush=True)
+    events.emit(
+        events.Prepared(
+            source="storage" if ready is not None else "here",
+            why=source if ready is None else None,
+            records=meta["records"],
+            tokens=meta["counts"]["train"]["tokens"] + meta["counts"]["validation"]["tokens"],
+            rows=meta["rows"],
+            seconds=round(time.monotonic() - started, 2),
+        )
+    )
     return out

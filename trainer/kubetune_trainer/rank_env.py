@@ -17,6 +17,16 @@ PROGRESS_STYLE = "KUBETUNE_PROGRESS"  # json (pods) or bar (a person at a termin
 PREPARED_DIR = "KUBETUNE_PREPARED_DIR"  # the worker's prepared dataset (prepared.py), made before the ranks start
 PROCESS_START = "KUBETUNE_PROCESS_START"  # when the launcher started the ranks (epoch seconds): start-up cost
 
+FETCH_FILE = "fetch.json"  # in WORK_DIR: the launcher's metrics.Fetch (where the base model's bytes came from)
+METRICS_FILE = "summary.json"  # in RESULT_DIR: rank 0's metrics.Metrics, what it wrote to metrics.json
+
+
+FAILURE_FILES = "failure-*.json"  # in RESULT_DIR: each failed rank's contract.RankFailure
+
+
+def failure_file(rank: int) -> str:
+    return FAILURE_FILES.replace("*", str(rank))
+
 
 @dataclass(frozen=True)
 class RankEnv:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import sys
 import time
@@ -10,7 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from kubetune_api.contract import PROGRESS_EVENT, Summary
+from kubetune_api import events
+from kubetune_api.contract import ProgressLine, Summary
 
 
 def format_eta(seconds: float | None) -> str | None:
@@ -41,21 +41,21 @@ class Progress:
 
             self._bar = tqdm(total=self.total_steps, initial=step, unit="step", dynamic_ncols=True, file=sys.stdout)
 
-    def step(self, step: int, epoch: float, loss: float, lr: float, tokens_per_second: float) -> dict[str, Any]:
+    def step(self, step: int, epoch: float, loss: float, lr: float, tokens_per_second: float) -> ProgressLine:
         done = step - self._first_step
         elapsed = time.monotonic() - self._started
         eta = elapsed / done * (self.total_steps - step) if done else None
-        line = {
-            "event": PROGRESS_EVENT,
-            "step": step,
-            "totalSteps": self.total_steps,
-            "epoch": round(epoch, 4),
-            "loss": round(loss, 6) if math.isfinite(loss) else None,
-            "learningRate": lr,
-            "tokensPerSecond": round(tokens_per_second, 1),
-            "etaSeconds": None if eta is None else round(eta, 1),
-            "eta": format_eta(eta),
-        }
+        line = ProgressLine(
+            event="progress",
+            step=step,
+            totalSteps=self.total_steps,
+            epoch=round(epoch, 4),
+            loss=round(loss, 6) if math.isfinite(loss) else None,
+            learningRate=lr,
+            tokensPerSecond=round(tokens_per_second, 1),
+            etaSeconds=None if eta is None else round(eta, 1),
+            eta=format_eta(eta),
+        )
         if self._bar is not None:
             self._bar.n = step
             self._bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{tokens_per_second:.0f}", refresh=True)
@@ -63,11 +63,11 @@ class Progress:
             self.emit(line)
         return line
 
-    def emit(self, line: dict[str, Any]) -> None:
+    def emit(self, event: events.Event) -> None:
         if self._bar is not None:
-            self._bar.write(json.dumps(line), file=sys.stdout)
+            self._bar.write(events.line(event), file=sys.stdout)
         else:
-            print(json.dumps(line), file=self.stream, flush=True)
+            events.emit(event, self.stream)
 
     def close(self) -> None:
         if self._bar is not None:
@@ -82,6 +82,11 @@ def summary(status: str, **fields: Any) -> dict[str, Any]:
     return Summary.model_validate({"status": status, **{k: v for k, v in fields.items() if v is not None}}).model_dump(
         mode="json", exclude_none=True
     )
+
+
+def say(summary: dict[str, Any]) -> None:
+    """The summary as the last line of the log."""
+    events.emit(Summary.model_validate(summary))
 
 
 def write_termination(path: Path | None, data: dict[str, Any]) -> None:

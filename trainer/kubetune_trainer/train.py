@@ -23,10 +23,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from kubetune_api import events
 from kubetune_api.conditions import Reason
 from kubetune_api.contract import RankFailure, WorkerEnv
+from kubetune_api.ds_config import deepspeed_config
 from kubetune_api.job import FineTuneJobSpec
-from kubetune_api.memory import bucket_elements
+from kubetune_api.metrics import AdapterChoice, Curves, DataReport, EarlyStop, Evaluated, Evaluation, Fetch, Metrics, TrainStats
 
 from . import checkpoint, data, evaluate, merge, meter, outputs, prepared, rank_env, spec_io
 from .errors import TrainerFailure
@@ -54,15 +56,15 @@ class Rank:
 
     def notice(self, message: str) -> None:
         if self.is_main:
-            print(json.dumps({"event": "notice", "message": message}), flush=True)
+            events.emit(events.Notice(message=message))
 
 
 @dataclass(frozen=True)
 class Data:
     train_rows: Sequence[data.Row]  # every row (memory-mapped); each rank takes its share per epoch
     eval_batches: list[list[data.Row]]  # this rank's share of the held-out set
-    counts: dict[str, Any]  # the whole dataset's
-    steps_per_epoch: int  # optimizer steps per epoch (data.steps_per_epoch: the preflight's count too)
+    counts: DataReport  # the whole dataset's
+    plan: data.StepPlan  # data.step_plan: the preflight's count too
 
 
 @dataclass(frozen=True)
@@ -72,6 +74,7 @@ class Engine:
     total_steps: int
     adjusted: dict[str, Any]  # what was changed from the spec to make the model train (manifest.json)
     keep_alive: Any = None  # transformers' HfDeepSpeedConfig: from_pretrained partitions weights while it lives
+    config: dict[str, Any] = field(default_factory=dict)  # the DeepSpeed config that runs (manifest.json)
 
 
 @dataclass
@@ -226,70 +229,50 @@ def setup_data(me: Rank, tokenizer: Any) -> Data:
             f"dataset.packing turned off: {meta['packingOff']} models do not keep packed samples apart (their attention "
             "mask ignores restarted positions); each sample gets a row of its own"
         )
-    t = me.spec.training
-    accumulate, micro = t.gradientAccumulationSteps, t.microBatchSize
-    steps = data.steps_per_epoch(len(train_rows), micro=micro, world=me.world, accumulate=accumulate)
-    train_counts = data.Counts(**meta["counts"]["train"])
-    what = {
-        "train": meta["counts"]["train"],
-        "validation": meta["counts"]["validation"],
-        "trainSequences": len(train_rows),
-        "packing": bool(meta["packing"]),
-        "modelType": model_type(me.paths.model_source, me.spec.model),
-    }
+    micro = me.spec.training.microBatchSize
+    plan = data.step_plan(len(train_rows), me.spec.training, me.world)
+    what = DataReport(
+        train=meta["counts"]["train"],
+        validation=meta["counts"]["validation"],
+        trainSequences=len(train_rows),
+        packing=bool(meta["packing"]),
+        modelType=model_type(me.paths.model_source, me.spec.model),
+    )
     if me.is_main:  # what became of the records, before any step: truncations and drops are no surprise later
         if me.paths.progress == "json":
-            print(json.dumps({"event": "data", "overlength": spec.overlength_policy, **what}), flush=True)
+            events.emit(events.DataLine(overlength=spec.overlength_policy, **what.model_dump()))
         else:
-            c = train_counts
+            c = what.train
             print(
                 f"data: {c.records} training records -> {c.samples} samples ({c.kept_end} cut from the start, "
                 f"{c.truncated} cut from the end, {c.dropped} dropped, {c.empty} with nothing to learn; "
-                f"overlength: {spec.overlength_policy}), {what['trainSequences']} sequences, packing {'on' if what['packing'] else 'off'}",
+                f"overlength: {spec.overlength_policy}), {what.trainSequences} sequences, packing {'on' if what.packing else 'off'}",
                 file=sys.stdout,
                 flush=True,
             )
     mine = [val_rows[r] for r in range(me.rank, len(val_rows), me.world)]
     eval_count = math.ceil(math.ceil(len(val_rows) / me.world) / micro)
     eval_batches = evaluate.local_batches(mine, micro, eval_count)
-    return Data(train_rows, eval_batches, what, steps)
+    return Data(train_rows, eval_batches, what, plan)
 
 
-def deepspeed_config(me: Rank, on_gpu: bool) -> dict[str, Any]:
-    """The mounted DeepSpeed JSON (or the same derivation), with the batch size of the world actually running."""
+def _has_bf16(on_gpu: bool) -> bool:
     import torch
 
-    from kubetune_api.ds_config import deepspeed_config as derive
-
-    path = me.worker.deepspeed_path
-    config = json.loads(path.read_text()) if path.is_file() else derive(me.spec, me.world, on_gpu)
-    t = me.spec.training
-    config["train_batch_size"] = t.microBatchSize * t.gradientAccumulationSteps * me.world
-    if not on_gpu:
-        config.pop("bf16", None)
-        config.pop("fp16", None)
-        config["optimizer"]["params"]["torch_adam"] = True
-        config["zero_force_ds_cpu_optimizer"] = False
-    elif config.get("bf16", {}).get("enabled") and not torch.cuda.is_bf16_supported():
-        config.pop("bf16")
-        config["fp16"] = {"enabled": True, "loss_scale": 0, "initial_scale_power": 16}
-    return config
+    return on_gpu and torch.cuda.is_bf16_supported()
 
 
-def setup_engine(me: Rank, steps_per_epoch: int) -> Engine:
+def setup_engine(me: Rank, plan: data.StepPlan) -> Engine:
     import deepspeed
     from transformers import get_scheduler
 
     on_gpu = me.device.type == "cuda"
     t = me.spec.training
-    config = deepspeed_config(me, on_gpu)
-    total_steps = t.maxSteps or t.epochs * steps_per_epoch
-    warmup = t.warmupSteps if t.warmupSteps is not None else math.ceil(t.warmupRatio * total_steps)
     keep_alive = None
-    if me.spec.deepspeed.zeroStage == 3:
+    if me.spec.deepspeed.zeroStage == 3:  # the model is built partitioned: the config's ZeRO part is all this reads
         from transformers.integrations import HfDeepSpeedConfig
 
-        keep_alive = HfDeepSpeedConfig(config)
+        keep_alive = HfDeepSpeedConfig(deepspeed_config(me.spec, me.world, on_gpu, bf16=_has_bf16(on_gpu)))
     model = load_model(me.paths.model_source, me.spec.model, on_gpu)
     if t.gradientCheckpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -307,15 +290,14 @@ def setup_engine(me: Rank, steps_per_epoch: int) -> Engine:
             "lora.targetModules (q_proj, k_proj, v_proj, o_proj) or set output.merged: false",
         )
     params = [p for p in model.parameters() if p.requires_grad]
-    # DeepSpeed allocates its gradient buckets at full size: sized to the adapter, a LoRA run keeps the difference
-    config["zero_optimization"]["reduce_bucket_size"] = bucket_elements(sum(p.numel() for p in params))
+    config = deepspeed_config(me.spec, me.world, on_gpu, bf16=_has_bf16(on_gpu), trainable=sum(p.numel() for p in params))
     schedule = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}[t.scheduler]
 
     def scheduler(optimizer: Any) -> Any:
-        return get_scheduler(schedule, optimizer, num_warmup_steps=warmup, num_training_steps=total_steps)
+        return get_scheduler(schedule, optimizer, num_warmup_steps=plan.warmup_steps, num_training_steps=plan.total_steps)
 
     engine, *_ = deepspeed.initialize(model=model, model_parameters=params, config=config, lr_scheduler=scheduler)
-    return Engine(engine, steps_per_epoch, total_steps, adjusted, keep_alive)
+    return Engine(engine, plan.steps_per_epoch, plan.total_steps, adjusted, keep_alive, config)
 
 
 # the recipe
@@ -427,7 +409,7 @@ class Recipe:
         self.window = Window(started=now)
         return loss
 
-    def maybe_eval(self, done: int) -> dict[str, Any] | None:
+    def maybe_eval(self, done: int) -> EarlyStop | None:
         """Evaluate every evalEverySteps; keep the best adapter; returns why the run stops early, if it does."""
         t = self.t
         if not t.evalEverySteps or done % t.evalEverySteps or done == self.built.total_steps:
@@ -435,17 +417,17 @@ class Recipe:
         result = self.evaluate(adapter=True)
         self.record.history.append({"step": done, **result})
         if self.progress:
-            self.progress.emit({"event": "eval", "step": done, "model": "adapter", **result})
+            self.progress.emit(events.Eval(step=done, model="adapter", **result))
         if self.observe(done, result) and self.me.spec.output.adapter == "best":
             self.keep_best(done, result)
         if t.earlyStopping and self.watch.stale >= t.earlyStopping.patience:
-            stopped = {
-                "stoppedAtStep": done,
-                "reason": f"held-out loss did not improve by more than {t.earlyStopping.minDelta} for "
+            stopped = EarlyStop(
+                stoppedAtStep=done,
+                reason=f"held-out loss did not improve by more than {t.earlyStopping.minDelta} for "
                 f"{t.earlyStopping.patience} evaluations (best {self.watch.best_loss:.4f} at step {self.watch.best_step})",
-            }
+            )
             if self.progress:
-                self.progress.emit({"event": "earlyStopping", **stopped})
+                self.progress.emit(events.EarlyStopping(**stopped.model_dump()))
             return stopped
         return None
 
@@ -456,14 +438,14 @@ class Recipe:
 
     # the loop
 
-    def train(self) -> dict[str, Any]:
+    def train(self) -> Metrics | None:
         start = self.resume()
         self.meter.mark()
         self.clock.lap("resume")
         if not self.record.base:
             self.record.base = self.evaluate(adapter=False)
             if self.me.is_main:
-                print(json.dumps({"event": "eval", "step": 0, "model": "base", **self.record.base}), flush=True)
+                events.emit(events.Eval(step=0, model="base", **self.record.base))
             self.clock.lap("evaluate the base model")
         for seen in self.record.history:  # a resumed run picks up where its evaluations left off
             self.observe(int(seen["step"]), seen)
@@ -497,18 +479,18 @@ class Recipe:
             self.observe(done, last)
         self.clock.lap("final evaluation")
         adapter_dir, chosen = self.choose_adapter(done, last)
-        stats = {
-            "steps": done,
-            "epochs": done / self.built.steps_per_epoch,
-            "loss": loss,
-            "usefulTokensPerSecond": round(self.trained_tokens / elapsed, 1) if elapsed > 0 and self.trained_tokens else None,
-            "worldSize": self.me.world,
-            **({"earlyStopping": stopped} if stopped else {}),
-        }
-        memory = self.memory_record(peak)
+        stats = TrainStats(
+            steps=done,
+            epochs=done / self.built.steps_per_epoch,
+            loss=loss,
+            usefulTokensPerSecond=round(self.trained_tokens / elapsed, 1) if elapsed > 0 and self.trained_tokens else None,
+            worldSize=self.me.world,
+            earlyStopping=stopped,
+            **self.memory_record(peak),
+        )
         if not self.me.is_main:
-            return {}
-        metrics = self.write_outputs(adapter_dir, chosen, last, {**stats, **memory})
+            return None
+        metrics = self.write_outputs(adapter_dir, chosen, last, stats)
         self.clock.lap("save and upload the outputs")
         return metrics
 
@@ -632,15 +614,15 @@ class Recipe:
             info = {"step": step, "worldSize": me.world, **checkpoint.identity(me.spec, me.worker.job_uid)}
             checkpoint.mark_complete(self.store, uri, step, info)
             checkpoint.prune(self.store, uri, self.t.keepCheckpoints)
-            event = {
-                "event": "checkpoint",
-                "step": step,
-                "uri": join(checkpoint.root(uri), checkpoint.tag(step)),
-                # the loop stopped this long (with uploads in the loop, until the upload ended too)
-                "stallSeconds": round(time.monotonic() - upload.started if self.synchronous_checkpoints else upload.stall, 3),
-                "completeAfterSeconds": round(time.monotonic() - upload.started, 3),
-            }
-            print(json.dumps(event), flush=True)
+            events.emit(
+                events.Checkpoint(
+                    step=step,
+                    uri=join(checkpoint.root(uri), checkpoint.tag(step)),
+                    # the loop stopped this long (with uploads in the loop, until the upload ended too)
+                    stallSeconds=round(time.monotonic() - upload.started if self.synchronous_checkpoints else upload.stall, 3),
+                    completeAfterSeconds=round(time.monotonic() - upload.started, 3),
+                )
+            )
 
     def resume(self) -> int:
         """Load the newest complete checkpoint this job wrote, if any; returns the step to continue from. A checkpoint
@@ -673,31 +655,30 @@ class Recipe:
             checkpoint.load_rng(local / name, me.rank)
         step = int(state.get("step", info["step"]))
         if me.is_main:
-            print(json.dumps({"event": "resumed", "step": step, "checkpoint": name, "optimizerRestored": same_world}), flush=True)
+            events.emit(events.Resumed(step=step, checkpoint=name, optimizerRestored=same_world))
         return step
 
     # outputs (rank 0)
 
-    def write_outputs(
-        self, adapter_dir: Path, chosen: dict[str, Any], last: dict[str, float], train_stats: dict[str, Any]
-    ) -> dict[str, Any]:
+    def write_outputs(self, adapter_dir: Path, chosen: dict[str, Any], last: dict[str, float], stats: TrainStats) -> Metrics:
         record = self.record
-        metrics: dict[str, Any] = {
-            "base": record.base,
-            "final": {k: v for k, v in chosen.items() if k not in ("step", "choice")},  # what the written adapter scores
-            "adapter": {"choice": chosen["choice"], "step": chosen["step"]},
-            "best": next((h for h in record.history if h["step"] == self.watch.best_step), None),
-            "last": last,
-            "history": record.history,
-            "curves": {"train": record.curve, "eval": [{"step": h["step"], "evalLoss": h["evalLoss"]} for h in record.history]},
-            "train": train_stats,
-            "data": self.data.counts,
-        }
-        fetched = self.me.paths.work_dir / "fetch.json"  # the launcher's: base model bytes from the cache and storage
-        if fetched.is_file():
-            metrics["fetch"] = json.loads(fetched.read_text())
+        fetched = self.me.paths.work_dir / rank_env.FETCH_FILE  # the launcher's: base model bytes from cache and storage
+        metrics = Metrics(
+            base=Evaluation(**record.base),
+            final=Evaluation(**{k: v for k, v in chosen.items() if k not in ("step", "choice")}),  # the written adapter's
+            adapter=AdapterChoice(choice=chosen["choice"], step=chosen["step"]),
+            best=next((Evaluated(**h) for h in record.history if h["step"] == self.watch.best_step), None),
+            last=Evaluation(**last),
+            history=[Evaluated(**h) for h in record.history],
+            curves=Curves.model_validate(
+                {"train": record.curve, "eval": [{"step": h["step"], "evalLoss": h["evalLoss"]} for h in record.history]}
+            ),
+            train=stats,
+            data=self.data.counts,
+            fetch=Fetch.model_validate_json(fetched.read_text()) if fetched.is_file() else None,
+        )
         me = self.me
-        about = outputs.manifest(me.spec, me.paths, me.worker, me.world, self.built.adjusted)
+        about = outputs.manifest(me.spec, me.paths, me.worker, me.world, self.built.adjusted, self.built.config)
         return outputs.write(self.store, me.spec, me.paths, adapter_dir, metrics, about, self.tokenizer)
 
 
@@ -710,11 +691,11 @@ class Clock:
     def lap(self, phase: str) -> None:
         now = time.monotonic()
         if self.main:
-            print(json.dumps({"event": "timing", "phase": phase, "seconds": round(now - self.last, 3)}), flush=True)
+            events.emit(events.Timing(phase=phase, seconds=round(now - self.last, 3)))
         self.last = now
 
 
-def train(spec: FineTuneJobSpec, worker: WorkerEnv, paths: RankEnv) -> dict[str, Any]:
+def train(spec: FineTuneJobSpec, worker: WorkerEnv, paths: RankEnv) -> Metrics | None:
     started = float(os.environ.get(rank_env.PROCESS_START, "0")) or None
     clock = Clock(os.environ.get("RANK", "0") == "0")
     if started is not None:  # from the launcher's clock: interpreter start and imports
@@ -728,7 +709,7 @@ def train(spec: FineTuneJobSpec, worker: WorkerEnv, paths: RankEnv) -> dict[str,
     clock.lap("read and tokenize data")
     memory = meter.Meter(me.device)
     memory.start()
-    built = setup_engine(me, batches.steps_per_epoch)
+    built = setup_engine(me, batches.plan)
     clock.lap("load model, DeepSpeed init")
     return Recipe(me, store, tokenizer, batches, built, clock, memory).train()
 
@@ -752,13 +733,13 @@ def main() -> int:
     rank = int(os.environ.get("RANK", "0"))
     try:
         metrics = train(spec_io.load_spec(worker.config_path), worker, paths)
-        if rank == 0:
-            (paths.result_dir / "summary.json").write_text(json.dumps(metrics))
+        if metrics is not None:  # rank 0's
+            (paths.result_dir / rank_env.METRICS_FILE).write_text(metrics.to_json())
         return 0
     except BaseException as exc:  # every failure leaves its reason for the launcher, then the traceback for the logs
         reason, message = _classify(exc)
         paths.result_dir.mkdir(parents=True, exist_ok=True)
-        (paths.result_dir / f"failure-{rank}.json").write_text(
+        (paths.result_dir / rank_env.failure_file(rank)).write_text(
             RankFailure(rank=rank, reason=reason.value, message=message).model_dump_json()
         )
         if not isinstance(exc, TrainerFailure):

@@ -1,0 +1,73 @@
+"""status.usage: GPU-hours used and lost, from the pods' run times and the attempts before."""
+
+from __future__ import annotations
+
+import datetime
+from typing import Any
+
+
+def parse_time(value: Any) -> datetime.datetime | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        return datetime.datetime.strptime(value, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=datetime.UTC)
+    except ValueError:
+        return None
+
+
+def pod_seconds(pods: list[dict[str, Any]], at: datetime.datetime) -> float:
+    """Seconds the pods' trainer containers have run: from their start to their end, or to `at` while running."""
+    total = 0.0
+    for pod in pods:
+        for container in (pod.get("status") or {}).get("containerStatuses") or []:
+            state = container.get("state") or {}
+            running, ended = state.get("running") or {}, state.get("terminated") or {}
+            start = parse_time(running.get("startedAt") or ended.get("startedAt"))
+            end = parse_time(ended.get("finishedAt")) if ended else at
+            if start is not None and end is not None and end > start:
+                total += (end - start).total_seconds()
+    return total
+
+
+def ledger(
+    previous: dict[str, Any] | None,
+    running: float,
+    attempt: int,
+    *,
+    restarting: bool,
+    failed: bool,
+    final: bool = False,
+    gpus: int,
+    gpu_type: str,
+    price: float,
+) -> dict[str, Any]:
+    """status.usage from the attempts before (kept in the status) and this attempt's pod seconds. An attempt that
+    ends in a gang restart is added to the lost time once (its attempt number, not a count, decides); a failed end
+    loses the last attempt too. While an attempt runs its time moves in whole minutes, so the status is not
+    rewritten for the ledger alone at every sync; an attempt's end is counted to the second."""
+    prev = previous or {}
+    if not (restarting or failed or final):
+        running = running // 60 * 60
+    restarted = float(prev.get("restartedPodSeconds") or 0.0)
+    closed = int(prev.get("closedAttempts") or 0)
+    if attempt < closed:
+        running = 0.0  # this attempt ended in a restart and was counted then (its pods may still be going away)
+    elif restarting:
+        restarted, closed, running = restarted + running, attempt + 1, 0.0
+    total = restarted + running
+    lost = restarted + (running if failed else 0.0)
+    hours = total * gpus / 3600
+    out: dict[str, Any] = {
+        "podSeconds": round(total, 1),
+        "gpuHours": round(hours, 4),
+        "lostGpuHours": round(lost * gpus / 3600, 4),
+        "restartedPodSeconds": round(restarted, 1),
+        "closedAttempts": closed,
+    }
+    if total > 0:
+        out["lostShare"] = round(lost / total, 4)
+    if gpus and gpu_type:
+        out["gpuType"] = gpu_type
+    if gpus and price:
+        out["estimatedCost"] = round(hours * price, 2)
+    return out

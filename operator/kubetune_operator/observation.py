@@ -1,0 +1,167 @@
+"""What the training Job and its pods say, reduced to what the status needs: pure functions over the API server's JSON.
+
+Pods are untrusted: their words (termination messages, progress lines) are read through the contract's bounded models,
+and only worker 0's say that the job succeeded."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+from kubetune_api.conditions import TRAINER_FAILURE_REASONS, Reason
+from kubetune_api.contract import TERMINATION_LIMIT, ProgressLine, Summary, last_line, parse_summary
+from kubetune_api.job import FineTuneJobSpec, pods_digest
+from kubetune_api.layout import adapter_uri
+
+from .builders import SPEC_ANNOTATION
+
+# Failures that another attempt cannot fix: the job fails at once instead of restarting the gang.
+PERMANENT = frozenset(TRAINER_FAILURE_REASONS - {Reason.OUT_OF_MEMORY, Reason.TRAINER_ERROR, Reason.NAN_LOSS})
+
+
+def summary_of(pod: dict[str, Any]) -> Summary | None:
+    """The trainer's final summary from a pod's termination message, if it left a valid one. The message is the
+    pod's word: parsed by the contract's bounded model, anything else is ignored."""
+    for status in (pod.get("status") or {}).get("containerStatuses") or []:
+        message = ((status.get("state") or {}).get("terminated") or {}).get("message") or ""
+        if isinstance(message, str):
+            found = parse_summary(message[: TERMINATION_LIMIT * 2])
+            if found is not None:
+                return found
+    return None
+
+
+COMPLETION_INDEX = "batch.kubernetes.io/job-completion-index"  # set by the Job controller, not by the pod
+
+
+def rank0_pods(pods: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The pods of worker 0: the only worker whose word that the job succeeded, and with what metrics, counts (it
+    writes the adapter and _SUCCESS; any other worker saying so is ignored)."""
+    return [p for p in pods if ((p.get("metadata") or {}).get("annotations") or {}).get(COMPLETION_INDEX) == "0"]
+
+
+def last_progress(log: str) -> ProgressLine | None:
+    """The newest valid progress line of rank 0's log."""
+    return last_line(log, ProgressLine)
+
+
+def progress_status(line: ProgressLine) -> dict[str, Any]:
+    step, total = min(line.step, line.totalSteps) if line.totalSteps else line.step, line.totalSteps
+    percent = int(100 * step / total) if total else 0
+    out: dict[str, Any] = {"step": step, "totalSteps": total, "epoch": line.epoch, "summary": f"{step}/{total} ({percent}%)"}
+    for key in ("loss", "learningRate", "tokensPerSecond", "eta"):
+        value = getattr(line, key)
+        if value is not None:
+            out[key] = value
+    return out
+
+
+def job_condition(job: dict[str, Any], type_: str) -> dict[str, Any] | None:
+    for condition in (job.get("status") or {}).get("conditions") or []:
+        if condition.get("type") == type_ and condition.get("status") == "True":
+            return dict(condition)
+    return None
+
+
+class State(StrEnum):
+    """What the training Job is doing, as observed."""
+
+    MISSING = "missing"  # no Job, or one being deleted
+    SUSPENDED = "suspended"
+    PENDING = "pending"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class Observation:
+    """What the Job and its pods say, reduced to what the status needs."""
+
+    state: State
+    reason: str = ""
+    message: str = ""
+    ready: int = 0
+    summary: Summary | None = None
+
+
+def pending_reason(pods: list[dict[str, Any]]) -> tuple[str, str]:
+    """Why pods are not running yet, in the scheduler's or kubelet's own words."""
+    for pod in pods:
+        status = pod.get("status") or {}
+        for condition in status.get("conditions") or []:
+            if condition.get("type") == "PodScheduled" and condition.get("status") == "False":
+                return Reason.UNSCHEDULABLE.value, f"{pod['metadata']['name']}: {condition.get('message', '')}"
+        for container in status.get("containerStatuses") or []:
+            waiting = (container.get("state") or {}).get("waiting") or {}
+            why, message = waiting.get("reason", ""), waiting.get("message", "")
+            if why in ("ErrImagePull", "ImagePullBackOff", "InvalidImageName"):
+                return Reason.IMAGE_PULL_FAILED.value, f"{pod['metadata']['name']}: {message or why}"
+            if why == "CreateContainerConfigError" and "secret" in message.lower():
+                return Reason.SECRET_MISSING.value, f"{pod['metadata']['name']}: {message}"
+            if why == "CreateContainerConfigError":
+                return Reason.PODS_PENDING.value, f"{pod['metadata']['name']}: {message}"
+        if status.get("phase") == "Failed" and status.get("reason") == "CreateContainerConfigError":
+            message = status.get("message", "")
+            reason = Reason.SECRET_MISSING if "secret" in message.lower() else Reason.PODS_PENDING
+            return reason.value, f"{pod['metadata']['name']}: {message}"
+    return Reason.PODS_PENDING.value, "waiting for worker pods to start"
+
+
+def _done(summary: Summary | None) -> str:
+    """The Succeeded condition's message: what was written, and rank 0's notes (which adapter, an early stop)."""
+    words = "adapter, metrics and _SUCCESS written"
+    return f"{words}; {summary.message}" if summary is not None and summary.message else words
+
+
+def observe(job: dict[str, Any] | None, pods: list[dict[str, Any]], workers: int) -> Observation:
+    if job is None or (job.get("metadata") or {}).get("deletionTimestamp"):
+        return Observation(State.MISSING)
+    if job_condition(job, "Complete") or job_condition(job, "SuccessCriteriaMet"):
+        summaries = [s for s in (summary_of(p) for p in rank0_pods(pods)) if s and s.status == "Succeeded"]
+        rank0 = next((s for s in summaries if s.metrics), summaries[0] if summaries else None)
+        return Observation(State.SUCCEEDED, Reason.COMPLETED.value, _done(rank0), summary=rank0)
+    failed = job_condition(job, "Failed") or job_condition(job, "FailureTarget")
+    finished = next((s for s in (summary_of(p) for p in rank0_pods(pods)) if s and s.status == "Succeeded" and s.metrics), None)
+    if failed and finished:  # worker 0 wrote the adapter and _SUCCESS; a worker failing afterwards changes nothing
+        return Observation(State.SUCCEEDED, Reason.COMPLETED.value, _done(finished), summary=finished)
+    if failed:
+        if failed.get("reason") == "DeadlineExceeded":
+            return Observation(State.FAILED, Reason.DEADLINE_EXCEEDED.value, "runPolicy.activeDeadlineSeconds passed")
+        summaries = [s for s in (summary_of(p) for p in pods) if s and s.status == "Failed"]
+        summaries.sort(key=lambda s: s.reason in (None, Reason.TRAINER_ERROR.value))
+        if summaries:
+            return Observation(State.FAILED, summaries[0].reason or Reason.TRAINER_ERROR.value, summaries[0].message)
+        pending = pending_reason(pods)
+        if pending[0] != Reason.PODS_PENDING.value:
+            return Observation(State.FAILED, *pending)
+        return Observation(State.FAILED, Reason.TRAINER_ERROR.value, failed.get("message") or "a worker failed without a summary")
+    if (job.get("spec") or {}).get("suspend"):
+        return Observation(State.SUSPENDED)
+    running = [
+        p for p in pods if (p.get("status") or {}).get("phase") == "Running" and not p["metadata"].get("deletionTimestamp")
+    ]
+    if len(running) >= workers:
+        return Observation(State.RUNNING, ready=len(running))
+    why, message = pending_reason(pods)
+    return Observation(State.PENDING, why, message, ready=len(running))
+
+
+def succeeded_fields(summary: Summary | None, output_uri: str, progress: dict[str, Any] | None) -> dict[str, Any]:
+    """The status fields of a finished job: metrics and steps from rank 0's (validated) summary, the adapter's URI
+    from the spec."""
+    out: dict[str, Any] = {"adapterUri": adapter_uri(output_uri)}
+    if summary is not None and summary.metrics is not None:
+        out["metrics"] = summary.metrics.model_dump(exclude_none=True)
+    steps = summary.steps if summary is not None else None
+    if steps:
+        out["progress"] = {**(progress or {}), "step": steps, "totalSteps": steps, "summary": f"{steps}/{steps} (100%)"}
+    return out
+
+
+def reads_spec(job: dict[str, Any], spec: FineTuneJobSpec) -> bool:
+    """Whether the Job's pods read this spec: the digest the Job was made with (builders.SPEC_ANNOTATION) against
+    the spec's now. A spec changed after the Job was made is never what its workers run."""
+    annotations = (job.get("metadata") or {}).get("annotations") or {}
+    return annotations.get(SPEC_ANNOTATION) == pods_digest(spec)
