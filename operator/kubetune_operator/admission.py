@@ -18,7 +18,7 @@ from kubetune_api.outputs import conflict
 from kubetune_api.policy import check as policy_check
 
 from . import webhook_auth
-from .settings import POLICY, SETTINGS
+from .settings import loaded
 
 
 @kopf.index(GROUP, VERSION, PLURAL)
@@ -30,7 +30,8 @@ def outputs(*, name: str, namespace: str | None, spec: kopf.Spec, **_: Any) -> d
 
 @kopf.on.validate(GROUP, VERSION, PLURAL, operations=["CREATE"], id="validate")
 def admit(*, body: kopf.Body, sslpeer: Mapping[str, Any] | None = None, **kwargs: Any) -> None:
-    if not webhook_auth.allowed(sslpeer, SETTINGS.webhook_client_names):
+    settings, policy = loaded()
+    if not webhook_auth.allowed(sslpeer, settings.webhook_client_names):
         raise kopf.AdmissionError(webhook_auth.NOT_THE_API_SERVER, code=403)  # before anything about any job
     index: kopf.Index[str, str] = kwargs["outputs"]  # the index above, passed by name
     meta = body.get("metadata") or {}
@@ -39,7 +40,7 @@ def admit(*, body: kopf.Body, sslpeer: Mapping[str, Any] | None = None, **kwargs
         raise kopf.AdmissionError("; ".join(str(problem) for problem in result.problems), code=422)
 
     namespace = str(meta.get("namespace") or "default")
-    denied = policy_check(result.job.spec, namespace, POLICY, meta.get("labels")) if POLICY is not None else []
+    denied = policy_check(result.job.spec, namespace, policy, meta.get("labels")) if policy is not None else []
     if denied:
         raise kopf.AdmissionError("; ".join(str(problem) for problem in denied), code=403)
     me = f"{meta.get('namespace')}/{meta.get('name')}"

@@ -29,7 +29,7 @@ from .ledger import parse_time
 from .observation import State, last_progress, observe, progress_status, rank0_pods, reads_spec
 from .plan import Plan, make_plan
 from .preflight_outcome import GENERATION_ANNOTATION, preparing_status
-from .settings import POLICY, SETTINGS
+from .settings import loaded
 from .transition import (
     Action,
     CountRestart,
@@ -51,6 +51,7 @@ from .transition import (
     typed_status,
 )
 
+SETTINGS, POLICY = loaded()
 LOG_LIMIT = 64 * 1024  # bytes of rank 0's log read per sync
 LOG_TIMEOUT = 5  # seconds a log read may take
 

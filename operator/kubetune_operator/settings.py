@@ -3,6 +3,7 @@ start-up, by the handlers and the admission webhook alike."""
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,6 +74,9 @@ class Settings:
         )
 
 
-SETTINGS = Settings.from_environ()
-# the platform policy, read once at start-up: a policy that cannot be read stops the operator rather than admit all
-POLICY: Policy | None = load_policy(Path(SETTINGS.policy_file)) if SETTINGS.policy_file else None
+@functools.cache
+def loaded() -> tuple[Settings, Policy | None]:
+    """The operator's settings and platform policy, read once, when the operator starts (not when this module is
+    first imported): a policy that cannot be read stops the operator rather than admit all."""
+    settings = Settings.from_environ()
+    return settings, load_policy(Path(settings.policy_file)) if settings.policy_file else None
