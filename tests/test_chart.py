@@ -148,6 +148,7 @@ def test_operator_pod_is_restricted_and_its_settings_reach_the_operator(monkeypa
         monkeypatch.setenv(key, value)
     settings = Settings.from_environ()
     assert settings.namespaces == ("team-a", "research") and settings.sync_seconds == 5
+    assert settings.wait_seconds == 60
     assert (settings.health_port, settings.metrics_port) == (ports["health"], ports["metrics"])
     assert settings.trainer_image == "ghcr.io/kubetune/trainer:0.1.0" and settings.peering == ""
     read = set((ROOT / "operator" / "kubetune_operator" / "settings.py").read_text().split('"'))

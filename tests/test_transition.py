@@ -13,6 +13,7 @@ import pytest
 
 from kubetune_api.contract import PreparingLine
 from kubetune_api.status import FineTuneJobStatus
+from kubetune_operator import polling
 from kubetune_operator.preflight_outcome import preparing_status
 from kubetune_operator.transition import (
     CountRestart,
@@ -142,6 +143,37 @@ def test_a_preflight_running_holds_the_job() -> None:
     assert actions == [] and status["phase"] == "Preflight"
 
 
+@pytest.mark.parametrize(
+    ("pods", "reason", "polled"),
+    [
+        ([], "PodsPending", "waiting"),  # the Job made no pod yet
+        ([pod(0, "Pending")], "PodsPending", "waiting"),
+        ([pending_pod()], "Unschedulable", "waiting"),  # in the scheduler's words
+        ([pod(0)], "PreflightRunning", "busy"),  # its preparing lines are read every sync interval
+    ],
+)
+def test_a_waiting_preflight_says_why_and_is_looked_at_less_often(pods: list[Any], reason: str, polled: str) -> None:
+    status, _ = run(plan(), preflight=job(uid="pf"), preflight_pods=pods)
+    assert cond(status, "Preflight")["reason"] == reason
+    assert (polling.busy(status), polling.waiting(status, {})) == (polled == "busy", polled == "waiting")
+
+
+@pytest.mark.parametrize(
+    ("status", "spec", "polled"),
+    [
+        ({"phase": "Running"}, {}, "busy"),
+        ({"phase": "Pending"}, {}, "waiting"),
+        ({}, {}, "waiting"),  # never synced: its first sync failed and is looked at again
+        ({"phase": "Queued"}, {}, None),  # Kueue's admission is an event of the Job
+        ({"phase": "Suspended"}, {}, None),
+        ({"phase": "Succeeded"}, {}, None),
+        ({"phase": "Failed"}, {"runPolicy": {"ttlSecondsAfterFinished": 60}}, "waiting"),
+    ],
+)
+def test_which_jobs_are_looked_at_without_an_event(status: dict[str, Any], spec: dict[str, Any], polled: str | None) -> None:
+    assert (polling.busy(status), polling.waiting(status, spec)) == (polled == "busy", polled == "waiting")
+
+
 def test_preparing_the_dataset_shows_in_the_status_while_the_preflight_runs() -> None:
     line = PreparingLine(event="preparing", records=40_000, of=100_000, tokens=24_000_000, recordsPerSecond=2000, etaSeconds=30)
     status, _ = run(plan(), preflight=job(uid="pf"), preflight_pods=[pod(0)], preparing=preparing_status(line))
@@ -221,6 +253,21 @@ def test_a_suspended_job_stays_suspended_and_resumes() -> None:
     status, actions = run(plan(), previous=status, job=job(suspend=True))
     assert actions == [SuspendJob(False, "job-1")] and status["phase"] == "Pending"
     assert cond(status, "Suspended")["status"] == "False"
+
+
+def test_a_suspended_job_starts_no_preflight_until_it_is_resumed() -> None:
+    status, actions = run(plan(run={"suspend": True}))
+    assert actions == [] and status["phase"] == "Suspended"
+    assert cond(status, "Suspended")["status"] == "True" and "preflight runs when" in cond(status, "Suspended")["message"]
+    resumed, actions = run(plan(), previous=status)
+    assert actions == [CreatePreflight()] and resumed["phase"] == "Preflight"
+    assert cond(resumed, "Suspended")["status"] == "False"
+    # a preflight already running when the job is suspended finishes, and its outcome counts
+    done = job(uid="pf", condition="Complete")
+    passed, actions = run(
+        plan(run={"suspend": True}), previous=resumed, preflight=done, preflight_pods=[pod(0, "Succeeded", message=report(True))]
+    )
+    assert cond(passed, "Preflight")["status"] == "True" and actions == [CreateJob()] and passed["phase"] == "Suspended"
 
 
 def test_suspending_a_running_job_suspends_its_job() -> None:
@@ -303,9 +350,15 @@ def test_the_children_are_ensured_first_and_created_at_once_for_a_new_gang() -> 
     _, first = transition(plan(run={"preflight": False}), Observed(GEN, NOW), FineTuneJobStatus())
     assert first[0] == EnsureChildren(fresh=True)
     _, later = transition(
-        plan(), Observed(GEN, NOW, job=job(), pods=[pod(0), pod(1)]), FineTuneJobStatus.model_validate(passed_preflight())
+        plan(),
+        Observed(GEN, NOW, job=job(), pods=[pod(0), pod(1)]),
+        FineTuneJobStatus.model_validate({**passed_preflight(), "phase": "Pending"}),
     )
     assert later[0] == EnsureChildren(fresh=False)  # an existing gang's children are read and put back if changed
+    waiting, _ = transition(plan(), Observed(GEN, NOW), FineTuneJobStatus())
+    assert waiting.phase == "Preflight"
+    _, again = transition(plan(), Observed(GEN, NOW, preflight=job(uid="pf"), preflight_pods=[pending_pod()]), waiting)
+    assert again[0] == EnsureChildren(fresh=False)  # a job waiting for its preflight does not create them at every sync
 
 
 @pytest.mark.parametrize(

@@ -24,7 +24,7 @@ from kubetune_api.names import GROUP, JOB_NAME_LABEL, PLURAL, QUEUE_LABEL, VERSI
 from kubetune_api.policy import check as policy_check
 from kubetune_api.status import FineTuneJobStatus
 
-from . import builders, metrics, webhook_auth
+from . import builders, metrics, polling, webhook_auth
 from .ledger import parse_time
 from .observation import State, last_progress, observe, progress_status, rank0_pods, reads_spec
 from .plan import Plan, make_plan
@@ -161,17 +161,13 @@ def deleted(*, name: str, namespace: str | None, **_: Any) -> None:
     _last_log_read.pop(f"{namespace}/{name}", None)  # the children go with their owner references
 
 
-def _needs_polling(status: Mapping[str, Any], spec: Mapping[str, Any], **_: Any) -> bool:
-    """Jobs whose status moves without a Job event (progress lines, pending reasons), or that await their TTL.
-    Queued, suspended and finished jobs change only through events, so they cost nothing while they wait."""
-    phase = status.get("phase")
-    if phase in (Phase.SUCCEEDED, Phase.FAILED):
-        return (spec.get("runPolicy") or {}).get("ttlSecondsAfterFinished") is not None
-    return phase not in (Phase.QUEUED, Phase.SUSPENDED)
-
-
-@kopf.timer(GROUP, VERSION, PLURAL, interval=SETTINGS.sync_seconds, initial_delay=SETTINGS.sync_seconds, when=_needs_polling)
+@kopf.timer(GROUP, VERSION, PLURAL, interval=SETTINGS.sync_seconds, initial_delay=SETTINGS.sync_seconds, when=polling.busy)
 def refresh(*, name: str, namespace: str | None, **_: Any) -> None:
+    sync(namespace or "default", name)
+
+
+@kopf.timer(GROUP, VERSION, PLURAL, interval=SETTINGS.wait_seconds, initial_delay=SETTINGS.sync_seconds, when=polling.waiting)
+def look_again(*, name: str, namespace: str | None, **_: Any) -> None:
     sync(namespace or "default", name)
 
 

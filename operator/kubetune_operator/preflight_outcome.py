@@ -95,9 +95,12 @@ def preflight_outcome(job: dict[str, Any], pods: list[dict[str, Any]]) -> Prefli
             PreflightState.FAILED, Reason.PREFLIGHT_ERROR.value, "the preflight pod ended without a report; its log says why"
         )
     why = pending_reason(pods)
-    if why[0] == Reason.PODS_PENDING.value:
-        return PreflightOutcome(PreflightState.RUNNING, Reason.PREFLIGHT_RUNNING.value, "the preflight checks are running")
-    return PreflightOutcome(PreflightState.RUNNING, *why)
+    if why[0] != Reason.PODS_PENDING.value:  # the scheduler's or the kubelet's words
+        return PreflightOutcome(PreflightState.RUNNING, *why)
+    if not any((pod.get("status") or {}).get("phase") == "Running" for pod in pods):
+        return PreflightOutcome(PreflightState.RUNNING, Reason.PODS_PENDING.value, "waiting for the preflight pod to start")
+    # running: the operator reads its progress (status.preparing) every sync interval
+    return PreflightOutcome(PreflightState.RUNNING, Reason.PREFLIGHT_RUNNING.value, "the preflight checks are running")
 
 
 def preflight_summary(report: Report) -> str:

@@ -28,8 +28,8 @@ from .preflight_outcome import PreflightState, preflight_outcome, preflight_stal
 
 @dataclass(frozen=True)
 class EnsureChildren:
-    """Create the ConfigMap, Service and NetworkPolicy, or put back what someone changed by hand; for a new gang
-    (fresh) they are created straight away, and read only if they exist already."""
+    """Create the ConfigMap, Service and NetworkPolicy, or put back what someone changed by hand; on a job's first
+    sync (fresh) they are created straight away, later they are read first (a create that finds one costs more)."""
 
     fresh: bool
 
@@ -218,6 +218,11 @@ def _preflight(plan: Plan, seen: Observed, status: Status) -> tuple[bool, list[A
         found = None
     if found is None:
         status.new.pop("preparing", None)  # of an earlier preflight, if any
+        if plan.suspend:  # a suspended job starts no pod, the preflight's neither (one already running finishes)
+            status.suspended("runPolicy.suspend is true; the preflight runs when the job is resumed")
+            return True, actions
+        if status.is_true(ConditionType.SUSPENDED):
+            status.set(ConditionType.SUSPENDED, False, Reason.RESUMED, "resumed: the preflight runs first")
         status.preflight_running(
             Reason.PREFLIGHT_RUNNING,
             "checking storage, records, memory per GPU and GPU-hours on a CPU before any GPU is requested",
@@ -272,7 +277,8 @@ def _decide(plan: Plan, seen: Observed, previous: FineTuneJobStatus) -> tuple[Fi
                 "was applied. Create a new FineTuneJob",
             )
         return status.result(), stop
-    actions: list[Action] = [EnsureChildren(fresh=job is None)]
+    # created straight away on the first sync only; later syncs read them (a waiting job is not re-created each time)
+    actions: list[Action] = [EnsureChildren(fresh=previous.phase is None)]
     if job is None and plan.preflight and not preflight_passed(previous, seen.generation):
         held, more = _preflight(plan, seen, status)
         actions += more
