@@ -17,7 +17,8 @@ from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer, DataCollatorForSeq2Seq, Trainer, TrainingArguments
 
 from kubetune_api.dataset import DatasetSpec
-from kubetune_trainer import data, evaluate
+from kubetune_trainer.data import records as data
+from kubetune_trainer.recipe import evaluate
 
 
 def main() -> None:

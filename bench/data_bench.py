@@ -38,8 +38,9 @@ from tests.s3server import S3Server, start  # noqa: E402
 from kubetune_api.conditions import Reason  # noqa: E402
 from kubetune_api.manifests import dump  # noqa: E402
 from kubetune_api.storage import StorageSpec  # noqa: E402
-from kubetune_trainer import storage_s3, tiny  # noqa: E402
+from kubetune_trainer import tiny  # noqa: E402
 from kubetune_trainer.storage import Store  # noqa: E402
+from kubetune_trainer.storage import s3 as storage_s3  # noqa: E402
 
 
 def plain_client(s3: S3Server, bucket: str, prefix: str, dest: Path) -> int:
@@ -190,7 +191,7 @@ def peak_rss(body: dict[str, Any], s3: S3Server, work: Path, processes: int, pyt
                 ranks = [
                     c
                     for c in psutil.Process(process.pid).children(recursive=True)
-                    if "kubetune_trainer.train" in " ".join(c.cmdline())
+                    if "kubetune_trainer.recipe.train" in " ".join(c.cmdline())
                 ]
                 peak = max([peak, *(c.memory_info().rss / 2**20 for c in ranks)])
             except psutil.Error:

@@ -105,7 +105,7 @@ def side(name: str, data: Path, tok_dir: Path, work: Path, records: int) -> dict
                 tokens += sum(len(x) for x in tokenizer(batch, add_special_tokens=False)["input_ids"])
     elif name in ("kubetune", "previous"):
         from kubetune_api import validate_object
-        from kubetune_trainer import prepared
+        from kubetune_trainer.data import prepared
 
         body = {
             "apiVersion": "kubetune.dev/v1alpha1",
@@ -123,7 +123,7 @@ def side(name: str, data: Path, tok_dir: Path, work: Path, records: int) -> dict
             meta = prepared.prepare(result.job.spec, tokenizer, "llama", data, None, work / "prepared")
             tokens = meta["counts"]["train"]["tokens"] + meta["counts"]["validation"]["tokens"]
         else:  # the previous revision's path: records -> per-record tokenize -> first-fit packing
-            from kubetune_trainer import data as old
+            from kubetune_trainer.data import records as old
 
             records_, at, _ = old.read_dataset(data, "train.jsonl")
             samples, counts = old.tokenize(records_, result.job.spec.dataset, tokenizer, "train.jsonl", at)
@@ -174,7 +174,8 @@ def first_batch(prepared_dir: Path, tok_dir: Path) -> tuple[float, float]:
     """Seconds from a prepared directory to a rank's first collated batch, and the launcher's full check."""
     from transformers import AutoTokenizer
 
-    from kubetune_trainer import data, prepared
+    from kubetune_trainer.data import prepared
+    from kubetune_trainer.data import records as data
 
     tokenizer = AutoTokenizer.from_pretrained(tok_dir)
     started = time.perf_counter()
@@ -192,7 +193,7 @@ def packing_alone() -> list[str]:
     500 tokens into rows of 4,096; first fit decreasing (the packer before) where it finishes."""
     import numpy as np
 
-    from kubetune_trainer.packing import best_fit_decreasing, first_fit_decreasing, shuffled_best_fit
+    from kubetune_trainer.data.packing import best_fit_decreasing, first_fit_decreasing, shuffled_best_fit
 
     rng = np.random.default_rng(0)
     lines = []

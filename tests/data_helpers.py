@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from kubetune_trainer import data
+from kubetune_trainer.data import records as data
 
 
 def read_records(path: Path, name: str) -> list[dict[str, Any]]:

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from kubetune_api.dataset import DatasetSpec
-from kubetune_trainer import data
+from kubetune_trainer.data import records as data
 from kubetune_trainer.errors import TrainerFailure
 from kubetune_trainer.tiny import byte_tokenizer
 

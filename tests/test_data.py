@@ -9,7 +9,8 @@ import pytest
 
 from kubetune_api.conditions import Reason
 from kubetune_api.dataset import DatasetSpec
-from kubetune_trainer import data, tiny
+from kubetune_trainer import tiny
+from kubetune_trainer.data import records as data
 from kubetune_trainer.errors import TrainerFailure
 
 from .data_helpers import read_records

@@ -194,7 +194,7 @@ def rank_process(index: str) -> psutil.Process | None:
     for process in psutil.process_iter(["cmdline"]):
         try:
             if (
-                "kubetune_trainer.train" in " ".join(process.info["cmdline"] or [])
+                "kubetune_trainer.recipe.train" in " ".join(process.info["cmdline"] or [])
                 and process.environ().get("JOB_COMPLETION_INDEX") == index
             ):
                 return process

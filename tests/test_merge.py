@@ -13,8 +13,8 @@ import torch
 
 from kubetune_api.lora import LoraSpec
 from kubetune_trainer.errors import TrainerFailure
-from kubetune_trainer.merge import merge, read_adapter
 from kubetune_trainer.model import add_lora
+from kubetune_trainer.recipe.merge import merge, read_adapter
 
 from .model_helpers import tiny
 

@@ -12,8 +12,8 @@ import pytest
 from boto3.s3.transfer import TransferConfig
 
 from kubetune_api.conditions import Reason
-from kubetune_trainer.model_cache import ModelCache, fetch_model, multipart_matches
 from kubetune_trainer.storage import Store
+from kubetune_trainer.storage.model_cache import ModelCache, fetch_model, multipart_matches
 
 from .s3server import S3Server
 from .trainer_helpers import store_for

@@ -105,11 +105,11 @@ def test_configmap_holds_the_resolved_spec_and_deepspeed_json() -> None:
 
 def test_condition_time_moves_only_when_status_flips() -> None:
     first = conditions.set_condition([], "Running", False, "PodsPending", "waiting", 1)
-    first[0]["lastTransitionTime"] = "2000-01-01T00:00:00Z"
+    first[0].lastTransitionTime = "2000-01-01T00:00:00Z"
     same = conditions.set_condition(first, "Running", False, "Unschedulable", "no GPUs", 1)
-    assert same[0]["lastTransitionTime"] == "2000-01-01T00:00:00Z" and same[0]["reason"] == "Unschedulable"
+    assert same[0].lastTransitionTime == "2000-01-01T00:00:00Z" and same[0].reason == "Unschedulable"
     flipped = conditions.set_condition(same, "Running", True, "Training", "2 workers", 1)
-    assert flipped[0]["lastTransitionTime"] != "2000-01-01T00:00:00Z"
+    assert flipped[0].lastTransitionTime != "2000-01-01T00:00:00Z"
 
 
 def pod(

@@ -20,7 +20,7 @@ pytestmark = pytest.mark.trainer
 def rank_process(launcher: int, rank: str) -> psutil.Process | None:
     for child in psutil.Process(launcher).children(recursive=True):
         try:
-            if "kubetune_trainer.train" in " ".join(child.cmdline()) and child.environ().get("RANK") == rank:
+            if "kubetune_trainer.recipe.train" in " ".join(child.cmdline()) and child.environ().get("RANK") == rank:
                 return child
         except psutil.Error:
             continue

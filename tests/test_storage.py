@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from kubetune_api.conditions import Reason
-from kubetune_trainer import storage_s3
 from kubetune_trainer.errors import TrainerFailure
 from kubetune_trainer.storage import BACKENDS, Store, scheme
+from kubetune_trainer.storage import s3 as storage_s3
 
 from .s3server import S3Server
 from .trainer_helpers import store_for
@@ -61,7 +61,7 @@ def test_an_interrupted_download_resumes_with_the_parts_it_lacks(s3: S3Server, s
         json.dumps({"etag": etag, "size": len(body), "part": PART, "done": [0, 1, 2]})
     )
     backend = store.backend("s3://storage/resume/big.bin")
-    from kubetune_trainer.storage_base import Fetch
+    from kubetune_trainer.storage.base import Fetch
 
     moved = backend.fetch([Fetch("s3://storage/resume/big.bin", target, len(body), etag)], Reason.MODEL_MISSING, "model")
     assert moved == len(body) - 3 * PART  # only the missing parts crossed the network

@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from kubetune_trainer import data, packing, tokens
+from kubetune_trainer.data import packing, tokens
+from kubetune_trainer.data import records as data
 
 from .golden_cases import cases, tokenizer
 
@@ -120,7 +121,8 @@ def test_rows_keep_every_token_and_restart_positions(tmp_path: Path) -> None:
 
 def _prepared(tmp_path: Path) -> tuple[Path, int, int]:
     from kubetune_api import validate_object
-    from kubetune_trainer import prepared, tiny
+    from kubetune_trainer import tiny
+    from kubetune_trainer.data import prepared
 
     from .conftest import job
 
@@ -136,7 +138,7 @@ def _prepared(tmp_path: Path) -> tuple[Path, int, int]:
 
 
 def test_a_prepared_dataset_loads_memory_mapped_and_keeps_every_token(tmp_path: Path) -> None:
-    from kubetune_trainer import prepared
+    from kubetune_trainer.data import prepared
 
     out, vocabulary, max_len = _prepared(tmp_path)
     ready = prepared.load(out, vocabulary, max_len, made_from="digest-1")
@@ -158,7 +160,7 @@ def test_a_prepared_dataset_loads_memory_mapped_and_keeps_every_token(tmp_path: 
     ],
 )
 def test_a_tampered_prepared_dataset_is_refused(tmp_path: Path, tamper, words: str) -> None:  # type: ignore[no-untyped-def]
-    from kubetune_trainer import prepared
+    from kubetune_trainer.data import prepared
 
     out, vocabulary, max_len = _prepared(tmp_path)
     tamper(out)
@@ -180,7 +182,8 @@ def _rewrite(path: Path, change) -> None:  # type: ignore[no-untyped-def]
 
 def test_tokenizing_on_every_cpu_gives_the_same_arrays_and_the_first_bad_record(monkeypatch: pytest.MonkeyPatch) -> None:
     from kubetune_api import validate_object
-    from kubetune_trainer import prepared, tiny
+    from kubetune_trainer import tiny
+    from kubetune_trainer.data import prepared
     from kubetune_trainer.errors import TrainerFailure
 
     from .conftest import job
@@ -205,7 +208,8 @@ def test_preparing_in_chunks_gives_the_same_arrays(tmp_path: Path, monkeypatch: 
     """Records are streamed and tokenized a chunk at a time (memory grows with tokens, not records): any chunk size
     gives the same prepared dataset, across shards too."""
     from kubetune_api import validate_object
-    from kubetune_trainer import prepared, tiny
+    from kubetune_trainer import tiny
+    from kubetune_trainer.data import prepared
 
     from .conftest import job
 
@@ -232,7 +236,8 @@ def test_preparing_prints_progress_lines_the_operator_reads(
     the job's status while the preflight runs (status.preparing)."""
     from kubetune_api import validate_object
     from kubetune_api.contract import PreparingLine, last_line
-    from kubetune_trainer import prepared, tiny
+    from kubetune_trainer import tiny
+    from kubetune_trainer.data import prepared
 
     from .conftest import job
 

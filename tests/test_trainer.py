@@ -11,7 +11,8 @@ import pytest
 from kubetune_api.ds_config import deepspeed_config
 from kubetune_api.job import FineTuneJobSpec
 from kubetune_api.metrics import Metrics
-from kubetune_trainer import data, tiny
+from kubetune_trainer import tiny
+from kubetune_trainer.data import records as data
 
 from .s3server import S3Server
 from .trainer_helpers import Outcome, manifest, reloaded_eval_loss, run

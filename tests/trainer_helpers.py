@@ -15,7 +15,8 @@ from pydantic import Field, TypeAdapter
 from kubetune_api import events
 from kubetune_api.dataset import DatasetSpec
 from kubetune_api.manifests import dump
-from kubetune_trainer import data, evaluate
+from kubetune_trainer.data import records as data
+from kubetune_trainer.recipe import evaluate
 
 from .conftest import ROOT
 from .s3server import S3Server

@@ -112,8 +112,3 @@ def preflight_summary(report: Report) -> str:
     if report.gpuHours is not None:
         words.append(f"about {report.gpuHours:.2f} GPU-hours")
     return "; ".join(words)
-
-
-def report_status(report: Report) -> dict[str, Any]:
-    """status.preflight: the report as validated (never more than its model allows)."""
-    return report.model_dump(mode="json", exclude_none=True)

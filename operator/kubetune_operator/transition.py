@@ -14,14 +14,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kubetune_api.conditions import ConditionType, Phase, Reason
-from kubetune_api.status import FineTuneJobStatus
+from kubetune_api.status import FineTuneJobStatus, Preparing, Progress, Usage, Workers
 
 from . import builders
 from .conditions import set_condition
 from .ledger import ledger, parse_time, pod_seconds
 from .observation import PERMANENT, Observation, State, observe, succeeded_fields
 from .plan import Plan
-from .preflight_outcome import PreflightState, preflight_outcome, preflight_stale, report_status
+from .preflight_outcome import PreflightState, preflight_outcome, preflight_stale
 
 # actions, carried out by the handler in the order given
 
@@ -123,69 +123,70 @@ def stamp(at: datetime.datetime) -> str:
 
 
 class Status:
-    """The status being written: a dict of the typed status's fields, and the named setters that change it."""
+    """The status being written: a copy of the typed status before, and the named setters that change it."""
 
     def __init__(self, previous: FineTuneJobStatus, generation: int | None, now: datetime.datetime) -> None:
-        self.old = previous.model_dump(mode="json", exclude_none=True)
-        self.new: dict[str, Any] = dict(self.old)
-        self.conditions: list[dict[str, Any]] = [dict(c) for c in self.old.get("conditions", [])]
+        self.old = previous
+        self.new = previous.model_copy(deep=True)
         self.generation, self.now = generation, stamp(now)
 
     def set(self, type_: ConditionType, value: bool, reason: str, message: str) -> None:
-        self.conditions = set_condition(self.conditions, type_, value, reason, message, self.generation, at=self.now)
+        self.new.conditions = set_condition(self.new.conditions, type_, value, reason, message, self.generation, at=self.now)
 
     def is_true(self, type_: ConditionType) -> bool:
-        return any(c["type"] == type_ and c["status"] == "True" for c in self.conditions)
+        return any(c.type == type_ and c.status == "True" for c in self.new.conditions)
 
     # named setters
 
     def validated(self) -> None:
-        self.new["observedGeneration"] = self.generation
+        self.new.observedGeneration = self.generation
         self.set(ConditionType.VALIDATED, True, Reason.SPEC_VALID, "the spec is valid")
 
     def preflight_running(self, reason: str, message: str, preparing: dict[str, Any] | None = None) -> None:
         """Preparing the dataset shows in status.preparing and, in words, in the condition's message (the last line
         read stands until a newer one is: logs are read at most once per sync interval)."""
-        self.new["phase"] = Phase.PREFLIGHT.value
+        self.new.phase = Phase.PREFLIGHT
         if preparing:
-            self.new["preparing"] = preparing
-        if reason == Reason.PREFLIGHT_RUNNING and "preparing" in self.new:
-            message = self.new["preparing"]["summary"]
+            self.new.preparing = Preparing.model_validate(preparing)
+        if reason == Reason.PREFLIGHT_RUNNING and self.new.preparing is not None:
+            message = self.new.preparing.summary
         self.set(ConditionType.PREFLIGHT, False, reason, message)
 
     def preflight_passed(self, message: str) -> None:
         self.set(ConditionType.PREFLIGHT, True, Reason.PREFLIGHT_PASSED, message)
 
     def queued(self, queue: str) -> None:
-        self.new["phase"] = Phase.QUEUED.value
+        self.new.phase = Phase.QUEUED
         self.set(ConditionType.QUEUED, True, Reason.WAITING_FOR_QUEUE, f"waiting for queue {queue}")
 
     def suspended(self, message: str) -> None:
-        self.new["phase"] = Phase.SUSPENDED.value
+        self.new.phase = Phase.SUSPENDED
         self.set(ConditionType.SUSPENDED, True, Reason.USER_SUSPENDED, message)
 
     def pending(self, reason: str, message: str) -> None:
-        self.new["phase"] = Phase.PENDING.value
+        self.new.phase = Phase.PENDING
         self.set(ConditionType.RUNNING, False, reason, message)
 
     def running(self, ready: int, progress: dict[str, Any] | None) -> None:
-        self.new["phase"] = Phase.RUNNING.value
-        self.new.setdefault("startTime", self.now)
+        self.new.phase = Phase.RUNNING
+        if self.new.startTime is None:
+            self.new.startTime = self.now
         self.set(ConditionType.RUNNING, True, Reason.TRAINING, f"{ready} workers training")
         if progress:
-            self.new["progress"] = progress
+            self.new.progress = Progress.model_validate(progress)
 
     def succeeded(self, fields: dict[str, Any], message: str) -> None:
-        self.new["phase"] = Phase.SUCCEEDED.value
-        self.new["completionTime"] = self.now
-        self.new.setdefault("startTime", self.now)
-        self.new.update(fields)
+        self.new.phase = Phase.SUCCEEDED
+        self.new.completionTime = self.now
+        if self.new.startTime is None:
+            self.new.startTime = self.now
+        self.new = self.new.model_validate({**self.new.model_dump(exclude_none=True), **fields})
         self.set(ConditionType.RUNNING, False, Reason.COMPLETED, "finished")
         self.set(ConditionType.SUCCEEDED, True, Reason.COMPLETED, message)
 
     def failed(self, reason: str, message: str, *, also: ConditionType = ConditionType.RUNNING) -> None:
-        self.new["phase"] = Phase.FAILED.value
-        self.new["completionTime"] = self.now
+        self.new.phase = Phase.FAILED
+        self.new.completionTime = self.now
         self.set(also, False, reason, message)
         self.set(ConditionType.FAILED, True, reason, message)
         if reason == Reason.BELOW_THRESHOLD:  # the run finished; its adapter missed output.minImprovement
@@ -193,13 +194,13 @@ class Status:
 
     def refused(self, reason: str, message: str) -> None:
         """The job cannot go on (a name taken, a child the API server rejects, the policy, a changed spec)."""
-        self.new["phase"] = Phase.FAILED.value
-        self.new["completionTime"] = self.now
+        self.new.phase = Phase.FAILED
+        self.new.completionTime = self.now
         self.set(ConditionType.RUNNING, False, reason, message)
         self.set(ConditionType.FAILED, True, reason, message)
 
     def result(self) -> FineTuneJobStatus:
-        return FineTuneJobStatus.model_validate({**self.new, "conditions": self.conditions})
+        return self.new
 
 
 def preflight_passed(status: FineTuneJobStatus, generation: int | None) -> bool:
@@ -217,7 +218,7 @@ def _preflight(plan: Plan, seen: Observed, status: Status) -> tuple[bool, list[A
         actions.append(DeletePreflight(found["metadata"]["uid"]))  # the spec changed since: checked again
         found = None
     if found is None:
-        status.new.pop("preparing", None)  # of an earlier preflight, if any
+        status.new.preparing = None  # of an earlier preflight, if any
         if plan.suspend:  # a suspended job starts no pod, the preflight's neither (one already running finishes)
             status.suspended("runPolicy.suspend is true; the preflight runs when the job is resumed")
             return True, actions
@@ -232,9 +233,9 @@ def _preflight(plan: Plan, seen: Observed, status: Status) -> tuple[bool, list[A
     if outcome.state == PreflightState.RUNNING:
         status.preflight_running(outcome.reason, outcome.message, seen.preparing)
         return True, []
-    status.new.pop("preparing", None)  # passed or failed: the report has the totals
+    status.new.preparing = None  # passed or failed: the report has the totals
     if outcome.report is not None:
-        status.new["preflight"] = report_status(outcome.report)
+        status.new.preflight = outcome.report
     if outcome.state == PreflightState.PASSED:
         status.preflight_passed(outcome.message)
         return False, []
@@ -243,16 +244,19 @@ def _preflight(plan: Plan, seen: Observed, status: Status) -> tuple[bool, list[A
 
 
 def _usage(plan: Plan, status: Status, seen: Observed, attempt: int, *, restarting: bool, failed: bool, final: bool) -> None:
-    status.new["usage"] = ledger(
-        status.old.get("usage"),
-        pod_seconds(seen.pods, seen.now),
-        attempt,
-        restarting=restarting,
-        failed=failed,
-        final=final,
-        gpus=plan.gpus,
-        gpu_type=plan.gpu_type,
-        price=plan.gpu_price,
+    before = status.old.usage.model_dump(exclude_none=True) if status.old.usage is not None else None
+    status.new.usage = Usage.model_validate(
+        ledger(
+            before,
+            pod_seconds(seen.pods, seen.now),
+            attempt,
+            restarting=restarting,
+            failed=failed,
+            final=final,
+            gpus=plan.gpus,
+            gpu_type=plan.gpu_type,
+            price=plan.gpu_price,
+        )
     )
 
 
@@ -285,7 +289,7 @@ def _decide(plan: Plan, seen: Observed, previous: FineTuneJobStatus) -> tuple[Fi
         if held:
             return status.result(), actions
     obs = seen.of_job(plan.workers)
-    status.new["workers"] = {"ready": obs.ready, "total": plan.workers}
+    status.new.workers = Workers(ready=obs.ready, total=plan.workers)
     restarts = previous.restarts
 
     if obs.state == State.MISSING:
@@ -294,11 +298,11 @@ def _decide(plan: Plan, seen: Observed, previous: FineTuneJobStatus) -> tuple[Fi
         else:
             actions.append(CreateJob())
             if plan.suspend:
-                status.new["phase"] = Phase.SUSPENDED.value
+                status.new.phase = Phase.SUSPENDED
             elif plan.queue:
                 status.queued(plan.queue)
             else:
-                status.new["phase"] = Phase.PENDING.value
+                status.new.phase = Phase.PENDING
     elif obs.state == State.SUSPENDED:
         assert job is not None
         if plan.suspend:
@@ -308,7 +312,7 @@ def _decide(plan: Plan, seen: Observed, previous: FineTuneJobStatus) -> tuple[Fi
             status.queued(plan.queue)
         else:
             actions.append(SuspendJob(False, job["metadata"]["uid"]))
-            status.new["phase"] = Phase.PENDING.value
+            status.new.phase = Phase.PENDING
             status.set(ConditionType.SUSPENDED, False, Reason.RESUMED, "resumed from the newest checkpoint")
     elif plan.suspend and obs.state in (State.PENDING, State.RUNNING):
         assert job is not None
@@ -324,21 +328,22 @@ def _decide(plan: Plan, seen: Observed, previous: FineTuneJobStatus) -> tuple[Fi
         elif obs.state == State.RUNNING:
             status.running(obs.ready, seen.progress)
         elif obs.state == State.SUCCEEDED:
-            status.succeeded(succeeded_fields(obs.summary, spec.output.uri, status.new.get("progress")), obs.message)
+            progress = status.new.progress.model_dump(exclude_none=True) if status.new.progress is not None else None
+            status.succeeded(succeeded_fields(obs.summary, spec.output.uri, progress), obs.message)
         elif obs.state == State.FAILED:
             # the failed gang's own attempt number, not the status's count: counting is idempotent, so a delete that
             # fails after the count was written, and is tried again, never counts the same failure twice
             assert job is not None
             restarts = builders.attempt_of(job, restarts)
-            status.new["lastFailureReason"] = obs.reason
+            status.new.lastFailureReason = obs.reason
             if obs.reason in PERMANENT or obs.reason == Reason.DEADLINE_EXCEEDED or restarts >= spec.runPolicy.backoffLimit:
                 kept = obs.reason in PERMANENT or obs.reason == Reason.DEADLINE_EXCEEDED
                 reason = obs.reason if kept else Reason.BACKOFF_LIMIT_EXCEEDED.value
                 message = obs.message if kept else f"{restarts} restarts; last failure {obs.reason}: {obs.message}"
                 status.failed(reason, message)
             else:
-                status.new["restarts"] = restarts + 1
-                status.new["phase"] = Phase.PENDING.value
+                status.new.restarts = restarts + 1
+                status.new.phase = Phase.PENDING
                 message = f"restart {restarts + 1} of {spec.runPolicy.backoffLimit} after {obs.reason}: {obs.message}"
                 status.set(ConditionType.RUNNING, False, Reason.GANG_RESTARTING, message)
                 _usage(plan, status, seen, restarts, restarting=True, failed=False, final=False)
@@ -351,9 +356,9 @@ def _decide(plan: Plan, seen: Observed, previous: FineTuneJobStatus) -> tuple[Fi
                 ]
                 return status.result(), actions
     if job is not None:
-        done = status.new.get("phase") in (Phase.SUCCEEDED, Phase.FAILED)
+        done = status.new.phase in (Phase.SUCCEEDED, Phase.FAILED)
         attempt = builders.attempt_of(job, restarts)
-        _usage(plan, status, seen, attempt, restarting=False, failed=status.new.get("phase") == Phase.FAILED, final=done)
+        _usage(plan, status, seen, attempt, restarting=False, failed=status.new.phase == Phase.FAILED, final=done)
     return status.result(), actions
 
 
@@ -383,8 +388,8 @@ def invalid(
 ) -> tuple[FineTuneJobStatus, list[Action]]:
     """A spec that fails validation (one stored before a stricter version, say): Failed, in the offline words."""
     status = Status(previous, generation, now)
-    status.new["phase"] = Phase.FAILED.value
-    status.new["observedGeneration"] = generation
+    status.new.phase = Phase.FAILED
+    status.new.observedGeneration = generation
     status.set(ConditionType.VALIDATED, False, Reason.INVALID_SPEC, message)
     status.set(ConditionType.FAILED, True, Reason.INVALID_SPEC, message)
     new = status.result()

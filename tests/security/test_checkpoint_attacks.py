@@ -71,7 +71,7 @@ def test_a_checkpoint_written_for_another_spec_is_not_resumed(
 
 def test_a_pickle_planted_in_a_checkpoint_never_runs(s3: S3Server, stored: dict[str, str], finished: str, tmp_path: Path) -> None:
     from kubetune_api.validate import validate_object
-    from kubetune_trainer import checkpoint
+    from kubetune_trainer.recipe import checkpoint
 
     out = "s3://adapters/ckpt-planted/"
     body = manifest("ckpt-planted", s3, spec(stored, out))

@@ -12,8 +12,8 @@ import pytest
 import torch
 from deepspeed.runtime.zero.config import ZeroStageEnum
 
-from kubetune_trainer.checkpoint import safe_loading
 from kubetune_trainer.errors import TrainerFailure
+from kubetune_trainer.recipe.checkpoint import safe_loading
 
 
 class ByName:

@@ -84,7 +84,7 @@ def test_an_oversized_termination_message_stays_valid_json_and_keeps_its_reason(
 
 
 def test_a_non_finite_metric_is_dropped_not_written() -> None:
-    from kubetune_trainer import report
+    from kubetune_trainer.recipe import report
 
     data = report.summary("Succeeded", metrics={"evalLoss": float("nan"), "perplexity": float("inf"), "tokenAccuracy": 0.5})
     assert data["metrics"] == {"tokenAccuracy": 0.5}

@@ -216,8 +216,8 @@ def test_the_node_cache_is_per_namespace_and_bounded() -> None:
 
 
 def test_unlisted_and_stale_files_never_stay_in_the_cache(tmp_path: Path) -> None:
-    from kubetune_trainer.model_cache import COMPLETE, ModelCache, unlisted
-    from kubetune_trainer.storage_base import Object
+    from kubetune_trainer.storage.base import Object
+    from kubetune_trainer.storage.model_cache import COMPLETE, ModelCache, unlisted
 
     entry = tmp_path / "key"
     (entry / "sub").mkdir(parents=True)
@@ -373,8 +373,8 @@ def test_gpu_hours_go_to_the_jobs_queue_not_the_relabelled_finetunejob(monkeypat
 # 9: in a cluster a checkpoint is resumed only when its record names exactly this FineTuneJob's uid
 @pytest.mark.parametrize("record_uid", [None, "", "another-job-uid"])
 def test_a_checkpoint_without_this_jobs_uid_is_never_resumed(record_uid: str | None) -> None:
-    from kubetune_trainer.checkpoint import check_identity
     from kubetune_trainer.errors import TrainerFailure
+    from kubetune_trainer.recipe.checkpoint import check_identity
 
     record = {"specDigest": "d" * 64, **({} if record_uid is None else {"jobUid": record_uid})}
     with pytest.raises(TrainerFailure, match="written by another FineTuneJob") as failed:
@@ -389,7 +389,7 @@ def test_a_checkpoint_without_this_jobs_uid_is_never_resumed(record_uid: str | N
 def test_deep_nesting_and_giant_files_and_lines_are_bad_records(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import gzip
 
-    from kubetune_trainer import data
+    from kubetune_trainer.data import records as data
     from kubetune_trainer.errors import TrainerFailure
 
     def refused(path: Path) -> str:

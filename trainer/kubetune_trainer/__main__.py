@@ -3,12 +3,12 @@
 import os
 import sys
 
-from .loaders import without_loaders
+from kubetune_trainer.loaders import without_loaders
 
 # before anything imports ssl, hashlib or torch: no variable that loads code stays in this process or its children
 for _name in set(os.environ) - set(without_loaders(os.environ)):
     del os.environ[_name]
 
-from .launch import main  # noqa: E402
+from kubetune_trainer.launch import main  # noqa: E402
 
 sys.exit(main())

@@ -21,15 +21,16 @@ from kubetune_api.conditions import Reason
 from kubetune_api.contract import ENV_CACHE, ENV_WORK_DIR, RankFailure, WorkerEnv
 from kubetune_api.job import FineTuneJobSpec
 from kubetune_api.metrics import Metrics
-
-from . import outputs, prepared, rank_env, report
-from .data import is_data_file
-from .errors import TrainerFailure
-from .loaders import without_loaders
-from .model_cache import Entry, ModelCache, fetch_model
-from .rank_env import RankEnv
-from .spec_io import load_spec
-from .storage import Store, human_bytes
+from kubetune_trainer import rank_env
+from kubetune_trainer.data import prepared
+from kubetune_trainer.data.records import is_data_file
+from kubetune_trainer.errors import TrainerFailure
+from kubetune_trainer.loaders import without_loaders
+from kubetune_trainer.rank_env import RankEnv
+from kubetune_trainer.recipe import outputs, report
+from kubetune_trainer.spec_io import load_spec
+from kubetune_trainer.storage import Store, human_bytes
+from kubetune_trainer.storage.model_cache import Entry, ModelCache, fetch_model
 
 
 def cache_dir() -> Path:
@@ -212,7 +213,7 @@ def run_worker(
         f"--master-port={worker.master_port}",
         "--max-restarts=0",  # a failed rank restarts the whole gang, which is the operator's job
         "-m",
-        "kubetune_trainer.train",
+        "kubetune_trainer.recipe.train",
     ]
     # the ranks never see a variable that loads code, whatever put it in the pod (contract.LOADER_VARIABLES)
     env = {

@@ -12,10 +12,9 @@ from kubetune_api.contract import CONFIG_FILE, DEEPSPEED_FILE, WorkerEnv
 from kubetune_api.ds_config import deepspeed_config
 from kubetune_api.job import FineTuneJob
 from kubetune_api.metrics import Metrics
-
-from .launch import result_dir, run_worker
-from .rank_env import METRICS_FILE
-from .spec_io import dump_spec
+from kubetune_trainer.launch import result_dir, run_worker
+from kubetune_trainer.rank_env import METRICS_FILE
+from kubetune_trainer.spec_io import dump_spec
 
 
 def free_port() -> int:
@@ -76,7 +75,7 @@ def print_report(
         return
     drawn = metrics.curves if metrics is not None else None
     if drawn is not None and drawn.train:
-        from .curves import sparkline
+        from kubetune_trainer.recipe.curves import sparkline
 
         print(f"\ntraining loss  {sparkline([p.loss for p in drawn.train if p.loss is not None])}", file=stream)
         if len(drawn.eval) > 1:

@@ -11,8 +11,7 @@ from kubetune_api.conditions import Reason
 from kubetune_api.events import Notice, emit
 from kubetune_api.lora import ALL_LINEAR, LoraSpec
 from kubetune_api.model import ModelSpec
-
-from .errors import TrainerFailure
+from kubetune_trainer.errors import TrainerFailure
 
 
 def torch_dtype(spec: ModelSpec, on_gpu: bool) -> Any:

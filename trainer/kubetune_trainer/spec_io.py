@@ -8,8 +8,7 @@ from kubetune_api.conditions import Reason
 from kubetune_api.job import FineTuneJobSpec
 from kubetune_api.manifests import ManifestError, dump, load
 from kubetune_api.validate import problems_from
-
-from .errors import TrainerFailure
+from kubetune_trainer.errors import TrainerFailure
 
 
 def dump_spec(spec: FineTuneJobSpec) -> str:

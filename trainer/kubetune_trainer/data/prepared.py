@@ -10,7 +10,7 @@ Layout of a prepared directory (numpy's .npy, loaded with allow_pickle=False: ne
   {train,validation}.rows.npy     int64 row boundaries into members (rows + 1)
 
 Rows do not depend on the number of ranks: each epoch every rank shuffles the rows with the same seed and takes
-every world-th (data.global_micro_batches), so a prepared dataset serves any world size. Whatever reads one checks
+every world-th (records.global_micro_batches), so a prepared dataset serves any world size. Whatever reads one checks
 it first (`load`): dtypes and shapes, offsets monotone and consistent, every id below the vocabulary, every sample
 in exactly one row, no row longer than maxSeqLength; anything else is refused, never trained on."""
 
@@ -30,11 +30,10 @@ from kubetune_api import events
 from kubetune_api.conditions import Reason
 from kubetune_api.contract import PreparingLine
 from kubetune_api.job import FineTuneJobSpec
-
-from . import data
-from .errors import TrainerFailure
-from .packing import best_fit_decreasing, one_per_row, shuffled_best_fit
-from .tokens import Rows, TokenTable, offsets_of
+from kubetune_trainer.data.packing import best_fit_decreasing, one_per_row, shuffled_best_fit
+from kubetune_trainer.data.records import Counts, count_records, data_digest, iter_dataset, shown_name, split_positions, tokenize
+from kubetune_trainer.data.tokens import Rows, TokenTable, offsets_of
+from kubetune_trainer.errors import TrainerFailure
 
 FORMAT = 2  # 2: training rows packed by shuffled best fit
 PARTS = ("train", "validation")
@@ -55,10 +54,10 @@ class Prepared:
 def split(spec: FineTuneJobSpec, train: Path, validation: Path | None) -> tuple[list[int], list[int]]:
     """The indices of the training and held-out records (a validation file, or a seeded split of one dataset)."""
     ds = spec.dataset
-    total = data.count_records(train, data.shown_name(ds.train))
+    total = count_records(train, shown_name(ds.train))
     if validation is not None:
-        return list(range(total)), list(range(data.count_records(validation, data.shown_name(ds.validation or ""))))
-    return data.split_positions(total, spec.validation_split, spec.training.seed)
+        return list(range(total)), list(range(count_records(validation, shown_name(ds.validation or ""))))
+    return split_positions(total, spec.validation_split, spec.training.seed)
 
 
 def tokenize_sets(
@@ -67,8 +66,8 @@ def tokenize_sets(
     """Both sets read and tokenized (errors name the shard and record) into files under `staging`, and how many
     training records there were."""
     ds = spec.dataset
-    train_name = data.shown_name(ds.train)
-    val_name = data.shown_name(ds.validation) if ds.validation else train_name
+    train_name = shown_name(ds.train)
+    val_name = shown_name(ds.validation) if ds.validation else train_name
     train_pos, held_pos = split(spec, train, validation)
     for name, positions in (("training", train_pos), ("held-out", held_pos)):
         if not positions:
@@ -77,14 +76,14 @@ def tokenize_sets(
     train_acc = _Chunks(spec, tokenizer, train_name, staging / "train", progress)
     val_acc = _Chunks(spec, tokenizer, val_name, staging / "validation", progress)
     if validation is not None:
-        for record, at, _ in data.iter_dataset(train, train_name):
+        for record, at, _ in iter_dataset(train, train_name):
             train_acc.add(record, at)
-        for record, at, _ in data.iter_dataset(validation, val_name):
+        for record, at, _ in iter_dataset(validation, val_name):
             val_acc.add(record, at)
     else:  # one dataset split: errors still give each record's place in its file
         held = np.zeros(len(train_pos) + len(held_pos), dtype=bool)
         held[held_pos] = True
-        for record, at, index in data.iter_dataset(train, train_name):
+        for record, at, index in iter_dataset(train, train_name):
             (val_acc if held[index] else train_acc).add(record, at)
     train_set, val_set = train_acc.finish(), val_acc.finish()
     for name, counts in (("training", train_set.counts), ("held-out", val_set.counts)):
@@ -139,7 +138,7 @@ class _Part:
     ids: Path  # raw int32
     mask: Path  # raw bool
     lengths: np.ndarray  # int64, one per sample
-    counts: data.Counts
+    counts: Counts
 
 
 class _Chunks:
@@ -153,7 +152,7 @@ class _Chunks:
         for path in (self.ids, self.mask):
             path.write_bytes(b"")
         self.lengths: list[np.ndarray] = []
-        self.counts = data.Counts()
+        self.counts = Counts()
 
     def add(self, record: dict[str, Any], at: tuple[str, int]) -> None:
         self.records.append(record)
@@ -214,25 +213,25 @@ _WORK: tuple[Any, ...] = ()  # what forked tokenizing processes read (inherited,
 def _tokenize_chunk(bounds: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, int]]:
     records, spec, tokenizer, name, positions = _WORK
     first, last = bounds
-    table, counts = data.tokenize(records[first:last], spec.dataset, tokenizer, name, positions[first:last])
+    table, counts = tokenize(records[first:last], spec.dataset, tokenizer, name, positions[first:last])
     return table.ids, table.mask, table.lengths(), counts.as_dict()
 
 
 def tokenize_parallel(
     records: list[dict[str, Any]], spec: FineTuneJobSpec, tokenizer: Any, name: str, positions: list[tuple[str, int]]
-) -> tuple[TokenTable, data.Counts]:
-    """data.tokenize on every CPU of the worker (forked processes, chunks in order: the same arrays as one process,
+) -> tuple[TokenTable, Counts]:
+    """tokenize on every CPU of the worker (forked processes, chunks in order: the same arrays as one process,
     and the first bad record in file order is the one reported)."""
     processes = min(cpus(), len(records) // 1000)
     if processes < 2:
-        return data.tokenize(records, spec.dataset, tokenizer, name, positions)
+        return tokenize(records, spec.dataset, tokenizer, name, positions)
     import multiprocessing
 
     global _WORK
     _WORK = (records, spec, tokenizer, name, positions)
     step = -(-len(records) // (processes * 4))
     chunks = [(k, min(k + step, len(records))) for k in range(0, len(records), step)]
-    counts = data.Counts()
+    counts = Counts()
     ids, masks, lengths = [], [], []
     try:
         with multiprocessing.get_context("fork").Pool(processes) as pool:
@@ -275,7 +274,7 @@ def prepare(
     """Read, tokenize, split and pack both sets into `out` (replaced atomically); returns its meta. Memory holds a
     chunk of records and each sample's length, never every token: the tokens go to files as they are made.
     `family` is the model's type: packing is on when the spec asks for it and the family keeps packed samples apart."""
-    from .model import PACKING_FAMILIES
+    from kubetune_trainer.model import PACKING_FAMILIES
 
     packing = spec.dataset.packing and family in PACKING_FAMILIES
     staging = out.with_name(out.name + ".partial")
@@ -370,7 +369,6 @@ def load(directory: Path, vocabulary: int, max_len: int, made_from: str | None =
 
 
 def made_from(spec: FineTuneJobSpec, model_source: str, train: Path, validation: Path | None) -> str:
-    from .outputs import data_digest
 
     digests = [data_digest(train)] + ([data_digest(validation)] if validation is not None else [])
     source = Path(model_source)
@@ -380,15 +378,14 @@ def made_from(spec: FineTuneJobSpec, model_source: str, train: Path, validation:
 def uri_for(spec: FineTuneJobSpec, made: str) -> str:
     """Where the preflight leaves a job's prepared dataset: beside its outputs, named by what it was made from."""
     from kubetune_api import layout
-
-    from .storage import join
+    from kubetune_trainer.storage import join
 
     return join(spec.output.uri, layout.PREPARED, made)
 
 
 def publish(store: Any, directory: Path, uri: str) -> None:
     """Upload a prepared directory; meta.json last, so a reader never takes a half-written one for whole."""
-    from .storage import join
+    from kubetune_trainer.storage import join
 
     for path in sorted(directory.glob("*.npy")):
         store.upload_file(path, join(uri, path.name))
@@ -398,7 +395,7 @@ def publish(store: Any, directory: Path, uri: str) -> None:
 def fetch(store: Any, uri: str, dest: Path, vocabulary: int, max_len: int, made: str) -> tuple[Prepared | None, str]:
     """The prepared dataset at uri (downloaded through the verified, parallel path and checked throughout), or None
     and why not: absent, or not what it claims (then it is prepared again here, never trained on)."""
-    from .storage import join
+    from kubetune_trainer.storage import join
 
     if not store.exists(join(uri, "meta.json")):
         return None, "none in storage"
@@ -419,7 +416,7 @@ def for_worker(
     it); prints one `prepared` event saying which and what it took."""
     import time
 
-    from .model import load_tokenizer, model_type
+    from kubetune_trainer.model import load_tokenizer, model_type
 
     started = time.monotonic()
     tokenizer = load_tokenizer(model_source, spec.model)

@@ -1,4 +1,5 @@
-"""Checkpoints under output.uri/checkpoints/step-NNNNNN/: written by every rank, marked COMPLETE last, pruned, resumed.
+"""Checkpoints under output.uri/checkpoints/step-NNNNNN/: written by every rank, uploaded in the background, marked
+COMPLETE last, pruned, resumed; the best adapter beside them. The protocol is `Checkpoints`, one per rank.
 
 What storage holds is untrusted: a checkpoint is resumed only when its COMPLETE record names this job (the spec's
 training digest and, in a cluster, the FineTuneJob's uid), and its files are read as tensors and plain data only
@@ -16,16 +17,20 @@ import pickle
 import random
 import re
 import shutil
+import threading
+import time
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kubetune_api import layout
+from kubetune_api import events, layout
 from kubetune_api.conditions import Reason
 from kubetune_api.job import FineTuneJobSpec
-
-from .errors import TrainerFailure
-from .storage import Store, join
+from kubetune_trainer.errors import TrainerFailure
+from kubetune_trainer.recipe.rank import Rank, barrier, broadcast
+from kubetune_trainer.spec_io import dump_spec
+from kubetune_trainer.storage import Store, join
 
 # What decides the weights a run produces; workers and runPolicy may change between attempts (a resume on another
 # world size reloads the weights alone), storage holds only where to reach the bucket.
@@ -242,3 +247,158 @@ def load_rng(directory: Path, rank: int) -> None:
     if rng is None or rng.dtype != torch.uint8:
         raise TrainerFailure(Reason.CHECKPOINT_MISMATCH, f"{tensors.name} is not an RNG state kubetune wrote")
     torch.set_rng_state(rng)
+
+
+# the protocol, as one rank runs it
+
+
+@dataclass
+class Upload:
+    """A checkpoint on its way to storage, in a background thread, while training goes on. COMPLETE is written
+    only once every worker's upload has finished (learned through the window all-reduce that is made anyway)."""
+
+    step: int
+    started: float
+    stall: float  # seconds the loop stopped to write the checkpoint locally
+    thread: threading.Thread | None = None  # this worker's upload (local rank 0 of a remote output), else None
+    error: list[BaseException] = field(default_factory=list)
+
+    @property
+    def done(self) -> bool:
+        return self.thread is None or not self.thread.is_alive()
+
+    def check(self) -> None:
+        if self.error:
+            raise self.error[0]
+
+
+class Checkpoints:
+    """One rank's side of the checkpoint protocol: every rank writes its part here, local rank 0 uploads the
+    worker's in the background while training goes on, rank 0 marks it COMPLETE once every worker's part is in
+    storage (learned through the all-reduce the loop makes anyway), then prunes; the best adapter is kept beside
+    them; a restarted gang resumes from the newest complete one this job wrote."""
+
+    def __init__(self, me: Rank, store: Store, synchronous: bool = False) -> None:
+        self.me, self.store, self.uri = me, store, me.spec.output.uri
+        self.synchronous = synchronous  # upload inside the loop (the benchmark's baseline)
+        self.upload: Upload | None = None
+
+    def staging(self) -> tuple[Path, bool]:
+        """Where checkpoints are written on this machine, and whether they must then be uploaded."""
+        here = self.store.local_path(root(self.uri))
+        return (here, False) if here is not None else (self.me.paths.work_dir / "checkpoints", True)
+
+    def save(self, engine: Any, step: int, state: dict[str, Any]) -> None:
+        """Write the checkpoint here (every rank), then upload it in the background: training goes on meanwhile."""
+        self.settle()  # one upload in flight at a time
+        me = self.me
+        started = time.monotonic()
+        (local, remote), name = self.staging(), tag(step)
+        engine.save_checkpoint(str(local), tag=name, client_state={"kubetune": state}, exclude_frozen_parameters=True)
+        save_rng(local / name, me.rank)
+        if me.is_main:
+            (local / name / "kubetune-config.yaml").write_text(dump_spec(me.spec))
+        barrier()
+        upload = Upload(step, started, 0.0)
+        if remote and me.local_rank == 0:
+
+            def send() -> None:
+                try:
+                    self.store.upload_dir(local / name, join(root(self.uri), name))
+                    shutil.rmtree(local / name, ignore_errors=True)
+                except BaseException as exc:  # raised in the training loop by check()
+                    upload.error.append(exc)
+
+            upload.thread = threading.Thread(target=send, name=f"kubetune-upload-{name}", daemon=True)
+            upload.thread.start()
+        upload.stall = time.monotonic() - started
+        self.upload = upload
+        if self.synchronous or not remote:  # written where it belongs already: complete at once
+            self.settle()
+
+    def part_done(self) -> float:
+        """1.0 when this rank has no upload in flight (what the loop's all-reduce sums); a failed upload fails the
+        rank now, and COMPLETE is never written for it."""
+        upload = self.upload
+        if upload is not None and upload.done:
+            upload.check()
+        return float(upload is None or upload.done)
+
+    def complete_if(self, every_part_done: bool) -> None:
+        if self.upload is not None and every_part_done:
+            self.complete()
+
+    def settle(self) -> None:
+        """Wait for the checkpoint upload in flight, on every worker, and mark it COMPLETE."""
+        if self.upload is None:
+            return
+        if self.upload.thread is not None:
+            self.upload.thread.join()
+        barrier()
+        self.complete()
+
+    def complete(self) -> None:
+        upload, me = self.upload, self.me
+        if upload is None:
+            return
+        upload.check()
+        self.upload = None
+        if not me.is_main:
+            return
+        step = upload.step
+        mark_complete(self.store, self.uri, step, {"step": step, "worldSize": me.world, **identity(me.spec, me.worker.job_uid)})
+        prune(self.store, self.uri, me.spec.training.keepCheckpoints)
+        now = time.monotonic()
+        events.emit(
+            events.Checkpoint(
+                step=step,
+                uri=join(root(self.uri), tag(step)),
+                # the loop stopped this long (with uploads in the loop, until the upload ended too)
+                stallSeconds=round(now - upload.started if self.synchronous else upload.stall, 3),
+                completeAfterSeconds=round(now - upload.started, 3),
+            )
+        )
+
+    def resume(self, engine: Any) -> tuple[int, dict[str, Any]] | None:
+        """Load the newest complete checkpoint this job wrote into the engine, if there is one: its step and the
+        recipe's state. A checkpoint another job or spec wrote fails the run (CheckpointMismatch) rather than being
+        continued or silently ignored."""
+        me = self.me
+        newest = complete_tags(self.store, self.uri)[-1:] if me.is_main else None
+        found = broadcast(me, newest)
+        if not found:
+            return None
+        name = found[0]
+        info = read_info(self.store, self.uri, name)
+        check_identity(info, identity(me.spec, me.worker.job_uid), join(root(self.uri), name))
+        local, remote = self.staging()
+        local = me.paths.work_dir / "resume" if remote else local
+        if remote and me.local_rank == 0:
+            self.store.download_prefix(join(root(self.uri), name), local / name, Reason.TRAINER_ERROR, "checkpoint")
+        barrier()
+        same_world = info.get("worldSize") == me.world
+        with safe_loading():
+            _, client = engine.load_checkpoint(
+                str(local),
+                tag=name,
+                load_module_strict=False,
+                load_optimizer_states=same_world,
+                load_lr_scheduler_states=same_world,
+            )
+        state = (client or {}).get("kubetune", {})
+        if same_world:
+            load_rng(local / name, me.rank)
+        step = int(state.get("step", info["step"]))
+        if me.is_main:
+            events.emit(events.Resumed(step=step, checkpoint=name, optimizerRestored=same_world))
+        return step, state
+
+    def keep_best(self, adapter_dir: Path, step: int, result: dict[str, float]) -> None:
+        """The new best adapter (small), beside the checkpoints: a gang restart still has it. Rank 0 writes it."""
+        if self.me.is_main:
+            info = {"step": step, **result, **identity(self.me.spec, self.me.worker.job_uid)}
+            save_best(self.store, self.uri, adapter_dir, info)
+
+    def restore_best(self, target: Path, step: int) -> bool:
+        """The best adapter kept before a restart, when it is the one this job's history names (rank 0)."""
+        return load_best(self.store, self.uri, target, step, identity(self.me.spec, self.me.worker.job_uid))

@@ -24,9 +24,8 @@ from typing import Any
 
 from kubetune_api.conditions import Reason
 from kubetune_api.storage import StorageSpec
-
-from .errors import TrainerFailure
-from .storage_base import MAX_OBJECTS, Fetch, Fetches, Object, Objects, bounded, is_md5, md5, verify
+from kubetune_trainer.errors import TrainerFailure
+from kubetune_trainer.storage.base import MAX_OBJECTS, Fetch, Fetches, Object, Objects, bounded, is_md5, md5, verify
 
 DENIED = {
     "AccessDenied",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import hashlib
 import io
 import json
 import math
@@ -19,14 +20,14 @@ from kubetune_api.conditions import Reason
 from kubetune_api.dataset import DatasetSpec
 from kubetune_api.metrics import Counts as Counts
 from kubetune_api.training import TrainingSpec
-
-from .errors import TrainerFailure
-from .packing import best_fit_decreasing, one_per_row
-from .tokens import IGNORE as IGNORE
-from .tokens import Row as Row
-from .tokens import Rows as Rows
-from .tokens import Sample as Sample
-from .tokens import TableBuilder, TokenTable
+from kubetune_trainer.data.packing import best_fit_decreasing, one_per_row
+from kubetune_trainer.data.tokens import IGNORE as IGNORE
+from kubetune_trainer.data.tokens import Row as Row
+from kubetune_trainer.data.tokens import Rows as Rows
+from kubetune_trainer.data.tokens import Sample as Sample
+from kubetune_trainer.data.tokens import TableBuilder, TokenTable
+from kubetune_trainer.errors import TrainerFailure
+from kubetune_trainer.storage import file_digest
 
 # reading
 
@@ -154,6 +155,14 @@ def shown_name(uri: str) -> str:
 
 def shards_of(path: Path) -> list[Path]:
     return sorted(p for p in path.rglob("*") if p.is_file() and is_data_file(str(p.relative_to(path))))
+
+
+def data_digest(path: Path) -> str:
+    """A file's SHA-256; for a directory of shards, the SHA-256 of its (name, SHA-256) list."""
+    if not path.is_dir():
+        return file_digest(path, "sha256")
+    listing = [(str(p.relative_to(path)), file_digest(p, "sha256")) for p in shards_of(path)]
+    return hashlib.sha256(json.dumps(listing).encode()).hexdigest()
 
 
 def read_dataset(

@@ -9,8 +9,7 @@ from pathlib import Path
 from typing import NamedTuple, Protocol
 
 from kubetune_api.conditions import Reason
-
-from .errors import TrainerFailure
+from kubetune_trainer.errors import TrainerFailure
 
 MAX_OBJECTS = 100_000  # objects under one prefix: a model or checkpoint has tens, a hostile bucket could have billions
 CHUNK_MIB = 8

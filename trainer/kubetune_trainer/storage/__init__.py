@@ -14,11 +14,10 @@ from pathlib import Path
 
 from kubetune_api.conditions import Reason
 from kubetune_api.storage import StorageSpec
-
-from .errors import TrainerFailure
-from .storage_base import MAX_OBJECTS, Backend, Fetch, Object, Objects, file_digest, human_bytes, safe_target
-from .storage_local import LocalBackend
-from .storage_s3 import S3Backend
+from kubetune_trainer.errors import TrainerFailure
+from kubetune_trainer.storage.base import MAX_OBJECTS, Backend, Fetch, Object, Objects, file_digest, human_bytes, safe_target
+from kubetune_trainer.storage.local import LocalBackend
+from kubetune_trainer.storage.s3 import S3Backend
 
 BACKENDS: dict[str, Callable[[StorageSpec], Backend]] = {"s3": S3Backend, "file": LocalBackend}
 

@@ -27,9 +27,8 @@ from kubetune_api.conditions import Reason
 from kubetune_api.contract import ENV_MODEL_CACHE, ENV_MODEL_CACHE_MAX_BYTES
 from kubetune_api.events import Notice, emit
 from kubetune_api.metrics import Fetch as Fetched
-
-from .storage import Store, check_room, fingerprint, human_bytes, join
-from .storage_base import CHUNK_MIB, Fetch, Object, is_md5, md5, safe_target
+from kubetune_trainer.storage import Store, check_room, fingerprint, human_bytes, join
+from kubetune_trainer.storage.base import CHUNK_MIB, Fetch, Object, is_md5, md5, safe_target
 
 COMPLETE = ".kubetune-entry.json"
 PARTIAL_MAX_AGE = 24 * 3600  # seconds an unfinished download (`<key>.partial/`) nobody resumes is kept

@@ -7,9 +7,8 @@ from pathlib import Path
 
 from kubetune_api.conditions import Reason
 from kubetune_api.storage import StorageSpec
-
-from .errors import TrainerFailure
-from .storage_base import Fetches, Object, Objects, bounded
+from kubetune_trainer.errors import TrainerFailure
+from kubetune_trainer.storage.base import Fetches, Object, Objects, bounded
 
 
 def _path(uri: str) -> Path:

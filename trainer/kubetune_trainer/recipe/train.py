@@ -1,5 +1,5 @@
 """One training process. Started by the launcher as
-`python -m torch.distributed.run --nnodes N --node-rank R --nproc-per-node P ... -m kubetune_trainer.train`.
+`python -m torch.distributed.run --nnodes N --node-rank R --nproc-per-node P ... -m kubetune_trainer.recipe.train`.
 
 A recipe in the manner of torchtune's: the set-up steps return what they build (`setup_data`, `setup_engine`),
 and `Recipe.train` is a loop over small steps (`step`, `log_window`, `maybe_eval`, `maybe_checkpoint`). Rank 0
@@ -9,13 +9,10 @@ alone writes the outputs (outputs.py).
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import os
-import random
 import shutil
 import sys
-import threading
 import time
 import traceback
 from collections.abc import Sequence
@@ -29,49 +26,28 @@ from kubetune_api.contract import RankFailure, WorkerEnv
 from kubetune_api.ds_config import deepspeed_config
 from kubetune_api.job import FineTuneJobSpec
 from kubetune_api.metrics import AdapterChoice, Curves, DataReport, EarlyStop, Evaluated, Evaluation, Fetch, Metrics, TrainStats
-
-from . import checkpoint, data, evaluate, merge, meter, outputs, prepared, rank_env, spec_io
-from .errors import TrainerFailure
-from .model import add_lora, load_model, load_tokenizer, model_type
-from .rank_env import RankEnv
-from .report import Progress
-from .storage import Store, join
-
-
-@dataclass(frozen=True)
-class Rank:
-    """Who this process is and what it reads: known before anything is built."""
-
-    spec: FineTuneJobSpec
-    worker: WorkerEnv
-    paths: RankEnv
-    rank: int
-    world: int
-    local_rank: int
-    device: Any
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    def notice(self, message: str) -> None:
-        if self.is_main:
-            events.emit(events.Notice(message=message))
+from kubetune_trainer import rank_env, spec_io
+from kubetune_trainer.data import prepared, records
+from kubetune_trainer.errors import TrainerFailure
+from kubetune_trainer.model import add_lora, load_model, load_tokenizer, model_type
+from kubetune_trainer.rank_env import RankEnv
+from kubetune_trainer.recipe import checkpoint, evaluate, merge, meter, outputs
+from kubetune_trainer.recipe.rank import Rank, all_max, all_sum, barrier, broadcast, setup_rank
+from kubetune_trainer.recipe.report import Progress
+from kubetune_trainer.storage import Store
 
 
 @dataclass(frozen=True)
 class Data:
-    train_rows: Sequence[data.Row]  # every row (memory-mapped); each rank takes its share per epoch
-    eval_batches: list[list[data.Row]]  # this rank's share of the held-out set
+    train_rows: Sequence[records.Row]  # every row (memory-mapped); each rank takes its share per epoch
+    eval_batches: list[list[records.Row]]  # this rank's share of the held-out set
     counts: DataReport  # the whole dataset's
-    plan: data.StepPlan  # data.step_plan: the preflight's count too
+    plan: records.StepPlan  # records.step_plan: the preflight's count too
 
 
 @dataclass(frozen=True)
 class Engine:
     engine: Any
-    steps_per_epoch: int
-    total_steps: int
     adjusted: dict[str, Any]  # what was changed from the spec to make the model train (manifest.json)
     keep_alive: Any = None  # transformers' HfDeepSpeedConfig: from_pretrained partitions weights while it lives
     config: dict[str, Any] = field(default_factory=dict)  # the DeepSpeed config that runs (manifest.json)
@@ -125,97 +101,12 @@ class Window:
     started: float = field(default_factory=time.monotonic)
 
 
-@dataclass
-class Upload:
-    """A checkpoint on its way to storage, in a background thread, while training goes on. COMPLETE is written
-    only once every worker's upload has finished (learned through the window all-reduce that is made anyway)."""
-
-    step: int
-    started: float
-    stall: float  # seconds the loop stopped to write the checkpoint locally
-    thread: threading.Thread | None = None  # this worker's upload (local rank 0 of a remote output), else None
-    error: list[BaseException] = field(default_factory=list)
-
-    @property
-    def done(self) -> bool:
-        return self.thread is None or not self.thread.is_alive()
-
-    def check(self) -> None:
-        if self.error:
-            raise self.error[0]
-
-
-# collectives
-
-
-def _barrier() -> None:
-    import torch.distributed as dist
-
-    dist.barrier()
-
-
-def all_max(device: Any, values: list[float]) -> list[float]:
-    import torch
-    import torch.distributed as dist
-
-    tensor = torch.tensor(values, dtype=torch.float64, device=device)
-    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
-    return [float(x) for x in tensor.cpu()]
-
-
-def all_sum(device: Any, values: list[float]) -> list[float]:
-    import torch
-    import torch.distributed as dist
-
-    tensor = torch.tensor(values, dtype=torch.float64, device=device)
-    dist.all_reduce(tensor)
-    return [float(x) for x in tensor.cpu()]
-
-
-def broadcast(me: Rank, value: Any) -> Any:
-    """Rank 0's JSON-able value on every rank, sent as bytes in a tensor: nothing pickled crosses the wire."""
-    import torch
-    import torch.distributed as dist
-
-    payload = json.dumps(value).encode() if me.is_main else b""
-    size = torch.tensor([len(payload)], dtype=torch.int64, device=me.device)
-    dist.broadcast(size, src=0)
-    buffer = torch.zeros(int(size.item()), dtype=torch.uint8, device=me.device)
-    if me.is_main:
-        buffer.copy_(torch.frombuffer(bytearray(payload), dtype=torch.uint8))
-    dist.broadcast(buffer, src=0)
-    return json.loads(bytes(buffer.cpu().tolist()).decode())
-
-
 # set-up
-
-
-def setup_rank(spec: FineTuneJobSpec, worker: WorkerEnv, paths: RankEnv) -> Rank:
-    import deepspeed
-    import torch
-
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    on_gpu = torch.cuda.is_available() and spec.workers.gpusPerWorker > 0
-    if on_gpu:
-        torch.cuda.set_device(local_rank)
-    device = torch.device("cuda", local_rank) if on_gpu else torch.device("cpu")
-    deepspeed.init_distributed(dist_backend="nccl" if on_gpu else "gloo")
-    random.seed(spec.training.seed)
-    torch.manual_seed(spec.training.seed)
-    return Rank(
-        spec=spec,
-        worker=worker,
-        paths=paths,
-        rank=int(os.environ.get("RANK", "0")),
-        world=int(os.environ.get("WORLD_SIZE", "1")),
-        local_rank=local_rank,
-        device=device,
-    )
 
 
 def setup_data(me: Rank, tokenizer: Any) -> Data:
     """The worker's prepared dataset (made by the launcher before any rank started: prepared.py), memory-mapped
-    and checked; every rank sees every row and takes its share each epoch (data.global_micro_batches)."""
+    and checked; every rank sees every row and takes its share each epoch (records.global_micro_batches)."""
     spec = me.spec.dataset
     try:
         # checked element by element by the launcher (made there, or downloaded and checked): shapes only here
@@ -230,7 +121,7 @@ def setup_data(me: Rank, tokenizer: Any) -> Data:
             "mask ignores restarted positions); each sample gets a row of its own"
         )
     micro = me.spec.training.microBatchSize
-    plan = data.step_plan(len(train_rows), me.spec.training, me.world)
+    plan = records.step_plan(len(train_rows), me.spec.training, me.world)
     what = DataReport(
         train=meta["counts"]["train"],
         validation=meta["counts"]["validation"],
@@ -256,23 +147,20 @@ def setup_data(me: Rank, tokenizer: Any) -> Data:
     return Data(train_rows, eval_batches, what, plan)
 
 
-def _has_bf16(on_gpu: bool) -> bool:
-    import torch
-
-    return on_gpu and torch.cuda.is_bf16_supported()
-
-
-def setup_engine(me: Rank, plan: data.StepPlan) -> Engine:
+def setup_engine(me: Rank, plan: records.StepPlan) -> Engine:
     import deepspeed
+    import torch
     from transformers import get_scheduler
 
     on_gpu = me.device.type == "cuda"
+    bf16 = on_gpu and torch.cuda.is_bf16_supported()
     t = me.spec.training
     keep_alive = None
     if me.spec.deepspeed.zeroStage == 3:  # the model is built partitioned: the config's ZeRO part is all this reads
         from transformers.integrations import HfDeepSpeedConfig
 
-        keep_alive = HfDeepSpeedConfig(deepspeed_config(me.spec, me.world, on_gpu, bf16=_has_bf16(on_gpu)))
+        # the ZeRO part does not depend on the adapter's size, which is known only once the model is built
+        keep_alive = HfDeepSpeedConfig(deepspeed_config(me.spec, me.world, on_gpu, bf16=bf16))
     model = load_model(me.paths.model_source, me.spec.model, on_gpu)
     if t.gradientCheckpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -290,14 +178,14 @@ def setup_engine(me: Rank, plan: data.StepPlan) -> Engine:
             "lora.targetModules (q_proj, k_proj, v_proj, o_proj) or set output.merged: false",
         )
     params = [p for p in model.parameters() if p.requires_grad]
-    config = deepspeed_config(me.spec, me.world, on_gpu, bf16=_has_bf16(on_gpu), trainable=sum(p.numel() for p in params))
+    config = deepspeed_config(me.spec, me.world, on_gpu, bf16=bf16, trainable=sum(p.numel() for p in params))
     schedule = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}[t.scheduler]
 
     def scheduler(optimizer: Any) -> Any:
         return get_scheduler(schedule, optimizer, num_warmup_steps=plan.warmup_steps, num_training_steps=plan.total_steps)
 
     engine, *_ = deepspeed.initialize(model=model, model_parameters=params, config=config, lr_scheduler=scheduler)
-    return Engine(engine, plan.steps_per_epoch, plan.total_steps, adjusted, keep_alive, config)
+    return Engine(engine, adjusted, keep_alive, config)
 
 
 # the recipe
@@ -325,10 +213,10 @@ class Recipe:
         self.watch = Watch()
         self.window = Window()
         self.trained_tokens = 0.0
-        self.progress = Progress(built.total_steps, style=me.paths.progress) if me.is_main else None
-        self._epoch: tuple[int, Sequence[list[data.Row]]] = (-1, [])
-        self.upload: Upload | None = None
-        self.synchronous_checkpoints = os.environ.get("KUBETUNE_SYNC_CHECKPOINTS") == "1"  # the benchmark's baseline
+        self.progress = Progress(batches.plan.total_steps, style=me.paths.progress) if me.is_main else None
+        self._epoch: tuple[int, Sequence[list[records.Row]]] = (-1, [])
+        synchronous = os.environ.get("KUBETUNE_SYNC_CHECKPOINTS") == "1"  # the benchmark's baseline
+        self.checkpoints = checkpoint.Checkpoints(me, store, synchronous)
 
     # evaluation
 
@@ -351,13 +239,13 @@ class Recipe:
 
     # one optimizer step
 
-    def micro_batches(self, step: int) -> list[list[data.Row]]:
-        epoch, offset = divmod(step, self.built.steps_per_epoch)
+    def micro_batches(self, step: int) -> list[list[records.Row]]:
+        epoch, offset = divmod(step, self.data.plan.steps_per_epoch)
         if self._epoch[0] != epoch:
             t = self.t
             self._epoch = (
                 epoch,
-                data.global_micro_batches(
+                records.global_micro_batches(
                     self.data.train_rows,
                     micro=t.microBatchSize,
                     world=self.me.world,
@@ -373,13 +261,13 @@ class Recipe:
         batches = self.micro_batches(step)
         step_loss, step_tokens = 0.0, 0
         for batch in batches:
-            inputs = {k: v.to(self.me.device) for k, v in data.collate(batch, self.tokenizer.pad_token_id).items()}
+            inputs = {k: v.to(self.me.device) for k, v in records.collate(batch, self.tokenizer.pad_token_id).items()}
             labels = inputs.pop("labels")
             loss = evaluate.train_loss(self.engine(**inputs, use_cache=False).logits, labels)
             self.engine.backward(loss)
             self.engine.step()
             step_loss += float(loss.detach()) / len(batches)
-            step_tokens += data.useful_tokens(batch)
+            step_tokens += records.useful_tokens(batch)
         if not math.isfinite(step_loss):
             raise TrainerFailure(
                 Reason.NAN_LOSS, f"training loss became {step_loss} at step {step + 1}; lower training.learningRate"
@@ -390,21 +278,18 @@ class Recipe:
 
     def log_window(self, done: int) -> float | None:
         """Every logEverySteps (and at the end): one all-reduce for the window's loss and tokens, not one per step."""
-        if done % self.t.logEverySteps and done != self.built.total_steps:
+        if done % self.t.logEverySteps and done != self.data.plan.total_steps:
             return None
         w = self.window
-        upload = self.upload
-        if upload is not None and upload.done:
-            upload.check()  # a failed upload fails this rank now; COMPLETE is never written for it
-        loss_sum, tokens, uploaded = all_sum(self.me.device, [w.loss / w.steps, w.tokens, float(upload is None or upload.done)])
-        if upload is not None and uploaded == self.me.world:  # every worker's part is in storage
-            self.complete_checkpoint()
+        # the checkpoint upload's progress rides on the all-reduce made anyway: COMPLETE once every part is in storage
+        loss_sum, tokens, uploaded = all_sum(self.me.device, [w.loss / w.steps, w.tokens, self.checkpoints.part_done()])
+        self.checkpoints.complete_if(uploaded == self.me.world)
         loss = loss_sum / self.me.world
         self.trained_tokens += tokens
         now = time.monotonic()
         if self.progress:
             lr = float(self.engine.get_lr()[0])
-            self.progress.step(done, done / self.built.steps_per_epoch, loss, lr, tokens / max(now - w.started, 1e-9))
+            self.progress.step(done, done / self.data.plan.steps_per_epoch, loss, lr, tokens / max(now - w.started, 1e-9))
             self.record.curve.append({"step": done, "loss": round(loss, 6), "learningRate": lr})
         self.window = Window(started=now)
         return loss
@@ -412,7 +297,7 @@ class Recipe:
     def maybe_eval(self, done: int) -> EarlyStop | None:
         """Evaluate every evalEverySteps; keep the best adapter; returns why the run stops early, if it does."""
         t = self.t
-        if not t.evalEverySteps or done % t.evalEverySteps or done == self.built.total_steps:
+        if not t.evalEverySteps or done % t.evalEverySteps or done == self.data.plan.total_steps:
             return None
         result = self.evaluate(adapter=True)
         self.record.history.append({"step": done, **result})
@@ -430,11 +315,6 @@ class Recipe:
                 self.progress.emit(events.EarlyStopping(**stopped.model_dump()))
             return stopped
         return None
-
-    def maybe_checkpoint(self, done: int) -> None:
-        every = self.t.checkpointEverySteps
-        if every and done % every == 0 and done != self.built.total_steps:
-            self.save_checkpoint(done)
 
     # the loop
 
@@ -454,7 +334,7 @@ class Recipe:
             self.progress.start(start)
         started, done, loss, stopped = time.monotonic(), start, math.nan, None
         self.engine.train()
-        for step in range(start, self.built.total_steps):
+        for step in range(start, self.data.plan.total_steps):
             self.step(step)
             done = step + 1
             if done - start == 2 and self.me.device.type != "cuda":  # the profiler's count: two steps are enough
@@ -467,7 +347,7 @@ class Recipe:
             self.maybe_checkpoint(done)
         elapsed = time.monotonic() - started
         peak = self.meter.stop()
-        self.settle_upload()
+        self.checkpoints.settle()
         if self.progress:
             self.progress.close()
         self.clock.lap("training steps")
@@ -481,7 +361,7 @@ class Recipe:
         adapter_dir, chosen = self.choose_adapter(done, last)
         stats = TrainStats(
             steps=done,
-            epochs=done / self.built.steps_per_epoch,
+            epochs=done / self.data.plan.steps_per_epoch,
             loss=loss,
             usefulTokensPerSecond=round(self.trained_tokens / elapsed, 1) if elapsed > 0 and self.trained_tokens else None,
             worldSize=self.me.world,
@@ -527,24 +407,20 @@ class Recipe:
                 shutil.rmtree(target, ignore_errors=True)
                 module.save_pretrained(str(target))
                 (target / "kubetune-config.yaml").write_text(spec_io.dump_spec(self.me.spec))
-        _barrier()
+        barrier()
         return target
 
     def keep_best(self, step: int, result: dict[str, float]) -> None:
         """The new best adapter, here and (small) beside the checkpoints, so a gang restart still has it."""
         local = self.save_adapter("adapter-best")  # every rank: under ZeRO-3 the weights are gathered
         self.watch.snapshot_step = step
-        if self.me.is_main:
-            ident = checkpoint.identity(self.me.spec, self.me.worker.job_uid)
-            checkpoint.save_best(self.store, self.me.spec.output.uri, local, {"step": step, **result, **ident})
+        self.checkpoints.keep_best(local, step, result)
 
     def restore_best(self) -> None:
         """After a resume: fetch the best adapter kept before the restart, when it is the one the history names."""
         if self.me.spec.output.adapter != "best" or not self.watch.best_step or not self.me.is_main:
             return
-        ident = checkpoint.identity(self.me.spec, self.me.worker.job_uid)
-        target = self.me.paths.work_dir / "adapter-best"
-        if checkpoint.load_best(self.store, self.me.spec.output.uri, target, self.watch.best_step, ident):
+        if self.checkpoints.restore_best(self.me.paths.work_dir / "adapter-best", self.watch.best_step):
             self.watch.snapshot_step = self.watch.best_step
 
     def choose_adapter(self, last_step: int, last: dict[str, float]) -> tuple[Path, dict[str, Any]]:
@@ -558,104 +434,21 @@ class Recipe:
         why = "last" if not want_best else "last (the best adapter was evaluated before a restart and not kept)"
         return self.save_adapter(), {"step": last_step, **last, "choice": why}
 
-    # checkpoints
+    # checkpoints (the protocol is checkpoint.Checkpoints')
 
-    def staging(self) -> tuple[Path, bool]:
-        """Where checkpoints are written on this machine, and whether they must then be uploaded."""
-        here = self.store.local_path(checkpoint.root(self.me.spec.output.uri))
-        return (here, False) if here is not None else (self.me.paths.work_dir / "checkpoints", True)
-
-    def save_checkpoint(self, step: int) -> None:
-        """Write the checkpoint here (every rank), then upload it in the background: training goes on meanwhile."""
-        self.settle_upload()  # one upload in flight at a time
-        me, uri = self.me, self.me.spec.output.uri
-        started = time.monotonic()
-        (local, remote), name = self.staging(), checkpoint.tag(step)
-        state = {"step": step, **self.record.state(), "worldSize": me.world}
-        self.engine.save_checkpoint(str(local), tag=name, client_state={"kubetune": state}, exclude_frozen_parameters=True)
-        checkpoint.save_rng(local / name, me.rank)
-        if me.is_main:
-            (local / name / "kubetune-config.yaml").write_text(spec_io.dump_spec(me.spec))
-        _barrier()
-        upload = Upload(step, started, 0.0)
-        if remote and me.local_rank == 0:
-
-            def send() -> None:
-                try:
-                    self.store.upload_dir(local / name, join(checkpoint.root(uri), name))
-                    shutil.rmtree(local / name, ignore_errors=True)
-                except BaseException as exc:  # raised in the training loop by check()
-                    upload.error.append(exc)
-
-            upload.thread = threading.Thread(target=send, name=f"kubetune-upload-{name}", daemon=True)
-            upload.thread.start()
-        upload.stall = time.monotonic() - started
-        self.upload = upload
-        if self.synchronous_checkpoints or not remote:  # written where it belongs already: complete at once
-            self.settle_upload()
-
-    def settle_upload(self) -> None:
-        """Wait for the checkpoint upload in flight, on every worker, and mark it COMPLETE."""
-        if self.upload is None:
-            return
-        if self.upload.thread is not None:
-            self.upload.thread.join()
-        _barrier()
-        self.complete_checkpoint()
-
-    def complete_checkpoint(self) -> None:
-        upload, me, uri = self.upload, self.me, self.me.spec.output.uri
-        if upload is None:
-            return
-        upload.check()
-        self.upload = None
-        if me.is_main:
-            step = upload.step
-            info = {"step": step, "worldSize": me.world, **checkpoint.identity(me.spec, me.worker.job_uid)}
-            checkpoint.mark_complete(self.store, uri, step, info)
-            checkpoint.prune(self.store, uri, self.t.keepCheckpoints)
-            events.emit(
-                events.Checkpoint(
-                    step=step,
-                    uri=join(checkpoint.root(uri), checkpoint.tag(step)),
-                    # the loop stopped this long (with uploads in the loop, until the upload ended too)
-                    stallSeconds=round(time.monotonic() - upload.started if self.synchronous_checkpoints else upload.stall, 3),
-                    completeAfterSeconds=round(time.monotonic() - upload.started, 3),
-                )
-            )
+    def maybe_checkpoint(self, done: int) -> None:
+        every = self.t.checkpointEverySteps
+        if every and done % every == 0 and done != self.data.plan.total_steps:
+            state = {"step": done, **self.record.state(), "worldSize": self.me.world}
+            self.checkpoints.save(self.engine, done, state)
 
     def resume(self) -> int:
-        """Load the newest complete checkpoint this job wrote, if any; returns the step to continue from. A checkpoint
-        another job or spec wrote fails the run (CheckpointMismatch) rather than being continued or silently ignored."""
-        me, uri = self.me, self.me.spec.output.uri
-        newest = checkpoint.complete_tags(self.store, uri)[-1:] if me.is_main else None
-        name = broadcast(me, newest)
-        if not name:
+        """The step to continue from: the newest complete checkpoint this job wrote, its record restored."""
+        found = self.checkpoints.resume(self.engine)
+        if found is None:
             return 0
-        name = name[0]
-        info = checkpoint.read_info(self.store, uri, name)
-        checkpoint.check_identity(info, checkpoint.identity(me.spec, me.worker.job_uid), join(checkpoint.root(uri), name))
-        local, remote = self.staging()
-        local = me.paths.work_dir / "resume" if remote else local
-        if remote and me.local_rank == 0:
-            self.store.download_prefix(join(checkpoint.root(uri), name), local / name, Reason.TRAINER_ERROR, "checkpoint")
-        _barrier()
-        same_world = info.get("worldSize") == me.world
-        with checkpoint.safe_loading():
-            _, client = self.engine.load_checkpoint(
-                str(local),
-                tag=name,
-                load_module_strict=False,
-                load_optimizer_states=same_world,
-                load_lr_scheduler_states=same_world,
-            )
-        state = (client or {}).get("kubetune", {})
+        step, state = found
         self.record = Record.restore(state)
-        if same_world:
-            checkpoint.load_rng(local / name, me.rank)
-        step = int(state.get("step", info["step"]))
-        if me.is_main:
-            events.emit(events.Resumed(step=step, checkpoint=name, optimizerRestored=same_world))
         return step
 
     # outputs (rank 0)

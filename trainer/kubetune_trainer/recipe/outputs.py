@@ -16,11 +16,11 @@ from kubetune_api.conditions import Reason
 from kubetune_api.contract import WorkerEnv
 from kubetune_api.job import FineTuneJobSpec
 from kubetune_api.metrics import Evaluation, Metrics, QualityGate
-
-from . import curves, merge
-from .errors import TrainerFailure
-from .rank_env import RankEnv
-from .storage import Store, file_digest, join
+from kubetune_trainer.data.records import data_digest
+from kubetune_trainer.errors import TrainerFailure
+from kubetune_trainer.rank_env import RankEnv
+from kubetune_trainer.recipe import curves, merge
+from kubetune_trainer.storage import Store, join
 
 
 def model_digest(source: str) -> str | None:
@@ -32,16 +32,6 @@ def model_digest(source: str) -> str | None:
         for p in sorted(root.rglob("*"))
         if p.is_file() and not p.name.startswith(".")
     ]
-    return hashlib.sha256(json.dumps(listing).encode()).hexdigest()
-
-
-def data_digest(path: Path) -> str:
-    """A file's SHA-256; for a directory of shards, the SHA-256 of its (name, SHA-256) list."""
-    if not path.is_dir():
-        return file_digest(path, "sha256")
-    from .data import shards_of
-
-    listing = [(str(p.relative_to(path)), file_digest(p, "sha256")) for p in shards_of(path)]
     return hashlib.sha256(json.dumps(listing).encode()).hexdigest()
 
 

@@ -18,8 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from kubetune_api.conditions import Reason
-
-from .errors import TrainerFailure
+from kubetune_trainer.errors import TrainerFailure
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".gguf")
 PEFT_PREFIX = "base_model.model."
