@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import signal
-import subprocess
 import time
 from pathlib import Path
 
 import psutil
 import pytest
 
-from .conftest import ROOT
 from .s3server import S3Server
-from .trainer_helpers import Outcome, command, environment, manifest, run
+from .trainer_helpers import Outcome, resumable, run, start
 
 pytestmark = pytest.mark.trainer
 
@@ -30,31 +28,8 @@ def rank_process(launcher: int, rank: str) -> psutil.Process | None:
 def test_killed_rank_resumes_from_the_newest_checkpoint(s3: S3Server, stored: dict[str, str], tmp_path: Path) -> None:
     out = "s3://adapters/resume/"
     every, total = 4, 24
-    body = manifest(
-        "resume",
-        s3,
-        {
-            "model": {"uri": stored["model"]},
-            "dataset": {"train": stored["train"], "validation": stored["validation"], "maxSeqLength": 128},
-            "lora": {"r": 4, "alpha": 8},
-            "training": {
-                "maxSteps": total,
-                "microBatchSize": 4,
-                "evalEverySteps": 0,
-                "checkpointEverySteps": every,
-                "keepCheckpoints": 2,
-            },
-            "output": {"uri": out},
-        },
-    )
-    first = subprocess.Popen(
-        command(body, tmp_path),
-        env=environment(s3, tmp_path),
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    body = resumable("resume", s3, stored, out, maxSteps=total, checkpointEverySteps=every, keepCheckpoints=2)
+    first = start(body, s3, tmp_path)
     killed_after = None
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and first.poll() is None:

@@ -134,7 +134,7 @@ def cond(status: dict[str, Any], type_: str) -> dict[str, Any]:
 def test_a_new_job_gets_a_preflight_and_no_training_job() -> None:
     status, actions = run(plan())
     assert actions == [CreatePreflight()]
-    assert status["phase"] == "Preflight" and cond(status, "Preflight")["reason"] == "PreflightRunning"
+    assert status["phase"] == "Preflight" and cond(status, "Preflight")["reason"] == "PodsPending"  # until its pod runs
     assert cond(status, "Validated")["status"] == "True" and status["observedGeneration"] == GEN
 
 
@@ -270,6 +270,19 @@ def test_a_suspended_job_starts_no_preflight_until_it_is_resumed() -> None:
     assert cond(passed, "Preflight")["status"] == "True" and actions == [CreateJob()] and passed["phase"] == "Suspended"
 
 
+@pytest.mark.parametrize("run_policy", [{"suspend": True}, {}], ids=["suspended", "queued"])
+def test_the_sync_that_creates_a_waiting_job_leaves_the_next_one_nothing_to_write(run_policy: dict[str, Any]) -> None:
+    """A suspended or queued job costs one status write: the next sync (its Job's first event) finds it current."""
+    p = plan(
+        run={"preflight": False, **run_policy}, **({} if run_policy else {"metadata.labels": {"kueue.x-k8s.io/queue-name": "q"}})
+    )
+    first, actions = transition(p, Observed(GEN, NOW), FineTuneJobStatus())
+    assert CreateJob() in actions
+    later = datetime.datetime(2026, 11, 26, 12, 0, 30, tzinfo=datetime.UTC)
+    second, actions = transition(p, Observed(GEN, later, job=job(suspend=True)), first)
+    assert second == first and not [a for a in actions if not isinstance(a, EnsureChildren)]
+
+
 def test_suspending_a_running_job_suspends_its_job() -> None:
     _, actions = run(plan(run={"suspend": True}), previous=passed_preflight(), job=job(), pods=[pod(0)])
     assert actions == [SuspendJob(True, "job-1")]
@@ -364,7 +377,7 @@ def test_the_children_are_ensured_first_and_created_at_once_for_a_new_gang() -> 
 @pytest.mark.parametrize(
     ("previous", "seen", "event"),
     [
-        ({}, {}, ("PreflightRunning", "New -> Preflight", False)),
+        ({}, {}, ("PodsPending", "New -> Preflight", False)),
         (
             {"phase": "Running"},
             {"job": job(condition="Failed"), "pods": [pod(0, "Failed", message=summary("Failed", "DatasetMissing", "gone"))]},

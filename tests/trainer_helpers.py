@@ -99,6 +99,13 @@ def environment(s3: S3Server, tmp: Path, **extra: str) -> dict[str, str]:
     return {**os.environ, **s3.env, "KUBETUNE_CACHE": str(tmp / "cache"), **extra}
 
 
+def start(body: dict[str, Any], s3: S3Server, tmp: Path) -> subprocess.Popen[str]:
+    """`kubetune run` of a job in the background, its output piped (a test stops or signals it while it runs)."""
+    return subprocess.Popen(
+        command(body, tmp), env=environment(s3, tmp), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+
+
 def run(body: dict[str, Any], s3: S3Server, tmp: Path, processes: int = 2, timeout: int = 600, **env: str) -> Outcome:
     result = subprocess.run(
         command(body, tmp, processes), env=environment(s3, tmp, **env), cwd=ROOT, capture_output=True, text=True, timeout=timeout
@@ -125,3 +132,18 @@ def reloaded_eval_loss(
     batches = evaluate.local_batches(data.rows(samples, spec.maxSeqLength, spec.packing), 4)
     sums = evaluate.eval_sums(lambda inputs: model(**inputs, use_cache=False).logits, batches, tokenizer.pad_token_id, "cpu")
     return evaluate.metrics(sums)["evalLoss"]
+
+
+def resumable(name: str, s3: S3Server, stored: dict[str, str], out: str, **training: Any) -> dict[str, Any]:
+    """A small job on the stored tiny model and data whose runs are stopped and resumed (training settings given)."""
+    return manifest(
+        name,
+        s3,
+        {
+            "model": {"uri": stored["model"]},
+            "dataset": {"train": stored["train"], "validation": stored["validation"], "maxSeqLength": 128},
+            "lora": {"r": 4, "alpha": 8},
+            "training": {"microBatchSize": 4, "evalEverySteps": 0, **training},
+            "output": {"uri": out},
+        },
+    )

@@ -72,6 +72,7 @@ class Reason(StrEnum):
     PREFLIGHT_RUNNING = "PreflightRunning"  # Preflight=False while the CPU-only checks run, before any GPU is requested
     PREFLIGHT_PASSED = "PreflightPassed"  # Preflight=True: every check passed; the training Job was released
     PREFLIGHT_ERROR = "PreflightError"  # Failed=True: the preflight pod ended without a report (its log says why)
+    PREEMPTED = "Preempted"  # SIGTERM (preempted, evicted, suspended): the ranks checkpointed the step they reached
     TRAINER_ERROR = "TrainerError"  # any other trainer failure; the message has the last error line
 
 
@@ -94,6 +95,7 @@ TRAINER_FAILURE_REASONS = frozenset(
         Reason.CANNOT_MERGE,
         Reason.ATTENTION_UNSUPPORTED,
         Reason.WONT_FIT,
+        Reason.PREEMPTED,
         Reason.TRAINER_ERROR,
     }
 )

@@ -225,8 +225,9 @@ def _preflight(plan: Plan, seen: Observed, status: Status) -> tuple[bool, list[A
         if status.is_true(ConditionType.SUSPENDED):
             status.set(ConditionType.SUSPENDED, False, Reason.RESUMED, "resumed: the preflight runs first")
         status.preflight_running(
-            Reason.PREFLIGHT_RUNNING,
-            "checking storage, records, memory per GPU and GPU-hours on a CPU before any GPU is requested",
+            Reason.PODS_PENDING,  # PreflightRunning once its pod runs (and its progress is read)
+            "the preflight checks storage, records, memory per GPU and GPU-hours on a CPU before any GPU is requested; "
+            "waiting for its pod",
         )
         return True, [*actions, CreatePreflight()]
     outcome = preflight_outcome(found, seen.preflight_pods)
@@ -297,8 +298,9 @@ def _decide(plan: Plan, seen: Observed, previous: FineTuneJobStatus) -> tuple[Fi
             status.set(ConditionType.RUNNING, False, Reason.GANG_RESTARTING, "waiting for the old workers to stop")
         else:
             actions.append(CreateJob())
-            if plan.suspend:
-                status.new.phase = Phase.SUSPENDED
+            if plan.suspend:  # as the next sync will see it: the Job is created suspended
+                status.suspended("runPolicy.suspend is true")
+                status.set(ConditionType.RUNNING, False, Reason.USER_SUSPENDED, "suspended")
             elif plan.queue:
                 status.queued(plan.queue)
             else:
@@ -355,10 +357,10 @@ def _decide(plan: Plan, seen: Observed, previous: FineTuneJobStatus) -> tuple[Fi
                     CountRestart(),
                 ]
                 return status.result(), actions
-    if job is not None:
-        done = status.new.phase in (Phase.SUCCEEDED, Phase.FAILED)
-        attempt = builders.attempt_of(job, restarts)
-        _usage(plan, status, seen, attempt, restarting=False, failed=status.new.phase == Phase.FAILED, final=done)
+    # from the sync that creates the Job on, so the one after it finds nothing to write
+    done = status.new.phase in (Phase.SUCCEEDED, Phase.FAILED)
+    attempt = builders.attempt_of(job, restarts) if job is not None else restarts
+    _usage(plan, status, seen, attempt, restarting=False, failed=status.new.phase == Phase.FAILED, final=done)
     return status.result(), actions
 
 

@@ -6,14 +6,20 @@ In a pod: `python -m kubetune_trainer` (the environment and mounted config follo
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import FrameType
 from typing import Any
+
+import psutil
 
 from kubetune_api import events, layout
 from kubetune_api._types import quantity_value
@@ -173,6 +179,55 @@ def final_summary(spec: FineTuneJobSpec, outcome: dict[str, Any]) -> dict[str, A
     )
 
 
+def _stop_before_training(signum: int, frame: FrameType | None) -> None:
+    """SIGTERM while the worker fetches and prepares: nothing is trained yet, so nothing is lost; end with a reason."""
+    raise TrainerFailure(
+        Reason.PREEMPTED, "stopped on SIGTERM (preempted, evicted or suspended) before training started; nothing to checkpoint"
+    )
+
+
+@contextlib.contextmanager
+def _on_sigterm(handler: Callable[[int, FrameType | None], None]) -> Iterator[None]:
+    """A SIGTERM handler for a while (only the main thread may set one; elsewhere this does nothing)."""
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def run_ranks(command: list[str], env: dict[str, str], stderr: Any = None) -> int:
+    """torchrun and this worker's ranks. A SIGTERM to this process (the pod's main one: the kubelet signals no other)
+    goes to the ranks themselves, which agree on a step, checkpoint it and end (torchrun, signalled, would give them
+    30 s and then kill them); a rank that starts after the signal gets it too."""
+    process = subprocess.Popen(command, env=env, stderr=stderr)
+    asked: list[bool] = []
+    told: set[int] = set()
+
+    def tell_ranks() -> None:
+        with contextlib.suppress(psutil.Error):
+            for rank in psutil.Process(process.pid).children():
+                if rank.pid not in told:
+                    with contextlib.suppress(psutil.Error):
+                        rank.send_signal(signal.SIGTERM)
+                    told.add(rank.pid)
+
+    def on_sigterm(signum: int, frame: FrameType | None) -> None:
+        asked.append(True)
+        tell_ranks()
+
+    with _on_sigterm(on_sigterm):
+        while process.poll() is None:
+            if asked:
+                tell_ranks()
+            time.sleep(0.2)
+    return process.returncode
+
+
 def run_worker(
     spec: FineTuneJobSpec, worker: WorkerEnv, *, progress: str = "json", work_dir: Path | None = None, log: Path | None = None
 ) -> dict[str, Any]:
@@ -185,14 +240,15 @@ def run_worker(
     results.mkdir(parents=True)
     entry: Entry | None = None
     try:
-        store = Store(spec.storage)
-        prepare_output(spec, store)
-        model, train, validation, entry = fetch_inputs(spec, store, cache_dir())
-        if entry is not None:
-            fetched = entry.fetched(spec.model.uri)
-            events.emit(events.FetchLine(**fetched.model_dump()))  # how much came from the node's cache, from storage
-            (work / rank_env.FETCH_FILE).write_text(fetched.model_dump_json())
-        prepared_dir = prepared.for_worker(spec, model, train, validation, work, store)
+        with _on_sigterm(_stop_before_training):
+            store = Store(spec.storage)
+            prepare_output(spec, store)
+            model, train, validation, entry = fetch_inputs(spec, store, cache_dir())
+            if entry is not None:
+                fetched = entry.fetched(spec.model.uri)
+                events.emit(events.FetchLine(**fetched.model_dump()))  # how much came from the node's cache, from storage
+                (work / rank_env.FETCH_FILE).write_text(fetched.model_dump_json())
+            prepared_dir = prepared.for_worker(spec, model, train, validation, work, store)
     except Exception as exc:  # every failure before the ranks start still ends in one summary with a reason
         if entry is not None:
             entry.release()
@@ -230,11 +286,11 @@ def run_worker(
         env.setdefault("CUDA_VISIBLE_DEVICES", "")
     try:
         if log is None:
-            code = subprocess.call(command, env=env)
+            code = run_ranks(command, env)
         else:
             log.parent.mkdir(parents=True, exist_ok=True)
             with log.open("ab") as stream:
-                code = subprocess.call(command, env=env, stderr=stream)
+                code = run_ranks(command, env, stream)
     finally:
         if entry is not None:
             entry.release()  # the model is no longer in use here: the cache may evict it

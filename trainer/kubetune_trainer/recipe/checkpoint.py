@@ -282,6 +282,7 @@ class Checkpoints:
         self.me, self.store, self.uri = me, store, me.spec.output.uri
         self.synchronous = synchronous  # upload inside the loop (the benchmark's baseline)
         self.upload: Upload | None = None
+        self.saved_step: int | None = None  # the step of the newest checkpoint this rank wrote
 
     def staging(self) -> tuple[Path, bool]:
         """Where checkpoints are written on this machine, and whether they must then be uploaded."""
@@ -312,7 +313,7 @@ class Checkpoints:
             upload.thread = threading.Thread(target=send, name=f"kubetune-upload-{name}", daemon=True)
             upload.thread.start()
         upload.stall = time.monotonic() - started
-        self.upload = upload
+        self.upload, self.saved_step = upload, step
         if self.synchronous or not remote:  # written where it belongs already: complete at once
             self.settle()
 

@@ -32,6 +32,7 @@ from kubetune_trainer.errors import TrainerFailure
 from kubetune_trainer.model import add_lora, load_model, load_tokenizer, model_type
 from kubetune_trainer.rank_env import RankEnv
 from kubetune_trainer.recipe import checkpoint, evaluate, merge, meter, outputs
+from kubetune_trainer.recipe.preemption import Preempted, Stop
 from kubetune_trainer.recipe.rank import Rank, all_max, all_sum, barrier, broadcast, setup_rank
 from kubetune_trainer.recipe.report import Progress
 from kubetune_trainer.storage import Store
@@ -203,8 +204,10 @@ class Recipe:
         built: Engine,
         clock: Clock | None = None,
         memory: meter.Meter | None = None,
+        stop: Stop | None = None,
     ) -> None:
         self.me, self.store, self.tokenizer, self.data, self.built = me, store, tokenizer, batches, built
+        self.stop = stop or Stop()
         self.clock = clock or Clock(False)
         self.meter = memory or meter.Meter(me.device)
         self.engine = built.engine
@@ -335,6 +338,8 @@ class Recipe:
         started, done, loss, stopped = time.monotonic(), start, math.nan, None
         self.engine.train()
         for step in range(start, self.data.plan.total_steps):
+            if self.stop.agreed(self.me.device):  # SIGTERM on any rank: checkpoint this step boundary, then end
+                self.preempt(step, start)
             self.step(step)
             done = step + 1
             if done - start == 2 and self.me.device.type != "cuda":  # the profiler's count: two steps are enough
@@ -442,6 +447,16 @@ class Recipe:
             state = {"step": done, **self.record.state(), "worldSize": self.me.world}
             self.checkpoints.save(self.engine, done, state)
 
+    def preempt(self, step: int, start: int) -> None:
+        """A checkpoint at this step boundary (unless one stands for it already), COMPLETE before the rank ends."""
+        written = None
+        if step > start and self.checkpoints.saved_step != step:
+            state = {"step": step, **self.record.state(), "worldSize": self.me.world}
+            self.checkpoints.save(self.engine, step, state)
+            written = checkpoint.tag(step)
+        self.checkpoints.settle()  # an upload still in flight (a periodic one) completes too
+        raise Preempted(step, written)
+
     def resume(self) -> int:
         """The step to continue from: the newest complete checkpoint this job wrote, its record restored."""
         found = self.checkpoints.resume(self.engine)
@@ -489,6 +504,7 @@ class Clock:
 
 
 def train(spec: FineTuneJobSpec, worker: WorkerEnv, paths: RankEnv) -> Metrics | None:
+    stop = Stop().install()  # first: a SIGTERM while the rank sets up is noted, and acted on at the first step
     started = float(os.environ.get(rank_env.PROCESS_START, "0")) or None
     clock = Clock(os.environ.get("RANK", "0") == "0")
     if started is not None:  # from the launcher's clock: interpreter start and imports
@@ -504,7 +520,7 @@ def train(spec: FineTuneJobSpec, worker: WorkerEnv, paths: RankEnv) -> Metrics |
     memory.start()
     built = setup_engine(me, batches.plan)
     clock.lap("load model, DeepSpeed init")
-    return Recipe(me, store, tokenizer, batches, built, clock, memory).train()
+    return Recipe(me, store, tokenizer, batches, built, clock, memory, stop).train()
 
 
 def _classify(exc: BaseException) -> tuple[Reason, str]:
