@@ -17,7 +17,7 @@ from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer, DataCollatorForSeq2Seq, Trainer, TrainingArguments
 
 from kubetune_api.dataset import DatasetSpec
-from kubetune_trainer.data import records as data
+from kubetune_trainer.data import batching, formats, reading
 from kubetune_trainer.recipe import evaluate
 
 
@@ -28,8 +28,8 @@ def main() -> None:
         torch.set_num_threads(2)
     tokenizer = AutoTokenizer.from_pretrained(work / "model")
     spec = DatasetSpec.model_validate({"train": "./t.jsonl", "maxSeqLength": 256, "packing": False})
-    train, _ = data.tokenize([r for _, r in data.read_indexed(work / "train.jsonl", "train")[0]], spec, tokenizer, "train")
-    held, _ = data.tokenize([r for _, r in data.read_indexed(work / "val.jsonl", "val")[0]], spec, tokenizer, "val")
+    train, _ = formats.tokenize([r for _, r in reading.read_indexed(work / "train.jsonl", "train")[0]], spec, tokenizer, "train")
+    held, _ = formats.tokenize([r for _, r in reading.read_indexed(work / "val.jsonl", "val")[0]], spec, tokenizer, "val")
     model = AutoModelForCausalLM.from_pretrained(work / "model", dtype=torch.bfloat16 if gpu else torch.float32)
     seed = int(os.environ.get("BENCH_SEED", "42"))  # the same as kubetune's training.seed in the same comparison
     torch.manual_seed(seed)
@@ -54,14 +54,14 @@ def main() -> None:
         seed=seed,
         dataloader_num_workers=0,
     )
-    collator = DataCollatorForSeq2Seq(tokenizer, padding="longest", label_pad_token_id=data.IGNORE)
+    collator = DataCollatorForSeq2Seq(tokenizer, padding="longest", label_pad_token_id=batching.IGNORE)
     trainer = Trainer(model=model, args=args, train_dataset=dataset, data_collator=collator)
     started = time.monotonic()
     result = trainer.train()
     wall = time.monotonic() - started
     useful = sum(len(s.input_ids) for s in train) * epochs
     model.eval()
-    rows = data.rows(held, 256, packing=False)
+    rows = batching.rows(held, 256, packing=False)
     sums = evaluate.eval_sums(
         lambda inputs: model(**inputs, use_cache=False).logits,
         evaluate.local_batches(rows, 8),

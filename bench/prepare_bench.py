@@ -123,7 +123,7 @@ def side(name: str, data: Path, tok_dir: Path, work: Path, records: int) -> dict
             meta = prepared.prepare(result.job.spec, tokenizer, "llama", data, None, work / "prepared")
             tokens = meta["counts"]["train"]["tokens"] + meta["counts"]["validation"]["tokens"]
         else:  # the previous revision's path: records -> per-record tokenize -> first-fit packing
-            from kubetune_trainer.data import records as old
+            from kubetune_trainer import data as old  # the previous revision's flat module (its PYTHONPATH)
 
             records_, at, _ = old.read_dataset(data, "train.jsonl")
             samples, counts = old.tokenize(records_, result.job.spec.dataset, tokenizer, "train.jsonl", at)
@@ -174,14 +174,13 @@ def first_batch(prepared_dir: Path, tok_dir: Path) -> tuple[float, float]:
     """Seconds from a prepared directory to a rank's first collated batch, and the launcher's full check."""
     from transformers import AutoTokenizer
 
-    from kubetune_trainer.data import prepared
-    from kubetune_trainer.data import records as data
+    from kubetune_trainer.data import batching, prepared
 
     tokenizer = AutoTokenizer.from_pretrained(tok_dir)
     started = time.perf_counter()
     ready = prepared.load(prepared_dir, len(tokenizer), 4096, full=False)  # as a rank loads it
-    batch = data.global_micro_batches(ready.train, micro=1, world=1, rank=0, multiple=1, seed=0)[0]
-    data.collate(batch, 0)
+    batch = batching.global_micro_batches(ready.train, micro=1, world=1, rank=0, multiple=1, seed=0)[0]
+    batching.collate(batch, 0)
     rank = time.perf_counter() - started
     started = time.perf_counter()
     prepared.load(prepared_dir, len(tokenizer), 4096)  # the launcher's check of every element, once per worker

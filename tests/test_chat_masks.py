@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from kubetune_api.dataset import DatasetSpec
-from kubetune_trainer.data import records as data
+from kubetune_trainer.data import batching, formats
 from kubetune_trainer.errors import TrainerFailure
 from kubetune_trainer.tiny import byte_tokenizer
 
@@ -19,12 +19,12 @@ from .chat_helpers import ANSWERS, FAMILIES, conversation, tokenizer_for, tool_c
 from .data_helpers import read_records
 
 
-def learned(sample: data.Sample, tokenizer: Any) -> list[str]:
+def learned(sample: formats.Sample, tokenizer: Any) -> list[str]:
     """The runs of tokens that carry loss, decoded."""
     runs: list[list[int]] = []
     previous = False
     for token, label in zip(sample.input_ids, sample.labels, strict=True):
-        on = label != data.IGNORE
+        on = label != batching.IGNORE
         if on and not previous:
             runs.append([])
         if on:
@@ -37,7 +37,7 @@ def learned(sample: data.Sample, tokenizer: Any) -> list[str]:
 def test_exactly_the_assistant_content_and_its_end_of_turn_carry_loss(family: str) -> None:
     tokenizer = tokenizer_for(family)
     eot = FAMILIES[family][2]
-    sample = data.tokenize_record(
+    sample = formats.tokenize_record(
         {"messages": conversation(FAMILIES[family][4])}, DatasetSpec(train="./t.jsonl", format="chat"), tokenizer, "t", 0
     )
     assert learned(sample, tokenizer) == [answer + eot for answer in ANSWERS]
@@ -47,7 +47,7 @@ def test_exactly_the_assistant_content_and_its_end_of_turn_carry_loss(family: st
 
 def test_weight_zero_turns_carry_no_loss() -> None:
     tokenizer = tokenizer_for("chatml")
-    sample = data.tokenize_record(
+    sample = formats.tokenize_record(
         {"messages": conversation(True, weight=0)}, DatasetSpec(train="./t.jsonl", format="chat"), tokenizer, "t", 0
     )
     assert learned(sample, tokenizer) == [ANSWERS[1] + "<|im_end|>"]
@@ -73,18 +73,18 @@ def test_parquet_chat_with_weights_on_some_messages_reads_as_written(tmp_path: P
     read = read_records(parquet, "chat.parquet")
     assert read[1]["messages"][0]["weight"] is None and read[0]["messages"][2]["weight"] == 0.0  # as Parquet gives it
     spec, tokenizer = DatasetSpec(train="./chat.parquet", format="chat"), tokenizer_for("chatml")
-    from_parquet, _ = data.tokenize(read, spec, tokenizer, "chat.parquet")
-    from_jsonl, _ = data.tokenize(read_records(jsonl, "chat.jsonl"), spec, tokenizer, "chat.jsonl")
+    from_parquet, _ = formats.tokenize(read, spec, tokenizer, "chat.parquet")
+    from_jsonl, _ = formats.tokenize(read_records(jsonl, "chat.jsonl"), spec, tokenizer, "chat.jsonl")
     assert list(from_parquet) == list(from_jsonl) and len(from_jsonl) == 3
 
 
 def test_a_bad_weight_and_a_refusing_template_name_the_record() -> None:
     spec = DatasetSpec(train="./t.jsonl", format="chat")
     with pytest.raises(TrainerFailure, match=r"t record 4: message 2: weight must be 0 or 1"):
-        data.tokenize_record({"messages": conversation(False, weight=0.5)}, spec, tokenizer_for("chatml"), "t", 3)
+        formats.tokenize_record({"messages": conversation(False, weight=0.5)}, spec, tokenizer_for("chatml"), "t", 3)
     twice = [{"role": "user", "content": "a"}, {"role": "user", "content": "b"}]
     with pytest.raises(TrainerFailure, match=r"t record 1: the chat template refused it: Conversation roles must alternate"):
-        data.tokenize_record({"messages": twice}, spec, tokenizer_for("mistral"), "t", 0)
+        formats.tokenize_record({"messages": twice}, spec, tokenizer_for("mistral"), "t", 0)
 
 
 ALPACA = {"instruction": "Translate to French.", "input": "Good morning", "output": "Bonjour"}
@@ -93,12 +93,12 @@ ALPACA = {"instruction": "Translate to French.", "input": "Good morning", "outpu
 def test_alpaca_keeps_the_input_and_learns_only_the_output() -> None:
     spec = DatasetSpec(train="./t.jsonl", format="alpaca")
     chat = tokenizer_for("chatml")
-    sample = data.tokenize_record(ALPACA, spec, chat, "t", 0)
+    sample = formats.tokenize_record(ALPACA, spec, chat, "t", 0)
     assert "Translate to French.\n\nGood morning" in chat.decode(sample.input_ids)
     assert learned(sample, chat) == ["Bonjour<|im_end|>"]
     plain = byte_tokenizer()
     plain.chat_template = None
-    sample = data.tokenize_record(ALPACA, spec, plain, "t", 0)
+    sample = formats.tokenize_record(ALPACA, spec, plain, "t", 0)
     text = plain.decode(sample.input_ids, skip_special_tokens=True)
     assert "### Instruction:\nTranslate to French.\n\n### Input:\nGood morning\n\n### Response:\nBonjour" in text
     assert learned(sample, plain) == ["Bonjour<|eos|>"]
@@ -109,25 +109,25 @@ def test_mapping_alpacas_instruction_to_the_prompt_cannot_drop_its_input() -> No
     with pytest.raises(
         TrainerFailure, match=r"non-empty 'input' that promptField: instruction would drop; use dataset\.format: alpaca"
     ):
-        data.tokenize_record(ALPACA, spec, byte_tokenizer(), "t", 0)
-    assert data.tokenize_record({**ALPACA, "input": ""}, spec, byte_tokenizer(), "t", 0).input_ids  # nothing dropped
+        formats.tokenize_record(ALPACA, spec, byte_tokenizer(), "t", 0)
+    assert formats.tokenize_record({**ALPACA, "input": ""}, spec, byte_tokenizer(), "t", 0).input_ids  # nothing dropped
 
 
 def test_sharegpt_and_openai_text_parts_train_like_chat() -> None:
     tokenizer = tokenizer_for("chatml")
-    chat = data.tokenize_record(
+    chat = formats.tokenize_record(
         {"messages": conversation(True)}, DatasetSpec(train="./t.jsonl", format="chat"), tokenizer, "t", 0
     )
     names = {"system": "system", "user": "human", "assistant": "gpt"}
     share = {"conversations": [{"from": names[m["role"]], "value": m["content"]} for m in conversation(True)]}
-    assert data.tokenize_record(share, DatasetSpec(train="./t.jsonl", format="sharegpt"), tokenizer, "t", 0) == chat
+    assert formats.tokenize_record(share, DatasetSpec(train="./t.jsonl", format="sharegpt"), tokenizer, "t", 0) == chat
     parts = [
         {**m, "content": [{"type": "text", "text": m["content"][:5]}, {"type": "text", "text": m["content"][5:]}]}
         for m in conversation(True)
     ]
-    assert data.tokenize_record({"messages": parts}, DatasetSpec(train="./t.jsonl", format="chat"), tokenizer, "t", 0) == chat
+    assert formats.tokenize_record({"messages": parts}, DatasetSpec(train="./t.jsonl", format="chat"), tokenizer, "t", 0) == chat
     with pytest.raises(TrainerFailure, match=r"t record 1: conversation turn 1 needs 'from'"):
-        data.tokenize_record(
+        formats.tokenize_record(
             {"conversations": [{"from": "bot", "value": "x"}]},
             DatasetSpec(train="./t.jsonl", format="sharegpt"),
             tokenizer,
@@ -138,7 +138,7 @@ def test_sharegpt_and_openai_text_parts_train_like_chat() -> None:
 
 def test_a_template_without_a_system_role_gets_it_in_the_first_user_turn() -> None:
     tokenizer = tokenizer_for("gemma")
-    samples, counts = data.tokenize(
+    samples, counts = formats.tokenize(
         [{"messages": conversation(True)}], DatasetSpec(train="./t.jsonl", format="chat"), tokenizer, "t"
     )
     assert counts.system_folded == 1
@@ -146,8 +146,8 @@ def test_a_template_without_a_system_role_gets_it_in_the_first_user_turn() -> No
     assert learned(samples[0], tokenizer) == [answer + "<end_of_turn>" for answer in ANSWERS]
 
 
-def chat(record: dict[str, Any], family: str) -> data.Sample:
-    return data.tokenize_record(record, DatasetSpec(train="./t.jsonl", format="chat"), tokenizer_for(family), "t.jsonl", 6)
+def chat(record: dict[str, Any], family: str) -> formats.Sample:
+    return formats.tokenize_record(record, DatasetSpec(train="./t.jsonl", format="chat"), tokenizer_for(family), "t.jsonl", 6)
 
 
 def test_tool_calls_carry_loss_as_the_template_writes_them_and_tool_results_do_not() -> None:

@@ -11,8 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from kubetune_trainer.data import packing, tokens
-from kubetune_trainer.data import records as data
+from kubetune_trainer.data import batching, formats, packing, tokens
 
 from .golden_cases import cases, tokenizer
 
@@ -21,7 +20,7 @@ GOLDEN = json.loads((Path(__file__).parent / "fixtures" / "tokenized.json").read
 
 @pytest.mark.parametrize(("case", "family", "spec", "records"), cases(), ids=[c[0] for c in cases()])
 def test_the_array_path_gives_the_previous_paths_ids_and_labels(case, family, spec, records) -> None:  # type: ignore[no-untyped-def]
-    table, counts = data.tokenize(records, spec, tokenizer(family), "t")
+    table, counts = formats.tokenize(records, spec, tokenizer(family), "t")
     assert [s.input_ids for s in table] == GOLDEN[case]["ids"]
     assert [s.labels for s in table] == GOLDEN[case]["labels"]
     assert counts.as_dict() == GOLDEN[case]["counts"]
@@ -110,12 +109,12 @@ def test_shuffled_rows_mix_the_kinds_of_record_that_decreasing_order_keeps_apart
 
 def test_rows_keep_every_token_and_restart_positions(tmp_path: Path) -> None:
     table = tokens.TokenTable.of([tokens.Sample([5, 6, 7], [-100, 6, 7]), tokens.Sample([8, 9], [-100, 9])])
-    rows = data.pack(table, 8)
+    rows = batching.pack(table, 8)
     assert len(rows) == 1 and rows.lengths().tolist() == [5]
     row = rows[0]
     assert row.input_ids.tolist() == [5, 6, 7, 8, 9] and row.position_ids.tolist() == [0, 1, 2, 0, 1]
     assert row.labels.tolist() == [-100, 6, 7, -100, 9]
-    batch = data.collate([row, data.Row([1], [-100], [0])], pad_id=0)
+    batch = batching.collate([row, batching.Row([1], [-100], [0])], pad_id=0)
     assert batch["position_ids"][1].tolist() == [0, 0, 1, 2, 3]  # padding is its own run
 
 
@@ -195,7 +194,7 @@ def test_tokenizing_on_every_cpu_gives_the_same_arrays_and_the_first_bad_record(
     at = [("t.jsonl", i) for i in range(len(records))]
     tok = tiny.byte_tokenizer()
     parallel, counts = prepared.tokenize_parallel(records, spec.spec, tok, "t.jsonl", at)
-    serial, serial_counts = data.tokenize(records, spec.spec.dataset, tok, "t.jsonl", at)
+    serial, serial_counts = formats.tokenize(records, spec.spec.dataset, tok, "t.jsonl", at)
     assert counts == serial_counts and np.array_equal(parallel.offsets, serial.offsets)
     assert np.array_equal(parallel.ids, serial.ids) and np.array_equal(parallel.mask, serial.mask)
     for bad in (5000, 300):  # two bad records: the one earlier in the file is reported

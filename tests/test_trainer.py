@@ -12,7 +12,7 @@ from kubetune_api.ds_config import deepspeed_config
 from kubetune_api.job import FineTuneJobSpec
 from kubetune_api.metrics import Metrics
 from kubetune_trainer import tiny
-from kubetune_trainer.data import records as data
+from kubetune_trainer.data import reading
 
 from .s3server import S3Server
 from .trainer_helpers import Outcome, manifest, reloaded_eval_loss, run
@@ -118,7 +118,7 @@ def test_zero3_chat_parquet_with_a_seeded_split(s3: S3Server, stored: dict[str, 
     metrics = assert_trained(outcome, s3, out)
     assert only_lora_tensors(s3, out, tmp_path) == []
     records = tiny.records(500, seed=3, fmt="chat")
-    held_out = [records[i] for i in data.split_positions(len(records), 0.1, seed=42)[1]]
+    held_out = [records[i] for i in reading.split_positions(len(records), 0.1, seed=42)[1]]
     assert metrics["data"]["validation"]["records"] == len(held_out) == 50
     reloaded = reloaded_eval_loss(s3, out, tiny_model, dataset, held_out, tmp_path)
     assert reloaded == pytest.approx(metrics["final"]["evalLoss"], abs=2e-4)

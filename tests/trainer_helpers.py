@@ -15,7 +15,7 @@ from pydantic import Field, TypeAdapter
 from kubetune_api import events
 from kubetune_api.dataset import DatasetSpec
 from kubetune_api.manifests import dump
-from kubetune_trainer.data import records as data
+from kubetune_trainer.data import batching, formats
 from kubetune_trainer.recipe import evaluate
 
 from .conftest import ROOT
@@ -128,8 +128,8 @@ def reloaded_eval_loss(
     model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32), adapter).eval()
     tokenizer = AutoTokenizer.from_pretrained(tiny_model)
     spec = DatasetSpec.model_validate({"train": "./t.jsonl", **dataset})
-    samples, _ = data.tokenize(records, spec, tokenizer, "held-out")
-    batches = evaluate.local_batches(data.rows(samples, spec.maxSeqLength, spec.packing), 4)
+    samples, _ = formats.tokenize(records, spec, tokenizer, "held-out")
+    batches = evaluate.local_batches(batching.rows(samples, spec.maxSeqLength, spec.packing), 4)
     sums = evaluate.eval_sums(lambda inputs: model(**inputs, use_cache=False).logits, batches, tokenizer.pad_token_id, "cpu")
     return evaluate.metrics(sums)["evalLoss"]
 

@@ -127,7 +127,9 @@ class Status:
 
     def __init__(self, previous: FineTuneJobStatus, generation: int | None, now: datetime.datetime) -> None:
         self.old = previous
-        self.new = previous.model_copy(deep=True)
+        # shallow: the setters replace a field's value whole (set_condition builds new conditions), never change one
+        # in place, so nothing of `previous` is touched
+        self.new = previous.model_copy()
         self.generation, self.now = generation, stamp(now)
 
     def set(self, type_: ConditionType, value: bool, reason: str, message: str) -> None:

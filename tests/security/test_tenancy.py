@@ -389,7 +389,7 @@ def test_a_checkpoint_without_this_jobs_uid_is_never_resumed(record_uid: str | N
 def test_deep_nesting_and_giant_files_and_lines_are_bad_records(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import gzip
 
-    from kubetune_trainer.data import records as data
+    from kubetune_trainer.data import reading
     from kubetune_trainer.errors import TrainerFailure
 
     def refused(path: Path) -> str:
@@ -404,8 +404,8 @@ def test_deep_nesting_and_giant_files_and_lines_are_bad_records(tmp_path: Path, 
     deep_json = tmp_path / "deep.json"
     deep_json.write_text("[" + "{" * 0 + "[" * 100_000 + "]" * 100_000 + "]")
     assert "nested too deeply" in refused(deep_json)
-    monkeypatch.setattr(data, "MAX_LINE", 1024)
-    monkeypatch.setattr(data, "MAX_WHOLE_FILE", 4096)
+    monkeypatch.setattr(reading, "MAX_LINE", 1024)
+    monkeypatch.setattr(reading, "MAX_WHOLE_FILE", 4096)
     long_line = tmp_path / "long.jsonl.gz"
     long_line.write_bytes(gzip.compress(b'{"text": "' + b"x" * 10_000 + b'"}\n'))  # small compressed, large decompressed
     assert "line 1: longer than" in refused(long_line)

@@ -29,7 +29,7 @@ from kubetune_api.job import FineTuneJobSpec
 from kubetune_api.metrics import Metrics
 from kubetune_trainer import rank_env
 from kubetune_trainer.data import prepared
-from kubetune_trainer.data.records import is_data_file
+from kubetune_trainer.data.reading import is_data_file
 from kubetune_trainer.errors import TrainerFailure
 from kubetune_trainer.loaders import without_loaders
 from kubetune_trainer.rank_env import RankEnv

@@ -35,7 +35,7 @@ from kubetune_api.preflight import (
     training_flops,
     wont_fit_message,
 )
-from kubetune_trainer.data import prepared, records
+from kubetune_trainer.data import batching, prepared
 from kubetune_trainer.errors import TrainerFailure
 from kubetune_trainer.launch import data_bytes, fetch_data
 from kubetune_trainer.model import load_tokenizer
@@ -103,7 +103,7 @@ def count_steps(
         meta = prepared.prepare(spec, tokenizer, family, train, validation, out, made_from=made)
         ready = prepared.load(out, len(tokenizer), spec.dataset.maxSeqLength)
         lengths = ready.train.lengths()
-        plan = records.step_plan(len(ready.train), spec.training, spec.workers.world_size)
+        plan = batching.step_plan(len(ready.train), spec.training, spec.workers.world_size)
         if store is not None:  # best effort: an output the job cannot write is the output check's to report
             with contextlib.suppress(Exception):  # boto3 raises its own S3UploadFailedError here
                 prepared.publish(store, out, prepared.uri_for(spec, made))

@@ -30,8 +30,9 @@ from kubetune_api import events
 from kubetune_api.conditions import Reason
 from kubetune_api.contract import PreparingLine
 from kubetune_api.job import FineTuneJobSpec
+from kubetune_trainer.data.formats import Counts, tokenize
 from kubetune_trainer.data.packing import best_fit_decreasing, one_per_row, shuffled_best_fit
-from kubetune_trainer.data.records import Counts, count_records, data_digest, iter_dataset, shown_name, split_positions, tokenize
+from kubetune_trainer.data.reading import count_records, data_digest, iter_dataset, shown_name, split_positions
 from kubetune_trainer.data.tokens import Rows, TokenTable, offsets_of
 from kubetune_trainer.errors import TrainerFailure
 

@@ -6,7 +6,7 @@ import math
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from kubetune_trainer.data.records import IGNORE, Row, collate
+from kubetune_trainer.data.batching import IGNORE, Row, collate
 
 
 def token_loss(logits: Any, labels: Any) -> tuple[Any, Any, Any]:

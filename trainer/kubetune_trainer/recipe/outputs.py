@@ -16,7 +16,7 @@ from kubetune_api.conditions import Reason
 from kubetune_api.contract import WorkerEnv
 from kubetune_api.job import FineTuneJobSpec
 from kubetune_api.metrics import Evaluation, Metrics, QualityGate
-from kubetune_trainer.data.records import data_digest
+from kubetune_trainer.data.reading import data_digest
 from kubetune_trainer.errors import TrainerFailure
 from kubetune_trainer.rank_env import RankEnv
 from kubetune_trainer.recipe import curves, merge

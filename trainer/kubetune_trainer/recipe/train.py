@@ -27,7 +27,7 @@ from kubetune_api.ds_config import deepspeed_config
 from kubetune_api.job import FineTuneJobSpec
 from kubetune_api.metrics import AdapterChoice, Curves, DataReport, EarlyStop, Evaluated, Evaluation, Fetch, Metrics, TrainStats
 from kubetune_trainer import rank_env, spec_io
-from kubetune_trainer.data import prepared, records
+from kubetune_trainer.data import batching, prepared
 from kubetune_trainer.errors import TrainerFailure
 from kubetune_trainer.model import add_lora, load_model, load_tokenizer, model_type
 from kubetune_trainer.rank_env import RankEnv
@@ -40,10 +40,10 @@ from kubetune_trainer.storage import Store
 
 @dataclass(frozen=True)
 class Data:
-    train_rows: Sequence[records.Row]  # every row (memory-mapped); each rank takes its share per epoch
-    eval_batches: list[list[records.Row]]  # this rank's share of the held-out set
+    train_rows: Sequence[batching.Row]  # every row (memory-mapped); each rank takes its share per epoch
+    eval_batches: list[list[batching.Row]]  # this rank's share of the held-out set
     counts: DataReport  # the whole dataset's
-    plan: records.StepPlan  # records.step_plan: the preflight's count too
+    plan: batching.StepPlan  # batching.step_plan: the preflight's count too
 
 
 @dataclass(frozen=True)
@@ -107,7 +107,7 @@ class Window:
 
 def setup_data(me: Rank, tokenizer: Any) -> Data:
     """The worker's prepared dataset (made by the launcher before any rank started: prepared.py), memory-mapped
-    and checked; every rank sees every row and takes its share each epoch (records.global_micro_batches)."""
+    and checked; every rank sees every row and takes its share each epoch (batching.global_micro_batches)."""
     spec = me.spec.dataset
     try:
         # checked element by element by the launcher (made there, or downloaded and checked): shapes only here
@@ -122,7 +122,7 @@ def setup_data(me: Rank, tokenizer: Any) -> Data:
             "mask ignores restarted positions); each sample gets a row of its own"
         )
     micro = me.spec.training.microBatchSize
-    plan = records.step_plan(len(train_rows), me.spec.training, me.world)
+    plan = batching.step_plan(len(train_rows), me.spec.training, me.world)
     what = DataReport(
         train=meta["counts"]["train"],
         validation=meta["counts"]["validation"],
@@ -148,7 +148,7 @@ def setup_data(me: Rank, tokenizer: Any) -> Data:
     return Data(train_rows, eval_batches, what, plan)
 
 
-def setup_engine(me: Rank, plan: records.StepPlan) -> Engine:
+def setup_engine(me: Rank, plan: batching.StepPlan) -> Engine:
     import deepspeed
     import torch
     from transformers import get_scheduler
@@ -217,7 +217,7 @@ class Recipe:
         self.window = Window()
         self.trained_tokens = 0.0
         self.progress = Progress(batches.plan.total_steps, style=me.paths.progress) if me.is_main else None
-        self._epoch: tuple[int, Sequence[list[records.Row]]] = (-1, [])
+        self._epoch: tuple[int, Sequence[list[batching.Row]]] = (-1, [])
         synchronous = os.environ.get("KUBETUNE_SYNC_CHECKPOINTS") == "1"  # the benchmark's baseline
         self.checkpoints = checkpoint.Checkpoints(me, store, synchronous)
 
@@ -242,13 +242,13 @@ class Recipe:
 
     # one optimizer step
 
-    def micro_batches(self, step: int) -> list[list[records.Row]]:
+    def micro_batches(self, step: int) -> list[list[batching.Row]]:
         epoch, offset = divmod(step, self.data.plan.steps_per_epoch)
         if self._epoch[0] != epoch:
             t = self.t
             self._epoch = (
                 epoch,
-                records.global_micro_batches(
+                batching.global_micro_batches(
                     self.data.train_rows,
                     micro=t.microBatchSize,
                     world=self.me.world,
@@ -264,13 +264,13 @@ class Recipe:
         batches = self.micro_batches(step)
         step_loss, step_tokens = 0.0, 0
         for batch in batches:
-            inputs = {k: v.to(self.me.device) for k, v in records.collate(batch, self.tokenizer.pad_token_id).items()}
+            inputs = {k: v.to(self.me.device) for k, v in batching.collate(batch, self.tokenizer.pad_token_id).items()}
             labels = inputs.pop("labels")
             loss = evaluate.train_loss(self.engine(**inputs, use_cache=False).logits, labels)
             self.engine.backward(loss)
             self.engine.step()
             step_loss += float(loss.detach()) / len(batches)
-            step_tokens += records.useful_tokens(batch)
+            step_tokens += batching.useful_tokens(batch)
         if not math.isfinite(step_loss):
             raise TrainerFailure(
                 Reason.NAN_LOSS, f"training loss became {step_loss} at step {step + 1}; lower training.learningRate"
