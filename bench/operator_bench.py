@@ -328,18 +328,7 @@ FLEET: dict[str, object] = {
 
 def run_steady(plane: Plane, agent: Any, namespace: str, jobs: int, overrides: dict[str, str], window: float) -> dict[str, float]:
     plane.kubectl("create", "namespace", namespace)
-    env = {
-        **os.environ,
-        **overrides,
-        "KUBECONFIG": str(operator_kubeconfig(plane)),
-        "KUBETUNE_NAMESPACES": namespace,
-        "KUBETUNE_METRICS_PORT": str(free_port()),
-        "KUBETUNE_HEALTH_PORT": str(free_port()),
-        "KUBETUNE_PREFLIGHT": "false",
-    }
-    operator = subprocess.Popen(
-        [sys.executable, "-m", "kubetune_cli", "operator"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
+    operator = start_operator(plane, namespace, Operator(namespace, {**overrides, "KUBETUNE_PREFLIGHT": "false"}), free_port())
     try:
         process = psutil.Process(operator.pid)
         api_client = config.new_client_from_config(str(plane.admin_kubeconfig))

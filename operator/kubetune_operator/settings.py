@@ -17,8 +17,8 @@ class Settings:
     namespaces: tuple[str, ...] = ()  # empty: every namespace
     sync_seconds: float = 10.0  # how often a live job's status is refreshed (and rank 0's log read, at most)
     # how often a waiting job (pods pending, a finished job's TTL) is looked at; its Job's events drive the rest.
-    # 0: six sync intervals
-    wait_seconds: float = 0.0
+    # Unset in the environment: six sync intervals
+    wait_seconds: float = 60.0
     master_port: int = 29500
     peering: str = ""  # a peering name for a standby replica; empty runs standalone
     peering_lifetime: int = 60  # seconds a silent active replica keeps its claim before a standby takes over
@@ -52,8 +52,7 @@ class Settings:
             trainer_image=env.get("KUBETUNE_TRAINER_IMAGE", cls.trainer_image),
             namespaces=namespaces,
             sync_seconds=float(env.get("KUBETUNE_SYNC_SECONDS", cls.sync_seconds)),
-            wait_seconds=float(env.get("KUBETUNE_WAIT_SECONDS") or 0)
-            or 6 * float(env.get("KUBETUNE_SYNC_SECONDS", cls.sync_seconds)),
+            wait_seconds=float(env.get("KUBETUNE_WAIT_SECONDS") or 6 * float(env.get("KUBETUNE_SYNC_SECONDS", cls.sync_seconds))),
             master_port=int(env.get("KUBETUNE_MASTER_PORT", cls.master_port)),
             peering=env.get("KUBETUNE_PEERING", ""),
             peering_lifetime=int(env.get("KUBETUNE_PEERING_LIFETIME", cls.peering_lifetime)),

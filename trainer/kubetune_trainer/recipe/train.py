@@ -441,18 +441,20 @@ class Recipe:
 
     # checkpoints (the protocol is checkpoint.Checkpoints')
 
+    def save_checkpoint(self, step: int) -> None:
+        state = {"step": step, **self.record.state(), "worldSize": self.me.world}
+        self.checkpoints.save(self.engine, step, state)
+
     def maybe_checkpoint(self, done: int) -> None:
         every = self.t.checkpointEverySteps
         if every and done % every == 0 and done != self.data.plan.total_steps:
-            state = {"step": done, **self.record.state(), "worldSize": self.me.world}
-            self.checkpoints.save(self.engine, done, state)
+            self.save_checkpoint(done)
 
     def preempt(self, step: int, start: int) -> None:
         """A checkpoint at this step boundary (unless one stands for it already), COMPLETE before the rank ends."""
         written = None
         if step > start and self.checkpoints.saved_step != step:
-            state = {"step": step, **self.record.state(), "worldSize": self.me.world}
-            self.checkpoints.save(self.engine, step, state)
+            self.save_checkpoint(step)
             written = checkpoint.tag(step)
         self.checkpoints.settle()  # an upload still in flight (a periodic one) completes too
         raise Preempted(step, written)
