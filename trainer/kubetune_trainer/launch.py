@@ -34,6 +34,7 @@ from kubetune_trainer.errors import TrainerFailure
 from kubetune_trainer.loaders import without_loaders
 from kubetune_trainer.rank_env import RankEnv
 from kubetune_trainer.recipe import outputs, report
+from kubetune_trainer.signals import in_this_process
 from kubetune_trainer.spec_io import load_spec
 from kubetune_trainer.storage import Store, human_bytes
 from kubetune_trainer.storage.model_cache import Entry, ModelCache, fetch_model
@@ -190,7 +191,7 @@ def _stop_before_training(signum: int, frame: FrameType | None) -> None:
 def _on_sigterm(handler: Callable[[int, FrameType | None], None]) -> Iterator[None]:
     """A SIGTERM handler for a while (only the main thread may set one; elsewhere this does nothing)."""
     try:
-        previous = signal.signal(signal.SIGTERM, handler)
+        previous = signal.signal(signal.SIGTERM, in_this_process(handler))
     except ValueError:
         yield
         return

@@ -13,6 +13,7 @@ from typing import Any
 from kubetune_api.conditions import Reason
 from kubetune_trainer.errors import TrainerFailure
 from kubetune_trainer.recipe.rank import all_max
+from kubetune_trainer.signals import in_this_process
 
 
 class Preempted(TrainerFailure):
@@ -29,7 +30,7 @@ class Stop:
         self.asked = False
 
     def install(self) -> Stop:
-        signal.signal(signal.SIGTERM, self._asked)
+        signal.signal(signal.SIGTERM, in_this_process(self._asked))
         return self
 
     def _asked(self, signum: int, frame: FrameType | None) -> None:
