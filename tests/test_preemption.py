@@ -53,7 +53,9 @@ def test_sigterm_checkpoints_the_step_and_the_resumed_run_matches_an_uninterrupt
     written = stopped.of("checkpoint")
     assert len(written) == 1, stopped.stdout[-3000:]
     step = written[0]["step"]
-    assert f"stopped at step {step}" in stopped.summary["message"]
+    assert f"stopped at step {step}" in stopped.summary["message"] and stopped.summary["steps"] == step
+    # the newest progress line names the newest complete checkpoint (what status.lastCheckpoint shows)
+    assert all(e.get("checkpointStep") is None for e in stopped.of("progress"))  # none was complete before the signal
     # nothing done is lost: every step logged before the ranks stopped is in the checkpoint (the step under way when
     # the signal came finished first; a tiny model makes several steps while the signal travels)
     assert step >= max(e["step"] for e in stopped.of("progress")) >= 5
@@ -63,6 +65,7 @@ def test_sigterm_checkpoints_the_step_and_the_resumed_run_matches_an_uninterrupt
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     assert resumed.of("resumed")[0] == {**resumed.of("resumed")[0], "step": step, "optimizerRestored": True}
     assert [e["step"] for e in resumed.of("progress")] == list(range(step + 1, TOTAL + 1))
+    assert {e.get("checkpointStep") for e in resumed.of("progress")} == {step}
 
     whole = run(job("uninterrupted", s3, stored, "s3://adapters/uninterrupted/"), s3, tmp_path)
     assert whole.returncode == 0, whole.stdout[-3000:] + whole.stderr[-3000:]

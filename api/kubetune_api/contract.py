@@ -35,6 +35,9 @@ ENV_GPU_TYPE = "KUBETUNE_GPU_TYPE"  # preflight: the GPU type the job will get (
 ENV_GPU = "KUBETUNE_GPU"  # preflight: that type's memory, TFLOP/s and price (policy.GpuType as JSON)
 
 DEFAULT_MASTER_PORT = 29500
+# a worker that stopped on SIGTERM (its own or a peer's) after checkpointing the step it reached: the Job's
+# podFailurePolicy does not count this exit against the gang, and the Job controller starts the pod again
+EXIT_PREEMPTED = 75
 
 
 class ContractError(ValueError):
@@ -161,6 +164,7 @@ class ProgressLine(_Message):
     tokensPerSecond: NonNegative | None = None
     etaSeconds: NonNegative | None = None
     eta: ShortText | None = None
+    checkpointStep: Count | None = None  # the newest checkpoint marked COMPLETE (this run's or the one resumed from)
 
 
 class PreparingLine(_Message):
@@ -228,6 +232,7 @@ class RankFailure(_Message):
     rank: Count
     reason: str
     message: Text
+    step: Count | None = None  # the step a preempted rank checkpointed
 
     _reason = field_validator("reason")(classmethod(lambda cls, value: _known_reason(value)))
 

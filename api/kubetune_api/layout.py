@@ -37,3 +37,13 @@ def under(output_uri: str, part: str) -> str:
 def adapter_uri(output_uri: str) -> str:
     """Where the finished adapter is: the status's adapterUri and the summary's."""
     return under(output_uri, ADAPTER)
+
+
+def checkpoint_tag(step: int) -> str:
+    """A checkpoint's folder under checkpoints/."""
+    return f"step-{step:06d}"
+
+
+def checkpoint_uri(output_uri: str, step: int) -> str:
+    """Where the checkpoint of a step is (the status's lastCheckpoint.uri)."""
+    return under(output_uri, CHECKPOINTS) + checkpoint_tag(step) + "/"

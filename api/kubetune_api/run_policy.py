@@ -27,6 +27,14 @@ class RunPolicySpec(Section):
         description="Check storage, records, memory per GPU and GPU-hours in a CPU-only pod before any GPU is requested "
         "(the platform may turn preflights off for every job).",
     )
+    terminationGracePeriodSeconds: StrictInt | None = Field(
+        None,
+        ge=5,
+        le=3600,
+        description="Seconds a worker has, once told to stop (preempted, evicted, suspended), to checkpoint the step it "
+        "reached and upload it, 5 to 3600; unset: the platform's default (the chart's graceSeconds, 120). The preflight "
+        "warns when the job's checkpoint may not fit in it.",
+    )
     suspend: StrictBool = Field(
         False, description="Stop the pods and keep checkpoints; setting it back to false resumes from the newest checkpoint."
     )

@@ -84,7 +84,33 @@ class Usage(_Status):
     gpuType: str | None = Field(None, description="The GPU type the hours were held on.")
     estimatedCost: float | None = Field(None, description="gpuHours times the platform's price per GPU-hour of the type.")
     restartedPodSeconds: float = Field(0.0, description="Pod seconds of the attempts that ended in a gang restart.")
+    preemptedPodSeconds: float = Field(
+        0.0,
+        description="Pod seconds of workers that were preempted, evicted or suspended: part of gpuHours, not of "
+        "lostGpuHours (they checkpointed the step they reached, and the job resumes from it).",
+    )
+    closedPreemptedPodSeconds: float = Field(
+        0.0, description="The part of preemptedPodSeconds whose pods are gone (counted once, when they went)."
+    )
     closedAttempts: int = Field(0, description="Attempts whose time is in restartedPodSeconds (counted once each).")
+
+
+class Checkpoint(_Status):
+    """The newest complete checkpoint, as rank 0 last reported it."""
+
+    step: int = Field(description="The optimizer step it holds.")
+    time: str = Field(description="RFC 3339 time the operator first saw it (also the Job's and pods' annotation).")
+    uri: str = Field(description="Where it is: output.uri + checkpoints/step-NNNNNN/.")
+
+
+class Preemption(_Status):
+    """The newest time the workers were taken off their nodes without failing (preempted, evicted, suspended)."""
+
+    time: str = Field(description="RFC 3339 time the operator saw it.")
+    reason: str = Field(description="In the scheduler's words, e.g. EvictionByEvictionAPI, PreemptionByScheduler, Preempted.")
+    message: str = Field("", description="What the scheduler or the trainer said.")
+    step: int | None = Field(None, description="The step the workers reached and checkpointed, when they said.")
+    id: str = Field("", description="What was preempted (a pod, or a Job's suspension), so it is counted once.")
 
 
 class FineTuneJobStatus(_Status):
@@ -102,5 +128,10 @@ class FineTuneJobStatus(_Status):
     startTime: str | None = Field(None, description="RFC 3339 time the workers first started.")
     completionTime: str | None = Field(None, description="RFC 3339 time the job succeeded or failed.")
     restarts: int = Field(0, description="Gang restarts so far.")
+    preemptions: int = Field(
+        0, description="Times the workers were preempted, evicted or suspended by the queue; not counted as restarts."
+    )
+    lastPreemption: Preemption | None = Field(None, description=Preemption.__doc__)
+    lastCheckpoint: Checkpoint | None = Field(None, description=Checkpoint.__doc__)
     lastFailureReason: str | None = Field(None, description="Reason of the most recent worker failure, kept across restarts.")
     observedGeneration: int | None = Field(None, description="metadata.generation the status reflects.")

@@ -161,6 +161,8 @@ def build_pod_spec(plan: Plan) -> dict[str, Any]:
     pod: dict[str, Any] = {
         "subdomain": plan.service_name,
         "restartPolicy": "Never",  # a failed rank fails the gang; the operator restarts all workers together
+        # time to checkpoint the step reached and upload it when preempted, evicted or suspended
+        "terminationGracePeriodSeconds": plan.grace,
         "automountServiceAccountToken": False,
         "enableServiceLinks": False,
         "securityContext": {
@@ -241,6 +243,17 @@ def build_job(plan: Plan) -> dict[str, Any]:
             "completions": plan.workers,
             "parallelism": plan.workers,
             "backoffLimit": 0,  # gang semantics: one failed pod fails this Job; the operator recreates it
+            # a worker taken off its node (preempted, evicted, drained) or one that stopped because a peer was, having
+            # checkpointed, is not a failure: the Job controller starts it again, and it resumes from that checkpoint
+            "podFailurePolicy": {
+                "rules": [
+                    {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
+                    {
+                        "action": "Ignore",
+                        "onExitCodes": {"containerName": "trainer", "operator": "In", "values": [contract.EXIT_PREEMPTED]},
+                    },
+                ]
+            },
             "suspend": plan.suspend or bool(plan.queue),  # a queued Job waits for Kueue to admit it
             "template": {
                 "metadata": {"labels": {k: v for k, v in plan.labels.items() if k != "kueue.x-k8s.io/queue-name"}},

@@ -19,7 +19,7 @@ from kubernetes import client, config
 
 from kubetune_api import validate_object
 from kubetune_api.conditions import Phase, Reason
-from kubetune_api.contract import PreparingLine, last_line
+from kubetune_api.contract import PreparingLine, ProgressLine, last_line
 from kubetune_api.names import GROUP, JOB_NAME_LABEL, PLURAL, QUEUE_LABEL, VERSION
 from kubetune_api.policy import check as policy_check
 from kubetune_api.status import FineTuneJobStatus
@@ -32,6 +32,7 @@ from .preflight_outcome import GENERATION_ANNOTATION, preparing_status
 from .settings import loaded
 from .transition import (
     Action,
+    Annotate,
     CountRestart,
     CreateJob,
     CreatePreflight,
@@ -315,11 +316,10 @@ def _write_status(body: dict[str, Any], status: FineTuneJobStatus, queue: str | 
         metrics.phase_changed(old.get("phase"), new.get("phase"))
 
 
-def _progress(plan: Plan, pods: list[dict[str, Any]], force: bool) -> dict[str, Any] | None:
+def _progress(plan: Plan, pods: list[dict[str, Any]], force: bool) -> ProgressLine | None:
     """Rank 0's newest progress line, read through pods/log at most once per sync interval per job."""
-    rank0 = next(iter(rank0_pods(pods)), None)
-    line = last_progress(_log_tail(plan, rank0, "workers", force))
-    return progress_status(line) if line else None
+    rank0 = next((p for p in rank0_pods(pods) if (p.get("status") or {}).get("phase") == "Running"), None)
+    return last_progress(_log_tail(plan, rank0, "workers", force))
 
 
 def _preparing(plan: Plan, pods: list[dict[str, Any]]) -> dict[str, Any] | None:
@@ -412,7 +412,7 @@ def _observe(body: dict[str, Any], job_spec: Any, previous: FineTuneJobStatus, a
         preflight_pods = _pods_of(plan, preflight)
     pods = _pods_of(plan, job)
     observation = observe(job, pods, plan.workers)
-    progress = _progress(plan, pods, force=False) if observation.state == State.RUNNING else None
+    line = _progress(plan, pods, force=False) if observation.state == State.RUNNING else None
     preparing = _preparing(plan, preflight_pods) if preflight_pods else None
     seen = Observed(
         generation,
@@ -421,11 +421,12 @@ def _observe(body: dict[str, Any], job_spec: Any, previous: FineTuneJobStatus, a
         pods,
         preflight,
         preflight_pods,
-        progress,
+        progress_status(line) if line else None,
         preparing,
         denied=tuple(str(p) for p in denied),
         spec_changed=job is not None and not reads_spec(job, job_spec.spec),
         observation=observation,
+        checkpoint_step=line.checkpointStep if line else None,
     )
     return plan, seen
 
@@ -477,6 +478,8 @@ def _carry_out(
             _delete_job(plan, {"metadata": {"uid": action.uid}}, plan.preflight_name)
         elif isinstance(action, CreateJob):
             _create_job(plan, builders.build_job(plan))
+        elif isinstance(action, Annotate):
+            _annotate(plan, job, action)
         elif isinstance(action, SuspendJob):
             _patch_job(plan, job, {"spec": {"suspend": action.suspend}})
         elif isinstance(action, DeleteJob):
@@ -494,6 +497,20 @@ def _patch_job(plan: Plan, job: dict[str, Any] | None, patch: dict[str, Any]) ->
         )
     except client.ApiException as exc:
         raise kopf.TemporaryError(f"cannot patch Job {plan.job_name}: {exc.reason}", delay=5) from exc
+
+
+CHECKPOINT_ANNOTATIONS = ("kubetune.dev/last-checkpoint-time", "volcano.sh/last-checkpoint-time")
+
+
+def _annotate(plan: Plan, job: dict[str, Any] | None, action: Annotate) -> None:
+    """The newest checkpoint's time where a scheduler or a platform's preemption policy reads it: on the Job and its
+    running workers (best effort: the status has it too; a pod that went away is skipped)."""
+    annotations = dict.fromkeys(CHECKPOINT_ANNOTATIONS, action.at)
+    if job is not None:
+        _patch_job(plan, job, {"metadata": {"annotations": annotations}})
+    for name, uid in action.pods:
+        with contextlib.suppress(client.ApiException):
+            _raw(API.core.patch_namespaced_pod, name, plan.namespace, {"metadata": {"uid": uid, "annotations": annotations}})
 
 
 def _delete_job(plan: Plan, job: dict[str, Any], name: str | None = None) -> None:

@@ -5,19 +5,21 @@ and only worker 0's say that the job succeeded."""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
 from kubetune_api.conditions import TRAINER_FAILURE_REASONS, Reason
-from kubetune_api.contract import TERMINATION_LIMIT, ProgressLine, Summary, last_line, parse_summary
+from kubetune_api.contract import EXIT_PREEMPTED, TERMINATION_LIMIT, ProgressLine, Summary, last_line, parse_summary
 from kubetune_api.job import FineTuneJobSpec, pods_digest
 from kubetune_api.layout import adapter_uri
 
 from .builders import SPEC_ANNOTATION
 
 # Failures that another attempt cannot fix: the job fails at once instead of restarting the gang.
-PERMANENT = frozenset(TRAINER_FAILURE_REASONS - {Reason.OUT_OF_MEMORY, Reason.TRAINER_ERROR, Reason.NAN_LOSS})
+PERMANENT = frozenset(TRAINER_FAILURE_REASONS - {Reason.OUT_OF_MEMORY, Reason.TRAINER_ERROR, Reason.NAN_LOSS, Reason.PREEMPTED})
+DISRUPTION = "DisruptionTarget"  # the pod condition the API server, scheduler or kubelet sets before taking a pod off
 
 
 def summary_of(pod: dict[str, Any]) -> Summary | None:
@@ -39,6 +41,62 @@ def rank0_pods(pods: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The pods of worker 0: the only worker whose word that the job succeeded, and with what metrics, counts (it
     writes the adapter and _SUCCESS; any other worker saying so is ignored)."""
     return [p for p in pods if ((p.get("metadata") or {}).get("annotations") or {}).get(COMPLETION_INDEX) == "0"]
+
+
+def _disruption(pod: dict[str, Any]) -> dict[str, Any] | None:
+    for condition in (pod.get("status") or {}).get("conditions") or []:
+        if condition.get("type") == DISRUPTION and condition.get("status") == "True":
+            return dict(condition)
+    return None
+
+
+def _exit_codes(pod: dict[str, Any]) -> list[Any]:
+    return [
+        ((s.get("state") or {}).get("terminated") or {}).get("exitCode")
+        for s in (pod.get("status") or {}).get("containerStatuses") or []
+    ]
+
+
+def was_preempted(pod: dict[str, Any]) -> bool:
+    """A worker that ended because it was taken off its node, not because it failed: the Kubernetes side said so
+    (DisruptionTarget), or the trainer did, having checkpointed on SIGTERM (contract.EXIT_PREEMPTED, reason
+    Preempted). The Job's podFailurePolicy replaces such a pod without counting it; so does this operator."""
+    if (pod.get("status") or {}).get("phase") != "Failed":
+        return False
+    if _disruption(pod) is not None or EXIT_PREEMPTED in _exit_codes(pod):
+        return True
+    summary = summary_of(pod)
+    return summary is not None and summary.reason == Reason.PREEMPTED
+
+
+@dataclass(frozen=True)
+class Preemption:
+    """The newest preemption of the gang: its worker 0's pod (one per preemption: every rank stops), the words of
+    whoever took a pod off (the newest DisruptionTarget condition, else the trainer's) and the step checkpointed."""
+
+    id: str
+    reason: str
+    message: str
+    step: int | None = None
+
+
+def preemption_of(pods: list[dict[str, Any]]) -> Preemption | None:
+    ended = [p for p in pods if was_preempted(p)]
+    mine = [p for p in rank0_pods(ended)]
+    if not mine:
+        return None
+    newest = max(mine, key=lambda p: ((p.get("metadata") or {}).get("creationTimestamp") or "", p["metadata"].get("uid", "")))
+    said = [c for c in (_disruption(p) for p in ended) if c is not None]
+    summary = summary_of(newest)
+    steps = [s.steps for s in (summary_of(p) for p in mine) if s is not None and s.reason == Reason.PREEMPTED and s.steps]
+    if said:
+        words = max(said, key=lambda c: c.get("lastTransitionTime") or "")
+        reason, message = str(words.get("reason") or DISRUPTION), str(words.get("message") or "")[:500]
+    else:
+        reason, message = Reason.PREEMPTED.value, summary.message if summary is not None else "stopped on SIGTERM"
+    return Preemption(
+        str(newest["metadata"].get("uid") or newest["metadata"].get("name")), reason, message, max(steps, default=None)
+    )
 
 
 def last_progress(log: str) -> ProgressLine | None:
@@ -84,6 +142,7 @@ class Observation:
     message: str = ""
     ready: int = 0
     summary: Summary | None = None
+    preemption: Preemption | None = None  # the newest preemption among this Job's pods
 
 
 def pending_reason(pods: list[dict[str, Any]]) -> tuple[str, str]:
@@ -116,6 +175,12 @@ def _done(summary: Summary | None) -> str:
 
 
 def observe(job: dict[str, Any] | None, pods: list[dict[str, Any]], workers: int) -> Observation:
+    """What the Job and its pods say; a preempted worker is neither a failure nor a running one."""
+    seen = _observe(job, [p for p in pods if not was_preempted(p)], workers)
+    return dataclasses.replace(seen, preemption=preemption_of(pods)) if job is not None else seen
+
+
+def _observe(job: dict[str, Any] | None, pods: list[dict[str, Any]], workers: int) -> Observation:
     if job is None or (job.get("metadata") or {}).get("deletionTimestamp"):
         return Observation(State.MISSING)
     if job_condition(job, "Complete") or job_condition(job, "SuccessCriteriaMet"):

@@ -35,6 +35,7 @@ class Plan:
     gpu_type: str = ""  # the GPU type the job runs on, and its entry in the platform's table (JSON), if it has one
     gpu: str = ""
     gpu_price: float = 0.0  # the platform's price of one GPU-hour of that type
+    grace: int = 120  # seconds a worker has to checkpoint and upload once told to stop (terminationGracePeriodSeconds)
 
     @property
     def spec(self) -> Any:
@@ -120,4 +121,5 @@ def make_plan(
         gpu_type=gpu_name if spec.workers.gpusPerWorker else "",
         gpu=gpu.model_dump_json() if gpu is not None and spec.workers.gpusPerWorker else "",
         gpu_price=gpu.pricePerHour if gpu is not None else 0.0,
+        grace=spec.runPolicy.terminationGracePeriodSeconds or settings.grace_seconds,
     )

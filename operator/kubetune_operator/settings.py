@@ -20,6 +20,9 @@ class Settings:
     # Unset in the environment: six sync intervals
     wait_seconds: float = 60.0
     master_port: int = 29500
+    # seconds a worker has, once told to stop, to checkpoint the step it reached and upload it (a job's
+    # runPolicy.terminationGracePeriodSeconds wins): sized for an adapter's state, not a base model's
+    grace_seconds: int = 120
     peering: str = ""  # a peering name for a standby replica; empty runs standalone
     peering_lifetime: int = 60  # seconds a silent active replica keeps its claim before a standby takes over
     health_port: int = 8080
@@ -54,6 +57,7 @@ class Settings:
             sync_seconds=float(env.get("KUBETUNE_SYNC_SECONDS", cls.sync_seconds)),
             wait_seconds=float(env.get("KUBETUNE_WAIT_SECONDS") or 6 * float(env.get("KUBETUNE_SYNC_SECONDS", cls.sync_seconds))),
             master_port=int(env.get("KUBETUNE_MASTER_PORT", cls.master_port)),
+            grace_seconds=int(env.get("KUBETUNE_GRACE_SECONDS") or cls.grace_seconds),
             peering=env.get("KUBETUNE_PEERING", ""),
             peering_lifetime=int(env.get("KUBETUNE_PEERING_LIFETIME", cls.peering_lifetime)),
             health_port=int(env.get("KUBETUNE_HEALTH_PORT", cls.health_port)),

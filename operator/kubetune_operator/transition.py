@@ -14,12 +14,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kubetune_api.conditions import ConditionType, Phase, Reason
-from kubetune_api.status import FineTuneJobStatus, Preparing, Progress, Usage, Workers
+from kubetune_api.layout import checkpoint_uri
+from kubetune_api.status import Checkpoint, FineTuneJobStatus, Preemption, Preparing, Progress, Usage, Workers
 
 from . import builders
 from .conditions import set_condition
 from .ledger import ledger, parse_time, pod_seconds
-from .observation import PERMANENT, Observation, State, observe, succeeded_fields
+from .observation import PERMANENT, Observation, State, job_condition, observe, succeeded_fields, was_preempted
 from .plan import Plan
 from .preflight_outcome import PreflightState, preflight_outcome, preflight_stale
 
@@ -78,6 +79,14 @@ class CountRestart:
 
 
 @dataclass(frozen=True)
+class Annotate:
+    """The newest complete checkpoint's time on the Job and its running pods, in the words schedulers read."""
+
+    at: str
+    pods: tuple[tuple[str, str], ...] = ()  # (name, uid) of the Job's running workers
+
+
+@dataclass(frozen=True)
 class Expire:
     """runPolicy.ttlSecondsAfterFinished has passed: delete the FineTuneJob, the uid read as a precondition."""
 
@@ -94,6 +103,7 @@ Action = (
     | DeleteJob
     | Emit
     | CountRestart
+    | Annotate
     | Expire
 )
 
@@ -112,6 +122,7 @@ class Observed:
     preparing: dict[str, Any] | None = None  # the preflight's newest `preparing` line, when it was read this time
     denied: tuple[str, ...] = ()  # the platform policy's refusals, checked at every sync
     spec_changed: bool = False  # the Job's pods read another spec than this one (builders.SPEC_ANNOTATION)
+    checkpoint_step: int | None = None  # the newest complete checkpoint rank 0's progress line names
     observation: Observation | None = None  # observe(job, pods, workers), made once per sync; None: made here
 
     def of_job(self, workers: int) -> Observation:
@@ -157,8 +168,17 @@ class Status:
     def preflight_passed(self, message: str) -> None:
         self.set(ConditionType.PREFLIGHT, True, Reason.PREFLIGHT_PASSED, message)
 
-    def queued(self, queue: str) -> None:
+    def queued(self, queue: str, preempted: bool = False) -> None:
+        """Waiting for the queue; after a preemption the condition says so until the queue admits the job again."""
         self.new.phase = Phase.QUEUED
+        was = next((c for c in self.new.conditions if c.type == ConditionType.QUEUED and c.status == "True"), None)
+        if preempted or (was is not None and was.reason == Reason.PREEMPTED):
+            at = self.new.lastCheckpoint
+            since = f" from its checkpoint at step {at.step}" if at is not None else " from its newest checkpoint"
+            message = f"preempted: waiting for queue {queue} to admit the workers again; they resume{since}"
+            self.set(ConditionType.QUEUED, True, Reason.PREEMPTED, message)
+            self.set(ConditionType.RUNNING, False, Reason.PREEMPTED, message)
+            return
         self.set(ConditionType.QUEUED, True, Reason.WAITING_FOR_QUEUE, f"waiting for queue {queue}")
 
     def suspended(self, message: str) -> None:
@@ -193,6 +213,21 @@ class Status:
         self.set(ConditionType.FAILED, True, reason, message)
         if reason == Reason.BELOW_THRESHOLD:  # the run finished; its adapter missed output.minImprovement
             self.set(ConditionType.QUALITY_GATE, False, reason, message)
+
+    def preempted(self, id_: str, reason: str, message: str, step: int | None) -> bool:
+        """A preemption seen for the first time is counted (a restart is not); False when this one was counted."""
+        if self.new.lastPreemption is not None and self.new.lastPreemption.id == id_:
+            return False
+        self.new.preemptions += 1
+        self.new.lastPreemption = Preemption(time=self.now, reason=reason, message=message, step=step, id=id_)
+        return True
+
+    def checkpointed(self, step: int | None, output_uri: str) -> bool:
+        """A newer complete checkpoint than the status names: recorded, True."""
+        if not step or (self.new.lastCheckpoint is not None and self.new.lastCheckpoint.step >= step):
+            return False
+        self.new.lastCheckpoint = Checkpoint(step=step, time=self.now, uri=checkpoint_uri(output_uri, step))
+        return True
 
     def refused(self, reason: str, message: str) -> None:
         """The job cannot go on (a name taken, a child the API server rejects, the policy, a changed spec)."""
@@ -246,16 +281,33 @@ def _preflight(plan: Plan, seen: Observed, status: Status) -> tuple[bool, list[A
     return True, []
 
 
-def _usage(plan: Plan, status: Status, seen: Observed, attempt: int, *, restarting: bool, failed: bool, final: bool) -> None:
+def _usage(
+    plan: Plan,
+    status: Status,
+    seen: Observed,
+    attempt: int,
+    *,
+    restarting: bool,
+    failed: bool,
+    final: bool,
+    stopped: bool = False,
+    suspended: bool = False,
+) -> None:
+    """The ledger's inputs: the time of the workers that run or failed, apart from those preempted (kept); none
+    of a suspended Job's (its pods are going away, their time closed when it was stopped)."""
     before = status.old.usage.model_dump(exclude_none=True) if status.old.usage is not None else None
+    taken = [p for p in seen.pods if was_preempted(p)]
+    rest = [] if suspended else [p for p in seen.pods if not was_preempted(p)]
     status.new.usage = Usage.model_validate(
         ledger(
             before,
-            pod_seconds(seen.pods, seen.now),
+            pod_seconds(rest, seen.now),
             attempt,
             restarting=restarting,
             failed=failed,
             final=final,
+            preempted=pod_seconds(taken, seen.now),
+            stopped=stopped,
             gpus=plan.gpus,
             gpu_type=plan.gpu_type,
             price=plan.gpu_price,
@@ -294,6 +346,8 @@ def _decide(plan: Plan, seen: Observed, previous: FineTuneJobStatus) -> tuple[Fi
     obs = seen.of_job(plan.workers)
     status.new.workers = Workers(ready=obs.ready, total=plan.workers)
     restarts = previous.restarts
+    stopped, more = _interrupted(plan, seen, obs, previous, status)
+    actions += more
 
     if obs.state == State.MISSING:
         if job is not None:  # the previous gang is still being torn down
@@ -313,7 +367,7 @@ def _decide(plan: Plan, seen: Observed, previous: FineTuneJobStatus) -> tuple[Fi
             status.suspended("runPolicy.suspend is true")
             status.set(ConditionType.RUNNING, False, Reason.USER_SUSPENDED, "suspended")
         elif plan.queue:
-            status.queued(plan.queue)
+            status.queued(plan.queue, preempted=stopped)
         else:
             actions.append(SuspendJob(False, job["metadata"]["uid"]))
             status.new.phase = Phase.PENDING
@@ -321,13 +375,19 @@ def _decide(plan: Plan, seen: Observed, previous: FineTuneJobStatus) -> tuple[Fi
     elif plan.suspend and obs.state in (State.PENDING, State.RUNNING):
         assert job is not None
         actions.append(SuspendJob(True, job["metadata"]["uid"]))
-        status.suspended("stopping the workers; checkpoints are kept")
+        status.suspended("stopping the workers: each checkpoints the step it reached; checkpoints are kept")
+        stopped = True
     else:
         if plan.queue:
             status.set(ConditionType.QUEUED, False, Reason.ADMITTED, f"admitted by queue {plan.queue}")
         if status.is_true(ConditionType.SUSPENDED):
             status.set(ConditionType.SUSPENDED, False, Reason.RESUMED, "resumed")
-        if obs.state == State.PENDING:
+        if obs.state == State.PENDING and obs.reason == Reason.PODS_PENDING and _restarting_after(obs, status.new):
+            last = status.new.lastPreemption
+            assert last is not None
+            at = f" at step {last.step}" if last.step else ""
+            status.pending(Reason.PREEMPTED, f"preempted{at} ({last.reason}: {last.message}); the workers start again and resume")
+        elif obs.state == State.PENDING:
             status.pending(obs.reason, obs.message)
         elif obs.state == State.RUNNING:
             status.running(obs.ready, seen.progress)
@@ -362,8 +422,59 @@ def _decide(plan: Plan, seen: Observed, previous: FineTuneJobStatus) -> tuple[Fi
     # from the sync that creates the Job on, so the one after it finds nothing to write
     done = status.new.phase in (Phase.SUCCEEDED, Phase.FAILED)
     attempt = builders.attempt_of(job, restarts) if job is not None else restarts
-    _usage(plan, status, seen, attempt, restarting=False, failed=status.new.phase == Phase.FAILED, final=done)
+    _usage(
+        plan,
+        status,
+        seen,
+        attempt,
+        restarting=False,
+        failed=status.new.phase == Phase.FAILED,
+        final=done,
+        stopped=stopped,
+        suspended=obs.state == State.SUSPENDED,
+    )
     return status.result(), actions
+
+
+def _restarting_after(obs: Observation, status: FineTuneJobStatus) -> bool:
+    """Whether the workers are pending because the newest preemption took them off (their replacements start)."""
+    return obs.preemption is not None and status.lastPreemption is not None and status.lastPreemption.id == obs.preemption.id
+
+
+def _interrupted(
+    plan: Plan, seen: Observed, obs: Observation, previous: FineTuneJobStatus, status: Status
+) -> tuple[bool, list[Action]]:
+    """Preemptions, each counted once (not a restart), and the newest complete checkpoint; True when the queue
+    has just taken the workers back (Kueue suspends the Job of a workload it preempts or evicts)."""
+    actions: list[Action] = []
+    pre = obs.preemption
+    if pre is not None and status.preempted(pre.id, pre.reason, pre.message, pre.step):
+        at = f" at step {pre.step}, checkpointed" if pre.step else ""
+        actions.append(Emit(Reason.PREEMPTED.value, f"workers preempted{at}: {pre.reason}: {pre.message}"))
+    job = seen.job
+    stopped = (
+        job is not None
+        and obs.state == State.SUSPENDED
+        and bool(plan.queue)
+        and not plan.suspend
+        and previous.phase in (Phase.RUNNING, Phase.PENDING)
+    )
+    if stopped:
+        assert job is not None
+        meta = job["metadata"]
+        said = job_condition(job, "Suspended") or {}
+        message = (
+            f"queue {plan.queue} took the workers back (Kueue suspended the Job: its workload was preempted or "
+            f"evicted); each worker checkpoints the step it reached, and the job resumes when readmitted"
+        )
+        if status.preempted(f"{meta.get('uid', '')}/suspended/{meta.get('generation', 0)}", "Preempted", message, None):
+            actions.append(Emit(Reason.PREEMPTED.value, f"{message} ({said.get('reason', 'JobSuspended')})"))
+    step = max((s for s in (seen.checkpoint_step, pre.step if pre else None) if s), default=None)
+    if status.checkpointed(step, plan.spec.output.uri):
+        assert status.new.lastCheckpoint is not None
+        running = [p["metadata"] for p in seen.pods if (p.get("status") or {}).get("phase") == "Running"]
+        actions.append(Annotate(status.new.lastCheckpoint.time, tuple((m["name"], m.get("uid", "")) for m in running)))
+    return stopped, actions
 
 
 def _with_phase_event(previous: FineTuneJobStatus, new: FineTuneJobStatus, actions: list[Action]) -> list[Action]:

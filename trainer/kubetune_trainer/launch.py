@@ -24,7 +24,7 @@ import psutil
 from kubetune_api import events, layout
 from kubetune_api._types import quantity_value
 from kubetune_api.conditions import Reason
-from kubetune_api.contract import ENV_CACHE, ENV_WORK_DIR, RankFailure, WorkerEnv
+from kubetune_api.contract import ENV_CACHE, ENV_WORK_DIR, EXIT_PREEMPTED, RankFailure, WorkerEnv
 from kubetune_api.job import FineTuneJobSpec
 from kubetune_api.metrics import Metrics
 from kubetune_trainer import rank_env
@@ -144,7 +144,8 @@ def _outcome(results: Path, returncode: int) -> dict[str, Any]:
     failures.sort(key=lambda f: (f.reason == Reason.TRAINER_ERROR.value, f.rank))
     if failures:
         first = failures[0]
-        return {"status": "Failed", "reason": first.reason, "message": f"rank {first.rank}: {first.message}"}
+        steps = {"steps": first.step} if first.step else {}
+        return {"status": "Failed", "reason": first.reason, "message": f"rank {first.rank}: {first.message}", **steps}
     return {
         "status": "Failed",
         "reason": Reason.TRAINER_ERROR.value,
@@ -154,7 +155,8 @@ def _outcome(results: Path, returncode: int) -> dict[str, Any]:
 
 def final_summary(spec: FineTuneJobSpec, outcome: dict[str, Any]) -> dict[str, Any]:
     if outcome["status"] != "Succeeded":
-        return report.summary("Failed", reason=outcome["reason"], message=outcome["message"])
+        steps = {"steps": outcome["steps"]} if outcome.get("steps") else {}
+        return report.summary("Failed", reason=outcome["reason"], message=outcome["message"], **steps)
     metrics = outcome["metrics"]
     if not metrics:
         return report.summary("Succeeded", message="this worker's ranks finished; worker 0 reports the metrics")
@@ -313,4 +315,6 @@ def main() -> int:
         return 1
     work = Path(os.environ.get(ENV_WORK_DIR) or tempfile.mkdtemp(prefix="kubetune-"))
     summary = run_worker(spec, worker, progress="json", work_dir=work)
-    return 0 if summary["status"] == "Succeeded" else 1
+    if summary["status"] == "Succeeded":
+        return 0
+    return EXIT_PREEMPTED if summary.get("reason") == Reason.PREEMPTED else 1

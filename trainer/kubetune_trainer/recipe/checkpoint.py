@@ -47,8 +47,7 @@ COMPLETE = "COMPLETE"
 TAG = re.compile(r"^step-(\d{6,})$")
 
 
-def tag(step: int) -> str:
-    return f"step-{step:06d}"
+tag = layout.checkpoint_tag
 
 
 def root(output_uri: str) -> str:
@@ -283,6 +282,7 @@ class Checkpoints:
         self.synchronous = synchronous  # upload inside the loop (the benchmark's baseline)
         self.upload: Upload | None = None
         self.saved_step: int | None = None  # the step of the newest checkpoint this rank wrote
+        self.complete_step: int | None = None  # the newest marked COMPLETE (or resumed from): rank 0's progress says it
 
     def staging(self) -> tuple[Path, bool]:
         """Where checkpoints are written on this machine, and whether they must then be uploaded."""
@@ -347,6 +347,7 @@ class Checkpoints:
         if not me.is_main:
             return
         step = upload.step
+        self.complete_step = step
         mark_complete(self.store, self.uri, step, {"step": step, "worldSize": me.world, **identity(me.spec, me.worker.job_uid)})
         prune(self.store, self.uri, me.spec.training.keepCheckpoints)
         now = time.monotonic()
@@ -390,6 +391,7 @@ class Checkpoints:
         if same_world:
             load_rng(local / name, me.rank)
         step = int(state.get("step", info["step"]))
+        self.complete_step = step
         if me.is_main:
             events.emit(events.Resumed(step=step, checkpoint=name, optimizerRestored=same_world))
         return step, state

@@ -41,7 +41,9 @@ class Progress:
 
             self._bar = tqdm(total=self.total_steps, initial=step, unit="step", dynamic_ncols=True, file=sys.stdout)
 
-    def step(self, step: int, epoch: float, loss: float, lr: float, tokens_per_second: float) -> ProgressLine:
+    def step(
+        self, step: int, epoch: float, loss: float, lr: float, tokens_per_second: float, checkpoint_step: int | None = None
+    ) -> ProgressLine:
         done = step - self._first_step
         elapsed = time.monotonic() - self._started
         eta = elapsed / done * (self.total_steps - step) if done else None
@@ -55,6 +57,7 @@ class Progress:
             tokensPerSecond=round(tokens_per_second, 1),
             etaSeconds=None if eta is None else round(eta, 1),
             eta=format_eta(eta),
+            checkpointStep=checkpoint_step,
         )
         if self._bar is not None:
             self._bar.n = step

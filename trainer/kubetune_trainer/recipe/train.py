@@ -292,7 +292,14 @@ class Recipe:
         now = time.monotonic()
         if self.progress:
             lr = float(self.engine.get_lr()[0])
-            self.progress.step(done, done / self.data.plan.steps_per_epoch, loss, lr, tokens / max(now - w.started, 1e-9))
+            self.progress.step(
+                done,
+                done / self.data.plan.steps_per_epoch,
+                loss,
+                lr,
+                tokens / max(now - w.started, 1e-9),
+                checkpoint_step=self.checkpoints.complete_step,
+            )
             self.record.curve.append({"step": done, "loss": round(loss, 6), "learningRate": lr})
         self.window = Window(started=now)
         return loss
@@ -551,7 +558,9 @@ def main() -> int:
         reason, message = _classify(exc)
         paths.result_dir.mkdir(parents=True, exist_ok=True)
         (paths.result_dir / rank_env.failure_file(rank)).write_text(
-            RankFailure(rank=rank, reason=reason.value, message=message).model_dump_json()
+            RankFailure(
+                rank=rank, reason=reason.value, message=message, step=getattr(exc, "step", None) or None
+            ).model_dump_json()
         )
         if not isinstance(exc, TrainerFailure):
             traceback.print_exc()
