@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH := torch==2.13.0
 
-.PHONY: help setup quickstart test test-fast lint generate bench bench-data bench-memory testbed images
+.PHONY: help setup quickstart test test-fast lint generate bench bench-data bench-memory bench-preemption testbed images
 
 help: ## list the commands
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -55,6 +55,9 @@ generate: ## regenerate the CRD, the API reference and the quickstart's tiny mod
 
 bench-memory: ## the memory estimate beside measured peaks, case by case (CPU; --gpu on a GPU machine)
 	$(PY) bench/memory_bench.py
+
+bench-preemption: ## what a SIGTERM costs: the just-in-time checkpoint's size, stall and upload, steps lost, held-out loss against an uninterrupted run; a 70B estimate
+	$(PY) bench/preemption_bench.py
 
 bench-data: ## the data-path benchmark (downloads, node cache, checkpoint stalls, fixed costs), then preparation against TRL and the floor
 	$(PY) bench/data_bench.py

@@ -52,7 +52,7 @@ class FleetAgent(NodeAgent):
             self.logs.append(log)
         return Container(container.name, Forever(), log, termination, now(), restarts)  # type: ignore[arg-type]
 
-    def _kill(self, run: PodRun, grace: int) -> None:
+    def _kill(self, run: PodRun, grace: int, pod: Any = None) -> None:
         for c in run.containers.values():
             if isinstance(c.process, Forever):
                 c.process.done = True

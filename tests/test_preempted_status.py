@@ -127,6 +127,30 @@ def test_the_queue_taking_the_workers_back_waits_queued_and_keeps_their_time() -
     assert back["usage"]["podSeconds"] == 1200.0 + 60.0
 
 
+def test_the_queue_taking_the_workers_back_is_one_preemption_whenever_their_endings_are_seen() -> None:
+    """Kueue suspends the Job, then its workers stop with a checkpoint: one preemption, whether their endings come in
+    the same sync or later, and still one after readmission while the old pods are listed; a later one counts."""
+    queued = plan(**{"metadata.labels": {"kueue.x-k8s.io/queue-name": "team-a"}})
+    previous = {**passed_preflight(), "phase": "Running"}
+    suspended = job(suspend=True)
+    stopped = preempted_pod(0, "p0", step=88)
+    together, _ = run(queued, previous=previous, job=suspended, pods=[stopped])
+    first, _ = run(queued, previous=previous, job=suspended, pods=[])
+    later, _ = run(queued, previous=first, job=suspended, pods=[stopped])
+    for status in (together, later):
+        assert status["phase"] == "Queued" and status["preemptions"] == 1, status
+        assert status["lastPreemption"]["step"] == 88 and status["lastCheckpoint"]["step"] == 88
+        assert "stopped at step 88" in status["lastPreemption"]["message"]
+    resumed = job()
+    resumed["metadata"]["generation"] = 3
+    back, _ = run(queued, previous=later, job=resumed, pods=[stopped, pod(1, started="2026-11-26T12:01:00Z")])
+    assert back["preemptions"] == 1 and back["phase"] == "Running"
+    again = preempted_pod(0, "p0-again", evicted=True, step=120)
+    again["metadata"]["creationTimestamp"] = "2026-11-26T12:01:00Z"  # a worker of the readmitted run
+    twice, _ = run(queued, previous=back, job=resumed, pods=[stopped, again])
+    assert twice["preemptions"] == 2 and twice["lastPreemption"]["id"] == "p0-again" and twice["lastCheckpoint"]["step"] == 120
+
+
 def test_a_newer_checkpoint_from_rank_0s_progress_is_recorded_and_annotated() -> None:
     previous = {**passed_preflight(), "phase": "Running"}
     status, actions = run(plan(), previous=previous, job=job(), pods=[pod(0)], checkpoint_step=200)
@@ -139,3 +163,41 @@ def test_a_newer_checkpoint_from_rank_0s_progress_is_recorded_and_annotated() ->
     assert note.at == "2026-11-26T12:00:00Z" and note.pods == (("job-0", ""),)
     same, more = run(plan(), previous=status, job=job(), pods=[pod(0)], checkpoint_step=200)
     assert same["lastCheckpoint"] == status["lastCheckpoint"] and not any(isinstance(a, Annotate) for a in more)
+
+
+def test_a_preempted_worker_whose_pod_went_away_is_still_counted_from_the_watch() -> None:
+    from kubetune_operator import ended
+
+    gone = preempted_pod(0, "gone-0", evicted=True)
+    gone["metadata"]["ownerReferences"] = [{"kind": "Job", "uid": "job-1", "controller": True}]
+    ended.seen(gone)
+    ended.seen({**pod(0), "metadata": {"uid": "alive", "ownerReferences": gone["metadata"]["ownerReferences"]}})  # not kept
+    pods = ended.with_ended("job-1", [replacement(0)])
+    assert [p["metadata"].get("uid") for p in pods] == [None, "gone-0"] and ended.with_ended("job-2", []) == []
+    status, _ = run(plan(), previous={**passed_preflight(), "phase": "Running"}, job=job(), pods=pods)
+    assert status["preemptions"] == 1 and status["lastPreemption"]["reason"] == "EvictionByEvictionAPI"
+    assert status["lastCheckpoint"]["step"] == 12
+
+
+def test_the_preflight_warns_when_a_checkpoint_may_not_fit_in_the_grace_period() -> None:
+    from kubetune_api import grace
+    from kubetune_api.job import FineTuneJobSpec
+    from kubetune_api.preflight_report import Report
+    from kubetune_operator.preflight_outcome import preflight_summary
+    from kubetune_trainer.preflight import checkpoint_in_grace
+
+    from .conftest import job as body
+
+    # a 70B-shaped adapter (r 16 on every linear layer: about 207M trainable parameters) on 8 workers
+    size = grace.checkpoint_bytes(207_000_000, 2)
+    assert size == 207_000_000 * 14 and grace.checkpoint_seconds(size, 8) < 10
+    assert grace.warning(grace.checkpoint_seconds(size, 8), size, 120) is None
+    # one worker and a 10 s grace: warned, with the setting that would fit
+    short = grace.warning(grace.checkpoint_seconds(size, 1), size, 10)
+    assert short is not None and "runPolicy.terminationGracePeriodSeconds" in short and "10 s" in short
+    spec = FineTuneJobSpec.model_validate(body(**{"spec.runPolicy": {"terminationGracePeriodSeconds": 5}})["spec"])
+    report = checkpoint_in_grace(Report(passed=True), spec, 207_000_000)
+    assert report.passed and report.checkpointBytes == size and len(report.warnings) == 1
+    assert "warning: a preempted worker's checkpoint" in preflight_summary(report)
+    roomy = FineTuneJobSpec.model_validate(body(**{"spec.runPolicy": {"terminationGracePeriodSeconds": 3600}})["spec"])
+    assert checkpoint_in_grace(Report(passed=True), roomy, 1_000_000).warnings == []

@@ -33,6 +33,7 @@ ENV_MODEL_CACHE = "KUBETUNE_MODEL_CACHE"  # the shared model cache (the chart's 
 ENV_MODEL_CACHE_MAX_BYTES = "KUBETUNE_MODEL_CACHE_MAX_BYTES"  # least recently used entries go above it; 0: no bound
 ENV_GPU_TYPE = "KUBETUNE_GPU_TYPE"  # preflight: the GPU type the job will get (nvidia.com/gpu.product)
 ENV_GPU = "KUBETUNE_GPU"  # preflight: that type's memory, TFLOP/s and price (policy.GpuType as JSON)
+ENV_GRACE = "KUBETUNE_GRACE_SECONDS"  # preflight: the grace period the workers get (its checkpoint warning)
 
 DEFAULT_MASTER_PORT = 29500
 # a worker that stopped on SIGTERM (its own or a peer's) after checkpointing the step it reached: the Job's

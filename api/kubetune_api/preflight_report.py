@@ -53,6 +53,13 @@ class Report(BaseModel):
     suggestion: Annotated[str, _text(400)] | None = Field(
         None, max_length=400, description="The smallest change that would fit, when it does not."
     )
+    checkpointBytes: int | None = Field(None, ge=0, description="Estimated size of one checkpoint (adapter and optimizer).")
+    checkpointSeconds: float | None = Field(
+        None, ge=0, description="Estimated seconds to write and upload it: what a preempted worker needs of its grace."
+    )
+    warnings: list[Annotated[str, _text(400)]] = Field(
+        default_factory=list, max_length=4, description="What passed but may cost (a grace period too short)."
+    )
 
     def failed(self, reason: Reason | str, message: str) -> Report:
         return self.model_copy(update={"passed": False, "reason": str(reason), "message": message[:1000]})
@@ -68,6 +75,7 @@ class Report(BaseModel):
         short = self.model_copy(
             update={
                 "checks": [c.model_copy(update={"message": c.message[:120]}) for c in self.checks],
+                "warnings": [w[:200] for w in self.warnings],
                 "message": (self.message or "")[:400],
             }
         )

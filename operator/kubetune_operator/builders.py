@@ -291,6 +291,7 @@ def build_preflight_job(plan: Plan) -> dict[str, Any]:
         container["env"] += [{"name": contract.ENV_GPU_TYPE, "value": plan.gpu_type}]
     if plan.gpu:
         container["env"] += [{"name": contract.ENV_GPU, "value": plan.gpu}]
+    container["env"] += [{"name": contract.ENV_GRACE, "value": str(plan.grace)}]  # the workers' grace, for its warning
     container["volumeMounts"] = [m for m in container["volumeMounts"] if m["name"] != "models"]
     pod["volumes"] = [v for v in pod["volumes"] if v["name"] != "models"]
     labels = {k: v for k, v in plan.labels.items() if k != "kueue.x-k8s.io/queue-name"}

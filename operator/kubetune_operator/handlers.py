@@ -24,7 +24,7 @@ from kubetune_api.names import GROUP, JOB_NAME_LABEL, PLURAL, QUEUE_LABEL, VERSI
 from kubetune_api.policy import check as policy_check
 from kubetune_api.status import FineTuneJobStatus
 
-from . import builders, metrics, polling, webhook_auth
+from . import builders, ended, metrics, polling, webhook_auth
 from .ledger import parse_time
 from .observation import State, last_progress, observe, progress_status, rank0_pods, reads_spec
 from .plan import Plan, make_plan
@@ -170,6 +170,12 @@ def refresh(*, name: str, namespace: str | None, **_: Any) -> None:
 @kopf.timer(GROUP, VERSION, PLURAL, interval=SETTINGS.wait_seconds, initial_delay=SETTINGS.sync_seconds, when=polling.waiting)
 def look_again(*, name: str, namespace: str | None, **_: Any) -> None:
     sync(namespace or "default", name)
+
+
+@kopf.on.event("", "v1", "pods", labels={JOB_NAME_LABEL: kopf.PRESENT})
+def pod_changed(*, body: kopf.Body, **_: Any) -> None:
+    """A worker that ended preempted is kept for the next sync (its pod may be gone by then): nothing else."""
+    ended.seen(dict(body))
 
 
 @kopf.on.event("batch", "v1", "jobs", labels={JOB_NAME_LABEL: kopf.PRESENT})
@@ -436,7 +442,8 @@ def _pods_of(plan: Plan, job: dict[str, Any] | None) -> list[dict[str, Any]]:
     if job is None:
         return []
     listed = _json(API.core.list_namespaced_pod, plan.namespace, label_selector=f"{JOB_NAME_LABEL}={plan.name}")
-    return [p for p in (listed or {}).get("items") or [] if owned(p, job["metadata"]["uid"])]
+    uid = job["metadata"]["uid"]
+    return [p for p in ended.with_ended(uid, (listed or {}).get("items") or []) if owned(p, uid)]
 
 
 def _create_job(plan: Plan, obj: dict[str, Any]) -> None:

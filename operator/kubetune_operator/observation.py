@@ -78,6 +78,7 @@ class Preemption:
     reason: str
     message: str
     step: int | None = None
+    started: str = ""  # the pod's creationTimestamp
 
 
 def preemption_of(pods: list[dict[str, Any]]) -> Preemption | None:
@@ -94,8 +95,13 @@ def preemption_of(pods: list[dict[str, Any]]) -> Preemption | None:
         reason, message = str(words.get("reason") or DISRUPTION), str(words.get("message") or "")[:500]
     else:
         reason, message = Reason.PREEMPTED.value, summary.message if summary is not None else "stopped on SIGTERM"
+    meta = newest["metadata"]
     return Preemption(
-        str(newest["metadata"].get("uid") or newest["metadata"].get("name")), reason, message, max(steps, default=None)
+        str(meta.get("uid") or meta.get("name")),
+        reason,
+        message,
+        max(steps, default=None),
+        str(meta.get("creationTimestamp") or ""),
     )
 
 

@@ -111,4 +111,5 @@ def preflight_summary(report: Report) -> str:
         words.append(f"about {report.memoryPerGpuBytes / 2**30:.1f} GiB per GPU")
     if report.gpuHours is not None:
         words.append(f"about {report.gpuHours:.2f} GPU-hours")
+    words += [f"warning: {w}" for w in report.warnings]
     return "; ".join(words)

@@ -16,7 +16,7 @@ RULES: list[dict[str, Any]] = [
     {"apiGroups": ["networking.k8s.io"], "resources": ["networkpolicies"], "verbs": ["get", "create", "patch"]},
     # worker pods: their state, why they wait, and rank 0's progress lines (never secrets: pods read those themselves)
     # and the newest checkpoint's time on the running ones (the annotation schedulers read), nothing else
-    {"apiGroups": [""], "resources": ["pods"], "verbs": ["list", "patch"]},
+    {"apiGroups": [""], "resources": ["pods"], "verbs": ["list", "watch", "patch"]},
     {"apiGroups": [""], "resources": ["pods/log"], "verbs": ["get"]},
     # Kubernetes Events on every transition
     {"apiGroups": [""], "resources": ["events"], "verbs": ["create"]},

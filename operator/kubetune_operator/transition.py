@@ -214,9 +214,17 @@ class Status:
         if reason == Reason.BELOW_THRESHOLD:  # the run finished; its adapter missed output.minImprovement
             self.set(ConditionType.QUALITY_GATE, False, reason, message)
 
-    def preempted(self, id_: str, reason: str, message: str, step: int | None) -> bool:
-        """A preemption seen for the first time is counted (a restart is not); False when this one was counted."""
-        if self.new.lastPreemption is not None and self.new.lastPreemption.id == id_:
+    def preempted(self, id_: str, reason: str, message: str, step: int | None, started: str = "") -> bool:
+        """A preemption seen for the first time is counted (a restart is not); False when this one was counted.
+        A worker started before the newest counted preemption ended with it (the queue suspended the Job, then its
+        workers stopped and said at which step): its step and words complete that one, not a second count."""
+        last = self.new.lastPreemption
+        if last is not None and last.id == id_:
+            return False
+        began, counted = parse_time(started), parse_time(last.time) if last is not None else None
+        if last is not None and began is not None and counted is not None and began < counted:
+            if step is not None and last.step is None:
+                self.new.lastPreemption = last.model_copy(update={"step": step, "message": f"{last.message}; {message}"[:1000]})
             return False
         self.new.preemptions += 1
         self.new.lastPreemption = Preemption(time=self.now, reason=reason, message=message, step=step, id=id_)
@@ -276,7 +284,8 @@ def _preflight(plan: Plan, seen: Observed, status: Status) -> tuple[bool, list[A
         status.new.preflight = outcome.report
     if outcome.state == PreflightState.PASSED:
         status.preflight_passed(outcome.message)
-        return False, []
+        said = outcome.report.warnings if outcome.report is not None else []
+        return False, [Emit(Reason.PREFLIGHT_PASSED.value, f"preflight warning: {w}", warning=True) for w in said]
     status.failed(outcome.reason, outcome.message, also=ConditionType.PREFLIGHT)
     return True, []
 
@@ -448,9 +457,6 @@ def _interrupted(
     has just taken the workers back (Kueue suspends the Job of a workload it preempts or evicts)."""
     actions: list[Action] = []
     pre = obs.preemption
-    if pre is not None and status.preempted(pre.id, pre.reason, pre.message, pre.step):
-        at = f" at step {pre.step}, checkpointed" if pre.step else ""
-        actions.append(Emit(Reason.PREEMPTED.value, f"workers preempted{at}: {pre.reason}: {pre.message}"))
     job = seen.job
     stopped = (
         job is not None
@@ -469,6 +475,10 @@ def _interrupted(
         )
         if status.preempted(f"{meta.get('uid', '')}/suspended/{meta.get('generation', 0)}", "Preempted", message, None):
             actions.append(Emit(Reason.PREEMPTED.value, f"{message} ({said.get('reason', 'JobSuspended')})"))
+    # after the suspend's own count: its workers' endings, seen in the same sync or later, complete it
+    if pre is not None and status.preempted(pre.id, pre.reason, pre.message, pre.step, pre.started):
+        at = f" at step {pre.step}, checkpointed" if pre.step else ""
+        actions.append(Emit(Reason.PREEMPTED.value, f"workers preempted{at}: {pre.reason}: {pre.message}"))
     step = max((s for s in (seen.checkpoint_step, pre.step if pre else None) if s), default=None)
     if status.checkpointed(step, plan.spec.output.uri):
         assert status.new.lastCheckpoint is not None

@@ -4,7 +4,9 @@ scheduler binds to them as local processes, the way a kubelet would report them.
 Each container runs under `unshare --mount --uts` with its volumes (configMap, secret, emptyDir, downwardAPI, hostPath)
 bind-mounted at their real mountPath, its own hostname, an /etc/hosts that resolves `<pod>.<subdomain>` to a
 loopback address per pod, and its own /dev/termination-log. Logs are served to the API server (kubectl logs)
-from the node's kubelet port.
+from the node's kubelet port. A pod being deleted (an eviction, a Job suspended or deleted) gets what a kubelet
+gives: SIGTERM to the container's main process alone, its grace period (at most 60 s here), SIGKILL to what is
+left, then its terminal status (exit codes, termination messages) before the pod goes.
 
 Two ways to run a container:
 - from its image, when the image is in podman's local store (`make images`): the image's root filesystem (read-only
@@ -572,8 +574,13 @@ class NodeAgent:
             return
         self._status(pod, run, "Running")
         policy = pod.spec.restart_policy or "Always"
-        while not self.stopping.is_set() and not run.deleting:
+        while not self.stopping.is_set():
             codes = {name: c.process.poll() for name, c in run.containers.items() if c.process}
+            if run.deleting:  # _kill ends them; this thread stays until they have ended, since the kernel kills
+                if all(code is not None for code in codes.values()):  # a child whose starting thread ends (PDEATHSIG)
+                    return
+                time.sleep(0.2)
+                continue
             if all(code is not None for code in codes.values()):
                 failed = any(code != 0 for code in codes.values())
                 if policy == "Always" or (policy == "OnFailure" and failed):
@@ -588,11 +595,13 @@ class NodeAgent:
                 return
             time.sleep(0.2)
 
-    def _kill(self, run: PodRun, grace: int) -> None:
+    def _kill(self, run: PodRun, grace: int, pod: Any = None) -> None:
+        """SIGTERM, the grace period, SIGKILL; then, as a kubelet does, the pod's terminal status (its containers'
+        exit codes and termination messages: a Job controller and an operator read them) before the pod goes."""
         run.deleting = True
-        for c in run.containers.values():
+        for c in run.containers.values():  # the runtime signals the container's main process, no other
             if c.process and c.process.poll() is None:
-                os.killpg(c.process.pid, signal.SIGTERM)
+                os.kill(c.process.pid, signal.SIGTERM)
         deadline = time.monotonic() + grace
         for c in run.containers.values():
             while c.process and c.process.poll() is None and time.monotonic() < deadline:
@@ -600,6 +609,10 @@ class NodeAgent:
             if c.process and c.process.poll() is None:
                 os.killpg(c.process.pid, signal.SIGKILL)
                 c.process.wait()
+        if pod is not None and not run.finished:
+            codes = [c.process.poll() for c in run.containers.values() if c.process]
+            with contextlib.suppress(client.ApiException):
+                self._status(pod, run, "Succeeded" if codes and all(code == 0 for code in codes) else "Failed")
         run.finished = True
         self._write_hosts()
         try:
@@ -635,7 +648,7 @@ class NodeAgent:
                             self.core.delete_namespaced_pod(pod.metadata.name, pod.metadata.namespace, grace_period_seconds=0)
                         elif not run.deleting:
                             grace = pod.metadata.deletion_grace_period_seconds or 0
-                            threading.Thread(target=self._kill, args=(run, min(grace, 30)), daemon=True).start()
+                            threading.Thread(target=self._kill, args=(run, min(grace, 60), pod), daemon=True).start()
                         continue
                     if uid not in self.pods and (pod.status is None or pod.status.phase in (None, "Pending")):
                         threading.Thread(target=self._run_pod, args=(pod,), daemon=True).start()

@@ -135,7 +135,7 @@ def test_the_operator_refuses_a_job_stored_before_the_policy(plane, operator) ->
     )
     message = condition(failed, "Failed")["message"]
     assert message == (
-        "spec.workers.priorityClassName: this priority class is not allowed by the platform policy; allowed: batch-low "
+        "spec.workers.priorityClassName: this priority class is not allowed by the platform policy; allowed: batch-low, batch-high "
         '(got "system-node-critical")'
     )
     for kind in ("job", "configmap", "service"):

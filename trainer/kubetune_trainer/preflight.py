@@ -20,8 +20,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from kubetune_api import grace
 from kubetune_api.conditions import Reason
-from kubetune_api.contract import ENV_GPU, ENV_GPU_TYPE, ENV_WORK_DIR, WorkerEnv
+from kubetune_api.contract import ENV_GPU, ENV_GPU_TYPE, ENV_GRACE, ENV_WORK_DIR, WorkerEnv
 from kubetune_api.job import FineTuneJobSpec
 from kubetune_api.memory import Shape, estimate, gib, shape_from_dir, shape_of
 from kubetune_api.preflight import (
@@ -207,7 +208,21 @@ def memory_and_hours(
         report = report.model_copy(update={"memoryPerGpuBytes": mine.total}).with_check(
             "memory", True, f"about {gib(mine.total)} {where}"
         )
-    return report
+    return checkpoint_in_grace(report, spec, mine.trainable)
+
+
+def checkpoint_in_grace(report: Report, spec: FineTuneJobSpec, trainable: int) -> Report:
+    """The just-in-time checkpoint's size and time against the grace period the workers get (a warning, not a
+    failure: the previous complete checkpoint still stands if it runs out)."""
+    compute = 4 if spec.workers.gpusPerWorker == 0 or spec.model.dtype == "float32" else 2
+    size = grace.checkpoint_bytes(trainable, compute)
+    seconds = grace.checkpoint_seconds(size, spec.workers.replicas)
+    given = spec.runPolicy.terminationGracePeriodSeconds or int(os.environ.get(ENV_GRACE) or 0)
+    said = grace.warning(seconds, size, given) if given else None
+    update: dict[str, Any] = {"checkpointBytes": size, "checkpointSeconds": round(seconds, 2)}
+    if said:
+        update["warnings"] = [*report.warnings, said]
+    return report.model_copy(update=update)
 
 
 def gpu_from_environ() -> tuple[str | None, GpuType | None]:

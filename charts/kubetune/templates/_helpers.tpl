@@ -46,7 +46,7 @@ watched namespace; cluster-scoped rules always go into a ClusterRole. The operat
   verbs: ["get", "create", "patch"]
 - apiGroups: [""]
   resources: ["pods"]
-  verbs: ["list", "patch"]
+  verbs: ["list", "watch", "patch"]
 - apiGroups: [""]
   resources: ["pods/log"]
   verbs: ["get"]
