@@ -14,6 +14,8 @@ from typing import Any
 import psutil
 import pytest
 
+from kubetune_api.contract import EXIT_PREEMPTED
+
 from .s3server import S3Server
 from .trainer_helpers import Outcome, resumable, run, start
 
@@ -52,7 +54,7 @@ def test_sigterm_checkpoints_the_step_and_the_resumed_run_matches_an_uninterrupt
     body = job("preempted", s3, stored, out)
     stopped, signalled_at = terminated(body, s3, tmp_path, after_step=5)
     assert signalled_at == 5, stopped.stdout[-2000:] + stopped.stderr[-2000:]
-    assert stopped.returncode != 0 and stopped.summary["status"] == "Failed", stopped.stdout[-2000:]
+    assert stopped.returncode == EXIT_PREEMPTED and stopped.summary["status"] == "Failed", stopped.stdout[-2000:]
     assert stopped.summary["reason"] == "Preempted", stopped.summary
     written = stopped.of("checkpoint")
     assert len(written) == 1, stopped.stdout[-3000:]
@@ -90,7 +92,7 @@ def test_sigterm_before_training_ends_with_a_reason_and_nothing_to_resume(
             break
     stdout, stderr = first.communicate(timeout=300)
     stopped = Outcome(first.returncode, stdout, stderr)
-    assert stopped.returncode != 0 and stopped.summary["reason"] == "Preempted", stdout[-2000:] + stderr[-2000:]
+    assert stopped.returncode == EXIT_PREEMPTED and stopped.summary["reason"] == "Preempted", stdout[-2000:] + stderr[-2000:]
     assert not [k for k in s3.keys(out) if k.startswith("checkpoints/")]
     again = run(body, s3, tmp_path)
     assert again.returncode == 0 and not again.of("resumed"), again.stdout[-3000:]
@@ -115,7 +117,7 @@ def test_sigterm_during_the_base_evaluation_ends_with_a_reason_and_the_next_run_
     body = job("preempted-eval", s3, stored, out)
     # the ranks' timing line for "resume" comes just before the base model's held-out evaluation
     stopped = signalled_on(body, s3, tmp_path, lambda line: '"phase": "resume"' in line or '"phase":"resume"' in line)
-    assert stopped.returncode != 0 and stopped.summary["reason"] == "Preempted", stopped.stdout[-2000:]
+    assert stopped.returncode == EXIT_PREEMPTED and stopped.summary["reason"] == "Preempted", stopped.stdout[-2000:]
     assert "no step since the last checkpoint" in stopped.summary["message"] and not stopped.of("progress")
     assert not [k for k in s3.keys(out) if k.startswith("checkpoints/")]
     again = run(body, s3, tmp_path)
@@ -130,7 +132,7 @@ def test_sigterm_during_a_periodic_upload_waits_for_it_and_checkpoints_the_step_
     body = resumable("preempted-upload", s3, stored, out, maxSteps=TOTAL, logEverySteps=1, checkpointEverySteps=4)
     # the progress line of step 4 comes as its checkpoint's upload starts (in the background, training goes on)
     stopped = signalled_on(body, s3, tmp_path, lambda line: '"event": "progress"' in line and '"step": 4,' in line)
-    assert stopped.returncode != 0 and stopped.summary["reason"] == "Preempted", stopped.stdout[-2000:]
+    assert stopped.returncode == EXIT_PREEMPTED and stopped.summary["reason"] == "Preempted", stopped.stdout[-2000:]
     written = sorted(e["step"] for e in stopped.of("checkpoint"))
     step = stopped.summary["steps"]
     assert written[0] == 4 and written[-1] == step >= 4  # the periodic one completed, then the step reached

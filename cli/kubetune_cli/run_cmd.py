@@ -7,6 +7,8 @@ import os
 import sys
 from pathlib import Path
 
+from kubetune_api.conditions import Reason
+from kubetune_api.contract import EXIT_PREEMPTED
 from kubetune_api.validate import validate_bytes
 
 
@@ -42,4 +44,7 @@ def run(args: argparse.Namespace) -> int:
     )
     summary = run_local(job, processes, progress, work.resolve())
     print_report(summary, metrics=written_metrics(work.resolve()), log=log_path(work.resolve()))
-    return 0 if summary["status"] == "Succeeded" else 1
+    if summary["status"] == "Succeeded":
+        return 0
+    # stopped by a SIGTERM after checkpointing: the same command again resumes (75, EX_TEMPFAIL, as the pod exits)
+    return EXIT_PREEMPTED if summary.get("reason") == Reason.PREEMPTED else 1
