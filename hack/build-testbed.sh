@@ -28,8 +28,8 @@ kueue_dir="$(cd /tmp && GOFLAGS=-mod=mod go mod download -json sigs.k8s.io/kueue
 (cd "$kueue_dir" && go build -trimpath -ldflags="-s -w" -o "$bin/kueue-manager" ./cmd/kueue)
 
 # Third-party CRDs, so the examples and the chart's optional objects meet the real schemas at --dry-run=server:
-# Kueue (ClusterQueue, LocalQueue, ResourceFlavor), the Prometheus Operator (ServiceMonitor), Argo CD (Application)
-# and Flux (Kustomization), taken from their published Go modules (the Go module proxy serves the whole tree).
+# Kueue (ClusterQueue, LocalQueue, ResourceFlavor), the Prometheus Operator (ServiceMonitor), Argo CD (Application),
+# Flux (Kustomization) and KServe (LLMInferenceService), taken from their published Go modules (the Go module proxy serves the whole tree).
 crds="$root/.cache/testbed/crds"
 mkdir -p "$crds"
 fetch() {  # module@version, then paths inside the module
@@ -50,4 +50,6 @@ fetch github.com/prometheus-operator/prometheus-operator@v0.85.0 \
   example/prometheus-operator-crd/monitoring.coreos.com_servicemonitors.yaml
 fetch github.com/argoproj/argo-cd/v3@v3.1.0 manifests/crds/application-crd.yaml
 fetch github.com/fluxcd/kustomize-controller@v1.6.0 config/crd/bases/kustomize.toolkit.fluxcd.io_kustomizations.yaml
+# KServe's LLMInferenceService (what `kubetune serve` renders), without the conversion webhook its kustomization adds
+fetch github.com/kserve/kserve@v0.17.0 config/crd/full/llmisvc/serving.kserve.io_llminferenceservices.yaml
 ls "$crds"

@@ -17,6 +17,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach a model hub: a
 EXAMPLES = [
     *sorted((ROOT / "examples").glob("*.yaml")),
     ROOT / "examples" / "kueue" / "finetunejob.yaml",
+    ROOT / "examples" / "serving" / "finetunejob.yaml",
 ]  # every FineTuneJob shipped
 
 MINIMAL: dict[str, Any] = {

@@ -254,9 +254,12 @@ def test_wrong_values_fail_with_the_field_and_what_is_allowed(values: list[str],
 
 @pytest.fixture(scope="module")
 def third_party_crds(plane, crd) -> None:  # type: ignore[no-untyped-def]
-    """Kueue, Prometheus Operator, Argo CD and Flux CRDs from their Go modules (hack/build-testbed.sh)."""
+    """Kueue, Prometheus Operator, Argo CD, Flux and KServe CRDs from their Go modules (hack/build-testbed.sh)."""
     files = sorted(THIRD_PARTY_CRDS.glob("*.yaml"))
-    assert len(files) >= 6, f"third-party CRDs missing from {THIRD_PARTY_CRDS}: run `make testbed`"
+    needed = "serving.kserve.io_llminferenceservices.yaml"
+    assert len(files) >= 7 and (THIRD_PARTY_CRDS / needed).exists(), (
+        f"third-party CRDs missing from {THIRD_PARTY_CRDS}: run `make testbed`"
+    )
     for path in files:
         plane.kubectl("apply", "--server-side", "-f", str(path))
     for path in files:

@@ -43,6 +43,11 @@ def test_cel_rules_give_the_same_message_as_kubetune_validate(plane, crd) -> Non
     result = plane.kubectl("apply", "--dry-run=server", "-f", "-", input=dump(bad), check=False)
     assert "spec.dataset.validationSplit" in result.stderr
     assert "set either validation or validationSplit, not both" in result.stderr
+    # the servability rules, spanning lora and output.serving
+    served = job(**{"spec.lora.r": 32, "spec.output.serving": {"vllm": {}}})
+    result = plane.kubectl("apply", "--dry-run=server", "-f", "-", input=dump(served), check=False)
+    assert "spec.lora.r" in result.stderr
+    assert "lora.r must be at most output.serving.vllm.maxLoraRank (the server's --max-lora-rank)" in result.stderr
 
 
 def test_status_subresource_and_printer_columns(plane, crd) -> None:  # type: ignore[no-untyped-def]

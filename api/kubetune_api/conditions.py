@@ -66,6 +66,7 @@ class Reason(StrEnum):
     DATASET_TOO_LARGE = "DatasetTooLarge"  # the datasets are larger than what is left of the worker's cache
     CHECKPOINT_MISMATCH = "CheckpointMismatch"  # output.uri holds checkpoints another job or spec wrote
     BELOW_THRESHOLD = "BelowThreshold"  # QualityGate=False: the adapter missed output.minImprovement; no _SUCCESS
+    NOT_SERVABLE = "NotServable"  # the written adapter is one output.serving's servers cannot load; no _SUCCESS
     ATTENTION_UNSUPPORTED = "AttentionUnsupported"  # no attention kernel (model.attnImplementation, sdpa, eager) loads the model
     CANNOT_MERGE = "CannotMerge"  # output.merged cannot fold this adapter into these base weights (checked before training)
     WONT_FIT = "WontFit"  # the preflight's memory estimate exceeds the GPU's; the message names a change that fits
@@ -92,6 +93,7 @@ TRAINER_FAILURE_REASONS = frozenset(
         Reason.DATASET_TOO_LARGE,
         Reason.CHECKPOINT_MISMATCH,
         Reason.BELOW_THRESHOLD,
+        Reason.NOT_SERVABLE,
         Reason.CANNOT_MERGE,
         Reason.ATTENTION_UNSUPPORTED,
         Reason.WONT_FIT,

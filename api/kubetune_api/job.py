@@ -16,6 +16,7 @@ from .model import ModelSpec
 from .names import API_VERSION, KIND
 from .output import OutputSpec
 from .run_policy import RunPolicySpec
+from .serving import VLLM_LORA_RANKS, VLLM_MODULES, module_problem
 from .status import FineTuneJobStatus
 from .storage import StorageSpec
 from .training import TrainingSpec
@@ -25,6 +26,29 @@ _PROCS_CEL = (
     "(has(self.workers.processesPerWorker) ? self.workers.processesPerWorker : "
     "(self.workers.gpusPerWorker > 0 ? self.workers.gpusPerWorker : 1))"
 )
+
+
+_SERVED_CEL = "has(self.output.serving) && (has(self.output.serving.vllm) || has(self.output.serving.kserve))"
+_RANKS = ", ".join(map(str, VLLM_LORA_RANKS))
+
+
+def _served(spec: FineTuneJobSpec) -> bool:
+    return spec.output.serving is not None and bool(spec.output.serving.targets())
+
+
+def _under(spec: FineTuneJobSpec, target: str) -> bool:
+    served = getattr(spec.output.serving, target, None) if spec.output.serving is not None else None
+    return served is None or spec.lora.r <= served.maxLoraRank
+
+
+def _rank_rule(target: str) -> Rule:
+    return Rule(
+        field="lora.r",
+        message=f"lora.r must be at most output.serving.{target}.maxLoraRank (the server's --max-lora-rank)",
+        cel=f"!has(self.output.serving) || !has(self.output.serving.{target}) || "
+        f"self.lora.r <= self.output.serving.{target}.maxLoraRank",
+        check=lambda s: _under(s, target),
+    )
 
 
 def _batch_ok(spec: FineTuneJobSpec) -> bool:
@@ -74,6 +98,28 @@ class FineTuneJobSpec(Section):
             cel="!has(self.training.globalBatchSize) || self.training.globalBatchSize == "
             f"self.training.microBatchSize * self.training.gradientAccumulationSteps * self.workers.replicas * {_PROCS_CEL}",
             check=_batch_ok,
+        ),
+        Rule(
+            field="lora.r",
+            message=f"lora.r must be one of {_RANKS} for the adapter to be served by vLLM (output.serving)",
+            cel=f"!({_SERVED_CEL}) || self.lora.r in [{_RANKS}]",
+            check=lambda s: not _served(s) or s.lora.r in VLLM_LORA_RANKS,
+        ),
+        _rank_rule("vllm"),
+        _rank_rule("kserve"),
+        Rule(
+            field="lora.bias",
+            message="lora.bias must be none when output.serving is set: vLLM loads LoRA weights only, not trained biases",
+            cel=f"!({_SERVED_CEL}) || self.lora.bias == 'none'",
+            check=lambda s: not _served(s) or s.lora.bias == "none",
+        ),
+        Rule(
+            field="lora.targetModules",
+            message=f"with output.serving, lora.targetModules must be all-linear or modules vLLM adapts: {', '.join(VLLM_MODULES)}",
+            cel=f"!({_SERVED_CEL}) || self.lora.targetModules.all(m, m in ['all-linear', "
+            + ", ".join(f"'{m}'" for m in VLLM_MODULES)
+            + "])",
+            check=lambda s: not _served(s) or module_problem(s.lora.targetModules) is None,
         ),
     )
 

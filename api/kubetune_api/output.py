@@ -8,6 +8,7 @@ from pydantic import Field, StrictBool, StrictFloat
 
 from ._base import Rule, Section
 from ._types import OutputUri, is_s3, s3_cel
+from .serving import ServingSpec
 
 
 class OutputSpec(Section):
@@ -38,6 +39,7 @@ class OutputSpec(Section):
         description="Also write the base model with the adapter merged in under merged/ (safetensors shards, config, "
         "tokenizer, generation config), one shard at a time. Needs the base weights as safetensors.",
     )
+    serving: ServingSpec | None = Field(None, description=ServingSpec.__doc__)
 
     rules = (
         Rule(

@@ -6,7 +6,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from . import preflight_cmd, run_cmd, validate_cmd
+from . import manifest_input, preflight_cmd, run_cmd, serve_cmd, validate_cmd
 
 
 def _crd(_: argparse.Namespace) -> int:
@@ -42,10 +42,8 @@ def _render(args: argparse.Namespace) -> int:
     from kubetune_api.validate import validate_bytes
     from kubetune_operator.render import render
 
-    try:
-        data = sys.stdin.buffer.read() if args.manifest == "-" else open(args.manifest, "rb").read()  # noqa: SIM115
-    except OSError as exc:
-        print(f"kubetune render: {args.manifest}: {exc.strerror or exc}", file=sys.stderr)
+    data = manifest_input.read("render", args.manifest)
+    if data is None:
         return 2
     results = validate_bytes(data, args.manifest, cluster=True)  # the objects a cluster would run
     bad = [f"{r.source}: {p}" for r in results for p in r.problems]
@@ -114,6 +112,15 @@ def parser() -> argparse.ArgumentParser:
     render.add_argument("manifest", metavar="MANIFEST", help="a FineTuneJob manifest; - reads standard input")
     render.add_argument("-n", "--namespace", help="namespace to render into (default: the manifest's, else default)")
     render.set_defaults(func=_render)
+
+    serve = commands.add_parser(
+        "serve",
+        help="print the KServe LLMInferenceService that serves a job's adapter (or, with --vllm, the vllm serve command)",
+    )
+    serve.add_argument("manifest", metavar="MANIFEST", help="a FineTuneJob manifest; - reads standard input")
+    serve.add_argument("-n", "--namespace", help="namespace of the LLMInferenceService (default: the manifest's)")
+    serve.add_argument("--vllm", action="store_true", help="print the vllm serve command line instead")
+    serve.set_defaults(func=serve_cmd.run)
 
     policy = commands.add_parser(
         "admission-policy", help="print the chart's ValidatingAdmissionPolicy template (the platform policy's rules in CEL)"

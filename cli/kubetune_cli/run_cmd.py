@@ -11,12 +11,12 @@ from kubetune_api.conditions import Reason
 from kubetune_api.contract import EXIT_PREEMPTED
 from kubetune_api.validate import validate_bytes
 
+from . import manifest_input
+
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        data = Path(args.manifest).read_bytes() if args.manifest != "-" else sys.stdin.buffer.read()
-    except OSError as exc:
-        print(f"kubetune run: {args.manifest}: {exc.strerror or exc}", file=sys.stderr)
+    data = manifest_input.read("run", args.manifest)
+    if data is None:
         return 2
     results = validate_bytes(data, args.manifest)
     for result in results:

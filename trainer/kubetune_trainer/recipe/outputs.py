@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from kubetune_api import events, layout
+from kubetune_api import events, layout, serving
 from kubetune_api.conditions import Reason
 from kubetune_api.contract import WorkerEnv
 from kubetune_api.job import FineTuneJobSpec
@@ -77,6 +77,20 @@ def quality_gate(spec: FineTuneJobSpec, base: Evaluation, final: Evaluation) -> 
     return QualityGate(minImprovement=gate, improvement=improvement, passed=bool(improvement and improvement >= gate))
 
 
+def serving_problems(spec: FineTuneJobSpec, adapter_dir: Path) -> list[str]:
+    """What output.serving's servers could not load in the adapter written here (empty: servable, or no targets)."""
+    if spec.output.serving is None or not spec.output.serving.targets():
+        return []
+    from safetensors import safe_open
+
+    config = json.loads((adapter_dir / "adapter_config.json").read_text())
+    tensors: list[str] = []
+    for path in sorted(adapter_dir.glob("*.safetensors")):
+        with safe_open(str(path), framework="pt") as weights:
+            tensors += list(weights.keys())
+    return serving.adapter_problems(config, tensors, spec.output.serving)
+
+
 def model_directory(source: str, spec: FineTuneJobSpec) -> Path:
     """The base model's files on this machine: the downloaded prefix, a local folder, or the hub cache's snapshot."""
     if Path(source).is_dir():
@@ -124,8 +138,9 @@ def write(
     manifest_data: dict[str, Any],
     tokenizer: Any,
 ) -> Metrics:
-    """Upload everything; _SUCCESS last. Below output.minImprovement everything but merged/ and _SUCCESS is written
-    (for inspection) and the run fails with BelowThreshold."""
+    """Upload everything; _SUCCESS last. Below output.minImprovement, or with an adapter output.serving's servers
+    cannot load, everything but merged/ and _SUCCESS is written (for inspection) and the run fails with
+    BelowThreshold or NotServable."""
     out = spec.output.uri
     picture = paths.work_dir / layout.CURVES
     picture.write_text(curves.svg(metrics.curves))
@@ -141,6 +156,15 @@ def write(
             f"the adapter's held-out loss {loss:.4f} is {0.0 if improvement is None else improvement:.1%} below the base "
             f"model's {base_loss:.4f}; output.minImprovement asks for {gate.minImprovement:.1%}. The adapter and "
             f"metrics.json are in {out} for inspection; _SUCCESS was not written",
+        )
+    unservable = serving_problems(spec, adapter_dir)
+    if unservable:
+        store.write_text(layout.under(out, layout.METRICS), metrics.to_json())
+        store.write_text(layout.under(out, layout.MANIFEST), json.dumps(manifest_data, indent=2))
+        raise TrainerFailure(
+            Reason.NOT_SERVABLE,
+            f"output.serving cannot load the written adapter: {'; '.join(unservable)}. The adapter and metrics.json "
+            f"are in {out} for inspection; _SUCCESS was not written",
         )
     if spec.output.merged:
         manifest_data["merged"] = write_merged(store, spec, paths.model_source, adapter_dir, paths.work_dir, tokenizer)
