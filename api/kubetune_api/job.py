@@ -61,10 +61,24 @@ def _batch_ok(spec: FineTuneJobSpec) -> bool:
 FROZEN_SECTIONS = ("model", "dataset", "lora", "training", "deepspeed", "workers", "storage", "output")
 
 
-def pods_digest(spec: FineTuneJobSpec) -> str:
-    """A digest of what the pods read (FROZEN_SECTIONS): recorded on the Job, compared at every reconcile."""
-    frozen = spec.model_dump(mode="json", include=set(FROZEN_SECTIONS))
+def _digest(frozen: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(frozen, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def pods_digest(spec: FineTuneJobSpec) -> str:
+    """A digest of what the pods read (FROZEN_SECTIONS): recorded on the Job, compared at every reconcile. Empty
+    fields are left out, so a field a later version adds (empty unless set) leaves every existing job's digest as
+    it was: an operator upgrade never takes running workers for a changed spec."""
+    return _digest(spec.model_dump(mode="json", include=set(FROZEN_SECTIONS), exclude_none=True))
+
+
+def pods_digests(spec: FineTuneJobSpec) -> set[str]:
+    """The digests a Job made by this version or an earlier one carries for this spec: pods_digest, and the form
+    before it left empty fields out (every field, as they were before output.serving was added)."""
+    earlier = spec.model_dump(mode="json", include=set(FROZEN_SECTIONS))
+    if earlier["output"].get("serving") is None:
+        earlier["output"].pop("serving", None)
+    return {pods_digest(spec), _digest(earlier)}
 
 
 class FineTuneJobSpec(Section):

@@ -12,7 +12,7 @@ from typing import Any
 
 from kubetune_api.conditions import TRAINER_FAILURE_REASONS, Reason
 from kubetune_api.contract import EXIT_PREEMPTED, TERMINATION_LIMIT, ProgressLine, Summary, last_line, parse_summary
-from kubetune_api.job import FineTuneJobSpec, pods_digest
+from kubetune_api.job import FineTuneJobSpec, pods_digests
 from kubetune_api.layout import adapter_uri
 
 from .builders import SPEC_ANNOTATION
@@ -235,4 +235,4 @@ def reads_spec(job: dict[str, Any], spec: FineTuneJobSpec) -> bool:
     """Whether the Job's pods read this spec: the digest the Job was made with (builders.SPEC_ANNOTATION) against
     the spec's now. A spec changed after the Job was made is never what its workers run."""
     annotations = (job.get("metadata") or {}).get("annotations") or {}
-    return annotations.get(SPEC_ANNOTATION) == pods_digest(spec)
+    return annotations.get(SPEC_ANNOTATION) in pods_digests(spec)

@@ -256,6 +256,25 @@ def test_the_job_records_what_its_pods_read() -> None:
     assert resumed.job is not None and reads_spec(made, resumed.job.spec)
 
 
+def test_an_operator_upgrade_reads_the_digest_an_earlier_version_recorded() -> None:
+    """A Job made before output.serving existed carries the digest of every field, empty ones too: the upgraded
+    operator reads it as the same spec (its workers go on), while a changed spec is still refused."""
+    import hashlib
+
+    from kubetune_api.job import FROZEN_SECTIONS
+    from kubetune_operator.observation import reads_spec
+
+    spec = validate_object(job()).job
+    assert spec is not None
+    before = spec.spec.model_dump(mode="json", include=set(FROZEN_SECTIONS))
+    del before["output"]["serving"]  # the spec as the earlier version dumped it
+    digest = hashlib.sha256(json.dumps(before, sort_keys=True).encode()).hexdigest()[:32]
+    made = {"metadata": {"annotations": {builders.SPEC_ANNOTATION: digest}}}
+    assert reads_spec(made, spec.spec)
+    other = validate_object(job(**{"spec.lora.r": 8})).job
+    assert other is not None and not reads_spec(made, other.spec)
+
+
 def test_the_crd_freezes_the_spec_once_the_workers_may_exist() -> None:
     from kubetune_api.crd import IMMUTABLE_RULE
 
@@ -378,10 +397,32 @@ def test_a_checkpoint_without_this_jobs_uid_is_never_resumed(record_uid: str | N
 
     record = {"specDigest": "d" * 64, **({} if record_uid is None else {"jobUid": record_uid})}
     with pytest.raises(TrainerFailure, match="written by another FineTuneJob") as failed:
-        check_identity(record, {"specDigest": "d" * 64, "jobUid": "this-job-uid"}, "checkpoint step 10")
+        check_identity(record, {"specDigest": "d" * 64, "jobUid": "this-job-uid"}, "checkpoint step 10", {"d" * 64})
     assert failed.value.reason.value == "CheckpointMismatch"
-    check_identity({**record, "jobUid": "this-job-uid"}, {"specDigest": "d" * 64, "jobUid": "this-job-uid"}, "ok")
-    check_identity(record, {"specDigest": "d" * 64, "jobUid": ""}, "kubetune run")  # no cluster: no uid to compare
+    check_identity({**record, "jobUid": "this-job-uid"}, {"specDigest": "d" * 64, "jobUid": "this-job-uid"}, "ok", {"d" * 64})
+    check_identity(record, {"specDigest": "d" * 64, "jobUid": ""}, "kubetune run", {"d" * 64})  # no cluster: no uid to compare
+
+
+def test_an_upgraded_trainer_resumes_a_checkpoint_an_earlier_version_wrote() -> None:
+    """A checkpoint record written before output.serving existed carries the digest of every field, empty ones too:
+    still this spec's, so it is resumed; another spec's is not."""
+    import hashlib
+
+    from kubetune_trainer.errors import TrainerFailure
+    from kubetune_trainer.recipe.checkpoint import IDENTITY_SECTIONS, check_identity, identity, spec_digests
+
+    spec = validate_object(job()).job
+    assert spec is not None
+    sections = {name: getattr(spec.spec, name).model_dump(mode="json") for name in IDENTITY_SECTIONS}
+    del sections["output"]["serving"]  # as the earlier version dumped it
+    earlier = {"specDigest": hashlib.sha256(json.dumps(sections, sort_keys=True).encode()).hexdigest(), "jobUid": "u"}
+    mine = identity(spec.spec, "u")
+    assert earlier["specDigest"] != mine["specDigest"]
+    check_identity(earlier, mine, "checkpoint step 10", spec_digests(spec.spec))
+    other = validate_object(job(**{"spec.lora.r": 8})).job
+    assert other is not None
+    with pytest.raises(TrainerFailure, match="written for another spec"):
+        check_identity(earlier, identity(other.spec, "u"), "checkpoint step 10", spec_digests(other.spec))
 
 
 # 12: hostile shapes of data are bad records (the job fails with the file and record), never a crash, a retry or

@@ -83,17 +83,30 @@ def read_info(store: Store, output_uri: str, name: str) -> dict[str, Any]:
     return data
 
 
+def _spec_digest(sections: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(sections, sort_keys=True).encode()).hexdigest()
+
+
 def identity(spec: FineTuneJobSpec, job_uid: str) -> dict[str, str]:
-    """What a checkpoint records about the job that wrote it."""
-    sections = {name: getattr(spec, name).model_dump(mode="json") for name in IDENTITY_SECTIONS}
-    digest = hashlib.sha256(json.dumps(sections, sort_keys=True).encode()).hexdigest()
-    return {"specDigest": digest, "jobUid": job_uid}
+    """What a checkpoint records about the job that wrote it. Empty fields are left out of the digest, so a field a
+    later version adds (empty unless set) does not keep an upgraded trainer from resuming its checkpoints."""
+    sections = {name: getattr(spec, name).model_dump(mode="json", exclude_none=True) for name in IDENTITY_SECTIONS}
+    return {"specDigest": _spec_digest(sections), "jobUid": job_uid}
 
 
-def check_identity(info: dict[str, Any], mine: dict[str, str], where: str) -> None:
+def spec_digests(spec: FineTuneJobSpec) -> set[str]:
+    """The digests a checkpoint of this spec may carry: identity's, and the form before empty fields were left out
+    (every field, as they were before output.serving was added)."""
+    earlier = {name: getattr(spec, name).model_dump(mode="json") for name in IDENTITY_SECTIONS}
+    if earlier["output"].get("serving") is None:
+        earlier["output"].pop("serving", None)
+    return {identity(spec, "")["specDigest"], _spec_digest(earlier)}
+
+
+def check_identity(info: dict[str, Any], mine: dict[str, str], where: str, digests: set[str]) -> None:
     """Refuse a checkpoint that another job, or another spec, wrote: resuming it would continue someone else's run."""
     theirs_uid, my_uid = str(info.get("jobUid") or ""), mine["jobUid"]
-    if info.get("specDigest") != mine["specDigest"]:
+    if info.get("specDigest") not in digests:
         raise TrainerFailure(
             Reason.CHECKPOINT_MISMATCH,
             f"{where} was written for another spec (training digest {str(info.get('specDigest'))[:12] or 'none'}, this "
@@ -195,7 +208,7 @@ def save_best(store: Store, output_uri: str, adapter_dir: Path, info: dict[str, 
             store.delete_prefix(join(where, old))
 
 
-def load_best(store: Store, output_uri: str, target: Path, step: int, mine: dict[str, str]) -> bool:
+def load_best(store: Store, output_uri: str, target: Path, step: int, mine: dict[str, str], digests: set[str]) -> bool:
     """Fetch the kept best adapter into target when its record is this job's and names `step`; False otherwise."""
     where = join(root(output_uri), BEST)
     if not store.exists(join(where, "BEST")):
@@ -206,7 +219,7 @@ def load_best(store: Store, output_uri: str, target: Path, step: int, mine: dict
         return False
     if not isinstance(info, dict) or info.get("step") != step or info.get("tag") != tag(step):
         return False
-    if info.get("specDigest") != mine["specDigest"] or (info.get("jobUid") or "") != (mine["jobUid"] or ""):
+    if info.get("specDigest") not in digests or (info.get("jobUid") or "") != (mine["jobUid"] or ""):
         return False
     source = join(where, tag(step))
     shutil.rmtree(target, ignore_errors=True)
@@ -372,7 +385,7 @@ class Checkpoints:
             return None
         name = found[0]
         info = read_info(self.store, self.uri, name)
-        check_identity(info, identity(me.spec, me.worker.job_uid), join(root(self.uri), name))
+        check_identity(info, identity(me.spec, me.worker.job_uid), join(root(self.uri), name), spec_digests(me.spec))
         local, remote = self.staging()
         local = me.paths.work_dir / "resume" if remote else local
         if remote and me.local_rank == 0:
@@ -404,4 +417,5 @@ class Checkpoints:
 
     def restore_best(self, target: Path, step: int) -> bool:
         """The best adapter kept before a restart, when it is the one this job's history names (rank 0)."""
-        return load_best(self.store, self.uri, target, step, identity(self.me.spec, self.me.worker.job_uid))
+        mine = identity(self.me.spec, self.me.worker.job_uid)
+        return load_best(self.store, self.uri, target, step, mine, spec_digests(self.me.spec))
