@@ -33,9 +33,10 @@ def terminated(body: dict[str, Any], s3: S3Server, tmp: Path, after_step: int) -
     """Run `kubetune run` and SIGTERM it (as the kubelet does the pod's main process) once a step is logged."""
     first = start(body, s3, tmp)
     assert first.stdout is not None
-    seen = 0
+    seen, read = 0, []
     deadline = time.monotonic() + 300
     for line in first.stdout:  # progress lines are JSON, one per step
+        read.append(line)
         if '"event": "progress"' in line or '"event":"progress"' in line:
             seen += 1
             if seen == after_step:
@@ -44,7 +45,7 @@ def terminated(body: dict[str, Any], s3: S3Server, tmp: Path, after_step: int) -
         if time.monotonic() > deadline:
             break
     stdout, stderr = first.communicate(timeout=300)
-    return Outcome(first.returncode, stdout, stderr), seen
+    return Outcome(first.returncode, "".join(read) + stdout, stderr), seen  # every line, those read before the signal too
 
 
 def test_sigterm_checkpoints_the_step_and_the_resumed_run_matches_an_uninterrupted_one(
@@ -102,12 +103,14 @@ def signalled_on(body: dict[str, Any], s3: S3Server, tmp: Path, seen: Callable[[
     """`kubetune run`, SIGTERM'd when a line it prints (or the storage it writes) says so."""
     first = start(body, s3, tmp)
     assert first.stdout is not None
+    read = []
     for line in first.stdout:
+        read.append(line)
         if seen(line):
             first.send_signal(signal.SIGTERM)
             break
     stdout, stderr = first.communicate(timeout=300)
-    return Outcome(first.returncode, stdout, stderr)
+    return Outcome(first.returncode, "".join(read) + stdout, stderr)
 
 
 def test_sigterm_during_the_base_evaluation_ends_with_a_reason_and_the_next_run_starts_clean(
