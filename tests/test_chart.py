@@ -57,6 +57,12 @@ OPTIONS: dict[str, list[str]] = {
     ],
     "webhook-any-client": ["--set", "webhook.enabled=true", "--set", "webhook.clientAuth.anyClient=true"],
     "no-network-policy": ["--set", "networkPolicy.enabled=false"],
+    "mlflow": [
+        "--set",
+        "tracking.mlflow.uri=http://mlflow.mlflow:5000",
+        "--set",
+        "tracking.mlflow.credentialsSecret=mlflow-token",
+    ],
     "platform-policy": ["-f", str(ROOT / "examples" / "platform" / "values.yaml")],
     "policy-not-enforced": ["--set", "policy.enforce=false"],
 }

@@ -36,8 +36,25 @@ pytestmark = pytest.mark.e2e
 RELEASE = IN_CLUSTER_OPERATOR_USER.rpartition(":")[2]
 
 
+MLFLOW_SECRET = "mlflow-credentials"
+MLFLOW_TOKEN = "kubetune-e2e-mlflow-token-not-to-be-seen"
+
+
 @pytest.fixture(scope="module")
-def operator(plane, crd, node_agent, namespace, platform_values, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+def mlflow(plane, namespace, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """The platform's MLflow server (tracking and registry), and its credentials Secret in the jobs' namespace."""
+    from .mlflowserver import start
+
+    server = start(tmp_path_factory.mktemp("mlflow"))
+    plane.kubectl(
+        "create", "secret", "generic", MLFLOW_SECRET, "-n", NAMESPACE, f"--from-literal=MLFLOW_TRACKING_TOKEN={MLFLOW_TOKEN}"
+    )
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def operator(plane, crd, node_agent, namespace, mlflow, platform_values, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
     """The chart's operator Deployment, one replica running the operator image in the cluster; its workers run the
     trainer image. Yields a function that returns the operator pod's log."""
     missing = images.missing(images.OPERATOR, images.TRAINER)
@@ -63,6 +80,8 @@ def operator(plane, crd, node_agent, namespace, platform_values, tmp_path_factor
         f"policy.enforce=false,syncSeconds=2,healthPort={health},metrics.port={free_port()}",
         "--set",
         f"trainer.modelCache.type=hostPath,trainer.modelCache.path={models}",
+        "--set",
+        f"tracking.mlflow.uri={mlflow.uri},tracking.mlflow.credentialsSecret={MLFLOW_SECRET}",
         "--set-json",
         f"watchNamespaces={json.dumps([NAMESPACE])}",
         "--set-json",  # with a GPU too small for any model, for WontFit
@@ -126,7 +145,7 @@ def apply_and_wait(plane, body: dict[str, Any], tmp_path: Path) -> dict[str, Any
 
 
 def test_two_worker_job_succeeds_and_its_adapter_reloads(
-    plane, operator, node_agent, s3, stored, tiny_model, namespace, tmp_path
+    plane, operator, node_agent, s3, stored, tiny_model, namespace, mlflow, tmp_path
 ) -> None:  # type: ignore[no-untyped-def]
     body = manifest("e2e", s3, stored, {"epochs": 2, "evalEverySteps": 10, "checkpointEverySteps": 10})
     final = apply_and_wait(plane, body, tmp_path)
@@ -181,7 +200,28 @@ def test_two_worker_job_succeeds_and_its_adapter_reloads(
         operator(),
     ]
     for text in texts:
-        assert s3.secret_key not in text
+        assert s3.secret_key not in text and MLFLOW_TOKEN not in text
+    _tracked_in_mlflow(mlflow, final, s3)
+
+
+def _tracked_in_mlflow(mlflow: Any, final: dict[str, Any], s3: S3Server) -> Any:
+    """The job's MLflow run, read back with MLflow's own client: the curves step by step as metrics.json has them,
+    the spec as parameters, the job's tags, and the adapter's registered version with its lineage."""
+    tracking = final["status"]["tracking"]
+    name, uid, out = final["metadata"]["name"], final["metadata"]["uid"], final["spec"]["output"]["uri"]
+    assert tracking["experiment"] == NAMESPACE and tracking["registeredModel"] == name and "degraded" not in tracking
+    client = mlflow.client()
+    run = client.get_run(tracking["runId"])
+    assert run.info.status == "FINISHED" and run.data.tags["kubetune.job-uid"] == uid
+    assert run.data.tags["kubetune.namespace"] == NAMESPACE and run.data.params["workers.replicas"] == "2"
+    metrics = json.loads(s3.get(out + "metrics.json"))
+    curve = {p["step"]: p["loss"] for p in metrics["curves"]["train"]}
+    logged = {m.step: m.value for m in client.get_metric_history(tracking["runId"], "loss")}
+    assert logged.keys() == curve.keys() and all(abs(logged[s] - curve[s]) < 1e-6 for s in curve)
+    version = client.get_model_version(name, tracking["registeredVersion"])
+    assert version.source == final["status"]["adapterUri"] and version.run_id == tracking["runId"]
+    assert version.tags["kubetune.base-model"] == final["spec"]["model"]["uri"]
+    return run
 
 
 def _held_out() -> list[dict[str, Any]]:
@@ -210,7 +250,7 @@ def s3_listing(s3: S3Server, uri: str) -> list[tuple[str, int, str]]:
 
 
 def test_killed_worker_restarts_the_gang_from_its_checkpoint(
-    plane, operator, node_agent, s3, stored, namespace, tmp_path
+    plane, operator, node_agent, s3, stored, namespace, mlflow, tmp_path
 ) -> None:  # type: ignore[no-untyped-def]
     name = "e2e-restart"
     body = manifest(name, s3, stored, {"maxSteps": 150, "microBatchSize": 4, "evalEverySteps": 0, "checkpointEverySteps": 10})
@@ -248,6 +288,12 @@ def test_killed_worker_restarts_the_gang_from_its_checkpoint(
         ).stdout.split()
     )
     assert '"event": "resumed"' in logs  # the second gang continued from a checkpoint instead of starting over
+    # the second gang continued the first's MLflow run: one run for the job, every step's loss in it
+    run = _tracked_in_mlflow(mlflow, final, s3)
+    client = mlflow.client()
+    runs = client.search_runs([run.info.experiment_id], f"tags.`kubetune.job-uid` = '{final['metadata']['uid']}'")
+    assert [r.info.run_id for r in runs] == [run.info.run_id]
+    assert {m.step for m in client.get_metric_history(run.info.run_id, "loss")} >= set(range(1, 151))
     fetched = json.loads(s3.get(out + "metrics.json"))["fetch"]  # worker 0 of the gang that finished
     model_bytes = sum(size for _, size, _ in s3_listing(s3, stored["model"]))
     assert fetched["fromStorage"] == 0 and fetched["fromCache"] == model_bytes  # the node's cache, verified

@@ -64,6 +64,20 @@ def test_credentials_come_only_from_the_secret() -> None:
     assert not any(k.startswith("AWS_") for k in env_of(job_obj))
 
 
+def test_the_tracking_server_and_its_credentials_come_from_the_platform_never_the_spec() -> None:
+    import dataclasses
+
+    tracked = dataclasses.replace(plan_for(), mlflow_uri="http://mlflow.mlflow:5000", mlflow_secret="mlflow-creds")
+    env = env_of(builders.build_job(tracked))
+    assert env["MLFLOW_TRACKING_URI"] == "http://mlflow.mlflow:5000" and env["KUBETUNE_NAMESPACE"] == "team-a"
+    for key in builders.TRACKING_KEYS:  # by reference, each optional: a token, or a user and password
+        assert env[key] == {"secretKeyRef": {"name": "mlflow-creds", "key": key, "optional": True}}
+    opted_out = plan_for(**{"spec.output.tracking": {"enabled": False}})
+    opted_out = dataclasses.replace(opted_out, mlflow_uri="http://mlflow.mlflow:5000", mlflow_secret="mlflow-creds")
+    assert not any(k.startswith("MLFLOW_") for k in env_of(builders.build_job(opted_out)))
+    assert not any(k.startswith("MLFLOW_") for k in env_of(builders.build_job(plan_for())))  # no server configured
+
+
 @pytest.mark.parametrize(
     ("changes", "suspend", "queue"),
     [
@@ -193,6 +207,24 @@ def test_progress_from_rank0_lines() -> None:
     log = 'noise\n{"event": "progress", "step": 5, "totalSteps": 20, "epoch": 0.5, "loss": 2.0, "eta": "1m00s"}\n{"event": "eval"}\n'
     line = observation.last_progress(log)
     assert line is not None and observation.progress_status(line)["summary"] == "5/20 (25%)"
+
+
+def test_tracking_reaches_the_status_degraded_while_it_runs_and_its_run_at_the_end() -> None:
+    from kubetune_api.contract import parse_summary
+    from kubetune_api.status import FineTuneJobStatus
+
+    said = '{"event": "progress", "step": 6, "totalSteps": 20, "trackingDegraded": "the tracking server is unavailable \\u001b[31m(URLError)"}'
+    line = observation.last_progress(said + "\n")
+    assert line is not None
+    progress = observation.progress_status(line)
+    assert progress["trackingDegraded"] == "the tracking server is unavailable (URLError)"  # escapes cleaned
+    summary = parse_summary(
+        '{"event": "summary", "status": "Succeeded", "steps": 20, "tracking": {"experiment": "team-a", "runId": "abc",'
+        ' "registeredModel": "bot", "registeredVersion": "3"}}'
+    )
+    fields = observation.succeeded_fields(summary, "s3://out/bot/", progress)
+    status = FineTuneJobStatus.model_validate(fields)
+    assert status.tracking is not None and (status.tracking.runId, status.tracking.registeredVersion) == ("abc", "3")
 
 
 def test_permanent_failures_do_not_restart() -> None:

@@ -33,6 +33,7 @@ ENV_MODEL_CACHE = "KUBETUNE_MODEL_CACHE"  # the shared model cache (the chart's 
 ENV_MODEL_CACHE_MAX_BYTES = "KUBETUNE_MODEL_CACHE_MAX_BYTES"  # least recently used entries go above it; 0: no bound
 ENV_GPU_TYPE = "KUBETUNE_GPU_TYPE"  # preflight: the GPU type the job will get (nvidia.com/gpu.product)
 ENV_GPU = "KUBETUNE_GPU"  # preflight: that type's memory, TFLOP/s and price (policy.GpuType as JSON)
+ENV_NAMESPACE = "KUBETUNE_NAMESPACE"  # the FineTuneJob's namespace: the default MLflow experiment
 ENV_GRACE = "KUBETUNE_GRACE_SECONDS"  # preflight: the grace period the workers get (its checkpoint warning)
 
 DEFAULT_MASTER_PORT = 29500
@@ -166,6 +167,17 @@ class ProgressLine(_Message):
     etaSeconds: NonNegative | None = None
     eta: ShortText | None = None
     checkpointStep: Count | None = None  # the newest checkpoint marked COMPLETE (this run's or the one resumed from)
+    trackingDegraded: Text | None = None  # the tracker's trouble (unreachable, slow, data dropped); training goes on
+
+
+class TrackingOutcome(_Message):
+    """Where rank 0 tracked the run and what it registered (metrics.json, the summary, status.tracking)."""
+
+    experiment: Text | None = None
+    runId: ShortText | None = None  # every attempt of the job continues this MLflow run
+    registeredModel: Text | None = None
+    registeredVersion: ShortText | None = None
+    degraded: Text | None = None  # why tracking is behind or incomplete; training went on
 
 
 class PreparingLine(_Message):
@@ -210,6 +222,7 @@ class Summary(_Message):
     steps: Count | None = None
     usefulTokensPerSecond: NonNegative | None = None
     adapterUri: Text | None = None  # for a person reading `kubetune run`; the operator derives its own
+    tracking: TrackingOutcome | None = None
 
     _reason = field_validator("reason")(classmethod(lambda cls, value: _known_reason(value)))
 

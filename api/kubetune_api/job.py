@@ -74,10 +74,11 @@ def pods_digest(spec: FineTuneJobSpec) -> str:
 
 def pods_digests(spec: FineTuneJobSpec) -> set[str]:
     """The digests a Job made by this version or an earlier one carries for this spec: pods_digest, and the form
-    before it left empty fields out (every field, as they were before output.serving was added)."""
+    before it left empty fields out (every field, as they were before output.serving and output.tracking were added)."""
     earlier = spec.model_dump(mode="json", include=set(FROZEN_SECTIONS))
-    if earlier["output"].get("serving") is None:
-        earlier["output"].pop("serving", None)
+    for added in ("serving", "tracking"):  # output's fields since then, left out when empty
+        if earlier["output"].get(added) is None:
+            earlier["output"].pop(added, None)
     return {pods_digest(spec), _digest(earlier)}
 
 

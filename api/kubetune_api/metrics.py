@@ -9,6 +9,8 @@ from typing import Annotated, Any
 from pydantic import BaseModel, BeforeValidator, ConfigDict
 from pydantic.dataclasses import dataclass
 
+from .contract import TrackingOutcome
+
 
 def _finite_or_none(value: Any) -> Any:
     return None if isinstance(value, float) and not math.isfinite(value) else value
@@ -142,6 +144,7 @@ class Metrics(_Model):
     data: DataReport
     fetch: Fetch | None = None
     qualityGate: QualityGate | None = None
+    tracking: TrackingOutcome | None = None  # the MLflow run, and the version registered once _SUCCESS is written
 
     def to_json(self) -> str:
         return self.model_dump_json(indent=2, exclude_none=True)

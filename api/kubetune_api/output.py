@@ -9,6 +9,7 @@ from pydantic import Field, StrictBool, StrictFloat
 from ._base import Rule, Section
 from ._types import OutputUri, is_s3, s3_cel
 from .serving import ServingSpec
+from .tracking import TrackingSpec
 
 
 class OutputSpec(Section):
@@ -40,6 +41,7 @@ class OutputSpec(Section):
         "tokenizer, generation config), one shard at a time. Needs the base weights as safetensors.",
     )
     serving: ServingSpec | None = Field(None, description=ServingSpec.__doc__)
+    tracking: TrackingSpec | None = Field(None, description=TrackingSpec.__doc__)
 
     rules = (
         Rule(

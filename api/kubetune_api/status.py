@@ -39,6 +39,9 @@ class Progress(_Status):
     tokensPerSecond: float | None = Field(None, description="Training tokens per second across all processes.")
     eta: str | None = Field(None, description="Estimated time left, e.g. 1h02m.")
     summary: str = Field("", description="step/totalSteps (percent), as shown by kubectl get.")
+    trackingDegraded: str | None = Field(
+        None, description="Why experiment tracking is behind (the MLflow server unreachable or slow); training goes on."
+    )
 
 
 class Preparing(_Status):
@@ -113,6 +116,16 @@ class Preemption(_Status):
     id: str = Field("", description="What was preempted (a pod, or a Job's suspension), so it is counted once.")
 
 
+class Tracking(_Status):
+    """The job's MLflow run and the model version it registered (the chart's tracking.mlflow)."""
+
+    experiment: str | None = Field(None, description="The MLflow experiment.")
+    runId: str | None = Field(None, description="The MLflow run; every attempt of the job continues it.")
+    registeredModel: str | None = Field(None, description="The registered model the adapter was added to.")
+    registeredVersion: str | None = Field(None, description="The model version registered for the adapter.")
+    degraded: str | None = Field(None, description="Why tracking is incomplete (the server was unreachable or slow).")
+
+
 class FineTuneJobStatus(_Status):
     """Where the job is and how it went."""
 
@@ -125,6 +138,7 @@ class FineTuneJobStatus(_Status):
     preflight: Report | None = Field(None, description=Report.__doc__)
     usage: Usage | None = Field(None, description=Usage.__doc__)
     adapterUri: str | None = Field(None, description="Where the finished adapter is (output.uri + adapter/).")
+    tracking: Tracking | None = Field(None, description=Tracking.__doc__)
     startTime: str | None = Field(None, description="RFC 3339 time the workers first started.")
     completionTime: str | None = Field(None, description="RFC 3339 time the job succeeded or failed.")
     restarts: int = Field(0, description="Gang restarts so far.")

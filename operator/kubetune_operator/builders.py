@@ -130,7 +130,29 @@ def _env(plan: Plan) -> list[dict[str, Any]]:
             }
             for key in CREDENTIAL_KEYS
         ]
+    env += _tracking_env(plan)
     env += [{"name": e.name, "value": e.value} for e in spec.workers.env]
+    return env
+
+
+TRACKING_KEYS = ("MLFLOW_TRACKING_TOKEN", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
+
+
+def _tracking_env(plan: Plan) -> list[dict[str, Any]]:
+    """The platform's MLflow server for rank 0 (MLflow's own variable names); its credentials by reference to the
+    platform's Secret in the job's namespace, each key optional (a token, or a user and password)."""
+    tracking = plan.spec.output.tracking
+    if not plan.mlflow_uri or (tracking is not None and not tracking.enabled):
+        return []
+    env: list[dict[str, Any]] = [
+        {"name": "MLFLOW_TRACKING_URI", "value": plan.mlflow_uri},
+        {"name": contract.ENV_NAMESPACE, "value": plan.namespace},
+    ]
+    if plan.mlflow_secret:
+        env += [
+            {"name": key, "valueFrom": {"secretKeyRef": {"name": plan.mlflow_secret, "key": key, "optional": True}}}
+            for key in TRACKING_KEYS
+        ]
     return env
 
 

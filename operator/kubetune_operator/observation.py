@@ -114,7 +114,7 @@ def progress_status(line: ProgressLine) -> dict[str, Any]:
     step, total = min(line.step, line.totalSteps) if line.totalSteps else line.step, line.totalSteps
     percent = int(100 * step / total) if total else 0
     out: dict[str, Any] = {"step": step, "totalSteps": total, "epoch": line.epoch, "summary": f"{step}/{total} ({percent}%)"}
-    for key in ("loss", "learningRate", "tokensPerSecond", "eta"):
+    for key in ("loss", "learningRate", "tokensPerSecond", "eta", "trackingDegraded"):
         value = getattr(line, key)
         if value is not None:
             out[key] = value
@@ -225,6 +225,8 @@ def succeeded_fields(summary: Summary | None, output_uri: str, progress: dict[st
     out: dict[str, Any] = {"adapterUri": adapter_uri(output_uri)}
     if summary is not None and summary.metrics is not None:
         out["metrics"] = summary.metrics.model_dump(exclude_none=True)
+    if summary is not None and summary.tracking is not None:
+        out["tracking"] = summary.tracking.model_dump(exclude_none=True)
     steps = summary.steps if summary is not None else None
     if steps:
         out["progress"] = {**(progress or {}), "step": steps, "totalSteps": steps, "summary": f"{steps}/{steps} (100%)"}

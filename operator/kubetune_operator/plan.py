@@ -36,6 +36,8 @@ class Plan:
     gpu: str = ""
     gpu_price: float = 0.0  # the platform's price of one GPU-hour of that type
     grace: int = 120  # seconds a worker has to checkpoint and upload once told to stop (terminationGracePeriodSeconds)
+    mlflow_uri: str = ""  # Settings.mlflow_uri: the platform's tracking server; empty: nothing tracked
+    mlflow_secret: str = ""  # Settings.mlflow_secret: the Secret with the tracking credentials, in the job's namespace
 
     @property
     def spec(self) -> Any:
@@ -122,4 +124,6 @@ def make_plan(
         gpu=gpu.model_dump_json() if gpu is not None and spec.workers.gpusPerWorker else "",
         gpu_price=gpu.pricePerHour if gpu is not None else 0.0,
         grace=spec.runPolicy.terminationGracePeriodSeconds or settings.grace_seconds,
+        mlflow_uri=settings.mlflow_uri,
+        mlflow_secret=settings.mlflow_secret,
     )

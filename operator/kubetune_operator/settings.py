@@ -23,6 +23,10 @@ class Settings:
     # seconds a worker has, once told to stop, to checkpoint the step it reached and upload it (a job's
     # runPolicy.terminationGracePeriodSeconds wins): sized for an adapter's state, not a base model's
     grace_seconds: int = 120
+    # the platform's MLflow tracking server (the chart's tracking.mlflow.uri) and the Secret, in each job's namespace,
+    # whose MLFLOW_TRACKING_TOKEN or MLFLOW_TRACKING_USERNAME/PASSWORD the workers get; empty: nothing is tracked
+    mlflow_uri: str = ""
+    mlflow_secret: str = ""
     peering: str = ""  # a peering name for a standby replica; empty runs standalone
     peering_lifetime: int = 60  # seconds a silent active replica keeps its claim before a standby takes over
     health_port: int = 8080
@@ -58,6 +62,8 @@ class Settings:
             wait_seconds=float(env.get("KUBETUNE_WAIT_SECONDS") or 6 * float(env.get("KUBETUNE_SYNC_SECONDS", cls.sync_seconds))),
             master_port=int(env.get("KUBETUNE_MASTER_PORT", cls.master_port)),
             grace_seconds=int(env.get("KUBETUNE_GRACE_SECONDS") or cls.grace_seconds),
+            mlflow_uri=env.get("KUBETUNE_MLFLOW_URI", ""),
+            mlflow_secret=env.get("KUBETUNE_MLFLOW_SECRET", ""),
             peering=env.get("KUBETUNE_PEERING", ""),
             peering_lifetime=int(env.get("KUBETUNE_PEERING_LIFETIME", cls.peering_lifetime)),
             health_port=int(env.get("KUBETUNE_HEALTH_PORT", cls.health_port)),

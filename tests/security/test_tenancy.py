@@ -267,7 +267,7 @@ def test_an_operator_upgrade_reads_the_digest_an_earlier_version_recorded() -> N
     spec = validate_object(job()).job
     assert spec is not None
     before = spec.spec.model_dump(mode="json", include=set(FROZEN_SECTIONS))
-    del before["output"]["serving"]  # the spec as the earlier version dumped it
+    del before["output"]["serving"], before["output"]["tracking"]  # the spec as the earlier version dumped it
     digest = hashlib.sha256(json.dumps(before, sort_keys=True).encode()).hexdigest()[:32]
     made = {"metadata": {"annotations": {builders.SPEC_ANNOTATION: digest}}}
     assert reads_spec(made, spec.spec)
@@ -414,7 +414,7 @@ def test_an_upgraded_trainer_resumes_a_checkpoint_an_earlier_version_wrote() -> 
     spec = validate_object(job()).job
     assert spec is not None
     sections = {name: getattr(spec.spec, name).model_dump(mode="json") for name in IDENTITY_SECTIONS}
-    del sections["output"]["serving"]  # as the earlier version dumped it
+    del sections["output"]["serving"], sections["output"]["tracking"]  # as the earlier version dumped it
     earlier = {"specDigest": hashlib.sha256(json.dumps(sections, sort_keys=True).encode()).hexdigest(), "jobUid": "u"}
     mine = identity(spec.spec, "u")
     assert earlier["specDigest"] != mine["specDigest"]

@@ -179,6 +179,7 @@ def final_summary(spec: FineTuneJobSpec, outcome: dict[str, Any]) -> dict[str, A
         },
         steps=metrics.train.steps,
         usefulTokensPerSecond=metrics.train.usefulTokensPerSecond,
+        tracking=metrics.tracking.model_dump(exclude_none=True) if metrics.tracking is not None else None,
     )
 
 

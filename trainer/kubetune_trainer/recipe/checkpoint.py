@@ -96,10 +96,11 @@ def identity(spec: FineTuneJobSpec, job_uid: str) -> dict[str, str]:
 
 def spec_digests(spec: FineTuneJobSpec) -> set[str]:
     """The digests a checkpoint of this spec may carry: identity's, and the form before empty fields were left out
-    (every field, as they were before output.serving was added)."""
+    (every field, as they were before output.serving and output.tracking were added)."""
     earlier = {name: getattr(spec, name).model_dump(mode="json") for name in IDENTITY_SECTIONS}
-    if earlier["output"].get("serving") is None:
-        earlier["output"].pop("serving", None)
+    for added in ("serving", "tracking"):  # output's fields since then, left out when empty
+        if earlier["output"].get(added) is None:
+            earlier["output"].pop(added, None)
     return {identity(spec, "")["specDigest"], _spec_digest(earlier)}
 
 

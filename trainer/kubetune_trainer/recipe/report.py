@@ -29,6 +29,7 @@ class Progress:
     total_steps: int
     style: str = "json"  # json | bar
     stream: TextIO = field(default_factory=lambda: sys.stdout)
+    tracker: Any = None  # tracking.Tracker: the curves go to MLflow too, and its trouble into the progress lines
     _bar: Any = None
     _started: float = field(default_factory=time.monotonic)
     _first_step: int = 0
@@ -58,7 +59,10 @@ class Progress:
             etaSeconds=None if eta is None else round(eta, 1),
             eta=format_eta(eta),
             checkpointStep=checkpoint_step,
+            trackingDegraded=self.tracker.degraded() if self.tracker is not None else None,
         )
+        if self.tracker is not None:
+            self.tracker.on_progress(line)
         if self._bar is not None:
             self._bar.n = step
             self._bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{tokens_per_second:.0f}", refresh=True)
@@ -67,6 +71,8 @@ class Progress:
         return line
 
     def emit(self, event: events.Event) -> None:
+        if self.tracker is not None and isinstance(event, events.Eval):
+            self.tracker.on_eval(event.step, event.model, event.model_dump(exclude={"event", "step", "model"}))
         if self._bar is not None:
             self._bar.write(events.line(event), file=sys.stdout)
         else:

@@ -22,7 +22,7 @@ from typing import Any
 
 from kubetune_api import events
 from kubetune_api.conditions import Reason
-from kubetune_api.contract import RankFailure, WorkerEnv
+from kubetune_api.contract import RankFailure, TrackingOutcome, WorkerEnv
 from kubetune_api.ds_config import deepspeed_config
 from kubetune_api.job import FineTuneJobSpec
 from kubetune_api.metrics import AdapterChoice, Curves, DataReport, EarlyStop, Evaluated, Evaluation, Fetch, Metrics, TrainStats
@@ -31,7 +31,7 @@ from kubetune_trainer.data import batching, prepared
 from kubetune_trainer.errors import TrainerFailure
 from kubetune_trainer.model import add_lora, load_model, load_tokenizer, model_type
 from kubetune_trainer.rank_env import RankEnv
-from kubetune_trainer.recipe import checkpoint, evaluate, merge, meter, outputs
+from kubetune_trainer.recipe import checkpoint, evaluate, merge, meter, outputs, tracking
 from kubetune_trainer.recipe.preemption import Preempted, Stop
 from kubetune_trainer.recipe.rank import Rank, all_max, all_sum, barrier, broadcast, setup_rank
 from kubetune_trainer.recipe.report import Progress
@@ -216,7 +216,9 @@ class Recipe:
         self.watch = Watch()
         self.window = Window()
         self.trained_tokens = 0.0
-        self.progress = Progress(batches.plan.total_steps, style=me.paths.progress) if me.is_main else None
+        self.tracker = tracking.start(me.spec, me.worker) if me.is_main else None
+        main = me.is_main
+        self.progress = Progress(batches.plan.total_steps, style=me.paths.progress, tracker=self.tracker) if main else None
         self._epoch: tuple[int, Sequence[list[batching.Row]]] = (-1, [])
         synchronous = os.environ.get("KUBETUNE_SYNC_CHECKPOINTS") == "1"  # the benchmark's baseline
         self.checkpoints = checkpoint.Checkpoints(me, store, synchronous)
@@ -334,8 +336,8 @@ class Recipe:
         self.clock.lap("resume")
         if not self.record.base:
             self.record.base = self.evaluate(adapter=False)
-            if self.me.is_main:
-                events.emit(events.Eval(step=0, model="base", **self.record.base))
+            if self.progress:
+                self.progress.emit(events.Eval(step=0, model="base", **self.record.base))
             self.clock.lap("evaluate the base model")
         for seen in self.record.history:  # a resumed run picks up where its evaluations left off
             self.observe(int(seen["step"]), seen)
@@ -496,7 +498,12 @@ class Recipe:
         )
         me = self.me
         about = outputs.manifest(me.spec, me.paths, me.worker, me.world, self.built.adjusted, self.built.config)
-        return outputs.write(self.store, me.spec, me.paths, adapter_dir, metrics, about, self.tokenizer)
+        if self.tracker is not None:
+            metrics.tracking = TrackingOutcome(experiment=self.tracker.experiment, runId=self.tracker.run_id)
+        written = outputs.write(self.store, me.spec, me.paths, adapter_dir, metrics, about, self.tokenizer)
+        if self.tracker is not None:  # _SUCCESS is written: the final metrics, and the version that points at it
+            written.tracking = tracking.finished(self.tracker, me.spec, me.worker, written, about)
+        return written
 
 
 class Clock:
@@ -529,7 +536,14 @@ def train(spec: FineTuneJobSpec, worker: WorkerEnv, paths: RankEnv) -> Metrics |
     memory.start()
     built = setup_engine(me, batches.plan)
     clock.lap("load model, DeepSpeed init")
-    return Recipe(me, store, tokenizer, batches, built, clock, memory, stop).train()
+    recipe = Recipe(me, store, tokenizer, batches, built, clock, memory, stop)
+    try:
+        return recipe.train()
+    except BaseException as exc:
+        if recipe.tracker is not None:  # the run says how this attempt ended; a resumed one sets it running again
+            recipe.tracker.finish("KILLED" if getattr(exc, "reason", None) == Reason.PREEMPTED else "FAILED")
+            recipe.tracker.close(seconds=5.0)
+        raise
 
 
 def _classify(exc: BaseException) -> tuple[Reason, str]:
