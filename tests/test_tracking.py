@@ -70,6 +70,7 @@ def test_a_run_is_tracked_live_and_its_adapter_registered_with_its_lineage(
     version = client.get_model_version("support-adapter", "1")
     assert version.source == "s3://adapters/tracked/adapter/" and version.run_id == said["runId"]
     assert version.tags["kubetune.spec-sha256"] == manifest["specSha256"]
+    assert client.get_run(said["runId"]).data.tags["kubetune.dataset.train.sha256"] == manifest["datasets"]["train"]["sha256"]
     assert version.tags["kubetune.dataset.train.sha256"] == manifest["datasets"]["train"]["sha256"]
     assert float(version.tags["heldout.final.evalLoss"]) == pytest.approx(metrics["final"]["evalLoss"])
 

@@ -303,6 +303,8 @@ def finished(
     }
     table |= {"train.loss": metrics.train.loss, "train.usefulTokensPerSecond": metrics.train.usefulTokensPerSecond}
     tracker.metrics(step, table)  # the base model's are logged at step 0, as evaluated
+    digests = {f"kubetune.dataset.{k}.sha256": str(v.get("sha256", "")) for k, v in (about.get("datasets") or {}).items()}
+    tracker.tags({**digests, "kubetune.spec-sha256": str(about.get("specSha256", ""))})  # what exactly was trained
     table |= {f"base.{k}": v for k, v in metrics.base.model_dump().items() if isinstance(v, int | float)}
     settings = spec.output.tracking
     if settings is None or settings.registerModel:
@@ -310,7 +312,7 @@ def finished(
         lineage = {
             "kubetune.base-model": spec.model.uri,
             "kubetune.spec-sha256": str(about.get("specSha256", "")),
-            **{f"kubetune.dataset.{k}.sha256": str(v.get("sha256", "")) for k, v in (about.get("datasets") or {}).items()},
+            **digests,
             **{f"heldout.{k}": str(v) for k, v in table.items() if k.startswith(("final.", "base.")) and v is not None},
         }
         tracker.register(name, layout.adapter_uri(spec.output.uri), lineage)
