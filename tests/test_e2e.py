@@ -214,6 +214,7 @@ def _tracked_in_mlflow(mlflow: Any, final: dict[str, Any], s3: S3Server) -> Any:
     run = client.get_run(tracking["runId"])
     assert run.info.status == "FINISHED" and run.data.tags["kubetune.job-uid"] == uid
     assert run.data.tags["kubetune.namespace"] == NAMESPACE and run.data.params["workers.replicas"] == "2"
+    assert run.data.params["preflight.totalSteps"] == str(final["status"]["preflight"]["totalSteps"])  # its estimates
     metrics = json.loads(s3.get(out + "metrics.json"))
     curve = {p["step"]: p["loss"] for p in metrics["curves"]["train"]}
     logged = {m.step: m.value for m in client.get_metric_history(tracking["runId"], "loss")}

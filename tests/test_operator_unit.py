@@ -76,6 +76,22 @@ def test_the_tracking_server_and_its_credentials_come_from_the_platform_never_th
     opted_out = dataclasses.replace(opted_out, mlflow_uri="http://mlflow.mlflow:5000", mlflow_secret="mlflow-creds")
     assert not any(k.startswith("MLFLOW_") for k in env_of(builders.build_job(opted_out)))
     assert not any(k.startswith("MLFLOW_") for k in env_of(builders.build_job(plan_for())))  # no server configured
+    # the preflight's figures go with the training Job, for the run; the preflight itself gets no tracking credentials
+    figures = {"totalSteps": 40.0, "memoryPerGpuBytes": 11967488.0}
+    assert json.loads(env_of(builders.build_job(tracked, figures))["KUBETUNE_PREFLIGHT"]) == figures
+    preflight = builders.build_preflight_job(tracked)["spec"]["template"]["spec"]["containers"][0]["env"]
+    assert not any(e["name"].startswith("MLFLOW_") or e["name"] == "KUBETUNE_PREFLIGHT" for e in preflight)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    ['{"totalSteps": 40, "evil": "x", "records": "600"}', '{"totalSteps": 40, "gpuHours": NaN, "tokens": true}', "[40]", "{", ""],
+)
+def test_the_preflight_figures_a_run_reads_are_known_finite_numbers_only(raw: str) -> None:
+    from kubetune_api.contract import preflight_figures
+
+    figures = preflight_figures(raw)
+    assert set(figures) <= {"totalSteps"} and all(v == 40.0 for v in figures.values())
 
 
 @pytest.mark.parametrize(

@@ -43,7 +43,8 @@ def test_a_run_is_tracked_live_and_its_adapter_registered_with_its_lineage(
     mlflow: MlflowServer, s3: S3Server, stored: dict[str, str], tmp_path: Path
 ) -> None:
     body = tracked("tracked", s3, stored, registeredModel="support-adapter")
-    done = run(body, s3, tmp_path, MLFLOW_TRACKING_URI=mlflow.uri)
+    figures = '{"totalSteps": 12, "memoryPerGpuBytes": 11967488, "gpuHours": 0.25, "evil": "x"}'  # as the operator passes them
+    done = run(body, s3, tmp_path, MLFLOW_TRACKING_URI=mlflow.uri, KUBETUNE_PREFLIGHT=figures)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     said = done.summary["tracking"]
     assert said["experiment"] == "kubetune-tests" and said["registeredModel"] == "support-adapter"
@@ -54,6 +55,12 @@ def test_a_run_is_tracked_live_and_its_adapter_registered_with_its_lineage(
     params, tags = got.data.params, got.data.tags
     assert params["lora.r"] == "4" and params["training.maxSteps"] == str(STEPS) and params["model.uri"] == stored["model"]
     assert "storage.endpoint" not in params  # where the bucket is, not what was trained
+    assert (params["preflight.totalSteps"], params["preflight.memoryPerGpuBytes"], params["preflight.gpuHours"]) == (
+        "12",
+        "11967488",
+        "0.25",
+    )
+    assert "preflight.evil" not in params
     assert tags["kubetune.base-model"] == stored["model"] and tags["kubetune.job-name"] == "tracked"
     assert tags["kubetune.adapter-uri"] == "s3://adapters/tracked/adapter/"
     metrics = json.loads(s3.get("s3://adapters/tracked/metrics.json"))

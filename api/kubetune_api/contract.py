@@ -34,6 +34,37 @@ ENV_MODEL_CACHE_MAX_BYTES = "KUBETUNE_MODEL_CACHE_MAX_BYTES"  # least recently u
 ENV_GPU_TYPE = "KUBETUNE_GPU_TYPE"  # preflight: the GPU type the job will get (nvidia.com/gpu.product)
 ENV_GPU = "KUBETUNE_GPU"  # preflight: that type's memory, TFLOP/s and price (policy.GpuType as JSON)
 ENV_NAMESPACE = "KUBETUNE_NAMESPACE"  # the FineTuneJob's namespace: the default MLflow experiment
+ENV_PREFLIGHT = "KUBETUNE_PREFLIGHT"  # the preflight's estimates (PREFLIGHT_FIGURES, JSON): tracked with the run
+PREFLIGHT_FIGURES = (
+    "records",
+    "tokens",
+    "stepsPerEpoch",
+    "totalSteps",
+    "memoryPerGpuBytes",
+    "gpuHours",
+    "estimatedHours",
+    "estimatedCost",
+    "checkpointBytes",
+    "checkpointSeconds",
+)
+
+
+def preflight_figures(raw: str) -> dict[str, float]:
+    """The preflight's estimates from ENV_PREFLIGHT: the known figures that are finite numbers, nothing else."""
+    try:
+        data = json.loads(raw[:4096]) if raw else {}
+    except ValueError:
+        return {}
+    if not isinstance(data, dict):
+        return {}
+    out: dict[str, float] = {}
+    for key in PREFLIGHT_FIGURES:
+        value = data.get(key)
+        if isinstance(value, int | float) and not isinstance(value, bool) and abs(value) < 1e18 and value == value:
+            out[key] = float(value)
+    return out
+
+
 ENV_GRACE = "KUBETUNE_GRACE_SECONDS"  # preflight: the grace period the workers get (its checkpoint warning)
 
 DEFAULT_MASTER_PORT = 29500

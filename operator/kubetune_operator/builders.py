@@ -93,7 +93,7 @@ def build_network_policy(plan: Plan) -> dict[str, Any]:
     }
 
 
-def _env(plan: Plan) -> list[dict[str, Any]]:
+def _env(plan: Plan, estimates: dict[str, float] | None = None, tracked: bool = True) -> list[dict[str, Any]]:
     spec = plan.spec
     env: list[dict[str, Any]] = [
         {"name": contract.ENV_CONFIG, "value": f"{contract.CONFIG_DIR}/{contract.CONFIG_FILE}"},
@@ -130,7 +130,7 @@ def _env(plan: Plan) -> list[dict[str, Any]]:
             }
             for key in CREDENTIAL_KEYS
         ]
-    env += _tracking_env(plan)
+    env += _tracking_env(plan, estimates) if tracked else []  # the preflight tracks nothing: no credentials for it
     env += [{"name": e.name, "value": e.value} for e in spec.workers.env]
     return env
 
@@ -138,7 +138,7 @@ def _env(plan: Plan) -> list[dict[str, Any]]:
 TRACKING_KEYS = ("MLFLOW_TRACKING_TOKEN", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
 
 
-def _tracking_env(plan: Plan) -> list[dict[str, Any]]:
+def _tracking_env(plan: Plan, estimates: dict[str, float] | None = None) -> list[dict[str, Any]]:
     """The platform's MLflow server for rank 0 (MLflow's own variable names); its credentials by reference to the
     platform's Secret in the job's namespace, each key optional (a token, or a user and password)."""
     tracking = plan.spec.output.tracking
@@ -148,6 +148,8 @@ def _tracking_env(plan: Plan) -> list[dict[str, Any]]:
         {"name": "MLFLOW_TRACKING_URI", "value": plan.mlflow_uri},
         {"name": contract.ENV_NAMESPACE, "value": plan.namespace},
     ]
+    if estimates:
+        env.append({"name": contract.ENV_PREFLIGHT, "value": json.dumps(estimates, sort_keys=True)})
     if plan.mlflow_secret:
         env += [
             {"name": key, "valueFrom": {"secretKeyRef": {"name": plan.mlflow_secret, "key": key, "optional": True}}}
@@ -178,7 +180,7 @@ def _resources(plan: Plan) -> dict[str, Any]:
     return out
 
 
-def build_pod_spec(plan: Plan) -> dict[str, Any]:
+def build_pod_spec(plan: Plan, estimates: dict[str, float] | None = None, tracked: bool = True) -> dict[str, Any]:
     spec = plan.spec
     pod: dict[str, Any] = {
         "subdomain": plan.service_name,
@@ -199,7 +201,7 @@ def build_pod_spec(plan: Plan) -> dict[str, Any]:
                 "name": "trainer",
                 "image": plan.image,
                 "command": ["python", "-m", "kubetune_trainer"],
-                "env": _env(plan),
+                "env": _env(plan, estimates, tracked),
                 "resources": _resources(plan),
                 "ports": [{"name": "rendezvous", "containerPort": plan.master_port}],
                 "volumeMounts": [
@@ -251,8 +253,9 @@ def attempt_of(job: dict[str, Any], default: int) -> int:
         return default
 
 
-def build_job(plan: Plan) -> dict[str, Any]:
-    """An Indexed Job, one pod per worker; the completion index is the node rank."""
+def build_job(plan: Plan, estimates: dict[str, float] | None = None) -> dict[str, Any]:
+    """An Indexed Job, one pod per worker; the completion index is the node rank. `estimates`: the preflight's
+    figures, which a tracked run logs beside its own."""
     job: dict[str, Any] = {
         "apiVersion": "batch/v1",
         "kind": "Job",
@@ -279,7 +282,7 @@ def build_job(plan: Plan) -> dict[str, Any]:
             "suspend": plan.suspend or bool(plan.queue),  # a queued Job waits for Kueue to admit it
             "template": {
                 "metadata": {"labels": {k: v for k, v in plan.labels.items() if k != "kueue.x-k8s.io/queue-name"}},
-                "spec": build_pod_spec(plan),
+                "spec": build_pod_spec(plan, estimates),
             },
         },
     }
@@ -294,7 +297,7 @@ PREFLIGHT_ROLE = {"kubetune.dev/role": "preflight"}
 def build_preflight_job(plan: Plan) -> dict[str, Any]:
     """The preflight: one pod with no GPU and none of the GPU nodes' placement, the job's own credentials and
     config, running the CPU-only checks (kubetune_trainer.preflight). Never queued: it takes no GPU quota."""
-    pod = build_pod_spec(plan)
+    pod = build_pod_spec(plan, tracked=False)
     for key in ("subdomain", "nodeSelector", "tolerations", "priorityClassName"):
         pod.pop(key, None)
     container = pod["containers"][0]

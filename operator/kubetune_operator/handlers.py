@@ -19,7 +19,7 @@ from kubernetes import client, config
 
 from kubetune_api import validate_object
 from kubetune_api.conditions import Phase, Reason
-from kubetune_api.contract import PreparingLine, ProgressLine, last_line
+from kubetune_api.contract import PREFLIGHT_FIGURES, PreparingLine, ProgressLine, last_line
 from kubetune_api.names import GROUP, JOB_NAME_LABEL, PLURAL, QUEUE_LABEL, VERSION
 from kubetune_api.policy import check as policy_check
 from kubetune_api.status import FineTuneJobStatus
@@ -483,8 +483,9 @@ def _carry_out(
             _create_job(plan, preflight)
         elif isinstance(action, DeletePreflight):
             _delete_job(plan, {"metadata": {"uid": action.uid}}, plan.preflight_name)
-        elif isinstance(action, CreateJob):
-            _create_job(plan, builders.build_job(plan))
+        elif isinstance(action, CreateJob):  # the preflight's figures go with it, for the run's tracking
+            figures = new.preflight.model_dump(include=set(PREFLIGHT_FIGURES), exclude_none=True) if new.preflight else {}
+            _create_job(plan, builders.build_job(plan, figures))
         elif isinstance(action, Annotate):
             _annotate(plan, job, action)
         elif isinstance(action, SuspendJob):

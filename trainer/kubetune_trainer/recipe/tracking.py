@@ -21,7 +21,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from kubetune_api import layout
-from kubetune_api.contract import ENV_NAMESPACE, ProgressLine, TrackingOutcome, WorkerEnv
+from kubetune_api.contract import ENV_NAMESPACE, ENV_PREFLIGHT, ProgressLine, TrackingOutcome, WorkerEnv, preflight_figures
 from kubetune_api.job import FineTuneJobSpec
 from kubetune_api.metrics import Metrics
 
@@ -288,7 +288,9 @@ def start(spec: FineTuneJobSpec, worker: WorkerEnv, environ: Mapping[str, str] |
     experiment = (settings.experiment if settings else None) or namespace or "kubetune"
     key = worker.job_uid or hashlib.sha256(f"{worker.job_name}\n{spec.output.uri}".encode()).hexdigest()[:32]
     tracker = Tracker(Client(uri, env), experiment, key, worker.job_name or "kubetune")
-    tracker.start(params_of(spec), run_tags(spec, worker, namespace))
+    figures = preflight_figures(env.get(ENV_PREFLIGHT, ""))
+    estimates = {f"preflight.{k}": str(int(v)) if v.is_integer() else f"{v:.6g}" for k, v in figures.items()}
+    tracker.start(params_of(spec) | estimates, run_tags(spec, worker, namespace))
     return tracker
 
 
