@@ -292,3 +292,19 @@ def test_the_rendered_deepspeed_json_is_the_derivation_the_trainer_runs() -> Non
     assert "bf16" not in no_bf16 and no_bf16["fp16"]["enabled"]
     on_cpu = deepspeed_config(plan.spec, 2, on_gpu=False)
     assert "bf16" not in on_cpu and "fp16" not in on_cpu and on_cpu["optimizer"]["params"]["torch_adam"]
+
+
+def test_the_trackers_bound_drops_the_oldest_metric_batches_never_the_runs_own_requests(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """A tracking server that is away: past the bound the oldest metric batches go, while the request being
+    delivered, the run's start and its end stay queued for when the server is back."""
+    from kubetune_trainer.recipe import tracking
+
+    monkeypatch.setattr(tracking, "QUEUE_LIMIT", 4)
+    tracker = tracking.Tracker(tracking.Client("http://127.0.0.1:9", {}), "e", "key", "run")  # nothing listens
+    tracker.start({}, {})
+    for step in range(1, 8):
+        tracker.metrics(step, {"loss": 1.0})
+    tracker.finish("FINISHED")
+    with tracker._lock:
+        queued = [batch for _, batch in tracker._queue]
+    assert queued[0] is False and queued[-1] is False and queued.count(True) == 3 and tracker.dropped == 4

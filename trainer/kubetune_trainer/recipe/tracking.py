@@ -103,7 +103,7 @@ class Tracker:
         self.trouble: str | None = None  # the newest reason deliveries are behind, cleared when they catch up
         self.dropped = 0
         self.registered: tuple[str, str] | None = None
-        self._queue: collections.deque[Callable[[], object]] = collections.deque()
+        self._queue: collections.deque[tuple[Callable[[], object], bool]] = collections.deque()  # (work, a metric batch)
         self._lock = threading.Condition()
         self._closing = False
         self._thread = threading.Thread(target=self._deliver, name="kubetune-tracking", daemon=True)
@@ -114,9 +114,13 @@ class Tracker:
     def _put(self, work: Callable[[], object], metrics: bool = False) -> None:
         with self._lock:
             if len(self._queue) >= QUEUE_LIMIT and metrics:
-                self._queue.popleft()
-                self.dropped += 1
-            self._queue.append(work)
+                # the oldest metric batch goes; never the one being delivered (the first), nor the run's start,
+                # tags, registration or end
+                oldest = next((i for i, (_, batch) in enumerate(self._queue) if batch and i > 0), None)
+                if oldest is not None:
+                    del self._queue[oldest]
+                    self.dropped += 1
+            self._queue.append((work, metrics))
             self._lock.notify()
 
     def start(self, params: dict[str, str], tags: dict[str, str]) -> None:
@@ -135,7 +139,7 @@ class Tracker:
         self._put(lambda: self._register(name, source, tags))
 
     def finish(self, status: str) -> None:
-        self._put(lambda: self._call("runs/update", {"run_id": self._run(), "status": status, "end_time": _ms()}))
+        self._put(lambda: self.client.call("runs/update", {"run_id": self._run(), "status": status, "end_time": _ms()}))
 
     def on_progress(self, line: ProgressLine) -> None:
         self.metrics(line.step, {"loss": line.loss, "learningRate": line.learningRate, "tokensPerSecond": line.tokensPerSecond})
@@ -183,7 +187,7 @@ class Tracker:
             with self._lock:
                 while not self._queue:
                     self._lock.wait(timeout=1.0)
-                work = self._queue[0]
+                work = self._queue[0][0]
             try:
                 work()
             except Unavailable as exc:
@@ -200,9 +204,6 @@ class Tracker:
                     self.trouble = None  # caught up
                 self._lock.notify_all()
 
-    def _call(self, path: str, body: dict[str, Any] | None = None, query: dict[str, str] | None = None) -> dict[str, Any]:
-        return self.client.call(path, body, query)
-
     def _run(self) -> str:
         if self.run_id is None:
             raise Refused("no run")
@@ -210,13 +211,13 @@ class Tracker:
 
     def _experiment_id(self) -> str:
         try:
-            found = self._call("experiments/get-by-name", query={"experiment_name": self.experiment})
+            found = self.client.call("experiments/get-by-name", query={"experiment_name": self.experiment})
             return str(found["experiment"]["experiment_id"])
         except Refused:
             try:
-                return str(self._call("experiments/create", {"name": self.experiment})["experiment_id"])
+                return str(self.client.call("experiments/create", {"name": self.experiment})["experiment_id"])
             except Refused:  # created meanwhile by another job
-                found = self._call("experiments/get-by-name", query={"experiment_name": self.experiment})
+                found = self.client.call("experiments/get-by-name", query={"experiment_name": self.experiment})
                 return str(found["experiment"]["experiment_id"])
 
     def _start(self, params: dict[str, str], tags: dict[str, str]) -> None:
@@ -226,10 +227,10 @@ class Tracker:
             "filter": f"tags.`{RUN_KEY}` = '{self.run_key}'",
             "max_results": 1,
         }
-        runs = self._call("runs/search", search).get("runs") or []
+        runs = self.client.call("runs/search", search).get("runs") or []
         if runs:  # an earlier attempt's: continue it
             self.run_id = str(runs[0]["info"]["run_id"])
-            self._call("runs/update", {"run_id": self.run_id, "status": "RUNNING"})
+            self.client.call("runs/update", {"run_id": self.run_id, "status": "RUNNING"})
         else:
             body = {
                 "experiment_id": experiment,
@@ -237,7 +238,7 @@ class Tracker:
                 "start_time": _ms(),
                 "tags": [{"key": RUN_KEY, "value": self.run_key}],
             }
-            self.run_id = str(self._call("runs/create", body)["run"]["info"]["run_id"])
+            self.run_id = str(self.client.call("runs/create", body)["run"]["info"]["run_id"])
         items = list(params.items())
         for i in range(0, len(items), 100):
             self._log(params=[{"key": k, "value": v} for k, v in items[i : i + 100]])
@@ -249,17 +250,17 @@ class Tracker:
         for i in range(0, max(len(metrics), 1), BATCH):
             body = {"run_id": run, "metrics": metrics[i : i + BATCH], "params": params or [], "tags": tags or []}
             try:
-                self._call("runs/log-batch", body)
+                self.client.call("runs/log-batch", body)
             except Refused:
                 if not params:
                     raise
                 # a parameter logged by an earlier attempt with another value (a resumed run): keep the first
-                self._call("runs/log-batch", {**body, "params": []})
+                self.client.call("runs/log-batch", {**body, "params": []})
             params, tags = None, None
 
     def _register(self, name: str, source: str, tags: dict[str, str]) -> None:
         try:
-            self._call("registered-models/create", {"name": name})
+            self.client.call("registered-models/create", {"name": name})
         except Refused as exc:
             if "ALREADY_EXISTS" not in str(exc):
                 raise
@@ -269,7 +270,7 @@ class Tracker:
             "run_id": self._run(),
             "tags": [{"key": k, "value": v[:PARAM_LIMIT]} for k, v in tags.items()],
         }
-        version = self._call("model-versions/create", body)["model_version"]["version"]
+        version = self.client.call("model-versions/create", body)["model_version"]["version"]
         self.registered = (name, str(version))
 
 
