@@ -33,6 +33,7 @@ ENV_MODEL_CACHE = "KUBETUNE_MODEL_CACHE"  # the shared model cache (the chart's 
 ENV_MODEL_CACHE_MAX_BYTES = "KUBETUNE_MODEL_CACHE_MAX_BYTES"  # least recently used entries go above it; 0: no bound
 ENV_GPU_TYPE = "KUBETUNE_GPU_TYPE"  # preflight: the GPU type the job will get (nvidia.com/gpu.product)
 ENV_GPU = "KUBETUNE_GPU"  # preflight: that type's memory, TFLOP/s and price (policy.GpuType as JSON)
+ENV_GRACE = "KUBETUNE_GRACE_SECONDS"  # preflight: the grace period the workers get (its checkpoint warning)
 ENV_NAMESPACE = "KUBETUNE_NAMESPACE"  # the FineTuneJob's namespace: the default MLflow experiment
 ENV_PREFLIGHT = "KUBETUNE_PREFLIGHT"  # the preflight's estimates (PREFLIGHT_FIGURES, JSON): tracked with the run
 PREFLIGHT_FIGURES = (
@@ -48,24 +49,6 @@ PREFLIGHT_FIGURES = (
     "checkpointSeconds",
 )
 
-
-def preflight_figures(raw: str) -> dict[str, float]:
-    """The preflight's estimates from ENV_PREFLIGHT: the known figures that are finite numbers, nothing else."""
-    try:
-        data = json.loads(raw[:4096]) if raw else {}
-    except ValueError:
-        return {}
-    if not isinstance(data, dict):
-        return {}
-    out: dict[str, float] = {}
-    for key in PREFLIGHT_FIGURES:
-        value = data.get(key)
-        if isinstance(value, int | float) and not isinstance(value, bool) and abs(value) < 1e18 and value == value:
-            out[key] = float(value)
-    return out
-
-
-ENV_GRACE = "KUBETUNE_GRACE_SECONDS"  # preflight: the grace period the workers get (its checkpoint warning)
 
 DEFAULT_MASTER_PORT = 29500
 # a worker that stopped on SIGTERM (its own or a peer's) after checkpointing the step it reached: the Job's
@@ -209,6 +192,22 @@ class TrackingOutcome(_Message):
     registeredModel: Text | None = None
     registeredVersion: ShortText | None = None
     degraded: Text | None = None  # why tracking is behind or incomplete; training went on
+
+
+def preflight_figures(raw: str) -> dict[str, float]:
+    """The preflight's estimates from ENV_PREFLIGHT: the known figures that are finite numbers, nothing else."""
+    try:
+        data = json.loads(raw[:4096]) if raw else {}
+    except ValueError:
+        return {}
+    if not isinstance(data, dict):
+        return {}
+    out: dict[str, float] = {}
+    for key in PREFLIGHT_FIGURES:
+        value = data.get(key)
+        if isinstance(value, int | float) and not isinstance(value, bool) and abs(value) < 1e18 and value == value:
+            out[key] = float(value)
+    return out
 
 
 class PreparingLine(_Message):

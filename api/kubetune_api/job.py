@@ -16,7 +16,7 @@ from .model import ModelSpec
 from .names import API_VERSION, KIND
 from .output import OutputSpec
 from .run_policy import RunPolicySpec
-from .serving import VLLM_LORA_RANKS, VLLM_MODULES, module_problem
+from .serving import RANKS_TEXT, VLLM_LORA_RANKS, VLLM_MODULES, module_problem
 from .status import FineTuneJobStatus
 from .storage import StorageSpec
 from .training import TrainingSpec
@@ -29,7 +29,6 @@ _PROCS_CEL = (
 
 
 _SERVED_CEL = "has(self.output.serving) && (has(self.output.serving.vllm) || has(self.output.serving.kserve))"
-_RANKS = ", ".join(map(str, VLLM_LORA_RANKS))
 
 
 def _served(spec: FineTuneJobSpec) -> bool:
@@ -72,14 +71,20 @@ def pods_digest(spec: FineTuneJobSpec) -> str:
     return _digest(spec.model_dump(mode="json", include=set(FROZEN_SECTIONS), exclude_none=True))
 
 
+def as_dumped_before(sections: dict[str, Any]) -> dict[str, Any]:
+    """Sections dumped with every field, as versions before output.serving and output.tracking dumped them (those
+    were added since and are dropped when empty): what the pods' digest and the checkpoints' identity were made of
+    before they left empty fields out."""
+    for added in ("serving", "tracking"):
+        if sections["output"].get(added) is None:
+            sections["output"].pop(added, None)
+    return sections
+
+
 def pods_digests(spec: FineTuneJobSpec) -> set[str]:
     """The digests a Job made by this version or an earlier one carries for this spec: pods_digest, and the form
-    before it left empty fields out (every field, as they were before output.serving and output.tracking were added)."""
-    earlier = spec.model_dump(mode="json", include=set(FROZEN_SECTIONS))
-    for added in ("serving", "tracking"):  # output's fields since then, left out when empty
-        if earlier["output"].get(added) is None:
-            earlier["output"].pop(added, None)
-    return {pods_digest(spec), _digest(earlier)}
+    before it left empty fields out."""
+    return {pods_digest(spec), _digest(as_dumped_before(spec.model_dump(mode="json", include=set(FROZEN_SECTIONS))))}
 
 
 class FineTuneJobSpec(Section):
@@ -116,8 +121,8 @@ class FineTuneJobSpec(Section):
         ),
         Rule(
             field="lora.r",
-            message=f"lora.r must be one of {_RANKS} for the adapter to be served by vLLM (output.serving)",
-            cel=f"!({_SERVED_CEL}) || self.lora.r in [{_RANKS}]",
+            message=f"lora.r must be one of {RANKS_TEXT} for the adapter to be served by vLLM (output.serving)",
+            cel=f"!({_SERVED_CEL}) || self.lora.r in [{RANKS_TEXT}]",
             check=lambda s: not _served(s) or s.lora.r in VLLM_LORA_RANKS,
         ),
         _rank_rule("vllm"),

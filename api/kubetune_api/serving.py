@@ -15,6 +15,7 @@ from pydantic import Field
 from ._base import Section
 
 VLLM_LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)
+RANKS_TEXT = ", ".join(map(str, VLLM_LORA_RANKS))
 LoraRank = Literal[8, 16, 32, 64, 128, 256, 320, 512]
 VLLM_DEFAULT_MAX_RANK: LoraRank = 16  # vLLM's --max-lora-rank when not given
 KSERVE_MAX_RANK: LoraRank = 64  # what `kubetune serve` passes to the LLMInferenceService's vLLM unless the job says otherwise
@@ -56,8 +57,7 @@ class VllmServing(Section):
 
     maxLoraRank: LoraRank = Field(
         VLLM_DEFAULT_MAX_RANK,
-        description=f"The server's --max-lora-rank: one of {', '.join(map(str, VLLM_LORA_RANKS))} "
-        f"({VLLM_DEFAULT_MAX_RANK}, vLLM's default, when omitted).",
+        description=f"The server's --max-lora-rank: one of {RANKS_TEXT} ({VLLM_DEFAULT_MAX_RANK}, vLLM's default, when omitted).",
     )
 
 
@@ -66,8 +66,7 @@ class KServeServing(Section):
 
     maxLoraRank: LoraRank = Field(
         KSERVE_MAX_RANK,
-        description=f"The --max-lora-rank the rendered LLMInferenceService gives vLLM: one of "
-        f"{', '.join(map(str, VLLM_LORA_RANKS))}.",
+        description=f"The --max-lora-rank the rendered LLMInferenceService gives vLLM: one of {RANKS_TEXT}.",
     )
 
 
@@ -97,7 +96,7 @@ def adapter_problems(config: dict[str, Any], tensors: Iterable[str], serving: Se
     problems: list[str] = []
     rank = config.get("r")
     if rank not in VLLM_LORA_RANKS:
-        problems.append(f"rank {rank!r} is not one vLLM serves ({', '.join(map(str, VLLM_LORA_RANKS))})")
+        problems.append(f"rank {rank!r} is not one vLLM serves ({RANKS_TEXT})")
     for field, limit in serving.targets():
         if isinstance(rank, int) and rank > limit:
             problems.append(f"rank {rank} is above {field}.maxLoraRank {limit}")

@@ -8,7 +8,7 @@ import argparse
 import sys
 
 from kubetune_api.manifests import dump
-from kubetune_api.validate import validate_bytes
+from kubetune_api.validate import validate_bytes, validate_object
 
 from . import manifest_input
 
@@ -30,7 +30,7 @@ def run(args: argparse.Namespace) -> int:
         serving = body["spec"]["output"].setdefault("serving", {})
         if target not in serving:  # the job did not name this server: checked as if it had, with its defaults
             serving[target] = {}
-        (checked,) = validate_bytes(dump(body).encode(), result.source, cluster=True)
+        checked = validate_object(body, result.source, cluster=True)
         if checked.problems:
             print("\n".join(f"{result.source}: {p} (served by {target})" for p in checked.problems), file=sys.stderr)
             return 1

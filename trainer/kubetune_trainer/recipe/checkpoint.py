@@ -26,7 +26,7 @@ from typing import Any
 
 from kubetune_api import events, layout
 from kubetune_api.conditions import Reason
-from kubetune_api.job import FineTuneJobSpec
+from kubetune_api.job import FineTuneJobSpec, as_dumped_before
 from kubetune_trainer.errors import TrainerFailure
 from kubetune_trainer.recipe.rank import Rank, barrier, broadcast
 from kubetune_trainer.spec_io import dump_spec
@@ -95,12 +95,8 @@ def identity(spec: FineTuneJobSpec, job_uid: str) -> dict[str, str]:
 
 
 def spec_digests(spec: FineTuneJobSpec) -> set[str]:
-    """The digests a checkpoint of this spec may carry: identity's, and the form before empty fields were left out
-    (every field, as they were before output.serving and output.tracking were added)."""
-    earlier = {name: getattr(spec, name).model_dump(mode="json") for name in IDENTITY_SECTIONS}
-    for added in ("serving", "tracking"):  # output's fields since then, left out when empty
-        if earlier["output"].get(added) is None:
-            earlier["output"].pop(added, None)
+    """The digests a checkpoint of this spec may carry: identity's, and the form before empty fields were left out."""
+    earlier = as_dumped_before({name: getattr(spec, name).model_dump(mode="json") for name in IDENTITY_SECTIONS})
     return {identity(spec, "")["specDigest"], _spec_digest(earlier)}
 
 

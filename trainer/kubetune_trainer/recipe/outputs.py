@@ -148,8 +148,7 @@ def write(
     gate = metrics.qualityGate = quality_gate(spec, metrics.base, metrics.final)
     store.upload_dir(adapter_dir, layout.adapter_uri(out))
     if gate is not None and not gate.passed:
-        store.write_text(layout.under(out, layout.METRICS), metrics.to_json())
-        store.write_text(layout.under(out, layout.MANIFEST), json.dumps(manifest_data, indent=2))
+        _write_records(store, out, metrics, manifest_data)  # for inspection
         base_loss, loss, improvement = metrics.base.evalLoss, metrics.final.evalLoss, gate.improvement
         raise TrainerFailure(
             Reason.BELOW_THRESHOLD,
@@ -159,8 +158,7 @@ def write(
         )
     unservable = serving_problems(spec, adapter_dir)
     if unservable:
-        store.write_text(layout.under(out, layout.METRICS), metrics.to_json())
-        store.write_text(layout.under(out, layout.MANIFEST), json.dumps(manifest_data, indent=2))
+        _write_records(store, out, metrics, manifest_data)  # for inspection
         raise TrainerFailure(
             Reason.NOT_SERVABLE,
             f"output.serving cannot load the written adapter: {'; '.join(unservable)}. The adapter and metrics.json "
@@ -169,7 +167,12 @@ def write(
     if spec.output.merged:
         manifest_data["merged"] = write_merged(store, spec, paths.model_source, adapter_dir, paths.work_dir, tokenizer)
         events.emit(events.Merged(**manifest_data["merged"]))
-    store.write_text(layout.under(out, layout.METRICS), metrics.to_json())
-    store.write_text(layout.under(out, layout.MANIFEST), json.dumps(manifest_data, indent=2))
+    _write_records(store, out, metrics, manifest_data)
     store.write_text(layout.under(out, layout.SUCCESS), "")
     return metrics
+
+
+def _write_records(store: Store, out: str, metrics: Metrics, manifest_data: dict[str, Any]) -> None:
+    """metrics.json and manifest.json: before _SUCCESS, or in its place when the run fails at the end."""
+    store.write_text(layout.under(out, layout.METRICS), metrics.to_json())
+    store.write_text(layout.under(out, layout.MANIFEST), json.dumps(manifest_data, indent=2))
