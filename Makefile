@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH := torch==2.13.0
 
-.PHONY: help setup quickstart test test-fast lint generate bench bench-data bench-memory bench-preemption testbed images
+.PHONY: help setup quickstart test test-fast lint generate bench bench-data bench-memory bench-preemption bench-dpo testbed images
 
 help: ## list the commands
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -66,3 +66,6 @@ bench-data: ## the data-path benchmark (downloads, node cache, checkpoint stalls
 
 bench: ## the trainer benchmark: kubetune against a plain transformers Trainer, side by side
 	$(PY) bench/trainer_bench.py
+
+bench-dpo: ## DPO beside SFT on the same pairs: held-out preference accuracy before and after, step time DPO/SFT
+	$(PY) bench/dpo_bench.py

@@ -18,6 +18,8 @@ EXAMPLES = [
     *sorted((ROOT / "examples").glob("*.yaml")),
     ROOT / "examples" / "kueue" / "finetunejob.yaml",
     ROOT / "examples" / "serving" / "finetunejob.yaml",
+    ROOT / "examples" / "sft-then-dpo" / "sft.yaml",
+    ROOT / "examples" / "sft-then-dpo" / "dpo.yaml",
 ]  # every FineTuneJob shipped
 
 MINIMAL: dict[str, Any] = {

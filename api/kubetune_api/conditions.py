@@ -68,6 +68,7 @@ class Reason(StrEnum):
     BELOW_THRESHOLD = "BelowThreshold"  # QualityGate=False: the adapter missed output.minImprovement; no _SUCCESS
     NOT_SERVABLE = "NotServable"  # the written adapter is one output.serving's servers cannot load; no _SUCCESS
     ATTENTION_UNSUPPORTED = "AttentionUnsupported"  # no attention kernel (model.attnImplementation, sdpa, eager) loads the model
+    ADAPTER_MISMATCH = "AdapterMismatch"  # model.adapter was trained with other LoRA settings, or is not a usable adapter
     CANNOT_MERGE = "CannotMerge"  # output.merged cannot fold this adapter into these base weights (checked before training)
     WONT_FIT = "WontFit"  # the preflight's memory estimate exceeds the GPU's; the message names a change that fits
     PREFLIGHT_RUNNING = "PreflightRunning"  # Preflight=False while the CPU-only checks run, before any GPU is requested
@@ -95,6 +96,7 @@ TRAINER_FAILURE_REASONS = frozenset(
         Reason.BELOW_THRESHOLD,
         Reason.NOT_SERVABLE,
         Reason.CANNOT_MERGE,
+        Reason.ADAPTER_MISMATCH,
         Reason.ATTENTION_UNSUPPORTED,
         Reason.WONT_FIT,
         Reason.PREEMPTED,

@@ -239,6 +239,9 @@ class SummaryMetrics(_Message):
     baseTokenAccuracy: Number | None = None
     tokenAccuracy: Number | None = None
     trainLoss: Number | None = None
+    basePreferenceAccuracy: Number | None = None
+    preferenceAccuracy: Number | None = None
+    rewardMargin: Number | None = None
 
 
 class Summary(_Message):

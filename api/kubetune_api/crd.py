@@ -135,6 +135,12 @@ PRINTER_COLUMNS = [
         "description": "Held-out loss of the base model.",
         "priority": 1,
     },
+    {
+        "name": "Pref Acc",
+        "type": "number",
+        "jsonPath": ".status.metrics.preferenceAccuracy",
+        "description": "DPO jobs: held-out preference accuracy with the adapter.",
+    },
     {"name": "GPU-Hours", "type": "number", "jsonPath": ".status.usage.gpuHours", "description": "GPU-hours held so far."},
     {"name": "Restarts", "type": "integer", "jsonPath": ".status.restarts", "description": "Gang restarts.", "priority": 1},
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},

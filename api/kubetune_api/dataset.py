@@ -33,14 +33,21 @@ class DatasetSpec(Section):
         description="Fraction of train held out for evaluation, 0 < x <= 0.5, chosen with the seed and never "
         "trained on. Used when validation is not set; defaults to 0.05 when neither is set.",
     )
-    format: Literal["prompt-completion", "chat", "text", "alpaca", "sharegpt"] = Field(
+    format: Literal[
+        "prompt-completion", "chat", "text", "alpaca", "sharegpt", "preference", "openai-preference", "shared-prefix"
+    ] = Field(
         "prompt-completion",
         description="Record format: prompt-completion (loss on the completion only), chat (the model's chat "
         "template, loss on assistant turns only, none on OpenAI's weight: 0 turns), text (loss on every token), or "
         "alpaca (instruction, optional input, output: the chat template when the model has one, else the Alpaca "
         "prompt; loss on the output only), or sharegpt (conversations of from/value with human, gpt, system, tool: as "
         "chat). Chat messages may give content as a list of text parts (OpenAI); a template that refuses a system "
-        "role (Gemma) gets the system text at the start of the first user turn, counted in metrics.json.",
+        "role (Gemma) gets the system text at the start of the first user turn, counted in metrics.json. "
+        "Preference pairs (method.type: dpo): preference (TRL's: prompt, chosen, rejected, each a string, or message "
+        "lists; or chosen and rejected conversations alone, their shared leading messages the prompt), "
+        "openai-preference (OpenAI's DPO records: input {messages, tools}, preferred_output, non_preferred_output), "
+        "shared-prefix (chosen and rejected full texts, as Anthropic's HH data: the prompt is their common prefix). "
+        "Loss on the responses only; maxSeqLength applies to each of chosen and rejected.",
     )
     promptField: StrictStr = Field(
         "prompt", min_length=1, max_length=128, description="Record field holding the prompt (prompt-completion)."

@@ -12,6 +12,7 @@ from ._base import Rule, Section, section_default
 from .dataset import DEFAULT_VALIDATION_SPLIT, DatasetSpec
 from .deepspeed import DeepSpeedSpec
 from .lora import LoraSpec
+from .method import PREFERENCE_FORMATS, SFT_FORMATS, MethodSpec
 from .model import ModelSpec
 from .names import API_VERSION, KIND
 from .output import OutputSpec
@@ -57,7 +58,18 @@ def _batch_ok(spec: FineTuneJobSpec) -> bool:
 
 # The sections the pods read (the ConfigMap, the pod template): fixed once the workers may exist. runPolicy is the
 # operator's alone (suspend, deadlines, ttl, the preflight switch) and stays mutable.
-FROZEN_SECTIONS = ("model", "dataset", "lora", "training", "deepspeed", "workers", "storage", "output")
+FROZEN_SECTIONS = ("model", "method", "dataset", "lora", "training", "deepspeed", "workers", "storage", "output")
+# Fields added since digests were first recorded, dropped from a dump while empty (method: while it is the default)
+ADDED_FIELDS = {"output": ("serving", "tracking", "minPreferenceAccuracy"), "model": ("adapter",)}
+
+
+def sections_dump(spec: FineTuneJobSpec, sections: tuple[str, ...], exclude_none: bool = True) -> dict[str, Any]:
+    """The named sections as JSON values, method left out while it is the default (sft): a job made before
+    spec.method existed keeps its digests."""
+    dump = {name: getattr(spec, name).model_dump(mode="json", exclude_none=exclude_none) for name in sections}
+    if "method" in dump and spec.method == MethodSpec():
+        del dump["method"]
+    return dump
 
 
 def _digest(frozen: dict[str, Any]) -> str:
@@ -68,29 +80,33 @@ def pods_digest(spec: FineTuneJobSpec) -> str:
     """A digest of what the pods read (FROZEN_SECTIONS): recorded on the Job, compared at every reconcile. Empty
     fields are left out, so a field a later version adds (empty unless set) leaves every existing job's digest as
     it was: an operator upgrade never takes running workers for a changed spec."""
-    return _digest(spec.model_dump(mode="json", include=set(FROZEN_SECTIONS), exclude_none=True))
+    return _digest(sections_dump(spec, FROZEN_SECTIONS))
 
 
 def as_dumped_before(sections: dict[str, Any]) -> dict[str, Any]:
-    """Sections dumped with every field, as versions before output.serving and output.tracking dumped them (those
-    were added since and are dropped when empty): what the pods' digest and the checkpoints' identity were made of
-    before they left empty fields out."""
-    for added in ("serving", "tracking"):
-        if sections["output"].get(added) is None:
-            sections["output"].pop(added, None)
+    """Sections dumped with every field, as versions before ADDED_FIELDS dumped them (those were added since and are
+    dropped when empty): what the pods' digest and the checkpoints' identity were made of before they left empty
+    fields out."""
+    for section, added in ADDED_FIELDS.items():
+        for name in added:
+            if section in sections and sections[section].get(name) is None:
+                sections[section].pop(name, None)
     return sections
 
 
 def pods_digests(spec: FineTuneJobSpec) -> set[str]:
     """The digests a Job made by this version or an earlier one carries for this spec: pods_digest, and the form
     before it left empty fields out."""
-    return {pods_digest(spec), _digest(as_dumped_before(spec.model_dump(mode="json", include=set(FROZEN_SECTIONS))))}
+    return {pods_digest(spec), _digest(as_dumped_before(sections_dump(spec, FROZEN_SECTIONS, exclude_none=False)))}
 
 
 class FineTuneJobSpec(Section):
     """What to fine-tune, on what data, how, on which workers, and where the adapter goes."""
 
     model: ModelSpec = Field(description=ModelSpec.__doc__)
+    method: MethodSpec = Field(
+        default_factory=MethodSpec, description=MethodSpec.__doc__, json_schema_extra=section_default(MethodSpec)
+    )
     dataset: DatasetSpec = Field(description=DatasetSpec.__doc__)
     lora: LoraSpec = Field(default_factory=LoraSpec, description=LoraSpec.__doc__, json_schema_extra=section_default(LoraSpec))
     training: TrainingSpec = Field(
@@ -111,6 +127,21 @@ class FineTuneJobSpec(Section):
     )
 
     rules = (
+        Rule(
+            field="dataset.format",
+            message=f"with method.type dpo, dataset.format must be one of {', '.join(PREFERENCE_FORMATS)} (preference "
+            f"pairs); with sft, one of {', '.join(SFT_FORMATS)}",
+            cel="(self.method.type == 'dpo') == (self.dataset.format in ["
+            + ", ".join(f"'{f}'" for f in PREFERENCE_FORMATS)
+            + "])",
+            check=lambda s: (s.method.type == "dpo") == (s.dataset.format in PREFERENCE_FORMATS),
+        ),
+        Rule(
+            field="output.minPreferenceAccuracy",
+            message="output.minPreferenceAccuracy gates DPO jobs only (method.type: dpo)",
+            cel="!has(self.output.minPreferenceAccuracy) || self.method.type == 'dpo'",
+            check=lambda s: s.output.minPreferenceAccuracy is None or s.method.type == "dpo",
+        ),
         Rule(
             field="training.globalBatchSize",
             message="training.globalBatchSize must equal microBatchSize x gradientAccumulationSteps x "

@@ -24,12 +24,18 @@ class _Model(BaseModel):
 
 
 class Evaluation(_Model):
-    """One pass over the held-out rows (evaluate.metrics)."""
+    """One pass over the held-out rows (evaluate.metrics; for DPO jobs preference.metrics: evalLoss is then the DPO
+    loss and the preference fields are set)."""
 
     evalLoss: Metric = None
     perplexity: Metric = None
     tokenAccuracy: Metric = None
     evalTokens: int = 0
+    preferenceAccuracy: Metric = None  # pairs whose chosen response gets the higher implicit reward (a tie: half)
+    rewardMargin: Metric = None  # mean chosen reward minus rejected reward
+    chosenReward: Metric = None  # mean beta x log(policy / reference) of the chosen responses
+    rejectedReward: Metric = None
+    evalPairs: int | None = None
 
 
 class Evaluated(Evaluation):
@@ -91,9 +97,11 @@ class Counts:
     system_folded: int = 0  # conversations whose system message went into the first user turn (Gemma's templates)
     tokens: int = 0
     loss_tokens: int = 0
+    pairs: int = 0  # preference pairs (method dpo): two samples each, chosen and rejected
 
     def as_dict(self) -> dict[str, int]:
-        return dict(self.__dict__)
+        """Every count; pairs only for preference data."""
+        return {k: v for k, v in self.__dict__.items() if k != "pairs" or v}
 
     def values(self) -> list[float]:
         return [float(v) for v in self.__dict__.values()]
@@ -125,8 +133,10 @@ class Fetch(_Model):
 
 
 class QualityGate(_Model):
-    minImprovement: float
+    minImprovement: float | None = None
     improvement: Metric = None
+    minPreferenceAccuracy: float | None = None
+    preferenceAccuracy: Metric = None
     passed: bool
 
 

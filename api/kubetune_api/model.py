@@ -8,7 +8,7 @@ from typing import Literal
 from pydantic import Field, StrictBool, StrictStr
 
 from ._base import Rule, Section
-from ._types import HUB_ID, ModelUri, is_s3, s3_cel
+from ._types import HUB_ID, ModelUri, OutputUri, is_s3, s3_cel
 
 
 class ModelSpec(Section):
@@ -17,6 +17,12 @@ class ModelSpec(Section):
     uri: ModelUri = Field(
         description="Where the base model is: s3://bucket/prefix/ (downloaded and verified), "
         "an absolute or ./relative path, or a hub id like org/name.",
+    )
+    adapter: OutputUri | None = Field(
+        None,
+        description="Start from this PEFT LoRA adapter (a directory: adapter_config.json and safetensors weights, e.g. an "
+        "earlier job's adapter/) instead of a fresh one, for sft and dpo alike. Its adapter_config.json must match lora "
+        "(r, alpha, targetModules, bias, useRslora). With dpo it is also the frozen reference.",
     )
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
         "auto",
@@ -40,6 +46,14 @@ class ModelSpec(Section):
             "local paths are for kubetune run only",
             cel=f"{s3_cel('self.uri')} || self.uri.matches('^{HUB_ID}$')",
             check=lambda m: is_s3(m.uri) or re.fullmatch(HUB_ID, m.uri) is not None,
+            cluster=True,
+        ),
+        Rule(
+            field="adapter",
+            message="a cluster job reads its starting adapter from s3://bucket/prefix/ (no . or .. segments); local paths "
+            "are for kubetune run only",
+            cel=f"!has(self.adapter) || ({s3_cel('self.adapter')})",
+            check=lambda m: m.adapter is None or is_s3(m.adapter),
             cluster=True,
         ),
     )

@@ -35,6 +35,14 @@ class OutputSpec(Section):
         "(0.1: 10% lower). Below it the job fails with BelowThreshold and _SUCCESS is not written; the adapter and "
         "metrics stay for inspection. Empty: no gate.",
     )
+    minPreferenceAccuracy: StrictFloat | None = Field(
+        None,
+        gt=0,
+        le=1,
+        description="Quality gate of DPO jobs: the held-out preference accuracy (pairs whose chosen response gets the "
+        "higher implicit reward; a tie counts half) the adapter must reach, 0 < x <= 1. Below it the job fails with "
+        "BelowThreshold and _SUCCESS is not written. Empty: no gate.",
+    )
     merged: StrictBool = Field(
         False,
         description="Also write the base model with the adapter merged in under merged/ (safetensors shards, config, "

@@ -66,6 +66,15 @@ class Metrics(_Status):
     baseTokenAccuracy: float | None = Field(None, description="Next-token accuracy of the base model on held-out tokens.")
     tokenAccuracy: float | None = Field(None, description="Next-token accuracy with the adapter on held-out tokens.")
     trainLoss: float | None = Field(None, description="Training loss at the last step.")
+    basePreferenceAccuracy: float | None = Field(
+        None, description="DPO: held-out preference accuracy before training (0.5 where the policy is the reference)."
+    )
+    preferenceAccuracy: float | None = Field(
+        None,
+        description="DPO: share of held-out pairs whose chosen response gets the higher implicit reward with the adapter "
+        "(a tie counts half).",
+    )
+    rewardMargin: float | None = Field(None, description="DPO: mean held-out chosen reward minus rejected reward.")
 
 
 class Workers(_Status):

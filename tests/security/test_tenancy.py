@@ -266,11 +266,17 @@ def test_an_operator_upgrade_reads_the_digest_an_earlier_version_recorded() -> N
 
     spec = validate_object(job()).job
     assert spec is not None
-    before = spec.spec.model_dump(mode="json", include=set(FROZEN_SECTIONS))
+    earlier_sections = set(FROZEN_SECTIONS) - {"method"}  # spec.method came later still
+    before = spec.spec.model_dump(mode="json", include=earlier_sections)
     del before["output"]["serving"], before["output"]["tracking"]  # the spec as the earlier version dumped it
+    del before["output"]["minPreferenceAccuracy"], before["model"]["adapter"]
     digest = hashlib.sha256(json.dumps(before, sort_keys=True).encode()).hexdigest()[:32]
     made = {"metadata": {"annotations": {builders.SPEC_ANNOTATION: digest}}}
     assert reads_spec(made, spec.spec)
+    # the version before spec.method: empty fields left out, no method section
+    previous = spec.spec.model_dump(mode="json", include=earlier_sections, exclude_none=True)
+    digest = hashlib.sha256(json.dumps(previous, sort_keys=True).encode()).hexdigest()[:32]
+    assert reads_spec({"metadata": {"annotations": {builders.SPEC_ANNOTATION: digest}}}, spec.spec)
     other = validate_object(job(**{"spec.lora.r": 8})).job
     assert other is not None and not reads_spec(made, other.spec)
 
@@ -413,12 +419,17 @@ def test_an_upgraded_trainer_resumes_a_checkpoint_an_earlier_version_wrote() -> 
 
     spec = validate_object(job()).job
     assert spec is not None
-    sections = {name: getattr(spec.spec, name).model_dump(mode="json") for name in IDENTITY_SECTIONS}
+    earlier_sections = [name for name in IDENTITY_SECTIONS if name != "method"]  # spec.method came later still
+    sections = {name: getattr(spec.spec, name).model_dump(mode="json") for name in earlier_sections}
     del sections["output"]["serving"], sections["output"]["tracking"]  # as the earlier version dumped it
+    del sections["output"]["minPreferenceAccuracy"], sections["model"]["adapter"]
     earlier = {"specDigest": hashlib.sha256(json.dumps(sections, sort_keys=True).encode()).hexdigest(), "jobUid": "u"}
     mine = identity(spec.spec, "u")
     assert earlier["specDigest"] != mine["specDigest"]
     check_identity(earlier, mine, "checkpoint step 10", spec_digests(spec.spec))
+    previous = {name: getattr(spec.spec, name).model_dump(mode="json", exclude_none=True) for name in earlier_sections}
+    digest = hashlib.sha256(json.dumps(previous, sort_keys=True).encode()).hexdigest()
+    check_identity({"specDigest": digest, "jobUid": "u"}, mine, "checkpoint step 10", spec_digests(spec.spec))
     other = validate_object(job(**{"spec.lora.r": 8})).job
     assert other is not None
     with pytest.raises(TrainerFailure, match="written for another spec"):

@@ -27,7 +27,7 @@ from kubetune_api.conditions import Reason
 from kubetune_api.contract import ENV_CACHE, ENV_WORK_DIR, EXIT_PREEMPTED, RankFailure, WorkerEnv
 from kubetune_api.job import FineTuneJobSpec
 from kubetune_api.metrics import Metrics
-from kubetune_trainer import rank_env
+from kubetune_trainer import adapters, rank_env
 from kubetune_trainer.data import prepared
 from kubetune_trainer.data.reading import is_data_file
 from kubetune_trainer.errors import TrainerFailure
@@ -105,6 +105,15 @@ def fetch_data(spec: FineTuneJobSpec, store: Store, cache: Path) -> tuple[Path, 
     return train, files[1]
 
 
+def fetch_adapter(spec: FineTuneJobSpec, store: Store, cache: Path) -> Path | None:
+    """The starting adapter (model.adapter), its two allow-listed files on this machine; None without one."""
+    uri = spec.model.adapter
+    if uri is None:
+        return None
+    room = int(quantity_value(spec.workers.cacheSize))
+    return adapters.fetch(store, uri, cache / "adapters" / _local_name(uri), room).resolve()
+
+
 def fetch_inputs(spec: FineTuneJobSpec, store: Store, cache: Path) -> tuple[str, Path, Path | None, Entry | None]:
     """Model directory (or hub id) and local dataset files, downloaded and verified once per worker; the model
     through the node's model cache (its entry is held until released). Sizes are checked against
@@ -176,6 +185,9 @@ def final_summary(spec: FineTuneJobSpec, outcome: dict[str, Any]) -> dict[str, A
             "baseTokenAccuracy": base.tokenAccuracy,
             "tokenAccuracy": final.tokenAccuracy,
             "trainLoss": metrics.train.loss,
+            "basePreferenceAccuracy": base.preferenceAccuracy,
+            "preferenceAccuracy": final.preferenceAccuracy,
+            "rewardMargin": final.rewardMargin,
         },
         steps=metrics.train.steps,
         usefulTokensPerSecond=metrics.train.usefulTokensPerSecond,
@@ -248,6 +260,7 @@ def run_worker(
             store = Store(spec.storage)
             prepare_output(spec, store)
             model, train, validation, entry = fetch_inputs(spec, store, cache_dir())
+            adapter_dir = fetch_adapter(spec, store, cache_dir())
             if entry is not None:
                 fetched = entry.fetched(spec.model.uri)
                 events.emit(events.FetchLine(**fetched.model_dump()))  # how much came from the node's cache, from storage
@@ -261,7 +274,7 @@ def run_worker(
         report.write_termination(worker.termination_log, summary)
         report.say(summary)
         return summary
-    ranks = RankEnv(model, train, validation, work, results, progress, prepared_dir)
+    ranks = RankEnv(model, train, validation, work, results, progress, prepared_dir, adapter_dir)
     command = [
         sys.executable,
         "-m",

@@ -82,10 +82,17 @@ def print_report(
             print(f"held-out loss  {sparkline([p.evalLoss for p in drawn.eval if p.evalLoss is not None])}", file=stream)
     m = summary["metrics"]
     print("\nheld-out            base      adapter", file=stream)
-    for label, base, tuned in (
-        ("loss", m.get("baseEvalLoss"), m.get("evalLoss")),
-        ("perplexity", m.get("basePerplexity"), m.get("perplexity")),
-        ("token accuracy", m.get("baseTokenAccuracy"), m.get("tokenAccuracy")),
-    ):
-        print(f"{label:<16}{base:>9.4f}  {tuned:>11.4f}", file=stream)
+    rows: tuple[tuple[str, Any, Any], ...] = (
+        ("DPO loss", m.get("baseEvalLoss"), m.get("evalLoss")),
+        ("pref. accuracy", m.get("basePreferenceAccuracy"), m.get("preferenceAccuracy")),
+    )
+    if m.get("preferenceAccuracy") is None:
+        rows = (
+            ("loss", m.get("baseEvalLoss"), m.get("evalLoss")),
+            ("perplexity", m.get("basePerplexity"), m.get("perplexity")),
+            ("token accuracy", m.get("baseTokenAccuracy"), m.get("tokenAccuracy")),
+        )
+    for label, base, tuned in rows:
+        if base is not None and tuned is not None:
+            print(f"{label:<16}{base:>9.4f}  {tuned:>11.4f}", file=stream)
     print(f"\nadapter: {summary['adapterUri']}  ({summary.get('steps')} steps)", file=stream)

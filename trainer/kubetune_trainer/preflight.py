@@ -102,7 +102,7 @@ def count_steps(
         out = Path(scratch) / "prepared"
         made = prepared.made_from(spec, str(model_source or ""), train, validation)
         meta = prepared.prepare(spec, tokenizer, family, train, validation, out, made_from=made)
-        ready = prepared.load(out, len(tokenizer), spec.dataset.maxSeqLength)
+        ready = prepared.load(out, len(tokenizer), spec.dataset.maxSeqLength, pairs=spec.method.type == "dpo")
         lengths = ready.train.lengths()
         plan = batching.step_plan(len(ready.train), spec.training, spec.workers.world_size)
         if store is not None:  # best effort: an output the job cannot write is the output check's to report

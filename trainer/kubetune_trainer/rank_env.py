@@ -15,6 +15,7 @@ WORK_DIR = ENV_WORK_DIR  # node-local scratch (the pod's, from the operator): ch
 RESULT_DIR = "KUBETUNE_RESULT_DIR"  # where ranks leave failure-<rank>.json and rank 0 leaves summary.json
 PROGRESS_STYLE = "KUBETUNE_PROGRESS"  # json (pods) or bar (a person at a terminal)
 PREPARED_DIR = "KUBETUNE_PREPARED_DIR"  # the worker's prepared dataset (prepared.py), made before the ranks start
+ADAPTER_DIR = "KUBETUNE_ADAPTER_DIR"  # the starting adapter's files (model.adapter), fetched by the launcher
 PROCESS_START = "KUBETUNE_PROCESS_START"  # when the launcher started the ranks (epoch seconds): start-up cost
 
 FETCH_FILE = "fetch.json"  # in WORK_DIR: the launcher's metrics.Fetch (where the base model's bytes came from)
@@ -37,6 +38,7 @@ class RankEnv:
     result_dir: Path
     progress: str
     prepared_dir: Path
+    adapter_dir: Path | None = None
 
     @classmethod
     def from_environ(cls) -> RankEnv:
@@ -49,6 +51,7 @@ class RankEnv:
             result_dir=Path(os.environ[RESULT_DIR]),
             progress=os.environ.get(PROGRESS_STYLE, "json"),
             prepared_dir=Path(os.environ[PREPARED_DIR]),
+            adapter_dir=Path(os.environ[ADAPTER_DIR]) if os.environ.get(ADAPTER_DIR) else None,
         )
 
     def to_environ(self) -> dict[str, str]:
@@ -62,4 +65,6 @@ class RankEnv:
         }
         if self.validation_file is not None:
             env[VALIDATION_FILE] = str(self.validation_file)
+        if self.adapter_dir is not None:
+            env[ADAPTER_DIR] = str(self.adapter_dir)
         return env

@@ -155,6 +155,49 @@ def records(count: int, seed: int, fmt: str = "prompt-completion") -> list[dict[
     return out
 
 
+def preference_records(count: int, seed: int, fmt: str = "preference") -> list[dict[str, Any]]:
+    """Synthetic preference pairs whose chosen response follows a rule the rejected one breaks: the same words,
+    chosen in capitals, rejected in lower case. In any preference format: preference (strings), preference-chat
+    (explicit prompt messages), preference-implicit (two whole conversations), openai-preference, shared-prefix."""
+    rng = random.Random(seed)
+    out: list[dict[str, Any]] = []
+    for _ in range(count):
+        words = [rng.choice(WORDS) for _ in range(rng.randint(1, 4))]
+        verb = rng.choice(["say", "list", "repeat", "echo"])
+        prompt, answer = f"{verb}: {' '.join(words)}\n", " ".join(words)
+        chosen, rejected = answer.upper(), answer
+        user = {"role": "user", "content": prompt.strip()}
+        if fmt == "preference":
+            out.append({"prompt": prompt, "chosen": " " + chosen, "rejected": " " + rejected})
+        elif fmt == "preference-chat":
+            out.append(
+                {
+                    "prompt": [user],
+                    "chosen": [{"role": "assistant", "content": chosen}],
+                    "rejected": [{"role": "assistant", "content": rejected}],
+                }
+            )
+        elif fmt == "preference-implicit":
+            out.append(
+                {
+                    "chosen": [user, {"role": "assistant", "content": chosen}],
+                    "rejected": [user, {"role": "assistant", "content": rejected}],
+                }
+            )
+        elif fmt == "openai-preference":
+            out.append(
+                {
+                    "input": {"messages": [user]},
+                    "preferred_output": [{"role": "assistant", "content": chosen}],
+                    "non_preferred_output": [{"role": "assistant", "content": rejected}],
+                }
+            )
+        else:  # shared-prefix: Anthropic's HH shape
+            head = f"\n\nHuman: {prompt.strip()}\n\nAssistant: "
+            out.append({"chosen": head + chosen, "rejected": head + rejected})
+    return out
+
+
 def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -165,3 +208,4 @@ def write_quickstart(directory: Path) -> None:
     """The quickstart's model and data (examples/quickstart/), regenerated identically from seeds."""
     save_tiny_model(directory / "tiny-llama", hidden=64, layers=2, heads=4, seed=0)
     write_jsonl(directory / "train.jsonl", records(1200, seed=1))
+    write_jsonl(directory / "preferences.jsonl", preference_records(600, seed=4))

@@ -364,6 +364,31 @@ def tokenize_record(record: dict[str, Any], spec: DatasetSpec, tokenizer: Any, n
 BATCH = 1024  # records rendered, then tokenized in one call
 
 
+def place(positions: Sequence[int | tuple[str, int]] | None, name: str, index: int) -> tuple[str, int]:
+    """Record `index`'s file (or shard) and place in it, for its errors."""
+    at = positions[index] if positions else index
+    return at if isinstance(at, tuple) else (name, at)
+
+
+def fit(ids: np.ndarray, labels: np.ndarray, spec: DatasetSpec, counts: Counts) -> tuple[np.ndarray, np.ndarray] | None:
+    """A sample cut to maxSeqLength by the overlength policy (counted; None: dropped, for the caller to count). The
+    first token is never predicted; masking it also keeps packed neighbours from scoring across the boundary."""
+    limit = spec.maxSeqLength
+    if len(ids) > limit:
+        policy = spec.overlength_policy
+        if policy == "drop":
+            return None
+        if policy == "keep-end":
+            counts.kept_end += 1
+            ids, labels = ids[-limit:], labels[-limit:]
+        else:
+            counts.truncated += 1
+            ids, labels = ids[:limit], labels[:limit]
+    labels = labels.copy()
+    labels[0] = IGNORE
+    return ids, labels
+
+
 def tokenize(
     records: Sequence[dict[str, Any]],
     spec: DatasetSpec,
@@ -373,34 +398,23 @@ def tokenize(
 ) -> tuple[TokenTable, Counts]:
     """Every record as a sample (in a TokenTable), with overlength samples truncated or dropped and counted.
     positions: each record's place in its file (0-based), or (shard, place) for a prefix of shards, so an error
-    names the record a person can find there. Records are rendered one by one and tokenized BATCH at a time."""
+    names the record a person can find there. Records are rendered one by one and tokenized BATCH at a time.
+    Preference formats are pairs.py's."""
     counts = Counts(records=len(records))
     table = TableBuilder()
     special = special_ids(tokenizer)
-    limit = spec.maxSeqLength
     for first in range(0, len(records), BATCH):
-        rendered = []
-        for index in range(first, min(first + BATCH, len(records))):
-            at = positions[index] if positions else index
-            shard, number = at if isinstance(at, tuple) else (name, at)
-            rendered.append(render_record(records[index], spec, tokenizer, shard, number))
-        for r, (ids, labels) in zip(rendered, encode(rendered, tokenizer, special), strict=True):
+        rendered = [
+            render_record(records[index], spec, tokenizer, *place(positions, name, index))
+            for index in range(first, min(first + BATCH, len(records)))
+        ]
+        for r, encoded in zip(rendered, encode(rendered, tokenizer, special), strict=True):
             counts.system_folded += r.folded
-            if len(ids) > limit:
-                policy = spec.overlength_policy
-                if policy == "drop":
-                    counts.dropped += 1
-                    continue
-                if policy == "keep-end":
-                    counts.kept_end += 1
-                    ids, labels = ids[-limit:], labels[-limit:]
-                else:
-                    counts.truncated += 1
-                    ids, labels = ids[:limit], labels[:limit]
-            # the first token is never predicted; masking it also keeps packed neighbours from scoring across the
-            # boundary
-            labels = labels.copy()
-            labels[0] = IGNORE
+            kept = fit(*encoded, spec, counts)
+            if kept is None:
+                counts.dropped += 1
+                continue
+            ids, labels = kept
             learned = int(np.count_nonzero(labels != IGNORE))
             if not learned:
                 counts.empty += 1

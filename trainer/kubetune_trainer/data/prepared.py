@@ -30,8 +30,9 @@ from kubetune_api import events
 from kubetune_api.conditions import Reason
 from kubetune_api.contract import PreparingLine
 from kubetune_api.job import FineTuneJobSpec
-from kubetune_trainer.data.formats import Counts, tokenize
+from kubetune_trainer.data.formats import Counts
 from kubetune_trainer.data.packing import best_fit_decreasing, one_per_row, shuffled_best_fit
+from kubetune_trainer.data.pairs import tokenize_any
 from kubetune_trainer.data.reading import count_records, data_digest, iter_dataset, shown_name, split_positions
 from kubetune_trainer.data.tokens import Rows, TokenTable, offsets_of
 from kubetune_trainer.errors import TrainerFailure
@@ -181,6 +182,22 @@ class _Chunks:
         return _Part(self.ids, self.mask, lengths, self.counts)
 
 
+def _pack(lengths: np.ndarray, max_len: int, packing: bool, train: bool, seed: int, pairs: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Rows over samples (members, offsets). Pairs (samples 2k, 2k+1) are packed as units into rows of up to twice
+    maxSeqLength, a pair's chosen and rejected always side by side in one row."""
+    units = lengths[0::2] + lengths[1::2] if pairs else lengths
+    capacity = 2 * max_len if pairs else max_len
+    if not packing:
+        members, offsets = one_per_row(len(units))
+    elif train:  # mixed rows (packing.py says why)
+        members, offsets = shuffled_best_fit(units, capacity, seed)
+    else:  # held-out rows: order does not matter, the fewest rows do
+        members, offsets = best_fit_decreasing(units, capacity)
+    if not pairs:
+        return members, offsets
+    return np.stack([2 * members, 2 * members + 1], axis=1).reshape(-1), 2 * offsets
+
+
 def _save(path: Path, array: np.ndarray) -> None:
     np.save(path, np.ascontiguousarray(array), allow_pickle=False)
 
@@ -214,7 +231,7 @@ _WORK: tuple[Any, ...] = ()  # what forked tokenizing processes read (inherited,
 def _tokenize_chunk(bounds: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, int]]:
     records, spec, tokenizer, name, positions = _WORK
     first, last = bounds
-    table, counts = tokenize(records[first:last], spec.dataset, tokenizer, name, positions[first:last])
+    table, counts = tokenize_any(records[first:last], spec.dataset, tokenizer, name, positions[first:last])
     return table.ids, table.mask, table.lengths(), counts.as_dict()
 
 
@@ -225,7 +242,7 @@ def tokenize_parallel(
     and the first bad record in file order is the one reported)."""
     processes = min(cpus(), len(records) // 1000)
     if processes < 2:
-        return tokenize(records, spec.dataset, tokenizer, name, positions)
+        return tokenize_any(records, spec.dataset, tokenizer, name, positions)
     import multiprocessing
 
     global _WORK
@@ -277,6 +294,14 @@ def prepare(
     `family` is the model's type: packing is on when the spec asks for it and the family keeps packed samples apart."""
     from kubetune_trainer.model import PACKING_FAMILIES
 
+    pairs = spec.method.type == "dpo"
+    if pairs and family not in PACKING_FAMILIES:
+        raise TrainerFailure(
+            Reason.ATTENTION_UNSUPPORTED,
+            f"method dpo puts each pair's chosen and rejected responses in one sequence, kept apart by restarting "
+            f"positions, and {family} models do not keep such sequences apart (their attention mask ignores position "
+            f"ids); families that do: {', '.join(sorted(PACKING_FAMILIES))}",
+        )
     packing = spec.dataset.packing and family in PACKING_FAMILIES
     staging = out.with_name(out.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
@@ -285,12 +310,7 @@ def prepare(
     max_len = spec.dataset.maxSeqLength
     rows = {}
     for part, made in (("train", train_part), ("validation", val_part)):
-        if not packing:
-            members, offsets = one_per_row(len(made.lengths))
-        elif part == "train":  # mixed rows (packing.py says why)
-            members, offsets = shuffled_best_fit(made.lengths, max_len, spec.training.seed)
-        else:  # held-out rows: order does not matter, the fewest rows do
-            members, offsets = best_fit_decreasing(made.lengths, max_len)
+        members, offsets = _pack(made.lengths, max_len, packing, part == "train", spec.training.seed, pairs)
         sample_offsets = offsets_of(made.lengths)
         _save_raw(staging / f"{part}.ids.npy", made.ids, np.int32)
         _save_raw(staging / f"{part}.mask.npy", made.mask, np.bool_)
@@ -305,6 +325,7 @@ def prepare(
         "vocabulary": len(tokenizer),
         "maxSeqLength": max_len,
         "packing": packing,
+        "pairs": pairs,
         "counts": {"train": train_part.counts.as_dict(), "validation": val_part.counts.as_dict()},
         "rows": rows,
         **({"packingOff": family} if spec.dataset.packing and not packing else {}),
@@ -326,7 +347,7 @@ def _array(path: Path, dtype: Any) -> np.ndarray:
     return out
 
 
-def _rows(directory: Path, part: str, vocabulary: int, max_len: int, full: bool) -> Rows:
+def _rows(directory: Path, part: str, vocabulary: int, max_len: int, full: bool, pairs: bool = False) -> Rows:
     a = {key: _array(directory / f"{part}.{key}.npy", dtype) for key, dtype in ARRAYS.items()}
     ids, mask, offsets, members, rows = a["ids"], a["mask"], a["offsets"], a["members"], a["rows"]
     samples = len(offsets) - 1
@@ -334,6 +355,8 @@ def _rows(directory: Path, part: str, vocabulary: int, max_len: int, full: bool)
         raise PreparedInvalid(f"{part}: offsets and token arrays disagree")
     if len(members) != samples or rows[0] != 0 or rows[-1] != samples:
         raise PreparedInvalid(f"{part}: rows and samples disagree")
+    if pairs and samples % 2:
+        raise PreparedInvalid(f"{part}: preference pairs with an odd number of samples")
     if not full:  # the worker's launcher checked every element of these very files before the ranks started
         return Rows(TokenTable(ids, mask, offsets), members, rows)
     lengths = np.diff(offsets)
@@ -345,15 +368,21 @@ def _rows(directory: Path, part: str, vocabulary: int, max_len: int, full: bool)
         raise PreparedInvalid(f"{part}: rows and samples disagree")
     if samples and (members.min() < 0 or members.max() >= samples or np.any(np.bincount(members, minlength=samples) != 1)):
         raise PreparedInvalid(f"{part}: a sample is in no row or in more than one")
+    if pairs and (np.any(rows % 2) or np.any(members[0::2] % 2) or np.any(members[1::2] != members[0::2] + 1)):
+        raise PreparedInvalid(f"{part}: a row does not hold whole preference pairs (chosen, then its rejected)")
     table = TokenTable(ids, mask, offsets)
     out = Rows(table, members, rows)
-    if len(out) and out.lengths().max() > max_len:
-        raise PreparedInvalid(f"{part}: a row is longer than {max_len} tokens")
+    limit = 2 * max_len if pairs else max_len
+    if len(out) and out.lengths().max() > limit:
+        raise PreparedInvalid(f"{part}: a row is longer than {limit} tokens")
     return out
 
 
-def load(directory: Path, vocabulary: int, max_len: int, made_from: str | None = None, full: bool = True) -> Prepared:
-    """A prepared directory, checked throughout (PreparedInvalid otherwise); `made_from`: the digest it must carry.
+def load(
+    directory: Path, vocabulary: int, max_len: int, made_from: str | None = None, full: bool = True, pairs: bool = False
+) -> Prepared:
+    """A prepared directory, checked throughout (PreparedInvalid otherwise); `made_from`: the digest it must carry;
+    `pairs`: whether the job trains on preference pairs (the job's method says so, never the directory).
     full=False: dtypes, shapes and ends only (constant time), for ranks reading what their launcher checked."""
     try:
         meta = json.loads((directory / "meta.json").read_text())
@@ -365,7 +394,9 @@ def load(directory: Path, vocabulary: int, max_len: int, made_from: str | None =
         raise PreparedInvalid("made from other data, tokenizer or dataset settings (digest differs)")
     if meta.get("vocabulary") != vocabulary or meta.get("maxSeqLength") != max_len:
         raise PreparedInvalid("made for another vocabulary or maxSeqLength")
-    parts = {part: _rows(directory, part, vocabulary, max_len, full) for part in PARTS}
+    if meta.get("pairs", False) is not pairs:
+        raise PreparedInvalid(f"made {'without' if pairs else 'with'} preference pairs")
+    parts = {part: _rows(directory, part, vocabulary, max_len, full, pairs) for part in PARTS}
     return Prepared(parts["train"], parts["validation"], meta)
 
 
@@ -393,7 +424,9 @@ def publish(store: Any, directory: Path, uri: str) -> None:
     store.upload_file(directory / "meta.json", join(uri, "meta.json"))
 
 
-def fetch(store: Any, uri: str, dest: Path, vocabulary: int, max_len: int, made: str) -> tuple[Prepared | None, str]:
+def fetch(
+    store: Any, uri: str, dest: Path, vocabulary: int, max_len: int, made: str, pairs: bool = False
+) -> tuple[Prepared | None, str]:
     """The prepared dataset at uri (downloaded through the verified, parallel path and checked throughout), or None
     and why not: absent, or not what it claims (then it is prepared again here, never trained on)."""
     from kubetune_trainer.storage import join
@@ -403,7 +436,7 @@ def fetch(store: Any, uri: str, dest: Path, vocabulary: int, max_len: int, made:
     shutil.rmtree(dest, ignore_errors=True)
     store.download_prefix(uri, dest, Reason.TRAINER_ERROR, "prepared dataset")
     try:
-        return load(dest, vocabulary, max_len, made_from=made), "storage"
+        return load(dest, vocabulary, max_len, made_from=made, pairs=pairs), "storage"
     except PreparedInvalid as exc:
         shutil.rmtree(dest, ignore_errors=True)
         return None, f"refused: {exc}"
@@ -426,7 +459,7 @@ def for_worker(
     ready, source = (
         (None, "no storage")
         if store is None
-        else fetch(store, uri_for(spec, made), out, len(tokenizer), spec.dataset.maxSeqLength, made)
+        else fetch(store, uri_for(spec, made), out, len(tokenizer), spec.dataset.maxSeqLength, made, spec.method.type == "dpo")
     )
     if ready is not None:
         meta = ready.meta

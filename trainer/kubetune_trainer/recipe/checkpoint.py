@@ -26,7 +26,7 @@ from typing import Any
 
 from kubetune_api import events, layout
 from kubetune_api.conditions import Reason
-from kubetune_api.job import FineTuneJobSpec, as_dumped_before
+from kubetune_api.job import FineTuneJobSpec, as_dumped_before, sections_dump
 from kubetune_trainer.errors import TrainerFailure
 from kubetune_trainer.recipe.rank import Rank, barrier, broadcast
 from kubetune_trainer.spec_io import dump_spec
@@ -34,7 +34,7 @@ from kubetune_trainer.storage import Store, join
 
 # What decides the weights a run produces; workers and runPolicy may change between attempts (a resume on another
 # world size reloads the weights alone), storage holds only where to reach the bucket.
-IDENTITY_SECTIONS = ("model", "dataset", "lora", "training", "deepspeed", "output")
+IDENTITY_SECTIONS = ("model", "method", "dataset", "lora", "training", "deepspeed", "output")
 # The only classes (beyond tensors, numbers, strings and containers) that DeepSpeed's checkpoints may hold.
 SAFE_GLOBALS = (
     "deepspeed.utils.tensor_fragment.fragment_address",
@@ -90,13 +90,13 @@ def _spec_digest(sections: dict[str, Any]) -> str:
 def identity(spec: FineTuneJobSpec, job_uid: str) -> dict[str, str]:
     """What a checkpoint records about the job that wrote it. Empty fields are left out of the digest, so a field a
     later version adds (empty unless set) does not keep an upgraded trainer from resuming its checkpoints."""
-    sections = {name: getattr(spec, name).model_dump(mode="json", exclude_none=True) for name in IDENTITY_SECTIONS}
+    sections = sections_dump(spec, IDENTITY_SECTIONS)
     return {"specDigest": _spec_digest(sections), "jobUid": job_uid}
 
 
 def spec_digests(spec: FineTuneJobSpec) -> set[str]:
     """The digests a checkpoint of this spec may carry: identity's, and the form before empty fields were left out."""
-    earlier = as_dumped_before({name: getattr(spec, name).model_dump(mode="json") for name in IDENTITY_SECTIONS})
+    earlier = as_dumped_before(sections_dump(spec, IDENTITY_SECTIONS, exclude_none=False))
     return {identity(spec, "")["specDigest"], _spec_digest(earlier)}
 
 

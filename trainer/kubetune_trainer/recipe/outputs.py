@@ -69,12 +69,41 @@ def manifest(
 
 
 def quality_gate(spec: FineTuneJobSpec, base: Evaluation, final: Evaluation) -> QualityGate | None:
-    gate = spec.output.minImprovement
-    if gate is None:
+    """output.minImprovement (held-out loss against the base model's) and, for DPO, output.minPreferenceAccuracy."""
+    gate, floor = spec.output.minImprovement, spec.output.minPreferenceAccuracy
+    if gate is None and floor is None:
         return None
     base_loss, loss = base.evalLoss, final.evalLoss
     improvement = (base_loss - loss) / base_loss if base_loss and loss is not None else None
-    return QualityGate(minImprovement=gate, improvement=improvement, passed=bool(improvement and improvement >= gate))
+    accuracy = final.preferenceAccuracy
+    passed = (gate is None or bool(improvement and improvement >= gate)) and (
+        floor is None or (accuracy is not None and accuracy >= floor)
+    )
+    return QualityGate(
+        minImprovement=gate,
+        improvement=improvement,
+        minPreferenceAccuracy=floor,
+        preferenceAccuracy=accuracy if floor is not None else None,
+        passed=passed,
+    )
+
+
+def gate_message(gate: QualityGate, base: Evaluation, final: Evaluation) -> str:
+    """Why the adapter missed the quality gate, in the gate's own terms."""
+    said = []
+    if gate.minImprovement is not None and not (gate.improvement and gate.improvement >= gate.minImprovement):
+        said.append(
+            f"the adapter's held-out loss {final.evalLoss or float('nan'):.4f} is {gate.improvement or 0.0:.1%} below the "
+            f"base model's {base.evalLoss or float('nan'):.4f}; output.minImprovement asks for {gate.minImprovement:.1%}"
+        )
+    if gate.minPreferenceAccuracy is not None and not (
+        gate.preferenceAccuracy is not None and gate.preferenceAccuracy >= gate.minPreferenceAccuracy
+    ):
+        said.append(
+            f"the adapter's held-out preference accuracy is {gate.preferenceAccuracy or 0.0:.3f} (before training "
+            f"{base.preferenceAccuracy or 0.0:.3f}); output.minPreferenceAccuracy asks for {gate.minPreferenceAccuracy}"
+        )
+    return "; ".join(said)
 
 
 def serving_problems(spec: FineTuneJobSpec, adapter_dir: Path) -> list[str]:
@@ -149,12 +178,10 @@ def write(
     store.upload_dir(adapter_dir, layout.adapter_uri(out))
     if gate is not None and not gate.passed:
         _write_records(store, out, metrics, manifest_data)  # for inspection
-        base_loss, loss, improvement = metrics.base.evalLoss, metrics.final.evalLoss, gate.improvement
         raise TrainerFailure(
             Reason.BELOW_THRESHOLD,
-            f"the adapter's held-out loss {loss:.4f} is {0.0 if improvement is None else improvement:.1%} below the base "
-            f"model's {base_loss:.4f}; output.minImprovement asks for {gate.minImprovement:.1%}. The adapter and "
-            f"metrics.json are in {out} for inspection; _SUCCESS was not written",
+            f"{gate_message(gate, metrics.base, metrics.final)}. The adapter and metrics.json are in {out} for "
+            "inspection; _SUCCESS was not written",
         )
     unservable = serving_problems(spec, adapter_dir)
     if unservable:

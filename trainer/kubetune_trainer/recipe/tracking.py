@@ -106,6 +106,8 @@ class Tracker:
         self._queue: collections.deque[tuple[Callable[[], object], bool]] = collections.deque()  # (work, a metric batch)
         self._lock = threading.Condition()
         self._closing = False
+        self._starting = False  # the run's start is queued, not yet delivered or refused
+        self._deadline: float | None = None  # the end's bound, set by the first wait (started or close)
         self._thread = threading.Thread(target=self._deliver, name="kubetune-tracking", daemon=True)
         self._thread.start()
 
@@ -124,6 +126,7 @@ class Tracker:
             self._lock.notify()
 
     def start(self, params: dict[str, str], tags: dict[str, str]) -> None:
+        self._starting = True
         self._put(lambda: self._start(params, tags))
 
     def metrics(self, step: int, values: Mapping[str, float | None]) -> None:
@@ -159,9 +162,24 @@ class Tracker:
             parts.append(f"{behind} requests waiting")
         return "; ".join(p for p in parts if p) or None
 
+    def _until(self, seconds: float) -> float:
+        """The end's waits share one bound: the first wait sets it, a later one may only shorten it."""
+        ask = time.monotonic() + seconds
+        self._deadline = ask if self._deadline is None else min(self._deadline, ask)
+        return self._deadline
+
+    def started(self, seconds: float = CLOSE_SECONDS) -> str | None:
+        """The run's id, once its start is delivered: a run that trained faster than a slow server answered waits
+        for it here (within the bound close shares), so metrics.json can name the run; None if it never came."""
+        deadline = self._until(seconds)
+        with self._lock:
+            while self.run_id is None and self._starting and time.monotonic() < deadline:
+                self._lock.wait(timeout=0.2)
+        return self.run_id
+
     def close(self, seconds: float = CLOSE_SECONDS) -> TrackingOutcome:
         """Wait (bounded) for what is queued, then say where the run went and what it registered."""
-        deadline = time.monotonic() + seconds
+        deadline = self._until(seconds)
         with self._lock:
             self._closing = True
             self._lock.notify()
@@ -200,6 +218,7 @@ class Tracker:
             pause = 1.0
             with self._lock:
                 self._queue.popleft()
+                self._starting = False  # the start is the first request queued: delivered or refused now
                 if not self._queue and self.trouble and self.trouble.endswith("retrying"):
                     self.trouble = None  # caught up
                 self._lock.notify_all()

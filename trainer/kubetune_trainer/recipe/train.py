@@ -26,12 +26,12 @@ from kubetune_api.contract import RankFailure, TrackingOutcome, WorkerEnv
 from kubetune_api.ds_config import deepspeed_config
 from kubetune_api.job import FineTuneJobSpec
 from kubetune_api.metrics import AdapterChoice, Curves, DataReport, EarlyStop, Evaluated, Evaluation, Fetch, Metrics, TrainStats
-from kubetune_trainer import rank_env, spec_io
+from kubetune_trainer import adapters, rank_env, spec_io
 from kubetune_trainer.data import batching, prepared
 from kubetune_trainer.errors import TrainerFailure
 from kubetune_trainer.model import add_lora, load_model, load_tokenizer, model_type
 from kubetune_trainer.rank_env import RankEnv
-from kubetune_trainer.recipe import checkpoint, evaluate, merge, meter, outputs, tracking
+from kubetune_trainer.recipe import checkpoint, evaluate, merge, meter, outputs, preference, tracking
 from kubetune_trainer.recipe.preemption import Preempted, Stop
 from kubetune_trainer.recipe.rank import Rank, all_max, all_sum, barrier, broadcast, setup_rank
 from kubetune_trainer.recipe.report import Progress
@@ -111,7 +111,8 @@ def setup_data(me: Rank, tokenizer: Any) -> Data:
     spec = me.spec.dataset
     try:
         # checked element by element by the launcher (made there, or downloaded and checked): shapes only here
-        ready = prepared.load(me.paths.prepared_dir, len(tokenizer), spec.maxSeqLength, full=False)
+        pairs = me.spec.method.type == "dpo"
+        ready = prepared.load(me.paths.prepared_dir, len(tokenizer), spec.maxSeqLength, full=False, pairs=pairs)
     except prepared.PreparedInvalid as exc:
         raise TrainerFailure(Reason.TRAINER_ERROR, f"the prepared dataset is not usable: {exc}") from exc
     train_rows, val_rows = ready.train, ready.validation
@@ -167,6 +168,8 @@ def setup_engine(me: Rank, plan: batching.StepPlan) -> Engine:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()
     model, adjusted = add_lora(model, me.spec.lora, t.seed)
+    if me.paths.adapter_dir is not None:  # continue from an adapter; for DPO it is the reference too
+        adapters.start_from(model, me.paths.adapter_dir, reference=me.spec.method.type == "dpo")
     for name, change in adjusted.items():
         me.notice(f"{name} {change['asked']} -> {change['used']}: {change['why']} (recorded in manifest.json)")
     if me.spec.output.merged:  # before any step: a merge that cannot happen fails now, not after training
@@ -216,6 +219,7 @@ class Recipe:
         self.watch = Watch()
         self.window = Window()
         self.trained_tokens = 0.0
+        self.dpo = me.spec.method.dpo_settings if me.spec.method.type == "dpo" else None
         self.tracker = tracking.start(me.spec, me.worker) if me.is_main else None
         main = me.is_main
         self.progress = Progress(batches.plan.total_steps, style=me.paths.progress, tracker=self.tracker) if main else None
@@ -226,17 +230,35 @@ class Recipe:
     # evaluation
 
     def evaluate(self, adapter: bool) -> dict[str, float]:
+        """Held-out metrics with the adapter, or without it (the base model). DPO: the preference metrics of the
+        policy against the reference, whatever `adapter` says (before training the policy is where it starts)."""
         engine = self.engine
         engine.eval()
 
         def forward(inputs: dict[str, Any]) -> Any:
             return engine(**inputs, use_cache=False).logits
 
-        context = contextlib.nullcontext() if adapter else engine.module.disable_adapter()
-        with context:
-            sums = evaluate.eval_sums(forward, self.data.eval_batches, self.tokenizer.pad_token_id, self.me.device)
+        def reference(inputs: dict[str, Any]) -> Any:
+            with self.reference():
+                return forward(inputs)
+
+        pad, device = self.tokenizer.pad_token_id, self.me.device
+        if self.dpo is not None:
+            sums = preference.eval_sums(forward, reference, self.data.eval_batches, pad, device, self.dpo)
+            engine.train()
+            return preference.metrics(all_sum(device, sums))
+        with contextlib.nullcontext() if adapter else engine.module.disable_adapter():
+            sums = evaluate.eval_sums(forward, self.data.eval_batches, pad, device)
         engine.train()
-        return evaluate.metrics(all_sum(self.me.device, sums))
+        return evaluate.metrics(all_sum(device, sums))
+
+    def reference(self) -> Any:
+        """DPO's reference model: the frozen starting adapter when the job continues one (model.adapter), else the
+        base model (the adapter disabled)."""
+        module = self.engine.module
+        if adapters.REFERENCE in module.peft_config:
+            return adapters.active(module, adapters.REFERENCE)
+        return module.disable_adapter()
 
     def observe(self, step: int, result: dict[str, float]) -> bool:
         stopping = self.t.earlyStopping
@@ -268,7 +290,10 @@ class Recipe:
         for batch in batches:
             inputs = {k: v.to(self.me.device) for k, v in batching.collate(batch, self.tokenizer.pad_token_id).items()}
             labels = inputs.pop("labels")
-            loss = evaluate.train_loss(self.engine(**inputs, use_cache=False).logits, labels)
+            if self.dpo is not None:
+                loss = self.preference_loss(inputs, labels)
+            else:
+                loss = evaluate.train_loss(self.engine(**inputs, use_cache=False).logits, labels)
             self.engine.backward(loss)
             self.engine.step()
             step_loss += float(loss.detach()) / len(batches)
@@ -280,6 +305,18 @@ class Recipe:
         self.window.loss += step_loss
         self.window.steps += 1
         self.window.tokens += step_tokens
+
+    def preference_loss(self, inputs: dict[str, Any], labels: Any) -> Any:
+        """The micro-batch's DPO loss: the reference's log-probabilities first (no gradients, the logits freed),
+        then the policy's forward."""
+        import torch
+
+        assert self.dpo is not None
+        with torch.no_grad(), self.reference():
+            theirs = preference.sequence_logps(self.engine(**inputs, use_cache=False).logits, labels, inputs["position_ids"])
+        mine = preference.sequence_logps(self.engine(**inputs, use_cache=False).logits, labels, inputs["position_ids"])
+        losses, _, _ = preference.dpo_losses(mine, theirs[:2], self.dpo)
+        return losses.mean()
 
     def log_window(self, done: int) -> float | None:
         """Every logEverySteps (and at the end): one all-reduce for the window's loss and tokens, not one per step."""
@@ -419,7 +456,7 @@ class Recipe:
         with gather:
             if self.me.is_main:
                 shutil.rmtree(target, ignore_errors=True)
-                module.save_pretrained(str(target))
+                module.save_pretrained(str(target), selected_adapters=["default"])  # never the DPO reference
                 (target / "kubetune-config.yaml").write_text(spec_io.dump_spec(self.me.spec))
         barrier()
         return target
@@ -499,7 +536,7 @@ class Recipe:
         me = self.me
         about = outputs.manifest(me.spec, me.paths, me.worker, me.world, self.built.adjusted, self.built.config)
         if self.tracker is not None:
-            metrics.tracking = TrackingOutcome(experiment=self.tracker.experiment, runId=self.tracker.run_id)
+            metrics.tracking = TrackingOutcome(experiment=self.tracker.experiment, runId=self.tracker.started())
         written = outputs.write(self.store, me.spec, me.paths, adapter_dir, metrics, about, self.tokenizer)
         if self.tracker is not None:  # _SUCCESS is written: the final metrics, and the version that points at it
             written.tracking = tracking.finished(self.tracker, me.spec, me.worker, written, about)
