@@ -111,7 +111,7 @@ def test_two_processes_under_zero3_learn_the_preference_and_the_adapter_reloads(
 
 
 def test_dpo_continues_from_an_sft_adapter_and_a_mismatched_one_fails_before_step_1(
-    s3: S3Server, stored: dict[str, str], preferences: dict[str, Any], tmp_path: Path
+    s3: S3Server, stored: dict[str, str], preferences: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from safetensors.torch import load
 
@@ -135,6 +135,22 @@ def test_dpo_continues_from_an_sft_adapter_and_a_mismatched_one_fails_before_ste
     other = run(dpo_job("dpo-mismatch", s3, stored, preferences, model={"adapter": start}, lora={"r": 8}), s3, tmp_path)
     assert other.returncode == 1 and other.summary["reason"] == "AdapterMismatch", other.stdout[-2000:]
     assert "lora.r: the adapter has 4, the job 8" in other.summary["message"] and not other.of("progress")
+    # the preflight refuses it before any GPU is asked for, and counts the pairs of a good one
+    from kubetune_api.job import FineTuneJobSpec
+    from kubetune_trainer.preflight import run as preflight
+
+    from .trainer_helpers import store_for
+
+    store = store_for(s3, monkeypatch, "adapters")
+    mismatched = FineTuneJobSpec.model_validate(
+        dpo_job("dpo-pre", s3, stored, preferences, model={"adapter": start}, lora={"r": 8})["spec"]
+    )
+    report = preflight(mismatched, store, tmp_path / "pre", None, None)
+    assert not report.passed and report.reason == "AdapterMismatch" and "lora.r" in (report.message or "")
+    good = FineTuneJobSpec.model_validate(dpo_job("dpo-pre", s3, stored, preferences, model={"adapter": start})["spec"])
+    report = preflight(good, store, tmp_path / "pre-good", None, None)
+    assert report.passed and [c.name for c in report.checks] == ["output", "model", "dataset", "adapter", "records", "memory"]
+    assert "460 preference pairs" in next(c.message for c in report.checks if c.name == "records")
     # a prefix that holds no adapter
     none = run(dpo_job("dpo-none", s3, stored, preferences, model={"adapter": stored["model"]}), s3, tmp_path)
     assert none.summary["reason"] == "ModelMissing" and "is not a PEFT adapter" in none.summary["message"], none.summary

@@ -204,6 +204,37 @@ def test_two_worker_job_succeeds_and_its_adapter_reloads(
     _tracked_in_mlflow(mlflow, final, s3)
 
 
+def test_dpo_continues_from_the_sft_jobs_adapter(plane, operator, node_agent, s3, stored, namespace, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """SFT, then DPO: a second FineTuneJob names the first's status.adapterUri as model.adapter and trains on
+    preference pairs, the SFT adapter its starting point and its reference."""
+    from kubetune_trainer import tiny
+
+    sft = ftj(plane, "e2e", NAMESPACE)  # the SFT job of the first test
+    assert (sft.get("status") or {}).get("phase") == "Succeeded", sft.get("status")
+    train = tiny.write_jsonl(tmp_path / "t.jsonl", tiny.preference_records(300, seed=31, fmt="preference-chat"))
+    held = tiny.write_jsonl(tmp_path / "v.jsonl", tiny.preference_records(40, seed=32, fmt="preference-chat"))
+    body = manifest("e2e-dpo", s3, stored, {"epochs": 1, "evalEverySteps": 0, "learningRate": 5e-3, "microBatchSize": 4})
+    spec = body["spec"]
+    spec["model"]["adapter"] = sft["status"]["adapterUri"]
+    spec["method"] = {"type": "dpo", "dpo": {"beta": 0.1}}
+    spec["dataset"] = {
+        "train": s3.put("data", "e2e-dpo/train.jsonl", train.read_bytes()),
+        "validation": s3.put("data", "e2e-dpo/val.jsonl", held.read_bytes()),
+        "format": "preference",
+        "maxSeqLength": 64,
+    }
+    spec["output"]["minPreferenceAccuracy"] = 0.9
+    final = apply_and_wait(plane, body, tmp_path)
+    status = final["status"]
+    assert status["preflight"]["records"] == 300 and status["preflight"]["totalSteps"] == status["progress"]["totalSteps"]
+    assert status["metrics"]["basePreferenceAccuracy"] == 0.5  # the SFT adapter is where it starts and its reference
+    assert status["metrics"]["preferenceAccuracy"] >= 0.9 and status["metrics"]["rewardMargin"] > 0
+    table = plane.kubectl("get", "ftj", "e2e-dpo", "-n", NAMESPACE).stdout
+    assert "Pref Acc" in table and f"{status['metrics']['preferenceAccuracy']}" in table
+    manifest_json = json.loads(s3.get("s3://adapters/e2e/e2e-dpo/manifest.json"))
+    assert manifest_json["startAdapter"]["uri"] == sft["status"]["adapterUri"]
+
+
 def _tracked_in_mlflow(mlflow: Any, final: dict[str, Any], s3: S3Server) -> Any:
     """The job's MLflow run, read back with MLflow's own client: the curves step by step as metrics.json has them,
     the spec as parameters, the job's tags, and the adapter's registered version with its lineage."""

@@ -151,7 +151,8 @@ def wont_fit_message(mine: Estimate, gpu_memory: int, gpu_name: str, suggestion:
 
 def training_flops(shape: Shape, spec: FineTuneJobSpec, train_tokens: float, eval_tokens: float) -> float:
     """Forward (2 FLOPs per parameter per token) and backward through the frozen weights (2 more: LoRA needs the
-    activations' gradients but not the weights'), a forward more with gradient checkpointing; evaluation forwards."""
+    activations' gradients but not the weights'), a forward more with gradient checkpointing; evaluation forwards.
+    DPO adds the reference's forward (no gradients) to each."""
     active = shape.params
     if shape.experts:  # only the routed experts run
         expert_share = shape.experts_per_token / shape.experts
@@ -160,6 +161,8 @@ def training_flops(shape: Shape, spec: FineTuneJobSpec, train_tokens: float, eva
         )
         active = int(shape.params - shape.layers * mlp * (1 - expert_share))
     per_token = (6 if spec.training.gradientCheckpointing else 4) * active
+    if spec.method.type == "dpo":  # the reference's forward too, in training and in every evaluation
+        return (per_token + 2 * active) * train_tokens + 4 * active * eval_tokens
     return per_token * train_tokens + 2 * active * eval_tokens
 
 

@@ -18,7 +18,7 @@ def _text(limit: int) -> BeforeValidator:
 
 
 REPORT_LIMIT = 4096  # a termination message's size limit, and so the report's
-CheckName = Literal["spec", "output", "model", "dataset", "records", "memory"]
+CheckName = Literal["spec", "output", "model", "adapter", "dataset", "records", "memory"]
 
 
 class Check(BaseModel):

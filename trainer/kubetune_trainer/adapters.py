@@ -81,13 +81,24 @@ def mismatches(saved: dict[str, Any], made: Any) -> list[str]:
     return out
 
 
-def start_from(model: Any, directory: Path, reference: bool) -> None:
-    """Load the starting adapter's weights into the job's adapter ("default", made by model.add_lora with the
-    job's lora settings), refusing one made with other settings; with `reference`, load it once more, frozen."""
-    from peft.utils import set_peft_model_state_dict
-    from safetensors.torch import load_file
+def settings_problems(saved: dict[str, Any], lora: Any) -> list[str]:
+    """The preflight's check, without the model: the adapter's settings against the spec's lora (target modules
+    only when listed: all-linear is known once the model is built, and the trainer checks it then)."""
+    from types import SimpleNamespace
 
-    problems = mismatches(read_config(directory), model.peft_config["default"])
+    made = SimpleNamespace(
+        peft_type="LORA",
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        bias=lora.bias,
+        use_rslora=lora.useRslora,
+        target_modules=saved.get("target_modules") if lora.targetModules == ["all-linear"] else list(lora.targetModules),
+        target_parameters=saved.get("target_parameters"),
+    )
+    return mismatches(saved, made)
+
+
+def refuse(problems: list[str]) -> None:
     if problems:
         raise TrainerFailure(
             Reason.ADAPTER_MISMATCH,
@@ -95,6 +106,15 @@ def start_from(model: Any, directory: Path, reference: bool) -> None:
             + "; ".join(problems)
             + ". Set lora to the adapter's settings",
         )
+
+
+def start_from(model: Any, directory: Path, reference: bool) -> None:
+    """Load the starting adapter's weights into the job's adapter ("default", made by model.add_lora with the
+    job's lora settings), refusing one made with other settings; with `reference`, load it once more, frozen."""
+    from peft.utils import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    refuse(mismatches(read_config(directory), model.peft_config["default"]))
     try:
         weights = load_file(str(directory / WEIGHTS))
     except Exception as exc:  # safetensors' own errors: a truncated or foreign file

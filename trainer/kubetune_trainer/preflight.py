@@ -36,6 +36,7 @@ from kubetune_api.preflight import (
     training_flops,
     wont_fit_message,
 )
+from kubetune_trainer import adapters
 from kubetune_trainer.data import batching, prepared
 from kubetune_trainer.errors import TrainerFailure
 from kubetune_trainer.launch import data_bytes, fetch_data
@@ -116,6 +117,7 @@ def count_steps(
         "totalSteps": plan.total_steps,
         "longest": int(lengths.max()),
         "packing": meta["packing"],
+        "pairs": sum(meta["counts"][part].get("pairs", 0) for part in ("train", "validation")),
     }
 
 
@@ -149,6 +151,14 @@ def run(spec: FineTuneJobSpec, store: Store, work: Path, gpu_name: str | None, g
         return "reachable: " + ", ".join(u for u in (spec.dataset.train, spec.dataset.validation) if u)
 
     report, data_ok = _stage(report, "dataset", datasets)
+    if spec.model.adapter is not None:
+
+        def adapter() -> str:
+            directory = adapters.fetch(store, spec.model.adapter or "", work / "adapter", 1 << 40)
+            adapters.refuse(adapters.settings_problems(adapters.read_config(directory), spec.lora))
+            return f"{spec.model.adapter}: a LoRA adapter with this job's settings (r {spec.lora.r}, alpha {spec.lora.alpha})"
+
+        report, _ = _stage(report, "adapter", adapter)
     if model_ok and data_ok:
 
         def records() -> str:
@@ -157,7 +167,8 @@ def run(spec: FineTuneJobSpec, store: Store, work: Path, gpu_name: str | None, g
                 spec, found["tokenizer"], found["shape"].family, train, validation, store=store, model_source=found["source"]
             )
             c = found["counts"]
-            return f"{c['records']} records in the shape {spec.dataset.format} needs; {c['tokens']} tokens per epoch"
+            pairs = f" ({c['pairs']} preference pairs)" if c.get("pairs") else ""
+            return f"{c['records']} records in the shape {spec.dataset.format} needs{pairs}; {c['tokens']} tokens per epoch"
 
         report, _ = _stage(report, "records", records)
     counts = found.get("counts")
@@ -173,9 +184,12 @@ def memory_and_hours(
 ) -> Report:
     """Memory per GPU against the GPU type's (WontFit with the smallest change that fits), and the GPU-hours."""
     on_gpu = spec.workers.gpusPerWorker > 0
-    sized = spec
-    if counts and not counts["packing"] and counts["longest"] < spec.dataset.maxSeqLength:  # rows pad to the longest
-        sized = changed(spec, dataset__maxSeqLength=max(16, counts["longest"]))
+    sized, length = spec, spec.dataset.maxSeqLength
+    row = 2 * length if spec.method.type == "dpo" else length  # a DPO row holds whole pairs: two sequences each
+    if counts and not counts["packing"] and counts["longest"] < row:  # rows pad to the longest
+        row = max(16, counts["longest"])
+    if row != length:
+        sized = changed(spec, dataset__maxSeqLength=min(row, 131072))
     update: dict[str, Any] = {}
     if on_gpu and gpu is not None:
         mine, suggestion = fit(shape, sized, gpu.memory_bytes)

@@ -47,6 +47,10 @@ def manifest(
     datasets = {"train": {"uri": spec.dataset.train, "sha256": data_digest(paths.train_file)}}
     if paths.validation_file is not None:
         datasets["validation"] = {"uri": spec.dataset.validation or "", "sha256": data_digest(paths.validation_file)}
+    start = None
+    if paths.adapter_dir is not None:  # lineage: the adapter this one continued (model.adapter), byte for byte
+        weights = paths.adapter_dir / "adapter_model.safetensors"
+        start = {"uri": spec.model.adapter, "sha256": data_digest(weights)}
     return {
         "job": worker.job_name,
         "restarts": worker.restarts,  # gang restarts before the attempt that finished
@@ -55,6 +59,7 @@ def manifest(
         "adjusted": adjusted,  # what the trainer changed from the spec to make the model train, and why
         "baseModel": {"uri": spec.model.uri, "revision": spec.model.revision, "filesSha256": model_digest(paths.model_source)},
         "datasets": datasets,
+        **({"startAdapter": start} if start else {}),
         "worldSize": world,
         "deepspeed": ds_config,  # what ran (kubetune_api.ds_config with this run's world, GPU and adapter size)
         "versions": {
