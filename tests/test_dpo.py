@@ -119,8 +119,14 @@ def test_dpo_continues_from_an_sft_adapter_and_a_mismatched_one_fails_before_ste
     assert sft.returncode == 0, sft.stdout[-3000:] + sft.stderr[-3000:]
     start = "s3://adapters/sft-start/adapter/"
     # a step too small to move anything: the adapter written is the starting one, so its weights were loaded
-    body = dpo_job(
-        "dpo-continued", s3, stored, preferences, model={"adapter": start}, training={"maxSteps": 1, "learningRate": 1e-9}
+    body = dpo_job(  # under ZeRO-3: the frozen reference adapter is partitioned like the rest
+        "dpo-continued",
+        s3,
+        stored,
+        preferences,
+        model={"adapter": start},
+        training={"maxSteps": 1, "learningRate": 1e-9},
+        deepspeed={"zeroStage": 3},
     )
     done = run(body, s3, tmp_path)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]

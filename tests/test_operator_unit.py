@@ -308,3 +308,9 @@ def test_the_trackers_bound_drops_the_oldest_metric_batches_never_the_runs_own_r
     with tracker._lock:
         queued = [batch for _, batch in tracker._queue]
     assert queued[0] is False and queued[-1] is False and queued.count(True) == 3 and tracker.dropped == 4
+    # the end's bound: close gives up on what the server never took, and the thread ends (none outlives the run)
+    started = __import__("time").monotonic()
+    said = tracker.close(seconds=1.0)
+    assert __import__("time").monotonic() - started < 1.0 + tracking.TIMEOUT + 1
+    assert said.runId is None and said.degraded and "not delivered" in said.degraded
+    assert not tracker._thread.is_alive()

@@ -27,16 +27,21 @@ def keep(relative: str) -> bool:
 
 def fetch(store: Any, uri: str, dest: Path, max_bytes: int) -> Path:
     """The adapter's two files on this machine (a local directory is read where it is), checked to be there."""
-    directory = store.download_prefix(
-        uri, dest, Reason.MODEL_MISSING, "starting adapter (model.adapter)", max_bytes, Reason.MODEL_TOO_LARGE, keep=keep
-    )
-    missing = [name for name in FILES if not (directory / name).is_file()]
+    what = "starting adapter (model.adapter)"
+    if store.local_path(uri) is None:  # from the listing, before a byte is fetched
+        _refuse_missing(uri, {o.relative for o in store.listing(uri, Reason.MODEL_MISSING, what)})
+    directory = Path(store.download_prefix(uri, dest, Reason.MODEL_MISSING, what, max_bytes, Reason.MODEL_TOO_LARGE, keep=keep))
+    _refuse_missing(uri, {name for name in FILES if (directory / name).is_file()})
+    return directory
+
+
+def _refuse_missing(uri: str, present: set[str]) -> None:
+    missing = [name for name in FILES if name not in present]
     if missing:
         raise TrainerFailure(
             Reason.MODEL_MISSING,
             f"model.adapter {uri} is not a PEFT adapter: no {' or '.join(missing)} (the weights must be safetensors)",
         )
-    return Path(directory)
 
 
 def read_config(directory: Path) -> dict[str, Any]:

@@ -106,6 +106,7 @@ class Tracker:
         self._queue: collections.deque[tuple[Callable[[], object], bool]] = collections.deque()  # (work, a metric batch)
         self._lock = threading.Condition()
         self._closing = False
+        self._stopped = False  # close's bound has passed: the thread ends (no thread of ours outlives the run)
         self._starting = False  # the run's start is queued, not yet delivered or refused
         self._deadline: float | None = None  # the end's bound, set by the first wait (started or close)
         self._thread = threading.Thread(target=self._deliver, name="kubetune-tracking", daemon=True)
@@ -186,6 +187,9 @@ class Tracker:
             while self._queue and time.monotonic() < deadline:
                 self._lock.wait(timeout=0.2)
             left = len(self._queue)
+            self._stopped = True  # what is left is not delivered: the thread ends rather than retry into the exit
+            self._lock.notify_all()
+        self._thread.join(timeout=TIMEOUT + 1)  # a request in flight ends within its own timeout
         if left:
             self.trouble = f"{self.trouble or 'the tracking server is slow'}; {left} requests not delivered"
         name, version = self.registered or (None, None)
@@ -203,14 +207,18 @@ class Tracker:
         pause = 1.0
         while True:
             with self._lock:
-                while not self._queue:
+                while not self._queue and not self._stopped:
                     self._lock.wait(timeout=1.0)
+                if self._stopped:
+                    return
                 work = self._queue[0][0]
             try:
                 work()
             except Unavailable as exc:
                 self.trouble = f"the tracking server is unavailable ({exc}); retrying"
-                time.sleep(min(pause, 0.5) if self._closing else pause)
+                with self._lock:  # close wakes it
+                    if not self._stopped:
+                        self._lock.wait(timeout=min(pause, 0.5) if self._closing else pause)
                 pause = min(pause * 2, 30.0)
                 continue
             except Refused as exc:  # a request the server will never take: said, and skipped
