@@ -230,7 +230,7 @@ def test_dpo_continues_from_the_sft_jobs_adapter(plane, operator, node_agent, s3
     assert status["metrics"]["basePreferenceAccuracy"] == 0.5  # the SFT adapter is where it starts and its reference
     assert status["metrics"]["preferenceAccuracy"] >= 0.9 and status["metrics"]["rewardMargin"] > 0
     table = plane.kubectl("get", "ftj", "e2e-dpo", "-n", NAMESPACE).stdout
-    assert "Pref Acc" in table and f"{status['metrics']['preferenceAccuracy']}" in table
+    assert "PREF ACC" in table and f"{status['metrics']['preferenceAccuracy']:g}" in table.splitlines()[1].split()
     manifest_json = json.loads(s3.get("s3://adapters/e2e/e2e-dpo/manifest.json"))
     assert manifest_json["startAdapter"]["uri"] == sft["status"]["adapterUri"]
 

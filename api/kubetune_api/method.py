@@ -32,7 +32,7 @@ class DpoSpec(Section):
     labelSmoothing: StrictFloat = Field(
         0.0,
         ge=0,
-        lt=0.5,
+        le=0.5,  # below 0.5: a rule (an exclusive maximum beside a default is refused by the API server)
         description="Conservative DPO: the share of pairs assumed mislabelled, 0 <= x < 0.5 (sigmoid loss only).",
     )
     rpoAlpha: StrictFloat = Field(
@@ -44,6 +44,12 @@ class DpoSpec(Section):
     )
 
     rules = (
+        Rule(
+            field="labelSmoothing",
+            message="labelSmoothing must be below 0.5 (at 0.5 every pair is as likely mislabelled as not)",
+            cel="self.labelSmoothing < 0.5",
+            check=lambda d: d.labelSmoothing < 0.5,
+        ),
         Rule(
             field="labelSmoothing",
             message="labelSmoothing applies to lossType sigmoid only",
