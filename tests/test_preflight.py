@@ -47,6 +47,17 @@ def test_a_job_that_does_not_fit_gets_the_least_disruptive_change_that_does() ->
     assert candidates(spec_of())[0][0] == "training.gradientCheckpointing: true"
 
 
+def test_a_dpo_jobs_sequence_advice_is_in_the_specs_terms() -> None:
+    """The preflight sizes a DPO row as a pair (twice maxSeqLength); a shorter-sequence candidate names the spec's
+    field as the user writes it, not the doubled row."""
+    dpo = spec_of(method={"type": "dpo"}, dataset={"format": "preference", "maxSeqLength": 8192})
+    sized = FineTuneJobSpec.model_validate(
+        {**dpo.model_dump(mode="json"), "dataset": {**dpo.dataset.model_dump(mode="json"), "maxSeqLength": 16384}}
+    )
+    shorter = [words for words, _ in candidates(sized) if words.startswith("dataset.maxSeqLength")]
+    assert shorter[0] == "dataset.maxSeqLength: 4096 with ZeRO-3 offload all"  # rows of 8192: pairs of 4096
+
+
 def test_a_model_that_fits_nowhere_says_so() -> None:
     huge = {**LLAMA_8B, "hidden_size": 16384, "num_hidden_layers": 400}
     _, suggestion = fit(shape_of(huge), spec_of(), 2 * 2**30)

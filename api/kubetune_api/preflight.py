@@ -112,12 +112,13 @@ def candidates(spec: FineTuneJobSpec) -> list[tuple[str, FineTuneJobSpec]]:
             wider = changed(spec, workers__replicas=replicas, **stage3)
             out.append((f"ZeRO-3 across {wider.workers.world_size} GPUs ({replicas} workers)", wider))
     out.append(("deepspeed.offload: all with ZeRO-3, micro-batch 1", changed(spec, deepspeed__offload="all", **stage3)))
-    seq = spec.dataset.maxSeqLength
+    seq = spec.dataset.maxSeqLength  # for DPO the preflight sizes rows of a pair: twice the spec's maxSeqLength
+    pair = 2 if spec.method.type == "dpo" else 1
     while seq > 512:
         seq //= 2
         out.append(
             (
-                f"dataset.maxSeqLength: {seq} with ZeRO-3 offload all",
+                f"dataset.maxSeqLength: {seq // pair} with ZeRO-3 offload all",
                 changed(spec, dataset__maxSeqLength=seq, deepspeed__offload="all", **stage3),
             )
         )
