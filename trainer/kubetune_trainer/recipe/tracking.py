@@ -184,7 +184,7 @@ class Tracker:
         with self._lock:
             self._closing = True
             self._lock.notify()
-            while self._queue and time.monotonic() < deadline:
+            while self._queue and not self._stopped and time.monotonic() < deadline:  # a second close waits for nothing
                 self._lock.wait(timeout=0.2)
             left = len(self._queue)
             self._stopped = True  # what is left is not delivered: the thread ends rather than retry into the exit
