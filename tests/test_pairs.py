@@ -90,7 +90,8 @@ BAD = [
     ("preference", {"prompt": "p", "chosen": "a", "rejected": ""}, "'rejected' is empty"),
     ("preference", {"prompt": "p", "chosen": "same", "rejected": "same"}, "chosen and rejected are the same"),
     ("preference", {"prompt": "", "chosen": "a", "rejected": "b"}, "'prompt' is empty"),
-    ("preference", {"chosen": "a", "rejected": "b"}, "missing field 'prompt'"),
+    ("preference", {"chosen": "a", "rejected": "b"}, "share no prefix"),
+    ("preference", {"chosen": "a b", "rejected": [{"role": "assistant", "content": "b"}]}, "both strings or both message lists"),
     ("preference", {"prompt": "p", "chosen": ["a"], "rejected": "b"}, "all strings or all message lists"),
     (
         "preference",
@@ -217,6 +218,15 @@ def test_each_wrong_record_is_refused_with_its_place_and_reason(fmt: str, record
         pairs.tokenize_pairs([*good, record], DatasetSpec(train="./p.jsonl", format=fmt), byte_tokenizer(), "p.jsonl")
     assert raised.value.reason == "BadRecord"
     assert raised.value.message.startswith("p.jsonl record 3: ") and said in raised.value.message, raised.value.message
+
+
+def test_trls_implicit_prompt_of_texts_is_their_shared_prefix() -> None:
+    """TRL's standard implicit-prompt records ({chosen, rejected} texts) read as shared-prefix ones."""
+    tokenizer = byte_tokenizer()
+    record = {"chosen": "The sky is blue.", "rejected": "The sky is green."}
+    chosen, rejected = two(record, "preference", tokenizer)
+    assert learned(chosen, tokenizer) == ["blue.<|eos|>"] and learned(rejected, tokenizer) == ["green.<|eos|>"]
+    assert (chosen.input_ids, rejected.input_ids) == tuple(s.input_ids for s in two(record, "shared-prefix", tokenizer))
 
 
 def test_a_pair_with_a_side_too_long_to_keep_is_dropped_whole() -> None:

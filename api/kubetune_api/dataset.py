@@ -44,7 +44,7 @@ class DatasetSpec(Section):
         "chat). Chat messages may give content as a list of text parts (OpenAI); a template that refuses a system "
         "role (Gemma) gets the system text at the start of the first user turn, counted in metrics.json. "
         "Preference pairs (method.type: dpo): preference (TRL's: prompt, chosen, rejected, each a string, or message "
-        "lists; or chosen and rejected conversations alone, their shared leading messages the prompt), "
+        "lists; or chosen and rejected alone, the prompt being the leading messages, or the prefix, they share), "
         "openai-preference (OpenAI's DPO records: input {messages, tools}, preferred_output, non_preferred_output), "
         "shared-prefix (chosen and rejected full texts, as Anthropic's HH data: the prompt is their common prefix). "
         "Loss on the responses only; maxSeqLength applies to each of chosen and rejected.",

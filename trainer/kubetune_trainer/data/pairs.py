@@ -3,8 +3,8 @@ rejected, rendered as the SFT formats render (the chat template once per convers
 only; a prompt and a completion tokenized as prompt-completion) and kept side by side in the TokenTable: sample 2k
 is pair k's chosen, 2k+1 its rejected. A pair one of whose sides is dropped or has nothing to learn is left out
 whole. Formats:
-  preference         TRL's: prompt, chosen, rejected (strings, or message lists); or chosen and rejected
-                     conversations alone, their shared leading messages the prompt
+  preference         TRL's: prompt, chosen, rejected (strings, or message lists); or chosen and rejected alone
+                     (the implicit prompt: the leading messages, or for texts the prefix, they share)
   openai-preference  OpenAI's DPO records: input {messages, tools?}, preferred_output, non_preferred_output
   shared-prefix      chosen and rejected full texts (Anthropic's HH data): the prompt is their common prefix"""
 
@@ -110,11 +110,10 @@ def _preference(record: dict[str, Any], tokenizer: Any, where: str, index: int) 
                 record.get("tools"),
             )
         raise _bad(where, "prompt, chosen and rejected must be all strings or all message lists")
+    if isinstance(chosen, str) and isinstance(rejected, str):  # TRL's implicit prompt of texts: their shared prefix
+        return _shared_prefix(record, tokenizer, where, index)
     if isinstance(chosen, str) or isinstance(rejected, str):
-        raise _bad(
-            where,
-            "missing field 'prompt' (text pairs need one; for full texts that share a prompt use dataset.format: shared-prefix)",
-        )
+        raise _bad(where, "chosen and rejected must be both strings or both message lists")
     full_chosen, full_rejected = _messages(chosen, where, "chosen"), _messages(rejected, where, "rejected")
     _differ(full_chosen, full_rejected, where)
     shared = 0  # the implicit prompt: the leading messages both conversations have
