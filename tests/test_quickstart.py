@@ -51,3 +51,22 @@ def test_quickstart_runs_to_completion_twice(tmp_path: Path) -> None:
         assert len(set(spark.split()[-1]) - set("▁▂▃▄▅▆▇█")) == 0 and len(spark.split()[-1]) > 5
         picture = (tmp_path / "out" / "quickstart" / "curves.svg").read_text()
         assert picture.startswith("<svg") and picture.count("<polyline") == 2
+
+
+@pytest.mark.trainer
+def test_dpo_quickstart_raises_the_preference_accuracy(tmp_path: Path) -> None:
+    """`kubetune run examples/dpo-quickstart.yaml` as shipped: the held-out preference accuracy before and after."""
+    shutil.copytree(QUICKSTART, tmp_path / "examples" / "quickstart")
+    shutil.copy(ROOT / "examples" / "dpo-quickstart.yaml", tmp_path / "examples" / "dpo-quickstart.yaml")
+    result = subprocess.run(
+        [sys.executable, "-m", "kubetune_cli", "run", "examples/dpo-quickstart.yaml"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    line = next(line for line in result.stdout.splitlines() if line.startswith("pref. accuracy"))
+    base, adapter = (float(x) for x in line.split()[2:])
+    assert base == 0.5 and adapter >= 0.9  # output.minPreferenceAccuracy: 0.9 wrote _SUCCESS
+    assert (tmp_path / "out" / "dpo-quickstart" / "_SUCCESS").is_file()
