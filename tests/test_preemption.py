@@ -116,8 +116,14 @@ def signalled_on(body: dict[str, Any], s3: S3Server, tmp: Path, seen: Callable[[
 def test_sigterm_during_the_base_evaluation_ends_with_a_reason_and_the_next_run_starts_clean(
     s3: S3Server, stored: dict[str, str], tmp_path: Path
 ) -> None:
+    from kubetune_trainer import tiny
+
     out = "s3://adapters/preempted-eval/"
     body = job("preempted-eval", s3, stored, out)
+    # a held-out set large enough that the base evaluation lasts seconds, not the time a loaded machine takes to
+    # pass the signal on (with the stored 80 records the ranks were at step 6 before they heard of it)
+    held = tiny.write_jsonl(tmp_path / "held.jsonl", tiny.records(4000, seed=5))
+    body["spec"]["dataset"]["validation"] = s3.put("data", "pc/held-large.jsonl", held.read_bytes())
     # the ranks' timing line for "resume" comes just before the base model's held-out evaluation
     stopped = signalled_on(body, s3, tmp_path, lambda line: '"phase": "resume"' in line or '"phase":"resume"' in line)
     assert stopped.returncode == EXIT_PREEMPTED and stopped.summary["reason"] == "Preempted", stopped.stdout[-2000:]
