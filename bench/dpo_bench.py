@@ -24,34 +24,15 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from tests.trainer_helpers import command  # noqa: E402
+
 from kubetune_api.job import FineTuneJobSpec  # noqa: E402
-from kubetune_api.manifests import dump  # noqa: E402
 
 EXAMPLE = ROOT / "examples" / "dpo-quickstart.yaml"
 
 
 def run(body: dict[str, Any], work: Path, processes: int) -> dict[str, Any]:
-    path = work / f"{body['metadata']['name']}.yaml"
-    path.write_text(dump(body))
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "kubetune_cli",
-            "run",
-            str(path),
-            "--processes",
-            str(processes),
-            "--progress",
-            "json",
-            "--work-dir",
-            str(work / body["metadata"]["name"]),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    done = subprocess.run(command(body, work, processes), cwd=ROOT, capture_output=True, text=True, check=False)
     found: dict[str, Any] = {"steps": 0.0}
     for line in done.stdout.splitlines():
         if not line.startswith("{"):

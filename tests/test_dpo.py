@@ -14,7 +14,7 @@ import pytest
 from kubetune_trainer import tiny
 
 from .s3server import S3Server
-from .trainer_helpers import manifest, resumable, run
+from .trainer_helpers import downloaded_adapter, manifest, resumable, run
 
 pytestmark = pytest.mark.trainer
 
@@ -59,30 +59,27 @@ def held_out_accuracy(s3: S3Server, out: str, model_dir: Path, held: list[dict[s
 
     from kubetune_api.dataset import DatasetSpec
     from kubetune_api.method import DpoSpec
-    from kubetune_trainer.data import batching, pairs, prepared
+    from kubetune_trainer.data import pairs, prepared
     from kubetune_trainer.data.tokens import Rows
-    from kubetune_trainer.recipe import preference
+    from kubetune_trainer.recipe import evaluate, preference
 
-    adapter = tmp / "reloaded"
-    adapter.mkdir(exist_ok=True)
-    for key in s3.keys(out + "adapter/"):
-        (adapter / key).write_bytes(s3.get(out + "adapter/" + key))
+    adapter = downloaded_adapter(s3, out, tmp / "reloaded")
     model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32), adapter).eval()
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     table, _ = pairs.tokenize_pairs(
         held, DatasetSpec(train="./v.jsonl", format="openai-preference", maxSeqLength=64), tokenizer, "v"
     )
     rows = Rows(table, *prepared._pack(table.lengths(), 64, True, False, 0, True))
-    totals = [0.0] * len(preference.SUMS)
-    for start in range(0, len(rows), 4):
-        inputs = batching.collate(list(rows[start : start + 4]), tokenizer.pad_token_id)
-        labels = inputs.pop("labels")
-        with torch.no_grad():
-            mine = preference.sequence_logps(model(**inputs, use_cache=False).logits, labels, inputs["position_ids"])
-            with model.disable_adapter():
-                theirs = preference.sequence_logps(model(**inputs, use_cache=False).logits, labels, inputs["position_ids"])
-        sums = preference.pair_sums(*preference.dpo_losses(mine, theirs[:2], DpoSpec(beta=0.1)), mine[2] + mine[3])
-        totals = [a + b for a, b in zip(totals, sums, strict=True)]
+
+    def policy(inputs: dict[str, Any]) -> Any:
+        return model(**inputs, use_cache=False).logits
+
+    def reference(inputs: dict[str, Any]) -> Any:
+        with model.disable_adapter():
+            return policy(inputs)
+
+    batches = evaluate.local_batches(list(rows), 4)
+    totals = preference.eval_sums(policy, reference, batches, tokenizer.pad_token_id, "cpu", DpoSpec(beta=0.1))
     said = preference.metrics(totals)
     return said["preferenceAccuracy"], said["evalPairs"]
 

@@ -26,18 +26,24 @@ def test_quickstart_assets_regenerate_identically(tmp_path: Path) -> None:
         )
 
 
+def run_example(name: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    """`kubetune run examples/NAME` as shipped, from a copy of examples/ (its model and data beside it)."""
+    if not (tmp_path / "examples" / "quickstart").is_dir():
+        shutil.copytree(QUICKSTART, tmp_path / "examples" / "quickstart")
+    shutil.copy(ROOT / "examples" / name, tmp_path / "examples" / name)
+    return subprocess.run(
+        [sys.executable, "-m", "kubetune_cli", "run", f"examples/{name}"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
 @pytest.mark.trainer
 def test_quickstart_runs_to_completion_twice(tmp_path: Path) -> None:
-    shutil.copytree(QUICKSTART, tmp_path / "examples" / "quickstart")
-    shutil.copy(ROOT / "examples" / "quickstart.yaml", tmp_path / "examples" / "quickstart.yaml")
     for _ in range(2):  # the second run starts afresh (output.overwrite) instead of refusing or resuming
-        result = subprocess.run(
-            [sys.executable, "-m", "kubetune_cli", "run", "examples/quickstart.yaml"],
-            cwd=tmp_path,
-            capture_output=True,
-            text=True,
-            timeout=600,
-        )
+        result = run_example("quickstart.yaml", tmp_path)
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
         assert "held-out            base      adapter" in result.stdout
         base, adapter = (
@@ -56,15 +62,7 @@ def test_quickstart_runs_to_completion_twice(tmp_path: Path) -> None:
 @pytest.mark.trainer
 def test_dpo_quickstart_raises_the_preference_accuracy(tmp_path: Path) -> None:
     """`kubetune run examples/dpo-quickstart.yaml` as shipped: the held-out preference accuracy before and after."""
-    shutil.copytree(QUICKSTART, tmp_path / "examples" / "quickstart")
-    shutil.copy(ROOT / "examples" / "dpo-quickstart.yaml", tmp_path / "examples" / "dpo-quickstart.yaml")
-    result = subprocess.run(
-        [sys.executable, "-m", "kubetune_cli", "run", "examples/dpo-quickstart.yaml"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    result = run_example("dpo-quickstart.yaml", tmp_path)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     line = next(line for line in result.stdout.splitlines() if line.startswith("pref. accuracy"))
     base, adapter = (float(x) for x in line.split()[2:])

@@ -113,6 +113,14 @@ def run(body: dict[str, Any], s3: S3Server, tmp: Path, processes: int = 2, timeo
     return Outcome(result.returncode, result.stdout, result.stderr)
 
 
+def downloaded_adapter(s3: S3Server, out: str, directory: Path) -> Path:
+    """The adapter a run wrote under output.uri `out`, in a local directory."""
+    directory.mkdir(exist_ok=True)
+    for key in s3.keys(out + "adapter/"):
+        (directory / key).write_bytes(s3.get(out + "adapter/" + key))
+    return directory
+
+
 def reloaded_eval_loss(
     s3: S3Server, out: str, tiny_model: Path, dataset: dict[str, Any], records: list[dict[str, Any]], tmp: Path
 ) -> float:
@@ -121,10 +129,7 @@ def reloaded_eval_loss(
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    adapter = tmp / "adapter"
-    adapter.mkdir(exist_ok=True)
-    for key in s3.keys(out + "adapter/"):
-        (adapter / key).write_bytes(s3.get(out + "adapter/" + key))
+    adapter = downloaded_adapter(s3, out, tmp / "adapter")
     model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32), adapter).eval()
     tokenizer = AutoTokenizer.from_pretrained(tiny_model)
     spec = DatasetSpec.model_validate({"train": "./t.jsonl", **dataset})

@@ -76,7 +76,7 @@ def mismatches(saved: dict[str, Any], made: Any) -> list[str]:
     for key, (name, norm) in fields.items():
         theirs, mine = saved.get(key), getattr(made, key, None)
         try:
-            equal = norm(theirs if theirs is not None or key == "target_parameters" else None) == norm(mine)
+            equal = norm(theirs) == norm(mine)
         except (TypeError, ValueError):
             equal = False
         if not equal:

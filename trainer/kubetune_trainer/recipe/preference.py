@@ -64,6 +64,24 @@ def dpo_losses(policy: tuple[Any, Any, Any, Any], reference: tuple[Any, Any], se
     return losses, beta * (chosen - ref_chosen).detach(), beta * (rejected - ref_rejected).detach()
 
 
+def score(
+    policy: Callable[[dict[str, Any]], Any],
+    reference: Callable[[dict[str, Any]], Any],
+    inputs: dict[str, Any],
+    labels: Any,
+    settings: DpoSpec,
+) -> tuple[Any, Any, Any, Any]:
+    """One micro-batch of pairs: each pair's loss, chosen and rejected rewards, and the batch's response tokens. The
+    reference goes first, without gradients, and its logits are freed before the policy's forward."""
+    import torch
+
+    with torch.no_grad():
+        theirs = sequence_logps(reference(inputs), labels, inputs["position_ids"])
+    mine = sequence_logps(policy(inputs), labels, inputs["position_ids"])
+    losses, chosen, rejected = dpo_losses(mine, theirs[:2], settings)
+    return losses, chosen, rejected, mine[2] + mine[3]
+
+
 def pair_sums(losses: Any, chosen_rewards: Any, rejected_rewards: Any, tokens: Any) -> list[float]:
     """SUMS of one batch: a tie (equal rewards, as before any training) counts as half right."""
     import torch
@@ -98,10 +116,8 @@ def eval_sums(
         for batch in batches:
             inputs = {k: v.to(device) for k, v in collate(batch, pad_id).items()}
             labels = inputs.pop("labels")
-            mine = sequence_logps(policy(inputs), labels, inputs["position_ids"])
-            theirs = sequence_logps(reference(inputs), labels, inputs["position_ids"])
-            losses, chosen, rejected = dpo_losses(mine, theirs[:2], settings)
-            totals = [a + b for a, b in zip(totals, pair_sums(losses, chosen, rejected, mine[2] + mine[3]), strict=True)]
+            sums = pair_sums(*score(policy, reference, inputs, labels, settings))
+            totals = [a + b for a, b in zip(totals, sums, strict=True)]
     return totals
 
 

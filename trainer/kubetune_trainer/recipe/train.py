@@ -234,21 +234,13 @@ class Recipe:
         policy against the reference, whatever `adapter` says (before training the policy is where it starts)."""
         engine = self.engine
         engine.eval()
-
-        def forward(inputs: dict[str, Any]) -> Any:
-            return engine(**inputs, use_cache=False).logits
-
-        def reference(inputs: dict[str, Any]) -> Any:
-            with self.reference():
-                return forward(inputs)
-
         pad, device = self.tokenizer.pad_token_id, self.me.device
         if self.dpo is not None:
-            sums = preference.eval_sums(forward, reference, self.data.eval_batches, pad, device, self.dpo)
+            sums = preference.eval_sums(self.forward, self.reference_forward, self.data.eval_batches, pad, device, self.dpo)
             engine.train()
             return preference.metrics(all_sum(device, sums))
         with contextlib.nullcontext() if adapter else engine.module.disable_adapter():
-            sums = evaluate.eval_sums(forward, self.data.eval_batches, pad, device)
+            sums = evaluate.eval_sums(self.forward, self.data.eval_batches, pad, device)
         engine.train()
         return evaluate.metrics(all_sum(device, sums))
 
@@ -293,7 +285,7 @@ class Recipe:
             if self.dpo is not None:
                 loss = self.preference_loss(inputs, labels)
             else:
-                loss = evaluate.train_loss(self.engine(**inputs, use_cache=False).logits, labels)
+                loss = evaluate.train_loss(self.forward(inputs), labels)
             self.engine.backward(loss)
             self.engine.step()
             step_loss += float(loss.detach()) / len(batches)
@@ -306,16 +298,17 @@ class Recipe:
         self.window.steps += 1
         self.window.tokens += step_tokens
 
-    def preference_loss(self, inputs: dict[str, Any], labels: Any) -> Any:
-        """The micro-batch's DPO loss: the reference's log-probabilities first (no gradients, the logits freed),
-        then the policy's forward."""
-        import torch
+    def forward(self, inputs: dict[str, Any]) -> Any:
+        return self.engine(**inputs, use_cache=False).logits
 
+    def reference_forward(self, inputs: dict[str, Any]) -> Any:
+        with self.reference():
+            return self.forward(inputs)
+
+    def preference_loss(self, inputs: dict[str, Any], labels: Any) -> Any:
+        """The micro-batch's mean DPO loss (preference.score: the reference first, without gradients)."""
         assert self.dpo is not None
-        with torch.no_grad(), self.reference():
-            theirs = preference.sequence_logps(self.engine(**inputs, use_cache=False).logits, labels, inputs["position_ids"])
-        mine = preference.sequence_logps(self.engine(**inputs, use_cache=False).logits, labels, inputs["position_ids"])
-        losses, _, _ = preference.dpo_losses(mine, theirs[:2], self.dpo)
+        losses, _, _, _ = preference.score(self.forward, self.reference_forward, inputs, labels, self.dpo)
         return losses.mean()
 
     def log_window(self, done: int) -> float | None:
