@@ -7,16 +7,9 @@ from typing import Any
 import torch
 import transformers
 
-LLAMA_8B = {
-    "model_type": "llama",
-    "hidden_size": 4096,
-    "num_hidden_layers": 32,
-    "num_attention_heads": 32,
-    "num_key_value_heads": 8,
-    "intermediate_size": 14336,
-    "vocab_size": 128256,
-    "tie_word_embeddings": False,
-}
+from kubetune_trainer.tiny import LLAMA3_8B
+
+LLAMA_8B = {"model_type": "llama", **LLAMA3_8B}
 
 
 COMMON = {

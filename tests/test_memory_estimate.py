@@ -29,7 +29,11 @@ def spec(**over: Any) -> FineTuneJobSpec:
         "model": {"uri": "/models/base"},
         "dataset": {"train": "/data/train.jsonl", "maxSeqLength": over.pop("seq", 2048), "packing": True},
         "lora": {"r": 16, "alpha": 32, "dropout": over.pop("dropout", 0.05)},
-        "training": {"microBatchSize": over.pop("micro", 2), "gradientCheckpointing": over.pop("checkpointing", False)},
+        "training": {
+            "microBatchSize": over.pop("micro", 2),
+            "gradientCheckpointing": over.pop("checkpointing", False),
+            "chunkedLoss": over.pop("chunked", None),
+        },
         "deepspeed": {"zeroStage": over.pop("stage", 2), "offload": over.pop("offload", "none")},
         "workers": {"replicas": over.pop("replicas", 1), "gpusPerWorker": over.pop("gpus", 1)},
         "output": {"uri": "/out"},
@@ -88,6 +92,7 @@ def test_the_estimate_is_within_25_percent_of_the_h200_peaks(case: dict[str, Any
             stage=case["zeroStage"],
             checkpointing=case["gradientCheckpointing"],
             dropout=case["loraDropout"],
+            chunked=False,  # measured before the chunked loss: the whole batch's logits
         ),
         world=1,
         gpu=True,
@@ -119,3 +124,29 @@ def test_the_estimate_is_within_25_percent_of_measured_cpu_peaks(index: int, tmp
     ratio = train["estimatedMemoryBytes"] / train["peakMemoryBytes"]
     assert train["peakMemoryMeasuredBy"] == "profiler"
     assert abs(ratio - 1) <= TOLERANCE, f"{bench.label(case)}: estimate / measured = {ratio:.2f} ({train})"
+
+
+def test_the_preflight_advises_a_larger_micro_batch_when_the_card_is_half_empty() -> None:
+    from kubetune_api.preflight import roomier
+
+    shape = shape_of(LLAMA_8B)
+    h200 = 141 * 10**9
+    accumulating = spec(micro=1, seq=4096, dropout=0.0)
+    accumulating = accumulating.model_copy(
+        update={"training": accumulating.training.model_copy(update={"gradientAccumulationSteps": 8})}
+    )
+    advice = roomier(shape, accumulating, h200)
+    assert advice is not None and "(the same global batch)" in advice
+    micro = int(advice.split("microBatchSize: ")[1].split()[0])
+    assert micro in (2, 4, 8) and f"gradientAccumulationSteps: {8 // micro}" in advice
+    assert roomier(shape, spec(micro=1, seq=4096), h200) is None  # no accumulation to trade: the training would change
+
+
+def test_the_chunked_loss_leaves_one_chunk_of_logits_in_the_estimate() -> None:
+    shape = shape_of(LLAMA_8B)
+    whole = estimate(shape, spec(micro=1, seq=4096).model_copy(deep=True))
+    body = spec(micro=1, seq=4096).model_dump(mode="json")
+    body["training"]["chunkedLoss"] = False
+    plain = estimate(shape, FineTuneJobSpec.model_validate(body))
+    assert whole.parts["logits"] == 2092 * 128_256 * 12  # the default: chunked for a 128K vocabulary
+    assert plain.parts["logits"] == 4096 * 128_256 * 12

@@ -35,7 +35,7 @@ def test_a_refused_attention_kernel_falls_back_to_eager_and_says_so(tmp_path, ca
     from kubetune_trainer.model import load_model
 
     tiny("gemma2").save_pretrained(tmp_path / "gemma2")
-    model = load_model(str(tmp_path / "gemma2"), ModelSpec(uri="./gemma2", attnImplementation="sdpa"), on_gpu=False)
+    model = load_model(str(tmp_path / "gemma2"), ModelSpec(uri="./gemma2", attnImplementation="sdpa"), device=torch.device("cpu"))
     assert model.config._attn_implementation == "eager"
     assert "model.attnImplementation sdpa cannot load this model here" in capsys.readouterr().out
 
@@ -65,6 +65,8 @@ def test_a_kernel_this_machine_lacks_falls_back_to_sdpa_not_to_model_missing(tmp
     from kubetune_trainer.model import load_model
 
     tiny("llama").save_pretrained(tmp_path / "llama")
-    model = load_model(str(tmp_path / "llama"), ModelSpec(uri="./llama", attnImplementation="flash_attention_2"), on_gpu=False)
+    model = load_model(
+        str(tmp_path / "llama"), ModelSpec(uri="./llama", attnImplementation="flash_attention_2"), device=torch.device("cpu")
+    )
     assert model.config._attn_implementation == "sdpa"  # flash-attn is not installed here
     assert "model.attnImplementation flash_attention_2 cannot load this model here" in capsys.readouterr().out

@@ -36,3 +36,29 @@ def test_an_opt_model_trains_unpacked_with_a_notice(s3: S3Server, tmp_path: Path
     assert "dataset.packing turned off: opt models do not keep packed samples apart" in notice["message"]
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert metrics["data"]["packing"] is False and metrics["data"]["modelType"] == "opt"
+
+
+def test_the_fast_path_trains_to_the_same_losses_as_the_plain_one(s3: S3Server, tmp_path: Path) -> None:
+    """varlen attention and the chunked loss (on the CPU: each sample through sdpa in turn, one chunk) against sdpa's
+    block-diagonal mask and whole-batch logits: the same training and held-out losses, step for step."""
+    model_dir = tiny.save_tiny_model(tmp_path / "model", hidden=64, layers=2, heads=4, seed=0)
+    train = tiny.write_jsonl(tmp_path / "train.jsonl", tiny.records(200, seed=1))
+    curves = {}
+    for name, attention, chunked in (("plain", "sdpa", False), ("fast", "varlen", True)):
+        body = manifest(
+            name,
+            s3,
+            {
+                "model": {"uri": str(model_dir), "attnImplementation": attention},
+                "dataset": {"train": str(train), "maxSeqLength": 128, "packing": True},
+                "training": {"maxSteps": 4, "evalEverySteps": 0, "microBatchSize": 2, "chunkedLoss": chunked},
+                "output": {"uri": str(tmp_path / f"{name}-out")},
+            },
+        )
+        (tmp_path / name).mkdir()
+        outcome = run(body, s3, tmp_path / name)
+        assert outcome.returncode == 0, outcome.stdout[-2000:] + outcome.stderr[-2000:]
+        metrics = json.loads((tmp_path / f"{name}-out" / "metrics.json").read_text())
+        curves[name] = [p["loss"] for p in metrics["curves"]["train"]] + [metrics["final"]["evalLoss"]]
+        assert not outcome.of("notice"), outcome.of("notice")
+    assert curves["fast"] == pytest.approx(curves["plain"], rel=1e-5)

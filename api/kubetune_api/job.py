@@ -60,7 +60,11 @@ def _batch_ok(spec: FineTuneJobSpec) -> bool:
 # operator's alone (suspend, deadlines, ttl, the preflight switch) and stays mutable.
 FROZEN_SECTIONS = ("model", "method", "dataset", "lora", "training", "deepspeed", "workers", "storage", "output")
 # Fields added since digests were first recorded, dropped from a dump while empty (method: while it is the default)
-ADDED_FIELDS = {"output": ("serving", "tracking", "minPreferenceAccuracy"), "model": ("adapter",)}
+ADDED_FIELDS = {
+    "output": ("serving", "tracking", "minPreferenceAccuracy"),
+    "model": ("adapter",),
+    "training": ("chunkedLoss",),
+}
 
 
 def sections_dump(spec: FineTuneJobSpec, sections: tuple[str, ...], exclude_none: bool = True) -> dict[str, Any]:
@@ -94,10 +98,46 @@ def as_dumped_before(sections: dict[str, Any]) -> dict[str, Any]:
     return sections
 
 
+# Defaults that changed, as (section, field): (today's default, the earlier one). A spec that leaves the field out
+# read the earlier default then (the cluster stored it; a local spec file did not): the same job to its digests.
+CHANGED_DEFAULTS = {("model", "attnImplementation"): ("auto", "sdpa")}
+
+
+def with_earlier_defaults(sections: dict[str, Any]) -> dict[str, Any]:
+    """The sections with each changed default as the earlier versions wrote it (a copy)."""
+    out: dict[str, Any] = json.loads(json.dumps(sections))
+    for (section, name), (now, before) in CHANGED_DEFAULTS.items():
+        if out.get(section, {}).get(name) == now:
+            out[section][name] = before
+    return out
+
+
+def digest_forms(spec: FineTuneJobSpec, sections: tuple[str, ...]) -> list[dict[str, Any]]:
+    """Every form an earlier version dumped these sections in: today's; with every field, empty ones too (before
+    empty fields were left out); and each of those with the defaults CHANGED_DEFAULTS names as they were."""
+    forms = [sections_dump(spec, sections), as_dumped_before(sections_dump(spec, sections, exclude_none=False))]
+    return forms + [with_earlier_defaults(form) for form in forms]
+
+
 def pods_digests(spec: FineTuneJobSpec) -> set[str]:
-    """The digests a Job made by this version or an earlier one carries for this spec: pods_digest, and the form
-    before it left empty fields out."""
-    return {pods_digest(spec), _digest(as_dumped_before(sections_dump(spec, FROZEN_SECTIONS, exclude_none=False)))}
+    """The digests a Job made by this version or an earlier one carries for this spec (digest_forms)."""
+    return {_digest(form) for form in digest_forms(spec, FROZEN_SECTIONS)}
+
+
+CHUNKED_LOSS_VOCAB = 32_768  # training.chunkedLoss unset: on from this vocabulary size
+LOSS_CHUNK_BYTES = 2**30  # the float32 logits of one chunk
+
+
+def chunked_loss(spec: FineTuneJobSpec, vocab: int) -> bool:
+    """Whether the training loss is computed a chunk at a time (training.chunkedLoss, its default resolved)."""
+    applies = spec.method.type == "sft" and spec.deepspeed.zeroStage < 3
+    asked = spec.training.chunkedLoss
+    return applies and (asked if asked is not None else vocab >= CHUNKED_LOSS_VOCAB)
+
+
+def loss_chunk_tokens(vocab: int) -> int:
+    """Tokens per chunk of the chunked loss: about LOSS_CHUNK_BYTES of float32 logits."""
+    return max(128, LOSS_CHUNK_BYTES // (4 * vocab))
 
 
 class FineTuneJobSpec(Section):
@@ -135,6 +175,14 @@ class FineTuneJobSpec(Section):
             + ", ".join(f"'{f}'" for f in PREFERENCE_FORMATS)
             + "])",
             check=lambda s: (s.method.type == "dpo") == (s.dataset.format in PREFERENCE_FORMATS),
+        ),
+        Rule(
+            field="training.chunkedLoss",
+            message="training.chunkedLoss applies to sft under deepspeed.zeroStage 0, 1 or 2 (DPO scores whole "
+            "sequences; ZeRO-3 gathers the output layer once per forward)",
+            cel="!has(self.training.chunkedLoss) || !self.training.chunkedLoss || "
+            "(self.method.type == 'sft' && self.deepspeed.zeroStage < 3)",
+            check=lambda s: not s.training.chunkedLoss or (s.method.type == "sft" and s.deepspeed.zeroStage < 3),
         ),
         Rule(
             field="output.minPreferenceAccuracy",

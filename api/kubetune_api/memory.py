@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .job import FineTuneJobSpec
+from .job import FineTuneJobSpec, chunked_loss, loss_chunk_tokens
 from .lora import ALL_LINEAR
 
 BUCKET = 50_000_000  # the largest reduce bucket the trainer asks DeepSpeed for (elements)
@@ -263,8 +263,12 @@ def estimate(shape: Shape, spec: FineTuneJobSpec, world: int | None = None, gpu:
     tokens = t.microBatchSize * seq
     layer = tokens * activation_bytes(shape, spec, b, targets) + attention_matrix_bytes(shape, t.microBatchSize, seq, b, gpu)
     final_norm = tokens * (4 + 2 * b) * shape.hidden
-    # the loss: float32 log-softmax kept for the backward pass, then the gradients of the loss and of the log-softmax
-    logits = tokens * shape.vocab * 12
+    # the loss: float32 log-softmax kept for the backward pass, then the gradients of the loss and of the log-softmax;
+    # chunked (training.chunkedLoss), one chunk's at a time, recomputed in the backward pass
+    scored = min(tokens, loss_chunk_tokens(shape.vocab)) if chunked_loss(spec, shape.vocab) else tokens
+    logits = scored * shape.vocab * 12
+    if scored < tokens:
+        notes.append(f"chunked loss: the logits of {scored} tokens at a time")
     if t.gradientCheckpointing:
         # each layer's input is kept; the backward pass then recomputes one layer at a time, after the loss's
         # tensors are gone: the peak is the larger of the two moments

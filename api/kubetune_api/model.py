@@ -35,8 +35,13 @@ class ModelSpec(Section):
     trustRemoteCode: StrictBool = Field(
         False, description="Allow model code shipped with the checkpoint to run. Off unless you trust the source."
     )
-    attnImplementation: Literal["sdpa", "eager", "flash_attention_2"] = Field(
-        "sdpa", description="Attention kernel: sdpa (default), eager, or flash_attention_2 (GPU image only)."
+    attnImplementation: Literal["auto", "varlen", "sdpa", "eager", "flash_attention_2"] = Field(
+        "auto",
+        description="Attention kernel. auto (default): varlen on a GPU where the model allows it, else sdpa. varlen: "
+        "PyTorch's variable-length FlashAttention over packed rows, each sample attending only to itself with no "
+        "dense mask (GPU; on the CPU each sample runs through sdpa in turn). sdpa: PyTorch's scaled-dot-product "
+        "attention with a block-diagonal mask over packed rows. eager, or flash_attention_2 (needs the flash-attn "
+        "package, not in the image).",
     )
 
     rules = (

@@ -137,6 +137,32 @@ def fit(shape: Shape, spec: FineTuneJobSpec, gpu_memory: int) -> tuple[Estimate,
     return mine, None
 
 
+def roomier(shape: Shape, spec: FineTuneJobSpec, gpu_memory: int) -> str | None:
+    """When the job leaves the card half empty and gradient accumulation can trade for a larger micro-batch (the
+    same global batch, so the same training): the largest micro-batch that fits, as advice. Fewer, fuller steps
+    keep the GPU's matrix units busier; a GPU-hour is paid for whether its memory is used or not."""
+    t = spec.training
+    usable = HEADROOM * gpu_memory
+    if estimate(shape, spec, gpu=True).total > usable / 2:
+        return None
+    micro, accumulate, best = t.microBatchSize, t.gradientAccumulationSteps, None
+    while accumulate % 2 == 0 and micro * 2 <= 1024:
+        micro, accumulate = micro * 2, accumulate // 2
+        trial = estimate(
+            shape, changed(spec, training__microBatchSize=micro, training__gradientAccumulationSteps=accumulate), gpu=True
+        )
+        if trial.total > usable:
+            break
+        best = (micro, accumulate, trial.total)
+    if best is None:
+        return None
+    micro, accumulate, total = best
+    return (
+        f"training.microBatchSize: {micro} with gradientAccumulationSteps: {accumulate} (the same global batch) fits in "
+        f"about {gib(total)} of {gib(gpu_memory)} per GPU: fewer, fuller steps"
+    )
+
+
 def wont_fit_message(mine: Estimate, gpu_memory: int, gpu_name: str, suggestion: str | None) -> str:
     largest = sorted(mine.parts.items(), key=lambda kv: -kv[1])[:3]
     parts = ", ".join(f"{name} {gib(value)}" for name, value in largest)

@@ -269,14 +269,22 @@ def test_an_operator_upgrade_reads_the_digest_an_earlier_version_recorded() -> N
     earlier_sections = set(FROZEN_SECTIONS) - {"method"}  # spec.method came later still
     before = spec.spec.model_dump(mode="json", include=earlier_sections)
     del before["output"]["serving"], before["output"]["tracking"]  # the spec as the earlier version dumped it
-    del before["output"]["minPreferenceAccuracy"], before["model"]["adapter"]
+    del before["output"]["minPreferenceAccuracy"], before["model"]["adapter"], before["training"]["chunkedLoss"]
+    before["model"]["attnImplementation"] = "sdpa"  # the default then, stored by the API server
     digest = hashlib.sha256(json.dumps(before, sort_keys=True).encode()).hexdigest()[:32]
     made = {"metadata": {"annotations": {builders.SPEC_ANNOTATION: digest}}}
     assert reads_spec(made, spec.spec)
     # the version before spec.method: empty fields left out, no method section
     previous = spec.spec.model_dump(mode="json", include=earlier_sections, exclude_none=True)
+    previous["model"]["attnImplementation"] = "sdpa"
     digest = hashlib.sha256(json.dumps(previous, sort_keys=True).encode()).hexdigest()[:32]
     assert reads_spec({"metadata": {"annotations": {builders.SPEC_ANNOTATION: digest}}}, spec.spec)
+    # a Job of the version before training.chunkedLoss and model.attnImplementation: auto (the default was sdpa)
+    digest = hashlib.sha256(json.dumps(previous, sort_keys=True).encode()).hexdigest()[:32]
+    explicit = validate_object(job(**{"spec.model.attnImplementation": "varlen"})).job
+    assert explicit is not None and not reads_spec(
+        {"metadata": {"annotations": {builders.SPEC_ANNOTATION: digest}}}, explicit.spec
+    )
     other = validate_object(job(**{"spec.lora.r": 8})).job
     assert other is not None and not reads_spec(made, other.spec)
 
@@ -422,12 +430,14 @@ def test_an_upgraded_trainer_resumes_a_checkpoint_an_earlier_version_wrote() -> 
     earlier_sections = [name for name in IDENTITY_SECTIONS if name != "method"]  # spec.method came later still
     sections = {name: getattr(spec.spec, name).model_dump(mode="json") for name in earlier_sections}
     del sections["output"]["serving"], sections["output"]["tracking"]  # as the earlier version dumped it
-    del sections["output"]["minPreferenceAccuracy"], sections["model"]["adapter"]
+    del sections["output"]["minPreferenceAccuracy"], sections["model"]["adapter"], sections["training"]["chunkedLoss"]
+    sections["model"]["attnImplementation"] = "sdpa"  # the default before auto: a local spec file that left it out
     earlier = {"specDigest": hashlib.sha256(json.dumps(sections, sort_keys=True).encode()).hexdigest(), "jobUid": "u"}
     mine = identity(spec.spec, "u")
     assert earlier["specDigest"] != mine["specDigest"]
     check_identity(earlier, mine, "checkpoint step 10", spec_digests(spec.spec))
     previous = {name: getattr(spec.spec, name).model_dump(mode="json", exclude_none=True) for name in earlier_sections}
+    previous["model"]["attnImplementation"] = "sdpa"
     digest = hashlib.sha256(json.dumps(previous, sort_keys=True).encode()).hexdigest()
     check_identity({"specDigest": digest, "jobUid": "u"}, mine, "checkpoint step 10", spec_digests(spec.spec))
     other = validate_object(job(**{"spec.lora.r": 8})).job

@@ -11,6 +11,7 @@ from kubetune_api.conditions import Reason
 from kubetune_api.events import Notice, emit
 from kubetune_api.lora import ALL_LINEAR, LoraSpec
 from kubetune_api.model import ModelSpec
+from kubetune_trainer import attention
 from kubetune_trainer.errors import TrainerFailure
 
 
@@ -74,11 +75,39 @@ def load_tokenizer(source: str, spec: ModelSpec) -> Any:
     return tokenizer
 
 
-def load_model(source: str, spec: ModelSpec, on_gpu: bool) -> Any:
+def attention_kernel(source: str, spec: ModelSpec, device: Any) -> str:
+    """The attention implementation to load with: model.attnImplementation, auto and varlen resolved (varlen needs
+    a model that dispatches through transformers' attention interface, and on a GPU the kernel). An explicit varlen
+    that cannot run says why, in a notice, and runs sdpa; auto picks varlen on a GPU only, silently."""
+    from transformers import AutoConfig
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
+
+    asked = spec.attnImplementation
+    if asked not in ("auto", "varlen"):
+        return asked
+    config = AutoConfig.from_pretrained(source, revision=spec.revision, trust_remote_code=spec.trustRemoteCode)
+    try:
+        model_class = MODEL_FOR_CAUSAL_LM_MAPPING[type(config)]
+    except KeyError:
+        model_class = None  # remote code: its attention is its own
+    why = attention.unsupported(config, model_class)
+    if why is None and (asked == "auto" or device.type == "cuda"):
+        why = attention.kernel_available(device)
+    if why is None:
+        attention.register()
+        return attention.VARLEN
+    if asked == "varlen":
+        emit(Notice(message=f"model.attnImplementation varlen cannot run here ({why}); using sdpa attention"))
+    return "sdpa"
+
+
+def load_model(source: str, spec: ModelSpec, device: Any) -> Any:
     from transformers import AutoModelForCausalLM
 
+    on_gpu = device.type == "cuda"
     if not source.startswith(("/", ".")) and Path(source).exists():
         source = str(Path(source).resolve())
+    chosen = attention_kernel(source, spec, device)
 
     def load(attention: str) -> Any:
         return AutoModelForCausalLM.from_pretrained(
@@ -89,7 +118,7 @@ def load_model(source: str, spec: ModelSpec, on_gpu: bool) -> Any:
             attn_implementation=attention,
         )
 
-    kernels = [spec.attnImplementation] + [k for k in ("sdpa", "eager") if k != spec.attnImplementation]
+    kernels = [chosen] + [k for k in ("sdpa", "eager") if k != chosen]
     refusals: list[str] = []
     model = None
     for kernel in kernels:  # a kernel this model or machine refuses (Gemma 2 and sdpa, no flash-attn): the next
@@ -110,7 +139,7 @@ def load_model(source: str, spec: ModelSpec, on_gpu: bool) -> Any:
     if refusals:
         emit(
             Notice(
-                message=f"model.attnImplementation {spec.attnImplementation} cannot load this model here "
+                message=f"model.attnImplementation {spec.attnImplementation}{'' if chosen == spec.attnImplementation else f' ({chosen})'} cannot load this model here "
                 f"({refusals[0].split(': ', 1)[1]}); using {model.config._attn_implementation} attention"
             )
         )

@@ -33,6 +33,7 @@ from kubetune_api.preflight import (
     evaluations,
     fit,
     hours,
+    roomier,
     training_flops,
     wont_fit_message,
 )
@@ -203,6 +204,9 @@ def memory_and_hours(
         report = report.model_copy(update=update).with_check("memory", fits, message)
         if not fits and report.passed:
             report = report.failed(Reason.WONT_FIT, message)
+        room = roomier(shape, sized, gpu.memory_bytes) if fits else None
+        if room:
+            report = report.model_copy(update={"warnings": [*report.warnings, room]})
         if counts:
             epochs = counts["totalSteps"] / counts["stepsPerEpoch"]
             flops = training_flops(

@@ -87,6 +87,18 @@ def tiny_llama(tokenizer: Any, *, hidden: int = 64, layers: int = 2, heads: int 
     return LlamaForCausalLM(config)
 
 
+# The published Llama-3-8B configuration (for benchmarks and estimates at a real size: no weights involved)
+LLAMA3_8B: dict[str, Any] = {
+    "hidden_size": 4096,
+    "num_hidden_layers": 32,
+    "num_attention_heads": 32,
+    "num_key_value_heads": 8,
+    "intermediate_size": 14336,
+    "vocab_size": 128256,
+    "tie_word_embeddings": False,
+}
+
+
 def save_tiny_model(directory: Path, **kwargs: Any) -> Path:
     """A tiny model and its tokenizer, saved as a Hugging Face model directory."""
     tokenizer = byte_tokenizer()

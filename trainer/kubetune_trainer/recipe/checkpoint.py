@@ -26,7 +26,7 @@ from typing import Any
 
 from kubetune_api import events, layout
 from kubetune_api.conditions import Reason
-from kubetune_api.job import FineTuneJobSpec, as_dumped_before, sections_dump
+from kubetune_api.job import FineTuneJobSpec, digest_forms, sections_dump
 from kubetune_trainer.errors import TrainerFailure
 from kubetune_trainer.recipe.rank import Rank, barrier, broadcast
 from kubetune_trainer.spec_io import dump_spec
@@ -95,9 +95,9 @@ def identity(spec: FineTuneJobSpec, job_uid: str) -> dict[str, str]:
 
 
 def spec_digests(spec: FineTuneJobSpec) -> set[str]:
-    """The digests a checkpoint of this spec may carry: identity's, and the form before empty fields were left out."""
-    earlier = as_dumped_before(sections_dump(spec, IDENTITY_SECTIONS, exclude_none=False))
-    return {identity(spec, "")["specDigest"], _spec_digest(earlier)}
+    """The digests a checkpoint of this spec may carry: identity's, and those of the forms earlier versions wrote
+    (before empty fields were left out; before a default changed: job.digest_forms)."""
+    return {_spec_digest(form) for form in digest_forms(spec, IDENTITY_SECTIONS)}
 
 
 def check_identity(info: dict[str, Any], mine: dict[str, str], where: str, digests: set[str]) -> None:

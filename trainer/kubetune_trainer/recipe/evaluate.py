@@ -32,6 +32,27 @@ def train_loss(logits: Any, labels: Any) -> Any:
     )
 
 
+def chunked_train_loss(hidden: Any, head: Any, labels: Any, chunk: int) -> Any:
+    """train_loss from the final hidden states, `chunk` tokens at a time: each chunk's logits are made by the
+    output layer, scored in float32 and dropped, then made again in the backward pass (activation checkpointing), so
+    no more than one chunk's logits exist at once. The same mean over the scored tokens as train_loss."""
+    import torch
+    from torch.utils.checkpoint import checkpoint
+
+    h = hidden[:, :-1, :].reshape(-1, hidden.size(-1))
+    y = labels[:, 1:].reshape(-1)
+    total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+    for start in range(0, y.numel(), chunk):
+        total = total + checkpoint(_nll_sum, head, h[start : start + chunk], y[start : start + chunk], use_reentrant=False)
+    return total / (y != IGNORE).sum()
+
+
+def _nll_sum(head: Any, hidden: Any, labels: Any) -> Any:
+    import torch
+
+    return torch.nn.functional.cross_entropy(head(hidden).float(), labels, ignore_index=IGNORE, reduction="sum")
+
+
 def local_batches(rows: Sequence[Row], micro: int, count: int | None = None) -> list[list[Row]]:
     """This rank's eval batches from its own rows, padded with rows that score nothing to the `count` every rank
     agreed on (under ZeRO-3 every rank must run the same number of forwards); by default as many as the rows need."""

@@ -26,6 +26,7 @@ class Rank:
     world: int
     local_rank: int
     device: Any
+    host: Any = None  # host_group's: the gloo group for per-step flags (None: the default group, or one rank)
 
     @property
     def is_main(self) -> bool:
@@ -48,14 +49,16 @@ def setup_rank(spec: FineTuneJobSpec, worker: WorkerEnv, paths: RankEnv) -> Rank
     deepspeed.init_distributed(dist_backend="nccl" if on_gpu else "gloo")
     random.seed(spec.training.seed)
     torch.manual_seed(spec.training.seed)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
     return Rank(
         spec=spec,
         worker=worker,
         paths=paths,
         rank=int(os.environ.get("RANK", "0")),
-        world=int(os.environ.get("WORLD_SIZE", "1")),
+        world=world,
         local_rank=local_rank,
         device=device,
+        host=host_group(device, world),
     )
 
 
@@ -72,6 +75,25 @@ def all_max(device: Any, values: list[float]) -> list[float]:
     tensor = torch.tensor(values, dtype=torch.float64, device=device)
     dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
     return [float(x) for x in tensor.cpu()]
+
+
+def host_group(device: Any, world: int) -> Any:
+    """A gloo group beside NCCL for the flags every step reads (a SIGTERM's agreement): an all-reduce of a CPU
+    tensor leaves the GPU's queue running. On the CPU the default group is gloo already. Every rank calls this."""
+    import torch.distributed as dist
+
+    if device.type != "cuda" or world == 1:
+        return None
+    return dist.new_group(backend="gloo")
+
+
+def host_max(group: Any, value: float) -> float:
+    import torch
+    import torch.distributed as dist
+
+    tensor = torch.tensor([value], dtype=torch.float64)
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX, group=group)
+    return float(tensor[0])
 
 
 def all_sum(device: Any, values: list[float]) -> list[float]:

@@ -24,15 +24,16 @@ from kubetune_api import events
 from kubetune_api.conditions import Reason
 from kubetune_api.contract import RankFailure, TrackingOutcome, WorkerEnv
 from kubetune_api.ds_config import deepspeed_config
-from kubetune_api.job import FineTuneJobSpec
+from kubetune_api.job import FineTuneJobSpec, chunked_loss, loss_chunk_tokens
 from kubetune_api.metrics import AdapterChoice, Curves, DataReport, EarlyStop, Evaluated, Evaluation, Fetch, Metrics, TrainStats
-from kubetune_trainer import adapters, rank_env, spec_io
+from kubetune_trainer import adapters, attention, rank_env, spec_io
 from kubetune_trainer.data import batching, prepared
 from kubetune_trainer.errors import TrainerFailure
 from kubetune_trainer.model import add_lora, load_model, load_tokenizer, model_type
 from kubetune_trainer.rank_env import RankEnv
 from kubetune_trainer.recipe import checkpoint, evaluate, merge, meter, outputs, preference, tracking
 from kubetune_trainer.recipe.preemption import Preempted, Stop
+from kubetune_trainer.recipe.profile import StepProfile
 from kubetune_trainer.recipe.rank import Rank, all_max, all_sum, barrier, broadcast, setup_rank
 from kubetune_trainer.recipe.report import Progress
 from kubetune_trainer.storage import Store
@@ -96,10 +97,11 @@ class Record:
 class Window:
     """Training loss and tokens since the last logged step."""
 
-    loss: float = 0.0
+    loss: Any = 0.0  # a tensor on the device while steps run: read once per window, not once per step
     steps: int = 0
     tokens: float = 0.0
     started: float = field(default_factory=time.monotonic)
+    last_step: int = 0
 
 
 # set-up
@@ -163,7 +165,7 @@ def setup_engine(me: Rank, plan: batching.StepPlan) -> Engine:
 
         # the ZeRO part does not depend on the adapter's size, which is known only once the model is built
         keep_alive = HfDeepSpeedConfig(deepspeed_config(me.spec, me.world, on_gpu, bf16=bf16))
-    model = load_model(me.paths.model_source, me.spec.model, on_gpu)
+    model = load_model(me.paths.model_source, me.spec.model, me.device)
     if t.gradientCheckpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()
@@ -190,6 +192,26 @@ def setup_engine(me: Rank, plan: batching.StepPlan) -> Engine:
 
     engine, *_ = deepspeed.initialize(model=model, model_parameters=params, config=config, lr_scheduler=scheduler)
     return Engine(engine, adjusted, keep_alive, config)
+
+
+def loss_chunk(me: Rank, module: Any) -> int:
+    """Tokens per chunk of the training loss (training.chunkedLoss), 0 for the whole micro-batch at once."""
+    import inspect
+
+    vocab = int(module.config.vocab_size)
+    if not chunked_loss(me.spec, vocab):
+        return 0
+    forward = inspect.signature(module.get_base_model().forward).parameters
+    if "logits_to_keep" not in forward or module.get_output_embeddings() is None:
+        me.notice(f"training.chunkedLoss: {module.config.model_type} models cannot leave out their logits; whole-batch loss")
+        return 0
+    return loss_chunk_tokens(vocab)
+
+
+def torch_empty_index(device: Any) -> Any:
+    import torch
+
+    return torch.zeros(0, dtype=torch.long, device=device)
 
 
 # the recipe
@@ -220,11 +242,15 @@ class Recipe:
         self.window = Window()
         self.trained_tokens = 0.0
         self.dpo = me.spec.method.dpo_settings if me.spec.method.type == "dpo" else None
+        self.varlen = self.engine.module.config._attn_implementation == attention.VARLEN
+        self.loss_chunk = loss_chunk(me, self.engine.module)
         self.tracker = tracking.start(me.spec, me.worker) if me.is_main else None
         main = me.is_main
         self.progress = Progress(batches.plan.total_steps, style=me.paths.progress, tracker=self.tracker) if main else None
         self._epoch: tuple[int, Sequence[list[batching.Row]]] = (-1, [])
         synchronous = os.environ.get("KUBETUNE_SYNC_CHECKPOINTS") == "1"  # the benchmark's baseline
+        profiled = int(os.environ.get("KUBETUNE_PROFILE_STEPS", "0"))  # the benchmarks' step-time split
+        self.profile = StepProfile(me.device, profiled, me.paths.work_dir / "profile.json") if main else StepProfile.disabled()
         self.checkpoints = checkpoint.Checkpoints(me, store, synchronous)
 
     # evaluation
@@ -277,28 +303,53 @@ class Recipe:
         return list(self._epoch[1][offset * accumulate : (offset + 1) * accumulate])
 
     def step(self, step: int) -> None:
+        """One optimizer step. Nothing here waits for the device: the loss stays a device tensor until the window
+        is logged (log_window) or a checkpoint is written (finite), where it is read once."""
         batches = self.micro_batches(step)
-        step_loss, step_tokens = 0.0, 0
+        step_tokens = 0
+        section = self.profile.section
         for batch in batches:
-            inputs = {k: v.to(self.me.device) for k, v in batching.collate(batch, self.tokenizer.pad_token_id).items()}
-            labels = inputs.pop("labels")
-            if self.dpo is not None:
-                loss = self.preference_loss(inputs, labels)
-            else:
-                loss = evaluate.train_loss(self.forward(inputs), labels)
-            self.engine.backward(loss)
-            self.engine.step()
-            step_loss += float(loss.detach()) / len(batches)
+            with section("data"):
+                collated = batching.collate(batch, self.tokenizer.pad_token_id)
+                inputs = {k: v.to(self.me.device, non_blocking=True) for k, v in collated.items()}
+                if self.varlen:  # the samples' bounds, from the host's positions
+                    inputs.update(attention.bounds(collated["position_ids"], self.me.device))
+                labels = inputs.pop("labels")
+            with section("forward"):
+                loss = self.preference_loss(inputs, labels) if self.dpo is not None else self.sft_loss(inputs, labels)
+            with section("backward"):
+                self.engine.backward(loss)
+            with section("optimizer"):
+                self.engine.step()
+            self.window.loss = self.window.loss + loss.detach().float() / len(batches)
             step_tokens += batching.useful_tokens(batch)
-        if not math.isfinite(step_loss):
-            raise TrainerFailure(
-                Reason.NAN_LOSS, f"training loss became {step_loss} at step {step + 1}; lower training.learningRate"
-            )
-        self.window.loss += step_loss
         self.window.steps += 1
         self.window.tokens += step_tokens
+        self.window.last_step = step + 1
+
+    def finite(self) -> float:
+        """The window's mean training loss, read from the device; a NaN or infinite loss ends the run here (the
+        steps since the last read are named: a non-finite loss stays non-finite once summed)."""
+        w = self.window
+        loss = float(w.loss) / max(w.steps, 1)
+        if not math.isfinite(loss):
+            first = w.last_step - w.steps + 1
+            where = f"at step {w.last_step}" if w.steps == 1 else f"in steps {first}-{w.last_step}"
+            raise TrainerFailure(Reason.NAN_LOSS, f"training loss became {loss} {where}; lower training.learningRate")
+        return loss
+
+    def sft_loss(self, inputs: dict[str, Any], labels: Any) -> Any:
+        if not self.loss_chunk:
+            return evaluate.train_loss(self.forward(inputs), labels)
+        # training.chunkedLoss: the model's final hidden states and no logits (an empty logits_to_keep)
+        keep = torch_empty_index(self.me.device)
+        out = self.engine(**inputs, use_cache=False, output_hidden_states=True, logits_to_keep=keep)
+        head = self.engine.module.get_output_embeddings()
+        return evaluate.chunked_train_loss(out.hidden_states[-1], head, labels, self.loss_chunk)
 
     def forward(self, inputs: dict[str, Any]) -> Any:
+        if self.varlen and "cu_seq_lens_q" not in inputs:  # an evaluation's batch: its positions read back once
+            inputs = {**inputs, **attention.bounds(inputs["position_ids"], self.me.device)}
         return self.engine(**inputs, use_cache=False).logits
 
     def reference_forward(self, inputs: dict[str, Any]) -> Any:
@@ -317,7 +368,7 @@ class Recipe:
             return None
         w = self.window
         # the checkpoint upload's progress rides on the all-reduce made anyway: COMPLETE once every part is in storage
-        loss_sum, tokens, uploaded = all_sum(self.me.device, [w.loss / w.steps, w.tokens, self.checkpoints.part_done()])
+        loss_sum, tokens, uploaded = all_sum(self.me.device, [self.finite(), w.tokens, self.checkpoints.part_done()])
         self.checkpoints.complete_if(uploaded == self.me.world)
         loss = loss_sum / self.me.world
         self.trained_tokens += tokens
@@ -377,9 +428,12 @@ class Recipe:
         started, done, loss, stopped = time.monotonic(), start, math.nan, None
         self.engine.train()
         for step in range(start, self.data.plan.total_steps):
-            if self.stop.agreed(self.me.device):  # SIGTERM on any rank: checkpoint this step boundary, then end
+            if self.stop.agreed(self.me.host, self.me.world):  # SIGTERM on any rank: checkpoint this step boundary, then end
                 self.preempt(step, start)
+            self.profile.begin(step, start)
+            self.profile.step_started()
             self.step(step)
+            self.profile.step_ended(step, start)
             done = step + 1
             if done - start == 2 and self.me.device.type != "cuda":  # the profiler's count: two steps are enough
                 self.meter.stop()
@@ -481,6 +535,7 @@ class Recipe:
     # checkpoints (the protocol is checkpoint.Checkpoints')
 
     def save_checkpoint(self, step: int) -> None:
+        self.finite()  # never a checkpoint of weights a NaN loss has reached
         state = {"step": step, **self.record.state(), "worldSize": self.me.world}
         self.checkpoints.save(self.engine, step, state)
 
