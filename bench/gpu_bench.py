@@ -168,6 +168,7 @@ def kubetune(work: Path, name: str, plan: dict[str, Any], gpu: bool, profile: bo
     ]
     windows = [w for w in windows if w.get("event") == "progress"]
     metrics = json.loads((work / f"{name}-out" / "metrics.json").read_text())
+    kernels = json.loads((work / f"{name}-out" / "manifest.json").read_text()).get("kernels", {})
     steady = [w["tokensPerSecond"] for w in windows[1:]] or [metrics["train"]["usefulTokensPerSecond"]]
     found = next((work / name).rglob("profile.json"), None) if profile else None
     return {
@@ -177,6 +178,7 @@ def kubetune(work: Path, name: str, plan: dict[str, Any], gpu: bool, profile: bo
         "peakMemoryBytes": metrics["train"].get("peakMemoryBytes"),
         "estimatedMemoryBytes": metrics["train"].get("estimatedMemoryBytes"),
         "profile": json.loads(found.read_text()) if found else None,
+        "kernels": kernels,
     }
 
 
@@ -258,6 +260,9 @@ def main() -> None:
         mem = f"{r['peakMemoryBytes'] / 2**30:.2f}" if r.get("peakMemoryBytes") else "n/a"
         guess = f"{r['estimatedMemoryBytes'] / 2**30:.2f}" if r.get("estimatedMemoryBytes") else ""
         print(f"{name:22}{speed:>11.0f}{achieved / 1e12:>9.1f}{mfu:>7}{mem:>10}{guess:>10}{r['evalLoss']:>15.4f}")
+    for name, r in results.items():
+        if r.get("kernels"):
+            print(f"{name}: attention {r['kernels']['attention']}, loss chunk {r['kernels']['lossChunkTokens'] or 'none'}")
     ours = results.get("kubetune", {})
     for other in ("baseline-trl", "baseline-hf", "kubetune-plain"):
         if "usefulTokensPerSecond" in ours and "usefulTokensPerSecond" in results.get(other, {}):

@@ -70,6 +70,8 @@ def test_the_gpu_bench_runs_every_side_on_the_cpu(tmp_path: Path) -> None:
     ours, plain = results["kubetune"], results["kubetune-plain"]
     assert ours["steps"] == plain["steps"] == 8
     assert ours["evalLoss"] == pytest.approx(plain["evalLoss"], rel=1e-4)
+    # on the CPU auto is sdpa, and a 259-entry vocabulary is under the chunked loss's default threshold
+    assert ours["kernels"] == plain["kernels"] == {"attention": "sdpa", "lossChunkTokens": 0}
     for kind in ("baseline-trl", "baseline-hf"):  # the same data and LoRA: the same neighbourhood of loss
         assert results[kind]["evalLoss"] == pytest.approx(ours["evalLoss"], rel=0.02), kind
     profile = ours["profile"]

@@ -60,5 +60,8 @@ def test_the_fast_path_trains_to_the_same_losses_as_the_plain_one(s3: S3Server, 
         assert outcome.returncode == 0, outcome.stdout[-2000:] + outcome.stderr[-2000:]
         metrics = json.loads((tmp_path / f"{name}-out" / "metrics.json").read_text())
         curves[name] = [p["loss"] for p in metrics["curves"]["train"]] + [metrics["final"]["evalLoss"]]
+        kernels = json.loads((tmp_path / f"{name}-out" / "manifest.json").read_text())["kernels"]
+        assert kernels["attention"] == ("kubetune_varlen" if chunked else "sdpa")
+        assert (kernels["lossChunkTokens"] > 0) == chunked
         assert not outcome.of("notice"), outcome.of("notice")
     assert curves["fast"] == pytest.approx(curves["plain"], rel=1e-5)

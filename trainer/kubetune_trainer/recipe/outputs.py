@@ -36,7 +36,13 @@ def model_digest(source: str) -> str | None:
 
 
 def manifest(
-    spec: FineTuneJobSpec, paths: RankEnv, worker: WorkerEnv, world: int, adjusted: dict[str, Any], ds_config: dict[str, Any]
+    spec: FineTuneJobSpec,
+    paths: RankEnv,
+    worker: WorkerEnv,
+    world: int,
+    adjusted: dict[str, Any],
+    ds_config: dict[str, Any],
+    kernels: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     import deepspeed
     import peft
@@ -62,6 +68,8 @@ def manifest(
         **({"startAdapter": start} if start else {}),
         "worldSize": world,
         "deepspeed": ds_config,  # what ran (kubetune_api.ds_config with this run's world, GPU and adapter size)
+        # the attention that ran (model.attnImplementation resolved) and the loss's chunk (0: the whole batch)
+        **({"kernels": kernels} if kernels else {}),
         "versions": {
             "python": platform.python_version(),
             "torch": torch.__version__,

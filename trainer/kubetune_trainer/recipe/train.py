@@ -582,7 +582,8 @@ class Recipe:
             fetch=Fetch.model_validate_json(fetched.read_text()) if fetched.is_file() else None,
         )
         me = self.me
-        about = outputs.manifest(me.spec, me.paths, me.worker, me.world, self.built.adjusted, self.built.config)
+        kernels = {"attention": self.engine.module.config._attn_implementation, "lossChunkTokens": self.loss_chunk}
+        about = outputs.manifest(me.spec, me.paths, me.worker, me.world, self.built.adjusted, self.built.config, kernels)
         if self.tracker is not None:
             metrics.tracking = TrackingOutcome(experiment=self.tracker.experiment, runId=self.tracker.started())
         written = outputs.write(self.store, me.spec, me.paths, adapter_dir, metrics, about, self.tokenizer)
