@@ -124,3 +124,15 @@ def test_the_chunked_loss_default_follows_the_vocabulary_method_and_stage() -> N
     assert not chunked_loss(spec(training={"chunkedLoss": False}), 128_256)
     assert not chunked_loss(spec(deepspeed={"zeroStage": 3}), 128_256)
     assert loss_chunk_tokens(128_256) == 2092
+
+
+def test_on_a_gpu_auto_picks_varlen_unless_the_model_computes_in_float32(tmp_path, monkeypatch, capsys) -> None:  # type: ignore[no-untyped-def]
+    tiny("llama").save_pretrained(tmp_path / "llama")
+    monkeypatch.setattr(attention, "kernel_available", lambda device: None)  # as on a GPU with the kernel
+    gpu = torch.device("cuda")
+    assert attention_kernel(str(tmp_path / "llama"), ModelSpec(uri="./llama"), gpu) == attention.VARLEN
+    assert attention_kernel(str(tmp_path / "llama"), ModelSpec(uri="./llama", dtype="float32"), gpu) == "sdpa"
+    assert capsys.readouterr().out == ""  # auto falls back silently
+    explicit = ModelSpec(uri="./llama", dtype="float32", attnImplementation="varlen")
+    assert attention_kernel(str(tmp_path / "llama"), explicit, gpu) == "sdpa"
+    assert "FlashAttention computes in bfloat16 or float16, and model.dtype is float32" in capsys.readouterr().out

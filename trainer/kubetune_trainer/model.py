@@ -93,6 +93,8 @@ def attention_kernel(source: str, spec: ModelSpec, device: Any) -> str:
     why = attention.unsupported(config, model_class)
     if why is None and (asked == "auto" or device.type == "cuda"):
         why = attention.kernel_available(device)
+    if why is None and device.type == "cuda" and spec.dtype == "float32":
+        why = "FlashAttention computes in bfloat16 or float16, and model.dtype is float32"
     if why is None:
         attention.register()
         return attention.VARLEN
