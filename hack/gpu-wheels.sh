@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The Python packages the GPU benchmark (bench/gpu.sh) needs beyond what a bare CUDA + PyTorch machine has (torch,
 # triton, numpy, pyarrow, pandas, huggingface_hub, tokenizers, safetensors, accelerate, pyyaml, psutil, tqdm), as
-# wheels for CPython 3.12 on x86-64 Linux, in .whl/ (ignored by git): the versions pinned in pyproject.toml, and
+# wheels for CPython 3.12 on x86-64 Linux, in .whl/ (ignored by git; a device run carries it): the versions pinned in pyproject.toml, and
 # DeepSpeed built here as a pure-Python wheel (no compiled ops: the trainer uses torch's AdamW). Run once, here:
 #   bash hack/gpu-wheels.sh
 set -euo pipefail
@@ -9,7 +9,6 @@ cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 OUT=.whl
 rm -rf "$OUT" && mkdir -p "$OUT"
-grep -qx '/.whl/' .git/info/exclude 2>/dev/null || echo '/.whl/' >>.git/info/exclude
 
 pinned() { grep -o "\"$1==[^\"]*\"" pyproject.toml | head -1 | tr -d '"'; }
 installed() { echo "$1==$("$PY" -c "from importlib.metadata import version; print(version('$1'))")"; }
