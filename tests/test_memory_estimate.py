@@ -135,11 +135,14 @@ def test_the_preflight_advises_a_larger_micro_batch_when_the_card_is_half_empty(
     accumulating = accumulating.model_copy(
         update={"training": accumulating.training.model_copy(update={"gradientAccumulationSteps": 8})}
     )
-    advice = roomier(shape, accumulating, h200)
+    advice = roomier(shape, accumulating, h200, estimate(shape, accumulating, gpu=True).total)
     assert advice is not None and "(the same global batch)" in advice
     micro = int(advice.split("microBatchSize: ")[1].split()[0])
     assert micro in (2, 4, 8) and f"gradientAccumulationSteps: {8 // micro}" in advice
-    assert roomier(shape, spec(micro=1, seq=4096), h200) is None  # no accumulation to trade: the training would change
+    single = spec(micro=1, seq=4096)
+    assert (
+        roomier(shape, single, h200, estimate(shape, single, gpu=True).total) is None
+    )  # no accumulation to trade: the training would change
 
 
 def test_the_chunked_loss_leaves_one_chunk_of_logits_in_the_estimate() -> None:

@@ -137,13 +137,14 @@ def fit(shape: Shape, spec: FineTuneJobSpec, gpu_memory: int) -> tuple[Estimate,
     return mine, None
 
 
-def roomier(shape: Shape, spec: FineTuneJobSpec, gpu_memory: int) -> str | None:
+def roomier(shape: Shape, spec: FineTuneJobSpec, gpu_memory: int, current: int) -> str | None:
     """When the job leaves the card half empty and gradient accumulation can trade for a larger micro-batch (the
     same global batch, so the same training): the largest micro-batch that fits, as advice. Fewer, fuller steps
-    keep the GPU's matrix units busier; a GPU-hour is paid for whether its memory is used or not."""
+    keep the GPU's matrix units busier; a GPU-hour is paid for whether its memory is used or not. `current`: the
+    spec's own estimate (fit's)."""
     t = spec.training
     usable = HEADROOM * gpu_memory
-    if estimate(shape, spec, gpu=True).total > usable / 2:
+    if current > usable / 2:
         return None
     micro, accumulate, best = t.microBatchSize, t.gradientAccumulationSteps, None
     while accumulate % 2 == 0 and micro * 2 <= 1024:

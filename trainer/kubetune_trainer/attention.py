@@ -10,6 +10,7 @@ on a GPU). On the CPU the same function runs each sample through sdpa in turn: e
 
 from __future__ import annotations
 
+import functools
 import inspect
 import itertools
 from typing import Any
@@ -96,10 +97,18 @@ def varlen_attention(
     return out.reshape(b, length, heads, dim), None
 
 
+@functools.cache
+def _varlen_params() -> frozenset[str]:
+    """The keyword arguments this torch's varlen_attn takes (read once, not per layer and step)."""
+    from torch.nn.attention.varlen import varlen_attn
+
+    return frozenset(inspect.signature(varlen_attn).parameters)
+
+
 def _flash(q: Any, k: Any, v: Any, cu: Any, longest: int, scale: float | None, left: int) -> Any:
     from torch.nn.attention.varlen import varlen_attn
 
-    params = inspect.signature(varlen_attn).parameters
+    params = _varlen_params()
     options: dict[str, Any] = {"scale": scale}
     if q.shape[1] != k.shape[1]:
         if "enable_gqa" in params:

@@ -204,7 +204,7 @@ def memory_and_hours(
         report = report.model_copy(update=update).with_check("memory", fits, message)
         if not fits and report.passed:
             report = report.failed(Reason.WONT_FIT, message)
-        room = roomier(shape, sized, gpu.memory_bytes) if fits else None
+        room = roomier(shape, sized, gpu.memory_bytes, mine.total) if fits else None
         if room:
             report = report.model_copy(update={"warnings": [*report.warnings, room]})
         if counts:

@@ -51,7 +51,7 @@ class StepProfile:
             self._sync()
             self._began = time.perf_counter()
 
-    def step_ended(self, step: int, start: int) -> None:
+    def step_ended(self) -> None:
         if not self.on:
             return
         self._sync()

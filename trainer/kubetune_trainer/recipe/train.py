@@ -208,12 +208,6 @@ def loss_chunk(me: Rank, module: Any) -> int:
     return loss_chunk_tokens(vocab)
 
 
-def torch_empty_index(device: Any) -> Any:
-    import torch
-
-    return torch.zeros(0, dtype=torch.long, device=device)
-
-
 # the recipe
 
 
@@ -244,6 +238,9 @@ class Recipe:
         self.dpo = me.spec.method.dpo_settings if me.spec.method.type == "dpo" else None
         self.varlen = self.engine.module.config._attn_implementation == attention.VARLEN
         self.loss_chunk = loss_chunk(me, self.engine.module)
+        import torch
+
+        self.no_logits = torch.zeros(0, dtype=torch.long, device=me.device)  # logits_to_keep for the chunked loss
         self.tracker = tracking.start(me.spec, me.worker) if me.is_main else None
         main = me.is_main
         self.progress = Progress(batches.plan.total_steps, style=me.paths.progress, tracker=self.tracker) if main else None
@@ -342,8 +339,7 @@ class Recipe:
         if not self.loss_chunk:
             return evaluate.train_loss(self.forward(inputs), labels)
         # training.chunkedLoss: the model's final hidden states and no logits (an empty logits_to_keep)
-        keep = torch_empty_index(self.me.device)
-        out = self.engine(**inputs, use_cache=False, output_hidden_states=True, logits_to_keep=keep)
+        out = self.engine(**inputs, use_cache=False, output_hidden_states=True, logits_to_keep=self.no_logits)
         head = self.engine.module.get_output_embeddings()
         return evaluate.chunked_train_loss(out.hidden_states[-1], head, labels, self.loss_chunk)
 
@@ -433,7 +429,7 @@ class Recipe:
             self.profile.begin(step, start)
             self.profile.step_started()
             self.step(step)
-            self.profile.step_ended(step, start)
+            self.profile.step_ended()
             done = step + 1
             if done - start == 2 and self.me.device.type != "cuda":  # the profiler's count: two steps are enough
                 self.meter.stop()
