@@ -138,3 +138,39 @@ def test_multipart_etags_are_checked(s3: S3Server, store: Store, tmp_path: Path)
     assert multipart_matches(path, len(body), found.etag) is True
     path.write_bytes(body[:-1] + bytes([body[-1] ^ 1]))
     assert multipart_matches(path, len(body), found.etag) is False
+
+
+def test_waiting_for_another_pods_download_is_watched_not_endless(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A pod waiting for the entry another pod writes waits while that download makes progress, and fails naming
+    the stage once nothing has been written for KUBETUNE_STALL_SECONDS (a writer hung on the same node)."""
+    import fcntl
+    import time
+
+    from kubetune_trainer.errors import TrainerFailure
+
+    monkeypatch.setenv("KUBETUNE_STALL_SECONDS", "1")
+    cache = ModelCache(tmp_path / "node-cache")
+    cache.root.mkdir(parents=True)
+    writer, waiter = cache._lock("k"), cache._lock("k")  # two open file descriptions: two pods' locks
+    fcntl.flock(writer, fcntl.LOCK_EX)
+    partial = cache.root / "k.partial"
+    partial.mkdir()
+
+    def download() -> None:  # progress for 2.5 s (longer than the stall), then done
+        for k in range(25):
+            (partial / "model.safetensors").write_bytes(b"x" * (k + 1))
+            time.sleep(0.1)
+        fcntl.flock(writer, fcntl.LOCK_UN)
+
+    thread = threading.Thread(target=download)
+    thread.start()
+    cache._wait_shared(waiter, "k")  # returns once the writer lets go
+    thread.join()
+    fcntl.flock(waiter, fcntl.LOCK_UN)
+    fcntl.flock(writer, fcntl.LOCK_EX)  # a writer that writes nothing more
+    with pytest.raises(TrainerFailure, match=r"fetching the base model stalled: another process on this node is writing"):
+        cache._wait_shared(waiter, "k")
+    with pytest.raises(TrainerFailure, match=r"wrote nothing in 1 s \(KUBETUNE_STALL_SECONDS\)"):
+        cache._writer(waiter, cache.root / "k")
+    os.close(writer)
+    os.close(waiter)

@@ -314,3 +314,37 @@ def test_the_trackers_bound_drops_the_oldest_metric_batches_never_the_runs_own_r
     assert __import__("time").monotonic() - started < 1.0 + tracking.TIMEOUT + 1
     assert said.runId is None and said.degraded and "not delivered" in said.degraded
     assert not tracker._thread.is_alive()
+
+
+def test_every_api_request_of_the_operator_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The kubernetes client waits for ever by default: an API server that takes the connection and never answers
+    would hold a sync thread and its job's lock. The operator's client gives every request a timeout."""
+    import socket
+    import threading
+
+    from kubernetes import client
+
+    from kubetune_operator import handlers
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)  # accepts connections (the kernel does), never answers
+    configuration = client.Configuration()
+    configuration.host = f"http://127.0.0.1:{silent.getsockname()[1]}"
+    configuration.retries = 0
+    monkeypatch.setattr(handlers, "REQUEST_TIMEOUT", (1, 1))
+    api = client.CoreV1Api(handlers.BoundedApiClient(configuration))
+    raised: list[BaseException] = []
+
+    def call() -> None:
+        try:
+            api.list_namespace()
+        except Exception as exc:
+            raised.append(exc)
+
+    caller = threading.Thread(target=call, daemon=True)
+    caller.start()
+    caller.join(120)  # a guard against this test hanging, not a speed check
+    silent.close()
+    assert not caller.is_alive(), "a request to a silent API server never ended"
+    assert raised and "Read timed out" in str(raised[0]), raised

@@ -36,6 +36,20 @@ ENV_GPU = "KUBETUNE_GPU"  # preflight: that type's memory, TFLOP/s and price (po
 ENV_GRACE = "KUBETUNE_GRACE_SECONDS"  # preflight: the grace period the workers get (its checkpoint warning)
 ENV_NAMESPACE = "KUBETUNE_NAMESPACE"  # the FineTuneJob's namespace: the default MLflow experiment
 ENV_PREFLIGHT = "KUBETUNE_PREFLIGHT"  # the preflight's estimates (PREFLIGHT_FIGURES, JSON): tracked with the run
+ENV_STALL = "KUBETUNE_STALL_SECONDS"  # preparing or fetching with no progress (no record, no byte) this long fails
+STALL_SECONDS = 600.0
+
+
+def stall_seconds() -> float:
+    """How long a launcher's stage (tokenizing, waiting for another pod's model download) may go without progress
+    before it fails as stalled, naming what it waited for (ENV_STALL, else STALL_SECONDS)."""
+    try:
+        value = float(os.environ.get(ENV_STALL, STALL_SECONDS))
+    except ValueError:
+        return STALL_SECONDS
+    return value if value > 0 else STALL_SECONDS
+
+
 PREFLIGHT_FIGURES = (
     "records",
     "tokens",

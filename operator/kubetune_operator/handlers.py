@@ -90,6 +90,18 @@ def _json(fn: Any, *args: Any, **kwargs: Any) -> Any:
     return None if data is None else json.loads(data)
 
 
+REQUEST_TIMEOUT = (10, 60)  # seconds to connect, to read a response: no sync thread (holding its job's lock) waits longer
+
+
+class BoundedApiClient(client.ApiClient):  # type: ignore[misc]
+    """Every request the operator makes through the kubernetes client carries a timeout (the client has none by
+    default: a frozen API server would hold a sync thread, and its job's lock, for ever); a call that names its own
+    keeps it."""
+
+    def call_api(self, *args: Any, _request_timeout: Any = None, **kwargs: Any) -> Any:
+        return super().call_api(*args, _request_timeout=_request_timeout or REQUEST_TIMEOUT, **kwargs)
+
+
 @kopf.on.startup()
 def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     try:
@@ -98,7 +110,7 @@ def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
         config.load_kube_config(config_file=os.environ.get("KUBECONFIG"))  # read now, not at import time
     configuration = client.Configuration.get_default_copy()
     configuration.connection_pool_maxsize = SETTINGS.workers  # one kept-alive connection per sync thread
-    api = client.ApiClient(configuration)
+    api = BoundedApiClient(configuration)
     API.core, API.batch, API.custom = client.CoreV1Api(api), client.BatchV1Api(api), client.CustomObjectsApi(api)
     API.networking = client.NetworkingV1Api(api)
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="kopf.kubetune.dev")

@@ -237,6 +237,8 @@ def run_ranks(command: list[str], env: dict[str, str], stderr: Any = None) -> in
         tell_ranks()
 
     with _on_sigterm(on_sigterm):
+        # watched, not bounded: training runs as long as it runs; a rank that stops making progress is ended by its
+        # collectives' timeout (torch.distributed's, 30 minutes) and the deadline (runPolicy.activeDeadlineSeconds)
         while process.poll() is None:
             if asked:
                 tell_ranks()

@@ -16,10 +16,12 @@ in exactly one row, no row longer than maxSeqLength; anything else is refused, n
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,7 +30,7 @@ import numpy as np
 
 from kubetune_api import events
 from kubetune_api.conditions import Reason
-from kubetune_api.contract import PreparingLine
+from kubetune_api.contract import ENV_STALL, PreparingLine, stall_seconds
 from kubetune_api.job import FineTuneJobSpec
 from kubetune_trainer.data.formats import Counts
 from kubetune_trainer.data.packing import best_fit_decreasing, one_per_row, shuffled_best_fit
@@ -36,6 +38,7 @@ from kubetune_trainer.data.pairs import tokenize_any
 from kubetune_trainer.data.reading import count_records, data_digest, iter_dataset, shown_name, split_positions
 from kubetune_trainer.data.tokens import Rows, TokenTable, offsets_of
 from kubetune_trainer.errors import TrainerFailure
+from kubetune_trainer.forks import ForkPool, HelperDied, Stalled, cpus
 
 FORMAT = 2  # 2: training rows packed by shuffled best fit
 PARTS = ("train", "validation")
@@ -75,19 +78,20 @@ def tokenize_sets(
         if not positions:
             raise TrainerFailure(Reason.EMPTY_DATASET, f"the {name} set has no records")
     progress = _Progress(len(train_pos) + len(held_pos))
-    train_acc = _Chunks(spec, tokenizer, train_name, staging / "train", progress)
-    val_acc = _Chunks(spec, tokenizer, val_name, staging / "validation", progress)
-    if validation is not None:
-        for record, at, _ in iter_dataset(train, train_name):
-            train_acc.add(record, at)
-        for record, at, _ in iter_dataset(validation, val_name):
-            val_acc.add(record, at)
-    else:  # one dataset split: errors still give each record's place in its file
-        held = np.zeros(len(train_pos) + len(held_pos), dtype=bool)
-        held[held_pos] = True
-        for record, at, index in iter_dataset(train, train_name):
-            (val_acc if held[index] else train_acc).add(record, at)
-    train_set, val_set = train_acc.finish(), val_acc.finish()
+    with tokenizing_pool(spec, tokenizer, min(CHUNK_RECORDS, len(train_pos) + len(held_pos))) as pool:
+        train_acc = _Chunks(spec, tokenizer, train_name, staging / "train", progress, pool)
+        val_acc = _Chunks(spec, tokenizer, val_name, staging / "validation", progress, pool)
+        if validation is not None:
+            for record, at, _ in iter_dataset(train, train_name):
+                train_acc.add(record, at)
+            for record, at, _ in iter_dataset(validation, val_name):
+                val_acc.add(record, at)
+        else:  # one dataset split: errors still give each record's place in its file
+            held = np.zeros(len(train_pos) + len(held_pos), dtype=bool)
+            held[held_pos] = True
+            for record, at, index in iter_dataset(train, train_name):
+                (val_acc if held[index] else train_acc).add(record, at)
+        train_set, val_set = train_acc.finish(), val_acc.finish()
     for name, counts in (("training", train_set.counts), ("held-out", val_set.counts)):
         if not counts.samples:
             raise TrainerFailure(
@@ -146,8 +150,16 @@ class _Part:
 class _Chunks:
     """Records streamed in, tokenized a chunk at a time (on every CPU), appended to files as arrays."""
 
-    def __init__(self, spec: FineTuneJobSpec, tokenizer: Any, name: str, stem: Path, progress: _Progress | None = None) -> None:
-        self.spec, self.tokenizer, self.name, self.progress = spec, tokenizer, name, progress
+    def __init__(
+        self,
+        spec: FineTuneJobSpec,
+        tokenizer: Any,
+        name: str,
+        stem: Path,
+        progress: _Progress | None = None,
+        pool: ForkPool | None = None,
+    ) -> None:
+        self.spec, self.tokenizer, self.name, self.progress, self.pool = spec, tokenizer, name, progress, pool
         self.records: list[dict[str, Any]] = []
         self.at: list[tuple[str, int]] = []
         self.ids, self.mask = stem.with_suffix(".ids.raw"), stem.with_suffix(".mask.raw")
@@ -165,7 +177,10 @@ class _Chunks:
     def _flush(self) -> None:
         if not self.records:
             return
-        table, counts = tokenize_parallel(self.records, self.spec, self.tokenizer, self.name, self.at)
+        if self.pool is None or len(self.records) < 1000:  # a small remainder costs less here than in the pool
+            table, counts = tokenize_any(self.records, self.spec.dataset, self.tokenizer, self.name, self.at)
+        else:
+            table, counts = tokenize_parallel(self.records, self.spec, self.tokenizer, self.name, self.at, self.pool)
         if self.progress is not None:
             self.progress.add(len(self.records), len(table.ids))
         self.records, self.at = [], []
@@ -213,54 +228,65 @@ def _save_raw(path: Path, raw: Path, dtype: Any) -> None:
     raw.unlink()
 
 
-def cpus() -> int:
-    """The CPUs this process may use: its affinity, bounded by its cgroup's quota (a pod's CPU limit)."""
-    count = len(os.sched_getaffinity(0))
-    try:
-        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()
-        if quota != "max":
-            count = min(count, max(1, int(quota) // int(period)))
-    except (OSError, ValueError):
-        pass
-    return max(1, count)
-
-
-_WORK: tuple[Any, ...] = ()  # what forked tokenizing processes read (inherited, never sent)
-
-
-def _tokenize_chunk(bounds: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, int]]:
-    records, spec, tokenizer, name, positions = _WORK
-    first, last = bounds
-    table, counts = tokenize_any(records[first:last], spec.dataset, tokenizer, name, positions[first:last])
+def _tokenize_task(shared: tuple[Any, ...], task: tuple[Any, ...]) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, int]]:
+    spec, tokenizer = shared  # inherited by fork, never sent
+    records, name, positions = task
+    table, counts = tokenize_any(records, spec.dataset, tokenizer, name, positions)
     return table.ids, table.mask, table.lengths(), counts.as_dict()
 
 
-def tokenize_parallel(
-    records: list[dict[str, Any]], spec: FineTuneJobSpec, tokenizer: Any, name: str, positions: list[tuple[str, int]]
-) -> tuple[TokenTable, Counts]:
-    """tokenize on every CPU of the worker (forked processes, chunks in order: the same arrays as one process,
-    and the first bad record in file order is the one reported)."""
-    processes = min(cpus(), len(records) // 1000)
-    if processes < 2:
-        return tokenize_any(records, spec.dataset, tokenizer, name, positions)
-    import multiprocessing
+def helpers_for(records: int) -> int:
+    """Tokenizing processes for a set of this many records: every CPU, none below 2,000 records (forking costs more)."""
+    processes = min(cpus(), records // 1000)
+    return processes if processes >= 2 else 0
 
-    global _WORK
-    _WORK = (records, spec, tokenizer, name, positions)
-    step = -(-len(records) // (processes * 4))
-    chunks = [(k, min(k + step, len(records))) for k in range(0, len(records), step)]
+
+@contextlib.contextmanager
+def tokenizing_pool(spec: FineTuneJobSpec, tokenizer: Any, records: int) -> Iterator[ForkPool | None]:
+    """One pool of forked tokenizing processes for a whole preparation (None: tokenize in this process)."""
+    processes = helpers_for(records)
+    if not processes:
+        yield None
+        return
+    with ForkPool(processes, _tokenize_task, (spec, tokenizer), "tokenizing", stall_seconds()) as pool:
+        try:
+            yield pool
+        except Stalled as exc:
+            raise TrainerFailure(
+                Reason.TRAINER_ERROR,
+                f"preparing the data stalled: {exc}; the tokenizer made no progress (raise {ENV_STALL} if a chunk of "
+                f"{CHUNK_RECORDS} records can take that long)",
+            ) from exc
+        except HelperDied as exc:
+            reason = Reason.OUT_OF_MEMORY if exc.out_of_memory else Reason.TRAINER_ERROR
+            raise TrainerFailure(reason, f"preparing the data failed: {exc}") from exc
+
+
+def tokenize_parallel(
+    records: list[dict[str, Any]],
+    spec: FineTuneJobSpec,
+    tokenizer: Any,
+    name: str,
+    positions: list[tuple[str, int]],
+    pool: ForkPool | None = None,
+) -> tuple[TokenTable, Counts]:
+    """Tokenize on every CPU of the worker (forked processes, chunks in order: the same arrays as one process, and
+    the first bad record in file order is the one reported); `pool`: the preparation's, else one for this call."""
+    if pool is None:
+        with tokenizing_pool(spec, tokenizer, len(records)) as own:
+            if own is None:
+                return tokenize_any(records, spec.dataset, tokenizer, name, positions)
+            return tokenize_parallel(records, spec, tokenizer, name, positions, own)
+    step = -(-len(records) // (len(pool.helpers) * 4))
+    tasks = ((records[k : k + step], name, positions[k : k + step]) for k in range(0, len(records), step))
     counts = Counts()
     ids, masks, lengths = [], [], []
-    try:
-        with multiprocessing.get_context("fork").Pool(processes) as pool:
-            for chunk_ids, chunk_mask, chunk_lengths, chunk_counts in pool.imap(_tokenize_chunk, chunks):
-                ids.append(chunk_ids)
-                masks.append(chunk_mask)
-                lengths.append(chunk_lengths)
-                for key, value in chunk_counts.items():
-                    setattr(counts, key, getattr(counts, key) + value)
-    finally:
-        _WORK = ()
+    for chunk_ids, chunk_mask, chunk_lengths, chunk_counts in pool.map(tasks):
+        ids.append(chunk_ids)
+        masks.append(chunk_mask)
+        lengths.append(chunk_lengths)
+        for key, value in chunk_counts.items():
+            setattr(counts, key, getattr(counts, key) + value)
     offsets = offsets_of(np.concatenate(lengths))
     return TokenTable(np.concatenate(ids), np.concatenate(masks), offsets), counts
 

@@ -344,6 +344,8 @@ class Checkpoints:
         if self.upload is None:
             return
         if self.upload.thread is not None:
+            # bounded by the upload's own requests: every S3 call has connect and read timeouts and a retry limit
+            # (storage/s3.py), a local copy ends with its file; a failure is raised by complete()
             self.upload.thread.join()
         barrier()
         self.complete()

@@ -12,6 +12,7 @@ cache is trusted: each use re-checks every file against the listing just made wi
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import math
@@ -24,9 +25,10 @@ from pathlib import Path
 from typing import Any
 
 from kubetune_api.conditions import Reason
-from kubetune_api.contract import ENV_MODEL_CACHE, ENV_MODEL_CACHE_MAX_BYTES
+from kubetune_api.contract import ENV_MODEL_CACHE, ENV_MODEL_CACHE_MAX_BYTES, ENV_STALL, stall_seconds
 from kubetune_api.events import Notice, emit
 from kubetune_api.metrics import Fetch as Fetched
+from kubetune_trainer.errors import TrainerFailure
 from kubetune_trainer.storage import Store, check_room, fingerprint, human_bytes, join
 from kubetune_trainer.storage.base import CHUNK_MIB, Fetch, Object, is_md5, md5, safe_target
 
@@ -158,7 +160,7 @@ class ModelCache:
         fd = self._lock(key)
         try:
             while True:
-                fcntl.flock(fd, fcntl.LOCK_SH)  # readers share; a writer holds it alone
+                self._wait_shared(fd, key)  # readers share; a writer holds it alone
                 if (entry / COMPLETE).is_file():
                     bad, cached, verify_seconds = self._verify(entry, uri, objects)
                     if not bad and not unlisted(entry, objects):
@@ -179,17 +181,52 @@ class ModelCache:
             os.close(fd)
             raise
 
-    @staticmethod
-    def _writer(fd: int, entry: Path) -> bool:
+    def _written(self, key: str) -> tuple[int, int]:
+        """What the entry's writer has written so far (bytes, newest change), for a waiter to see it progress."""
+        size = newest = 0
+        for directory in (self.root / key, self.root / f"{key}.partial"):
+            for path in directory.rglob("*") if directory.is_dir() else []:
+                with contextlib.suppress(OSError):
+                    info = path.stat()
+                    size, newest = size + info.st_size, max(newest, info.st_mtime_ns)
+        return size, newest
+
+    def _stalled(self, key: str, seen: list[Any]) -> None:
+        """Fail once the entry's writer has written nothing for stall_seconds(); `seen` keeps (written, since)."""
+        now, written = time.monotonic(), self._written(key)
+        if not seen or seen[0] != written:
+            seen[:] = [written, now]
+        elif now - seen[1] > stall_seconds():
+            raise TrainerFailure(
+                Reason.TRAINER_ERROR,
+                f"fetching the base model stalled: another process on this node is writing its cache entry {key} and "
+                f"wrote nothing in {stall_seconds():g} s ({ENV_STALL})",
+            )
+
+    def _wait_shared(self, fd: int, key: str) -> None:
+        """The entry's shared lock, waited for while a writer holds it alone and its download makes progress."""
+        seen: list[Any] = []
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                self._stalled(key, seen)
+                time.sleep(0.2)
+
+    def _writer(self, fd: int, entry: Path) -> bool:
         """Take the entry's lock alone to write it (True), or see it completed by the pod writing it (False).
         Never a blocking wait for the exclusive lock: the writer keeps a shared lock once done, for as long as it
-        trains, and a second worker of the same job queued behind that would wait forever."""
+        trains, and a second worker of the same job queued behind that would wait forever; a writer that makes no
+        progress for stall_seconds() fails the wait."""
+        seen: list[Any] = []
         while True:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 if (entry / COMPLETE).is_file():
                     return False
+                self._stalled(entry.name, seen)
                 time.sleep(0.2)
                 continue
             if (entry / COMPLETE).is_file():
@@ -237,7 +274,7 @@ class ModelCache:
             final = rename_to
         key = final.name.split(".")[0]
         (self.root / f"{key}.used").touch()
-        if not private:
+        if not private:  # held alone until now, so this downgrade never waits
             fcntl.flock(fd, fcntl.LOCK_SH)  # in use until released: eviction passes it by
         return Entry(final, cached, moved, verify_seconds, time.monotonic() - started, fd)
 
