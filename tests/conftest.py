@@ -246,6 +246,7 @@ def operator(plane, crd, operator_kubeconfig, platform_values, tmp_path_factory:
         for k in (
             "KUBECONFIG",
             "KUBETUNE_SYNC_SECONDS",
+            "KUBETUNE_WAIT_SECONDS",
             "KUBETUNE_METRICS_PORT",
             "KUBETUNE_TRAINER_IMAGE",
             "KUBETUNE_POLICY",
@@ -257,6 +258,7 @@ def operator(plane, crd, operator_kubeconfig, platform_values, tmp_path_factory:
         {
             "KUBECONFIG": str(config),
             "KUBETUNE_SYNC_SECONDS": "2",
+            "KUBETUNE_WAIT_SECONDS": "2",  # pending pods and TTLs looked at as often (production: 60)
             "KUBETUNE_METRICS_PORT": "0",
             "KUBETUNE_TRAINER_IMAGE": "local",
             "KUBETUNE_POLICY": str(platform_values),  # as the chart mounts its policy
@@ -291,3 +293,27 @@ def operator(plane, crd, operator_kubeconfig, platform_values, tmp_path_factory:
             os.environ.pop(key, None)
         else:
             os.environ[key] = value
+
+
+TIERS = ("e2e", "images", "cluster", "trainer")  # a test's tier: the first of its markers here, else fast
+_tier_seconds: dict[str, list[float]] = {}
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    """Each test's time (setup, call, teardown: shared fixtures are paid by the first test that asks) by tier."""
+    tier = next((t for t in TIERS if t in report.keywords), "fast")
+    spent = _tier_seconds.setdefault(tier, [0.0, 0.0])
+    spent[0] += report.duration
+    if report.when == "call":
+        spent[1] += 1
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """Every run ends with the time each tier took (so every CI log shows where the time went)."""
+    if not _tier_seconds:
+        return
+    terminalreporter.section("time by tier")
+    for tier in ("fast", *reversed(TIERS)):
+        if tier in _tier_seconds:
+            seconds, count = _tier_seconds[tier]
+            terminalreporter.write_line(f"{tier:<8} {int(count):>4} tests {seconds:8.1f} s")

@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from kubetune_api.dataset import DatasetSpec
@@ -193,3 +194,36 @@ def test_an_empty_assistant_message_is_skipped_not_refused() -> None:
     messages[2] = {"role": "assistant", "content": ""}
     sample = chat({"messages": messages}, "chatml")
     assert learned(sample, tokenizer_for("chatml")) == [ANSWERS[1] + "<|im_end|>"]
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_labels_from_the_encoding_equal_labels_from_every_tokens_offsets(family: str) -> None:
+    """The fast path (_span_labels_encoded: the span's end tokens looked up in the Encoding) gives exactly the labels
+    of the reference (_span_labels over every token's offsets), on each family's template, with characters a
+    byte-level tokenizer splits over several tokens, whitespace and tool calls."""
+    tokenizer = tokenizer_for(family)
+    special = formats.special_ids(tokenizer)
+    spec = DatasetSpec(train="./t.jsonl", format="chat")
+    records = [
+        {"messages": conversation(FAMILIES[family][4])},
+        {"messages": [{"role": "user", "content": "Grüße 🌍?"}, {"role": "assistant", "content": "  Très bien 👍🏽 — 東京 \n"}]},
+        {"messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": "\n\n  \t"}]},
+    ]
+    if FAMILIES[family][4]:
+        records.append(tool_conversation())
+    compared = 0
+    for index, record in enumerate(records):
+        try:
+            rendered = formats.render_record(record, spec, tokenizer, "t", index)
+        except TrainerFailure:
+            continue  # a template that refuses the record: nothing to label
+        ((text, _),) = rendered.pieces
+        assert rendered.spans is not None
+        encoding = tokenizer.backend_tokenizer.encode(text, add_special_tokens=False)
+        ids = np.array(encoding.ids, dtype=np.int64)
+        offsets = np.array(encoding.offsets, dtype=np.int64).reshape(-1, 2)
+        reference = formats._span_labels(text, ids, offsets, rendered.spans, special)
+        table = formats.special_table(special)
+        assert np.array_equal(formats._span_labels_encoded(text, ids, encoding, rendered.spans, table), reference), index
+        compared += 1
+    assert compared >= 2

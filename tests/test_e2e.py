@@ -77,7 +77,7 @@ def operator(plane, crd, node_agent, namespace, mlflow, platform_values, tmp_pat
         "--set",
         f"image.repository={repository},image.tag={tag},image.pullPolicy=Never,trainer.image={images.TRAINER}",
         "--set",
-        f"policy.enforce=false,syncSeconds=2,healthPort={health},metrics.port={free_port()}",
+        f"policy.enforce=false,syncSeconds=2,waitSeconds=2,healthPort={health},metrics.port={free_port()}",
         "--set",
         f"trainer.modelCache.type=hostPath,trainer.modelCache.path={models}",
         "--set",

@@ -135,12 +135,23 @@ def test_preparing_many_chunks_under_kubetune_runs_handlers_ends_and_no_helper_c
         """
     )
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "true"}
+    process = subprocess.Popen(
+        [sys.executable, "-c", script],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        start_new_session=True,
+    )
     try:
-        done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=240, env=env, cwd=tmp_path)
-    except subprocess.TimeoutExpired as exc:
-        pytest.fail(f"preparing hung under the launcher's SIGTERM handler: {exc}")
-    assert done.returncode == 0, done.stderr[-3000:]
-    out = json.loads(done.stdout.strip().splitlines()[-1])
+        stdout, stderr = process.communicate(timeout=240)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)  # the launcher and any helper it left
+        process.communicate()
+        pytest.fail("preparing hung under the launcher's SIGTERM handler (240 s)")
+    assert process.returncode == 0, stderr[-3000:]
+    out = json.loads(stdout.strip().splitlines()[-1])
     counts = out["counts"]
     assert counts["train"]["records"] + counts["validation"]["records"] == 120_000
     masks = {int(pid): int(mask) for pid, mask in (line.split() for line in (tmp_path / "caught").read_text().splitlines())}

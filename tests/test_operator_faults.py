@@ -33,6 +33,7 @@ def start_operator(plane, crd, operator, operator_kubeconfig, tmp_path_factory):
         "KUBECONFIG": str(config),
         "KUBETUNE_NAMESPACES": NAMESPACE,
         "KUBETUNE_SYNC_SECONDS": "2",
+        "KUBETUNE_WAIT_SECONDS": "2",
         "KUBETUNE_METRICS_PORT": "0",
     }
     processes: list[subprocess.Popen[bytes]] = []

@@ -48,14 +48,23 @@ def one_word(s3: S3Server, stored: dict[str, str]) -> dict[str, str]:
     return {**stored, "train": train}
 
 
-def test_the_best_adapter_is_written_not_the_last(s3: S3Server, stored: dict[str, str], tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def best_run(s3: S3Server, stored: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """One run on one_word with a checkpoint at step 10, shared: what it wrote (read before anything changes it) is
+    what test_the_best_adapter_is_written_not_the_last checks, and test_the_best_adapter_survives_a_gang_restart
+    restarts it."""
+    out = "s3://adapters/outcomes/best-restart/"
+    training = {"maxSteps": 12, "learningRate": 0.05, "evalEverySteps": 2, "checkpointEverySteps": 10}
+    body = manifest("best-restart", s3, spec(one_word(s3, stored), out, training))
+    first = run(body, s3, tmp_path_factory.mktemp("best-first"))
+    assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-2000:]
+    return {"out": out, "body": body, "outcome": first, "metrics": json.loads(s3.get(out + "metrics.json"))}
+
+
+def test_the_best_adapter_is_written_not_the_last(best_run: dict[str, Any]) -> None:
     """The held-out loss falls, then climbs (one_word). The adapter written is the one of the lowest evaluation, and
     reloads to exactly that loss."""
-    out = "s3://adapters/outcomes/best/"
-    training = {"maxSteps": 12, "learningRate": 0.05, "evalEverySteps": 2}
-    outcome = run(manifest("best", s3, spec(one_word(s3, stored), out, training)), s3, tmp_path)
-    assert outcome.returncode == 0, outcome.stdout[-2000:] + outcome.stderr[-2000:]
-    metrics = json.loads(s3.get(out + "metrics.json"))
+    outcome, metrics = best_run["outcome"], best_run["metrics"]
     losses = {h["step"]: h["evalLoss"] for h in metrics["history"]}
     best = min(losses, key=lambda s: losses[s])
     assert best != max(losses), f"the loss never climbed back: {losses}"  # the case this test is about
@@ -78,15 +87,10 @@ def test_an_adapter_below_the_quality_gate_is_not_marked_done(s3: S3Server, stor
     assert gate["passed"] is False and gate["minImprovement"] == 0.95 and gate["improvement"] < 0.95
 
 
-def test_the_best_adapter_survives_a_gang_restart(s3: S3Server, stored: dict[str, str], tmp_path: Path) -> None:
+def test_the_best_adapter_survives_a_gang_restart(s3: S3Server, best_run: dict[str, Any], tmp_path: Path) -> None:
     """The best adapter is kept beside the checkpoints: a gang that died after its step-10 checkpoint, restarted on
     a fresh node (a new work directory, so nothing local survives), still writes the best one, not the last."""
-    out = "s3://adapters/outcomes/best-restart/"
-    training = {"maxSteps": 12, "learningRate": 0.05, "evalEverySteps": 2, "checkpointEverySteps": 10}
-    body = manifest("best-restart", s3, spec(one_word(s3, stored), out, training))
-    (tmp_path / "first").mkdir()
-    first = run(body, s3, tmp_path / "first")
-    assert first.returncode == 0, first.stdout[-2000:]
+    out, body, first = best_run["out"], best_run["body"], best_run["outcome"]
     evals = {e["step"]: e["evalLoss"] for e in first.of("eval") if e["model"] == "adapter"}
     best = min(evals, key=lambda s: evals[s])
     assert best <= 10, f"the loss still fell at step 12: {evals}"  # the best was evaluated before the checkpoint

@@ -109,7 +109,8 @@ def test_the_tracking_server_going_away_never_stops_training(
 ) -> None:
     server = start(tmp_path_factory.mktemp("mlflow-down"))
     body = tracked("tracked-down", s3, stored)
-    process = _start_tracked(body, s3, tmp_path, {"MLFLOW_TRACKING_URI": server.uri})
+    # the end waits 5 s, not production's 30, for what cannot be delivered
+    process = _start_tracked(body, s3, tmp_path, {"MLFLOW_TRACKING_URI": server.uri, "KUBETUNE_TRACKING_CLOSE_SECONDS": "5"})
     try:
         lines = _lines_until(process, steps=3)
         server.stop()  # in the middle of the run

@@ -33,6 +33,16 @@ RUN_KEY = "kubetune.run-key"
 QUEUE_LIMIT = 20_000  # requests held while the server is away; the oldest metric batches go first beyond it
 TIMEOUT = 10.0  # seconds per request
 CLOSE_SECONDS = 30.0  # the most the end of a run waits for what is queued
+ENV_CLOSE = "KUBETUNE_TRACKING_CLOSE_SECONDS"  # another bound for that wait (the tests' server that goes away)
+
+
+def close_seconds() -> float:
+    try:
+        return float(os.environ.get(ENV_CLOSE) or CLOSE_SECONDS)
+    except ValueError:
+        return CLOSE_SECONDS
+
+
 BATCH = 500  # metrics per log-batch request (MLflow takes 1000)
 PARAM_LIMIT = 6000  # characters of a parameter value MLflow keeps
 
@@ -169,18 +179,18 @@ class Tracker:
         self._deadline = ask if self._deadline is None else min(self._deadline, ask)
         return self._deadline
 
-    def started(self, seconds: float = CLOSE_SECONDS) -> str | None:
+    def started(self, seconds: float | None = None) -> str | None:
         """The run's id, once its start is delivered: a run that trained faster than a slow server answered waits
         for it here (within the bound close shares), so metrics.json can name the run; None if it never came."""
-        deadline = self._until(seconds)
+        deadline = self._until(close_seconds() if seconds is None else seconds)
         with self._lock:
             while self.run_id is None and self._starting and time.monotonic() < deadline:
                 self._lock.wait(timeout=0.2)
         return self.run_id
 
-    def close(self, seconds: float = CLOSE_SECONDS) -> TrackingOutcome:
+    def close(self, seconds: float | None = None) -> TrackingOutcome:
         """Wait (bounded) for what is queued, then say where the run went and what it registered."""
-        deadline = self._until(seconds)
+        deadline = self._until(close_seconds() if seconds is None else seconds)
         with self._lock:
             self._closing = True
             self._lock.notify()

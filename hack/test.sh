@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# `make test`: lint and every test tier, in two lanes side by side (docs/testing.md says why and what each costs).
+#
+#   lane cpu:   ruff, ruff format --check, mypy; then the fast tier; then the trainer tier
+#               (what keeps the CPUs busy: tokenizing, two-process DeepSpeed runs)
+#   lane wait:  the testbed (Go builds, cached), the images (podman's layer cache); then the cluster, e2e and
+#               images tiers in one pytest session (one control plane, one S3 server, one operator)
+#               (what mostly waits: on controllers, Kueue, TTLs, image builds and pods)
+#
+# Each lane's lines are printed as they come, prefixed with the lane's name; each step's wall time, pytest's slowest
+# tests and the time by tier are printed at the end. Every tier runs: the exit code is the first failure's.
+set -uo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$root"
+PY="${PY:-.venv/bin/python}"
+VENV_BIN="$(dirname "$PY")"
+logs="$(mktemp -d "${TMPDIR:-/tmp}/kubetune-test-XXXXXX")"
+pytest_args=(-p no:cacheprovider --durations=30)
+
+step() {  # name, command...: run it, note its wall time and status
+  local name="$1"; shift
+  local started=$SECONDS
+  "$@"
+  local code=$?
+  echo "$name $((SECONDS - started)) $code" >> "$logs/steps"
+  return $code
+}
+
+pytest_tier() {  # name, marker expression
+  local name="$1" expr="$2"
+  step "$name" "$PY" -m pytest "${pytest_args[@]}" --basetemp="$logs/tmp-$name" -m "$expr"
+  local code=$?
+  if [ $code -eq 5 ]; then echo "pytest collected no $name tests: that is a failure here" >&2; return 1; fi
+  return $code
+}
+
+lane_cpu() {
+  local failed=0
+  step lint bash -c "$VENV_BIN/ruff check . && $VENV_BIN/ruff format --check . && $VENV_BIN/mypy" || failed=1
+  pytest_tier fast "not trainer and not cluster and not e2e and not images" || failed=1
+  pytest_tier trainer "trainer and not cluster and not e2e and not images" || failed=1
+  return $failed
+}
+
+lane_wait() {
+  step testbed make -s testbed || return 1
+  step images make -s images || return 1
+  pytest_tier cluster+e2e+images "cluster or e2e or images"
+}
+
+prefix() { while IFS= read -r line; do printf '[%s] %s\n' "$1" "$line"; done; }
+
+started=$SECONDS
+( lane_cpu 2>&1; echo $? > "$logs/cpu.code" ) | prefix cpu &
+cpu=$!
+( lane_wait 2>&1; echo $? > "$logs/wait.code" ) | prefix wait &
+wait_lane=$!
+wait "$cpu" "$wait_lane"
+
+echo
+echo "== make test: wall time by step (the lanes run side by side) =="
+while read -r name seconds code; do
+  printf '  %-20s %6d s  %s\n' "$name" "$seconds" "$([ "$code" = 0 ] && echo ok || echo "FAILED ($code)")"
+done < "$logs/steps"
+printf '  %-20s %6d s\n' "total" "$((SECONDS - started))"
+code=0
+for lane in cpu wait; do
+  lane_code="$(cat "$logs/$lane.code" 2>/dev/null || echo 1)"
+  [ "$lane_code" = 0 ] || { echo "lane $lane failed ($lane_code)"; code=1; }
+done
+exit $code
