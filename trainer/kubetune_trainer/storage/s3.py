@@ -350,6 +350,7 @@ class S3Backend:
                     for part in range(t.parts)
                     if part not in t.done
                 ]
+                # bounded by each part's requests: connect and read timeouts and a retry limit (the client's Config)
                 finished, pending = wait(futures, return_when=FIRST_EXCEPTION)
                 for future in pending:
                     future.cancel()
