@@ -642,6 +642,9 @@ def _classify(exc: BaseException) -> tuple[Reason, str]:
 
 
 def main() -> int:
+    # DeepSpeed's autotuner imports the mlflow library whenever it is installed (1.5 s of every rank's start where it
+    # is, as in the test environment); kubetune never uses it (recipe/tracking.py speaks MLflow's REST API itself)
+    sys.modules.setdefault("mlflow", None)  # type: ignore[arg-type]
     paths = RankEnv.from_environ()
     worker = WorkerEnv.from_environ()
     rank = int(os.environ.get("RANK", "0"))
