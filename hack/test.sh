@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # `make test`: lint and every test tier, in two lanes side by side (docs/testing.md says why and what each costs).
 #
-#   lane cpu:   ruff, ruff format --check, mypy; then the fast tier; then the trainer tier
+#   lane cpu:   ruff, ruff format --check, mypy; then (once the other lane's testbed is built: SeaweedFS, helm,
+#               kubectl) the fast tier; then the trainer tier
 #               (what keeps the CPUs busy: tokenizing, two-process DeepSpeed runs)
 #   lane wait:  the testbed (Go builds, cached), the images (podman's layer cache); then the cluster, e2e and
 #               images tiers in one pytest session (one control plane, one S3 server, one operator)
@@ -37,13 +38,20 @@ pytest_tier() {  # name, marker expression
 lane_cpu() {
   local failed=0
   step lint bash -c "$VENV_BIN/ruff check . && $VENV_BIN/ruff format --check . && $VENV_BIN/mypy" || failed=1
+  # the fast and trainer tiers use what `make testbed` makes (SeaweedFS for S3, helm and kubectl for the chart):
+  # the other lane builds it meanwhile and says when it is done, however it ended
+  while [ ! -f "$logs/testbed.done" ]; do sleep 1; done
+  [ "$(cat "$logs/testbed.done")" = 0 ] || { echo "make testbed failed: the tiers cannot run" >&2; return 1; }
   pytest_tier fast "not trainer and not cluster and not e2e and not images" || failed=1
   pytest_tier trainer "trainer and not cluster and not e2e and not images" || failed=1
   return $failed
 }
 
 lane_wait() {
-  step testbed make -s testbed || return 1
+  step testbed make -s testbed
+  local code=$?
+  echo $code > "$logs/testbed.done"
+  [ $code = 0 ] || return 1
   step images make -s images || return 1
   pytest_tier cluster+e2e+images "cluster or e2e or images"
 }
