@@ -109,18 +109,21 @@ def test_the_tracking_server_going_away_never_stops_training(
 ) -> None:
     server = start(tmp_path_factory.mktemp("mlflow-down"))
     body = tracked("tracked-down", s3, stored)
-    # the end waits 5 s, not production's 30, for what cannot be delivered
-    process = _start_tracked(body, s3, tmp_path, {"MLFLOW_TRACKING_URI": server.uri, "KUBETUNE_TRACKING_CLOSE_SECONDS": "5"})
+    # twice the steps after the server goes, so the tracker meets its absence while the run still prints progress
+    # (on a loaded machine 9 steps could end before its next delivery and the progress lines would never say so)
+    body["spec"]["training"]["maxSteps"] = 2 * STEPS
+    # the end waits 15 s (a request in flight times out in 10), not production's 30, for what cannot be delivered
+    process = _start_tracked(body, s3, tmp_path, {"MLFLOW_TRACKING_URI": server.uri, "KUBETUNE_TRACKING_CLOSE_SECONDS": "15"})
     try:
-        lines = _lines_until(process, steps=3)
-        server.stop()  # in the middle of the run
+        lines = _lines_until(process, steps=2)
+        server.stop()  # early in the run
         stdout, stderr = process.communicate(timeout=300)
     finally:
         server.stop()
     done = Outcome(process.returncode, "".join(lines) + stdout, stderr)
     log = tmp_path / "work-tracked-down" / "trainer.log"  # every rank's stderr, for a failure's cause
     said = log.read_text()[-4000:] if log.is_file() else ""
-    assert done.returncode == 0 and done.summary["steps"] == STEPS, stdout[-2000:] + stderr[-2000:] + said
+    assert done.returncode == 0 and done.summary["steps"] == 2 * STEPS, stdout[-2000:] + stderr[-2000:] + said
     outcome = done.summary["tracking"]
     assert outcome["degraded"] and "unavailable" in outcome["degraded"] and "registeredVersion" not in outcome, outcome
     assert any(p.get("trackingDegraded") for p in done.of("progress"))  # what status.tracking shows while it runs
