@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -318,6 +319,7 @@ def main() -> None:
         baselines: dict[str, dict[str, Any]] = {}
         if not args.skip_baselines:
             for side in ("floor", "trl"):
+                shutil.rmtree(scratch / side, ignore_errors=True)  # TRL's datasets cache lives there: never a cached side
                 baselines[side] = prepare_bench.run_side(side, scratch / f"train-{records}.jsonl", model, scratch / side, records)
         tokens = None
         prepared_meta = scratch / "runs" / f"run-1-{records}" / "prepared" / "meta.json"
