@@ -289,7 +289,7 @@ def one_size_signalled(records: int, work: Path, data: Path, job: Any, args: arg
             "ok": ok,
             "code": code,
             "seconds": took,
-            "checkpoint": bool(checkpoints) or bool(list((work / "out" / name / "checkpoints").glob("*"))),
+            "checkpoint": bool(checkpoints),
             "resumed": resumed and resumed_code == 0,
             "tail": "" if ok else watched.tail() + again.tail(),
         }

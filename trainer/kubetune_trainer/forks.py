@@ -23,6 +23,7 @@ import signal
 import traceback
 from collections.abc import Callable, Iterable, Iterator
 from multiprocessing.connection import Connection, wait
+from pathlib import Path
 from typing import Any
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -71,13 +72,11 @@ def _helper(conn: Connection, function: Callable[[Any, Any], Any], shared: Any) 
         try:
             reply = (index, True, function(shared, payload))
         except Exception as exc:
-            try:
-                reply = (index, False, exc)
-                conn.send(reply)
-                continue
-            except Exception:  # the exception does not pickle: its text does
-                reply = (index, False, HelperError(traceback.format_exc()))
-        conn.send(reply)
+            reply = (index, False, exc)
+        try:
+            conn.send(reply)  # pickled whole before a byte is written: a failure here sends nothing
+        except Exception:  # a reply that does not pickle: its text does
+            conn.send((index, False, HelperError(traceback.format_exc())))
 
 
 class ForkPool:
@@ -168,8 +167,6 @@ class ForkPool:
 
 def cpus() -> int:
     """The CPUs this process may use: its affinity, bounded by its cgroup's quota (a pod's CPU limit)."""
-    from pathlib import Path
-
     count = len(os.sched_getaffinity(0))
     try:
         quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()

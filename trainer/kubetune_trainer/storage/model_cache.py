@@ -19,6 +19,7 @@ import math
 import os
 import shutil
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -191,27 +192,34 @@ class ModelCache:
                     size, newest = size + info.st_size, max(newest, info.st_mtime_ns)
         return size, newest
 
-    def _stalled(self, key: str, seen: list[Any]) -> None:
-        """Fail once the entry's writer has written nothing for stall_seconds(); `seen` keeps (written, since)."""
-        now, written = time.monotonic(), self._written(key)
-        if not seen or seen[0] != written:
-            seen[:] = [written, now]
-        elif now - seen[1] > stall_seconds():
-            raise TrainerFailure(
-                Reason.TRAINER_ERROR,
-                f"fetching the base model stalled: another process on this node is writing its cache entry {key} and "
-                f"wrote nothing in {stall_seconds():g} s ({ENV_STALL})",
-            )
+    def _watch(self, key: str) -> Callable[[], None]:
+        """A check to call while waiting on the entry's writer: it fails once the writer has written nothing for
+        stall_seconds()."""
+        written, since = self._written(key), time.monotonic()
+
+        def check() -> None:
+            nonlocal written, since
+            now, seen = time.monotonic(), self._written(key)
+            if seen != written:
+                written, since = seen, now
+            elif now - since > stall_seconds():
+                raise TrainerFailure(
+                    Reason.TRAINER_ERROR,
+                    f"fetching the base model stalled: another process on this node is writing its cache entry {key} "
+                    f"and wrote nothing in {stall_seconds():g} s ({ENV_STALL})",
+                )
+
+        return check
 
     def _wait_shared(self, fd: int, key: str) -> None:
         """The entry's shared lock, waited for while a writer holds it alone and its download makes progress."""
-        seen: list[Any] = []
+        progressing = self._watch(key)
         while True:
             try:
                 fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
                 return
             except BlockingIOError:
-                self._stalled(key, seen)
+                progressing()
                 time.sleep(0.2)
 
     def _writer(self, fd: int, entry: Path) -> bool:
@@ -219,14 +227,14 @@ class ModelCache:
         Never a blocking wait for the exclusive lock: the writer keeps a shared lock once done, for as long as it
         trains, and a second worker of the same job queued behind that would wait forever; a writer that makes no
         progress for stall_seconds() fails the wait."""
-        seen: list[Any] = []
+        progressing = self._watch(entry.name)
         while True:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 if (entry / COMPLETE).is_file():
                     return False
-                self._stalled(entry.name, seen)
+                progressing()
                 time.sleep(0.2)
                 continue
             if (entry / COMPLETE).is_file():
