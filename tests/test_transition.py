@@ -222,7 +222,10 @@ def test_a_passed_preflight_with_a_queue_waits_for_the_queue() -> None:
     [
         (report(False, "WontFit", "needs about 90 GiB per GPU"), "WontFit"),
         (report(False, "BadRecord", "train.jsonl record 7: missing field 'completion'"), "BadRecord"),
+        (report(False, "AdapterMismatch", "model.adapter: lora.r is 16 here, 8 in the adapter"), "AdapterMismatch"),
+        (report(False, "TargetModulesNotFound", "lora.targetModules matches no module"), "TargetModulesNotFound"),
         (report(False, "Pwned", "a reason no preflight gives"), "PreflightError"),  # the pod's word is not trusted
+        (report(False, "NaNLoss", "a reason only training gives"), "PreflightError"),
         ("not a report", "PreflightError"),
     ],
 )

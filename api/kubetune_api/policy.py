@@ -60,7 +60,8 @@ class Policy(BaseModel):
     )
     readPrefixes: list[Entry] = Field(
         default_factory=list,
-        description="Prefixes model.uri and the dataset URIs must start with ({namespace} is the job's namespace). Empty: any.",
+        description="Prefixes model.uri, model.adapter and the dataset URIs must start with ({namespace} is the job's "
+        "namespace). Empty: any.",
     )
     writePrefixes: list[Entry] = Field(
         default_factory=list,
@@ -205,13 +206,47 @@ def _quoted(expr: str) -> str:
 
 _W = "object.spec.workers"
 _S = "object.spec.storage"
-_READ_URIS = "([object.spec.dataset.train] + (has(object.spec.dataset.validation) ? [object.spec.dataset.validation] : []))"
+
+# Every field of FineTuneJobSpec that names storage the job reads or writes, and the policy list it must be under.
+# tests/security/test_uri_fields.py walks the spec and fails for a URI-typed field missing here.
+URI_FIELDS = {
+    "spec.model.uri": "readPrefixes",
+    "spec.model.adapter": "readPrefixes",
+    "spec.dataset.train": "readPrefixes",
+    "spec.dataset.validation": "readPrefixes",
+    "spec.output.uri": "writePrefixes",
+}
+_VERBS = {"readPrefixes": "read", "writePrefixes": "write"}
 
 
 def _prefixed(list_name: str, uri: str) -> str:
     return (
         f"(params.data.{list_name} == '' || params.data.{list_name}.split(',').exists(p, "
         f"{uri}.startsWith(p.replace('{{namespace}}', object.metadata.namespace))))"
+    )
+
+
+def _value(spec: Any, path: str) -> Any:
+    """The spec's value at a field path (spec.a.b), None where a section on the way is unset."""
+    value = spec
+    for name in path.split(".")[1:]:
+        value = getattr(value, name, None) if value is not None else None
+    return value
+
+
+def _prefix_rule(path: str, key: str) -> PolicyRule:
+    """The rule that the URI at path (when set) starts with one of the policy's prefixes of key."""
+    expr = "object." + path
+    parts = expr.split(".")
+    unset = " || ".join(f"!has({'.'.join(parts[:i])})" for i in range(3, len(parts) + 1))
+    return PolicyRule(
+        path,
+        f"the platform policy lets this namespace {_VERBS[key]} only under",
+        key,
+        lambda s, ns, p: _value(s, path) is None or _under(getattr(p, key), _value(s, path), ns),
+        lambda s: _value(s, path),
+        f"{unset} || {_prefixed(key, expr)}",
+        _quoted(expr),
     )
 
 
@@ -328,33 +363,7 @@ RULES: tuple[PolicyRule, ...] = (
         "!has(object.spec.runPolicy.preflight) || object.spec.runPolicy.preflight",
         "'false'",
     ),
-    PolicyRule(
-        "spec.model.uri",
-        "the platform policy lets this namespace read only under",
-        "readPrefixes",
-        lambda s, ns, p: _under(p.readPrefixes, s.model.uri, ns),
-        lambda s: s.model.uri,
-        _prefixed("readPrefixes", "object.spec.model.uri"),
-        _quoted("object.spec.model.uri"),
-    ),
-    PolicyRule(
-        "spec.dataset",
-        "the platform policy lets this namespace read only under",
-        "readPrefixes",
-        lambda s, ns, p: all(_under(p.readPrefixes, u, ns) for u in (s.dataset.train, s.dataset.validation) if u),
-        lambda s: [u for u in (s.dataset.train, s.dataset.validation) if u],
-        f"{_READ_URIS}.all(u, {_prefixed('readPrefixes', 'u')})",
-        f"'[' + {_READ_URIS}.map(u, '\"' + u + '\"').join(', ') + ']'",
-    ),
-    PolicyRule(
-        "spec.output.uri",
-        "the platform policy lets this namespace write only under",
-        "writePrefixes",
-        lambda s, ns, p: _under(p.writePrefixes, s.output.uri, ns),
-        lambda s: s.output.uri,
-        _prefixed("writePrefixes", "object.spec.output.uri"),
-        _quoted("object.spec.output.uri"),
-    ),
+    *(_prefix_rule(path, key) for path, key in URI_FIELDS.items()),
 )
 
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from kubetune_api.conditions import Reason
+from kubetune_api.conditions import TRAINER_FAILURE_REASONS, Reason
 from kubetune_api.contract import PreparingLine
 from kubetune_api.preflight_report import Report, parse_report
 
@@ -28,21 +28,10 @@ def preparing_status(line: PreparingLine) -> dict[str, Any]:
 GENERATION_ANNOTATION = "kubetune.dev/generation"  # the spec's generation a preflight Job checked
 
 
-# Reasons a preflight report may give; any other word from the pod is PreflightError
-PREFLIGHT_REASONS = frozenset(
-    {
-        Reason.MODEL_MISSING,
-        Reason.DATASET_MISSING,
-        Reason.ACCESS_DENIED,
-        Reason.EMPTY_DATASET,
-        Reason.BAD_RECORD,
-        Reason.OUTPUT_EXISTS,
-        Reason.UNSAFE_OBJECT_KEY,
-        Reason.DATASET_TOO_LARGE,
-        Reason.WONT_FIT,
-        Reason.TRAINER_ERROR,
-    }
-)
+# Reasons a preflight report may give: any the trainer fails with, but those only a training run can meet; any other
+# word from the pod is PreflightError
+TRAINING_ONLY = frozenset({Reason.NAN_LOSS, Reason.BELOW_THRESHOLD, Reason.PREEMPTED, Reason.CHECKPOINT_MISMATCH})
+PREFLIGHT_REASONS = TRAINER_FAILURE_REASONS - TRAINING_ONLY
 
 
 class PreflightState(StrEnum):

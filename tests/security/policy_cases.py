@@ -43,6 +43,8 @@ ATTACKS = [
     ({"spec.model.trustRemoteCode": True}, "spec.model.trustRemoteCode", "does not allow running a model's own code"),
     ({"spec.workers": {"replicas": 4, "gpusPerWorker": 8}}, "spec.workers", 'per job: 16 (got "32 GPUs")'),
     ({"spec.model.uri": "s3://other-tenant/models/"}, "spec.model.uri", "read only under: s3://models/, s3://datasets/team-a/"),
-    ({"spec.dataset.train": "s3://datasets/team-b/secret.jsonl"}, "spec.dataset", "read only under"),
+    ({"spec.dataset.train": "s3://datasets/team-b/secret.jsonl"}, "spec.dataset.train", "read only under"),
+    ({"spec.dataset.validation": "s3://datasets/team-b/held.jsonl"}, "spec.dataset.validation", "read only under"),
+    ({"spec.model.adapter": "s3://adapters/team-b/run/adapter/"}, "spec.model.adapter", "read only under: s3://models/"),
     ({"spec.output.uri": "s3://adapters/team-b/run/"}, "spec.output.uri", "write only under: s3://adapters/team-a/"),
 ]

@@ -359,10 +359,12 @@ def test_the_shipped_platform_prefixes_keep_teams_apart() -> None:
         return [p.path for p in check(result.job.spec, "team-a", policy)]
 
     assert denied() == []
-    assert denied(**{"spec.dataset.train": "s3://datasets/team-b/train.jsonl"}) == ["spec.dataset"]
-    assert denied(**{"spec.dataset.train": "s3://datasets/team-ab/train.jsonl"}) == ["spec.dataset"]
+    assert denied(**{"spec.dataset.train": "s3://datasets/team-b/train.jsonl"}) == ["spec.dataset.train"]
+    assert denied(**{"spec.dataset.train": "s3://datasets/team-ab/train.jsonl"}) == ["spec.dataset.train"]
     assert denied(**{"spec.output.uri": "s3://adapters/team-b/run-1/"}) == ["spec.output.uri"]
     assert denied(**{"spec.model.uri": "s3://adapters/team-b/run-1/adapter/"}) == ["spec.model.uri"]
+    assert denied(**{"spec.model.adapter": "s3://adapters/team-b/run-1/adapter/"}) == ["spec.model.adapter"]
+    assert denied(**{"spec.model.adapter": "s3://adapters/team-a/run-0/adapter/"}) == []
 
 
 # 15: a platform can require every job to go through a Kueue queue (offline and in the operator's check; the API
