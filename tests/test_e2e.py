@@ -240,7 +240,9 @@ def _tracked_in_mlflow(mlflow: Any, final: dict[str, Any], s3: S3Server) -> Any:
     the spec as parameters, the job's tags, and the adapter's registered version with its lineage."""
     tracking = final["status"]["tracking"]
     name, uid, out = final["metadata"]["name"], final["metadata"]["uid"], final["spec"]["output"]["uri"]
-    assert tracking["experiment"] == NAMESPACE and tracking["registeredModel"] == name and "degraded" not in tracking
+    # MLflow's names are global: bound to the namespace (the policy's sharedTrackingNames is off)
+    assert tracking["experiment"] == NAMESPACE and tracking["registeredModel"] == f"{NAMESPACE}.{name}"
+    assert "degraded" not in tracking
     client = mlflow.client()
     run = client.get_run(tracking["runId"])
     assert run.info.status == "FINISHED" and run.data.tags["kubetune.job-uid"] == uid
@@ -250,9 +252,10 @@ def _tracked_in_mlflow(mlflow: Any, final: dict[str, Any], s3: S3Server) -> Any:
     curve = {p["step"]: p["loss"] for p in metrics["curves"]["train"]}
     logged = {m.step: m.value for m in client.get_metric_history(tracking["runId"], "loss")}
     assert logged.keys() == curve.keys() and all(abs(logged[s] - curve[s]) < 1e-6 for s in curve)
-    version = client.get_model_version(name, tracking["registeredVersion"])
+    version = client.get_model_version(f"{NAMESPACE}.{name}", tracking["registeredVersion"])
     assert version.source == final["status"]["adapterUri"] and version.run_id == tracking["runId"]
     assert version.tags["kubetune.base-model"] == final["spec"]["model"]["uri"]
+    assert version.tags["kubetune.namespace"] == NAMESPACE
     return run
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal, TypeVar
@@ -35,6 +35,17 @@ ENV_GPU_TYPE = "KUBETUNE_GPU_TYPE"  # preflight: the GPU type the job will get (
 ENV_GPU = "KUBETUNE_GPU"  # preflight: that type's memory, TFLOP/s and price (policy.GpuType as JSON)
 ENV_GRACE = "KUBETUNE_GRACE_SECONDS"  # preflight: the grace period the workers get (its checkpoint warning)
 ENV_NAMESPACE = "KUBETUNE_NAMESPACE"  # the FineTuneJob's namespace: the default MLflow experiment
+# MLflow's own credential variables (the platform's Secret in the job's namespace): only rank 0 of worker 0 tracks,
+# so the launchers of other workers and the other ranks drop them before any model or library code runs
+TRACKING_CREDENTIALS = ("MLFLOW_TRACKING_TOKEN", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
+
+
+def drop_tracking_credentials(environ: MutableMapping[str, str]) -> None:
+    for key in TRACKING_CREDENTIALS:
+        environ.pop(key, None)
+
+
+ENV_SHARED_NAMES = "KUBETUNE_SHARED_TRACKING_NAMES"  # "true": the policy lets MLflow names stand as written
 ENV_PREFLIGHT = "KUBETUNE_PREFLIGHT"  # the preflight's estimates (PREFLIGHT_FIGURES, JSON): tracked with the run
 ENV_STALL = "KUBETUNE_STALL_SECONDS"  # preparing or fetching with no progress (no record, no byte) this long fails
 STALL_SECONDS = 600.0

@@ -82,6 +82,12 @@ class Policy(BaseModel):
     requirePreflight: StrictBool = Field(
         False, description="Whether every job must run the preflight before it requests GPUs (runPolicy.preflight true)."
     )
+    sharedTrackingNames: StrictBool = Field(
+        False,
+        description="Whether output.tracking's experiment and registeredModel stand as written (MLflow's names are "
+        "global: any team may then add to any experiment or registered model its MLflow credentials reach). Off: "
+        "each is bound to the job's namespace (<namespace>/<experiment>, <namespace>.<model>).",
+    )
     requireQueue: StrictBool = Field(
         False,
         description=f"Whether every job must name a Kueue LocalQueue (the {QUEUE_LABEL} label), so none runs outside the "

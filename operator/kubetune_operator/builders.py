@@ -135,7 +135,7 @@ def _env(plan: Plan, estimates: dict[str, float] | None = None, tracked: bool = 
     return env
 
 
-TRACKING_KEYS = ("MLFLOW_TRACKING_TOKEN", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
+TRACKING_KEYS = contract.TRACKING_CREDENTIALS
 
 
 def _tracking_env(plan: Plan, estimates: dict[str, float] | None = None) -> list[dict[str, Any]]:
@@ -148,6 +148,8 @@ def _tracking_env(plan: Plan, estimates: dict[str, float] | None = None) -> list
         {"name": "MLFLOW_TRACKING_URI", "value": plan.mlflow_uri},
         {"name": contract.ENV_NAMESPACE, "value": plan.namespace},
     ]
+    if plan.shared_tracking_names:
+        env.append({"name": contract.ENV_SHARED_NAMES, "value": "true"})
     if estimates:
         env.append({"name": contract.ENV_PREFLIGHT, "value": json.dumps(estimates, sort_keys=True)})
     if plan.mlflow_secret:

@@ -417,7 +417,7 @@ def _observe(body: dict[str, Any], job_spec: Any, previous: FineTuneJobStatus, a
     job = _json(API.batch.read_namespaced_job, name, namespace)
     # the queue is fixed when the Job is made: removing the label from a started job does not skip the queue
     queue = (job["metadata"].get("labels") or {}).get(QUEUE_LABEL) if job is not None else None
-    plan = make_plan(body, job_spec, SETTINGS, previous.restarts, elapsed, queue=queue)
+    plan = make_plan(body, job_spec, SETTINGS, previous.restarts, elapsed, queue=queue, policy=POLICY)
     if job is not None and not owned(job, plan.uid):
         raise _conflict("Job", plan)
     labels = (job["metadata"].get("labels") or {}) if job is not None else meta.get("labels")

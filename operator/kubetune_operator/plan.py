@@ -7,6 +7,7 @@ from typing import Any
 
 from kubetune_api.job import FineTuneJob
 from kubetune_api.names import API_VERSION, JOB_NAME_LABEL, KIND, MANAGED_BY_LABEL, QUEUE_LABEL
+from kubetune_api.policy import Policy
 from kubetune_api.preflight import gpu_type_of, gpu_types
 
 from .settings import Settings
@@ -38,6 +39,7 @@ class Plan:
     grace: int = 120  # seconds a worker has to checkpoint and upload once told to stop (terminationGracePeriodSeconds)
     mlflow_uri: str = ""  # Settings.mlflow_uri: the platform's tracking server; empty: nothing tracked
     mlflow_secret: str = ""  # Settings.mlflow_secret: the Secret with the tracking credentials, in the job's namespace
+    shared_tracking_names: bool = False  # the policy's sharedTrackingNames: MLflow names not bound to the namespace
 
     @property
     def spec(self) -> Any:
@@ -93,6 +95,7 @@ def make_plan(
     restart: int = 0,
     elapsed: float = 0.0,
     queue: str | None = None,
+    policy: Policy | None = None,
 ) -> Plan:
     """The plan for a FineTuneJob; `queue` is the queue its existing Job was made with, which then wins."""
     meta = body.get("metadata", {})
@@ -126,4 +129,5 @@ def make_plan(
         grace=spec.runPolicy.terminationGracePeriodSeconds or settings.grace_seconds,
         mlflow_uri=settings.mlflow_uri,
         mlflow_secret=settings.mlflow_secret,
+        shared_tracking_names=policy is not None and policy.sharedTrackingNames,
     )

@@ -24,7 +24,7 @@ import psutil
 from kubetune_api import events, layout
 from kubetune_api._types import quantity_value
 from kubetune_api.conditions import Reason
-from kubetune_api.contract import ENV_CACHE, ENV_WORK_DIR, EXIT_PREEMPTED, RankFailure, WorkerEnv
+from kubetune_api.contract import ENV_CACHE, ENV_WORK_DIR, EXIT_PREEMPTED, RankFailure, WorkerEnv, drop_tracking_credentials
 from kubetune_api.job import FineTuneJobSpec
 from kubetune_api.metrics import Metrics
 from kubetune_trainer import adapters, rank_env
@@ -246,6 +246,27 @@ def run_ranks(command: list[str], env: dict[str, str], stderr: Any = None) -> in
     return process.returncode
 
 
+def ranks_environ(spec: FineTuneJobSpec, worker: WorkerEnv, ranks: RankEnv) -> dict[str, str]:
+    """The environment torchrun and the ranks start with: this pod's, less what loads code and (but on worker 0) the
+    tracking credentials, with the worker's and the ranks' contract variables."""
+    # the ranks never see a variable that loads code, whatever put it in the pod (contract.LOADER_VARIABLES)
+    env = {
+        **without_loaders(os.environ),
+        **worker.to_environ(),
+        **ranks.to_environ(),
+        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
+    }
+    env["PYTHONSAFEPATH"] = "1"  # the working directory is never on the ranks' sys.path
+    if worker.worker_rank != 0:  # only rank 0 of worker 0 tracks: no other worker's ranks hold the MLflow credentials
+        drop_tracking_credentials(env)
+    env[rank_env.PROCESS_START] = str(time.time())  # ranks report their start-up cost against it
+    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if spec.workers.gpusPerWorker == 0:
+        env.setdefault("DS_ACCELERATOR", "cpu")
+        env.setdefault("CUDA_VISIBLE_DEVICES", "")
+    return env
+
+
 def run_worker(
     spec: FineTuneJobSpec, worker: WorkerEnv, *, progress: str = "json", work_dir: Path | None = None, log: Path | None = None
 ) -> dict[str, Any]:
@@ -276,7 +297,6 @@ def run_worker(
         report.write_termination(worker.termination_log, summary)
         report.say(summary)
         return summary
-    ranks = RankEnv(model, train, validation, work, results, progress, prepared_dir, adapter_dir)
     command = [
         sys.executable,
         "-m",
@@ -290,19 +310,7 @@ def run_worker(
         "-m",
         "kubetune_trainer.recipe.train",
     ]
-    # the ranks never see a variable that loads code, whatever put it in the pod (contract.LOADER_VARIABLES)
-    env = {
-        **without_loaders(os.environ),
-        **worker.to_environ(),
-        **ranks.to_environ(),
-        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
-    }
-    env["PYTHONSAFEPATH"] = "1"  # the working directory is never on the ranks' sys.path
-    env[rank_env.PROCESS_START] = str(time.time())  # ranks report their start-up cost against it
-    env.setdefault("TOKENIZERS_PARALLELISM", "false")
-    if spec.workers.gpusPerWorker == 0:
-        env.setdefault("DS_ACCELERATOR", "cpu")
-        env.setdefault("CUDA_VISIBLE_DEVICES", "")
+    env = ranks_environ(spec, worker, RankEnv(model, train, validation, work, results, progress, prepared_dir, adapter_dir))
     try:
         if log is None:
             code = run_ranks(command, env)

@@ -21,9 +21,18 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from kubetune_api import layout
-from kubetune_api.contract import ENV_NAMESPACE, ENV_PREFLIGHT, ProgressLine, TrackingOutcome, WorkerEnv, preflight_figures
+from kubetune_api.contract import (
+    ENV_NAMESPACE,
+    ENV_PREFLIGHT,
+    ENV_SHARED_NAMES,
+    ProgressLine,
+    TrackingOutcome,
+    WorkerEnv,
+    preflight_figures,
+)
 from kubetune_api.job import FineTuneJobSpec
 from kubetune_api.metrics import Metrics
+from kubetune_api.tracking import tracking_names
 
 ENV_URI = "MLFLOW_TRACKING_URI"  # MLflow's own variables, so any MLflow client set up the same way agrees
 ENV_TOKEN = "MLFLOW_TRACKING_TOKEN"
@@ -107,8 +116,9 @@ def params_of(spec: FineTuneJobSpec) -> dict[str, str]:
 class Tracker:
     """One run's tracking, from rank 0. Calls return at once; a thread delivers."""
 
-    def __init__(self, client: Client, experiment: str, run_key: str, run_name: str) -> None:
+    def __init__(self, client: Client, experiment: str, run_key: str, run_name: str, model: str = "kubetune") -> None:
         self.client, self.experiment, self.run_key, self.run_name = client, experiment, run_key, run_name
+        self.model = model  # the registered model a succeeded run's adapter is added to
         self.run_id: str | None = None
         self.trouble: str | None = None  # the newest reason deliveries are behind, cleared when they catch up
         self.dropped = 0
@@ -323,9 +333,9 @@ def start(spec: FineTuneJobSpec, worker: WorkerEnv, environ: Mapping[str, str] |
     if not uri.startswith(("http://", "https://")) or (settings is not None and not settings.enabled):
         return None
     namespace = env.get(ENV_NAMESPACE) or None
-    experiment = (settings.experiment if settings else None) or namespace or "kubetune"
+    experiment, model = tracking_names(settings, namespace or "", worker.job_name, env.get(ENV_SHARED_NAMES) == "true")
     key = worker.job_uid or hashlib.sha256(f"{worker.job_name}\n{spec.output.uri}".encode()).hexdigest()[:32]
-    tracker = Tracker(Client(uri, env), experiment, key, worker.job_name or "kubetune")
+    tracker = Tracker(Client(uri, env), experiment, key, worker.job_name or "kubetune", model)
     figures = preflight_figures(env.get(ENV_PREFLIGHT, ""))
     estimates = {f"preflight.{k}": str(int(v)) if v.is_integer() else f"{v:.6g}" for k, v in figures.items()}
     tracker.start(params_of(spec) | estimates, run_tags(spec, worker, namespace))
@@ -348,14 +358,16 @@ def finished(
     table |= {f"base.{k}": v for k, v in metrics.base.model_dump().items() if isinstance(v, int | float)}
     settings = spec.output.tracking
     if settings is None or settings.registerModel:
-        name = (settings.registeredModel if settings else None) or worker.job_name or "kubetune"
+        name = tracker.model
         lineage = {
             "kubetune.base-model": spec.model.uri,
             "kubetune.spec-sha256": str(about.get("specSha256", "")),
+            "kubetune.job-uid": worker.job_uid,
+            "kubetune.namespace": os.environ.get(ENV_NAMESPACE, ""),
             **digests,
             **{f"heldout.{k}": str(v) for k, v in table.items() if k.startswith(("final.", "base.")) and v is not None},
         }
-        tracker.register(name, layout.adapter_uri(spec.output.uri), lineage)
+        tracker.register(name, layout.adapter_uri(spec.output.uri), {k: v for k, v in lineage.items() if v})
     tracker.finish("FINISHED")
     return tracker.close()
 

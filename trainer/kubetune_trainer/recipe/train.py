@@ -22,7 +22,7 @@ from typing import Any
 
 from kubetune_api import events
 from kubetune_api.conditions import Reason
-from kubetune_api.contract import RankFailure, TrackingOutcome, WorkerEnv
+from kubetune_api.contract import RankFailure, TrackingOutcome, WorkerEnv, drop_tracking_credentials
 from kubetune_api.ds_config import deepspeed_config
 from kubetune_api.job import FineTuneJobSpec, chunked_loss, loss_chunk_tokens
 from kubetune_api.metrics import AdapterChoice, Curves, DataReport, EarlyStop, Evaluated, Evaluation, Fetch, Metrics, TrainStats
@@ -648,6 +648,8 @@ def main() -> int:
     paths = RankEnv.from_environ()
     worker = WorkerEnv.from_environ()
     rank = int(os.environ.get("RANK", "0"))
+    if rank != 0:  # only rank 0 tracks: the others drop MLflow's credentials before any model or library code runs
+        drop_tracking_credentials(os.environ)
     try:
         metrics = train(spec_io.load_spec(worker.config_path), worker, paths)
         if metrics is not None:  # rank 0's

@@ -1,0 +1,77 @@
+"""The third tenancy review (issue 39), one test per finding, in each layer it concerns."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kubetune_api import validate_object
+from kubetune_api.contract import TRACKING_CREDENTIALS, WorkerEnv
+from kubetune_api.policy import Policy
+from kubetune_api.tracking import TrackingSpec, tracking_names
+from kubetune_operator import builders
+from kubetune_operator.plan import make_plan
+from kubetune_operator.settings import Settings
+from kubetune_trainer.launch import ranks_environ
+from kubetune_trainer.rank_env import RankEnv
+
+from ..conftest import job
+
+
+# 2: MLflow's names are global; on a cluster they are bound to the namespace unless the policy shares them
+@pytest.mark.parametrize(
+    ("tracking", "namespace", "shared", "names"),
+    [
+        (None, "team-a", False, ("team-a", "team-a.support-bot")),
+        ({"registeredModel": "support-bot"}, "team-b", False, ("team-b", "team-b.support-bot")),
+        ({"experiment": "team-b", "registeredModel": "team-b.bot"}, "team-a", False, ("team-a/team-b", "team-a.team-b.bot")),
+        ({"experiment": "team-a/evals", "registeredModel": "team-a.bot"}, "team-a", False, ("team-a/evals", "team-a.bot")),
+        ({"experiment": "shared", "registeredModel": "prod-bot"}, "team-a", True, ("shared", "prod-bot")),
+        ({"experiment": "mine"}, "", False, ("mine", "support-bot")),  # kubetune run: as written
+        (None, "", False, ("kubetune", "support-bot")),
+    ],
+)
+def test_tracking_names_are_bound_to_the_namespace(
+    tracking: dict[str, Any] | None, namespace: str, shared: bool, names: tuple[str, str]
+) -> None:
+    settings = TrackingSpec.model_validate(tracking) if tracking is not None else None
+    assert tracking_names(settings, namespace, "support-bot", shared) == names
+
+
+def _tracked_env(policy: Policy | None) -> dict[str, Any]:
+    body = job(**{"spec.output.tracking": {"registeredModel": "team-b.bot"}})
+    body["metadata"]["namespace"] = "team-a"
+    result = validate_object(body, cluster=True)
+    assert result.job is not None, result.problems
+    plan = make_plan(body, result.job, Settings(), policy=policy)
+    plan = dataclasses.replace(plan, mlflow_uri="http://mlflow.mlflow:5000", mlflow_secret="team-a-mlflow")
+    container = builders.build_job(plan)["spec"]["template"]["spec"]["containers"][0]
+    return {e["name"]: e.get("value", e.get("valueFrom")) for e in container["env"]}
+
+
+def test_only_the_policy_shares_tracking_names() -> None:
+    assert "KUBETUNE_SHARED_TRACKING_NAMES" not in _tracked_env(None)
+    assert "KUBETUNE_SHARED_TRACKING_NAMES" not in _tracked_env(Policy())
+    assert _tracked_env(Policy(sharedTrackingNames=True))["KUBETUNE_SHARED_TRACKING_NAMES"] == "true"
+    # the credentials are the Secret in the job's own namespace: a platform gives each team its own MLflow user
+    assert _tracked_env(None)["MLFLOW_TRACKING_TOKEN"]["secretKeyRef"]["name"] == "team-a-mlflow"
+
+
+@pytest.mark.parametrize("worker_rank", [0, 1])
+def test_only_worker_0s_ranks_get_the_tracking_credentials(
+    worker_rank: int, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    for key in TRACKING_CREDENTIALS:
+        monkeypatch.setenv(key, "secret")
+    spec = validate_object(job()).job
+    assert spec is not None
+    worker = WorkerEnv(tmp_path / "c", "j", "u", 2, 1, worker_rank, "m", 29500, None)
+    ranks = RankEnv("m", tmp_path / "t.jsonl", None, tmp_path, tmp_path / "r", "json", tmp_path / "p")
+    env = ranks_environ(spec.spec, worker, ranks)
+    held = [k for k in TRACKING_CREDENTIALS if k in env]
+    assert held == (list(TRACKING_CREDENTIALS) if worker_rank == 0 else []), held
+    assert os.environ["MLFLOW_TRACKING_TOKEN"] == "secret"  # the launcher's own environment is not changed
