@@ -17,6 +17,10 @@ def _text(limit: int) -> BeforeValidator:
     return BeforeValidator(lambda v: clean_text(v, limit))
 
 
+# every number from a pod is finite and bounded before it reaches the status (JSON's safe integers; an infinite or
+# huge figure would make every later status write fail)
+Integer = Annotated[int, Field(ge=0, le=2**53)]
+Figure = Annotated[float, Field(ge=0, le=1e15, allow_inf_nan=False)]
 REPORT_LIMIT = 4096  # a termination message's size limit, and so the report's
 CheckName = Literal["spec", "output", "model", "adapter", "dataset", "records", "memory"]
 
@@ -40,22 +44,22 @@ class Report(BaseModel):
     )
     message: Annotated[str, _text(1000)] | None = Field(None, max_length=1000, description="The failure in words.")
     checks: list[Check] = Field(default_factory=list, max_length=8, description="Each check and its outcome.")
-    records: int | None = Field(None, ge=0, description="Training records.")
-    tokens: int | None = Field(None, ge=0, description="Training tokens per epoch, with the model's own tokenizer.")
-    stepsPerEpoch: int | None = Field(None, ge=0, description="Optimizer steps per epoch.")
-    totalSteps: int | None = Field(None, ge=0, description="Optimizer steps planned.")
-    memoryPerGpuBytes: int | None = Field(None, ge=0, description="Estimated peak memory per GPU (per process on CPUs).")
-    gpuMemoryBytes: int | None = Field(None, ge=0, description="Memory of one GPU of the type the job runs on.")
+    records: Integer | None = Field(None, description="Training records.")
+    tokens: Integer | None = Field(None, description="Training tokens per epoch, with the model's own tokenizer.")
+    stepsPerEpoch: Integer | None = Field(None, description="Optimizer steps per epoch.")
+    totalSteps: Integer | None = Field(None, description="Optimizer steps planned.")
+    memoryPerGpuBytes: Integer | None = Field(None, description="Estimated peak memory per GPU (per process on CPUs).")
+    gpuMemoryBytes: Integer | None = Field(None, description="Memory of one GPU of the type the job runs on.")
     gpuType: Annotated[str, _text(128)] | None = Field(None, max_length=128, description="The GPU type the estimate is for.")
-    gpuHours: float | None = Field(None, ge=0, description="Estimated GPU-hours of training and evaluation.")
-    estimatedHours: float | None = Field(None, ge=0, description="Estimated wall-clock hours of training and evaluation.")
-    estimatedCost: float | None = Field(None, ge=0, description="gpuHours times the platform's price per GPU-hour.")
+    gpuHours: Figure | None = Field(None, description="Estimated GPU-hours of training and evaluation.")
+    estimatedHours: Figure | None = Field(None, description="Estimated wall-clock hours of training and evaluation.")
+    estimatedCost: Figure | None = Field(None, description="gpuHours times the platform's price per GPU-hour.")
     suggestion: Annotated[str, _text(400)] | None = Field(
         None, max_length=400, description="The smallest change that would fit, when it does not."
     )
-    checkpointBytes: int | None = Field(None, ge=0, description="Estimated size of one checkpoint (adapter and optimizer).")
-    checkpointSeconds: float | None = Field(
-        None, ge=0, description="Estimated seconds to write and upload it: what a preempted worker needs of its grace."
+    checkpointBytes: Integer | None = Field(None, description="Estimated size of one checkpoint (adapter and optimizer).")
+    checkpointSeconds: Figure | None = Field(
+        None, description="Estimated seconds to write and upload it: what a preempted worker needs of its grace."
     )
     warnings: list[Annotated[str, _text(400)]] = Field(
         default_factory=list, max_length=4, description="What passed but may cost (a grace period too short)."

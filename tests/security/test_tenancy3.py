@@ -3,15 +3,28 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
+import typing
 from pathlib import Path
 from typing import Any
 
 import pytest
+from pydantic import BaseModel
 
 from kubetune_api import validate_object
-from kubetune_api.contract import TRACKING_CREDENTIALS, WorkerEnv
+from kubetune_api.contract import (
+    TRACKING_CREDENTIALS,
+    PreparingLine,
+    ProgressLine,
+    RankFailure,
+    Summary,
+    SummaryMetrics,
+    TrackingOutcome,
+    WorkerEnv,
+)
 from kubetune_api.policy import Policy
+from kubetune_api.preflight_report import Report, parse_report
 from kubetune_api.tracking import TrackingSpec, tracking_names
 from kubetune_operator import builders
 from kubetune_operator.plan import make_plan
@@ -75,3 +88,42 @@ def test_only_worker_0s_ranks_get_the_tracking_credentials(
     held = [k for k in TRACKING_CREDENTIALS if k in env]
     assert held == (list(TRACKING_CREDENTIALS) if worker_rank == 0 else []), held
     assert os.environ["MLFLOW_TRACKING_TOKEN"] == "secret"  # the launcher's own environment is not changed
+
+
+# 7: every number a pod's word carries is finite and bounded before it reaches the status (an Infinity in a
+# preflight report made every later status write fail); the walk covers each model the operator reads from a pod
+POD_WORDS: list[tuple[type[BaseModel], dict[str, Any]]] = [
+    (Report, {"passed": True}),
+    (ProgressLine, {"event": "progress", "step": 1, "totalSteps": 2}),
+    (PreparingLine, {"event": "preparing", "records": 1, "of": 2, "tokens": 3, "recordsPerSecond": 1.0, "etaSeconds": 1.0}),
+    (Summary, {"status": "Succeeded"}),
+    (SummaryMetrics, {}),
+    (TrackingOutcome, {}),
+    (RankFailure, {"rank": 0, "reason": "TrainerError", "message": "x"}),
+]
+
+
+def _numeric_fields(model: type[BaseModel]) -> list[str]:
+    out = []
+    for name, info in model.model_fields.items():
+        kinds = {
+            typing.get_args(a)[0] if typing.get_origin(a) is typing.Annotated else a
+            for a in typing.get_args(info.annotation) or (info.annotation,)
+        }
+        if kinds & {int, float} and bool not in kinds:
+            out.append(name)
+    return out
+
+
+@pytest.mark.parametrize(("model", "base"), POD_WORDS, ids=[m.__name__ for m, _ in POD_WORDS])
+def test_every_number_from_a_pod_is_finite_and_bounded(model: type[BaseModel], base: dict[str, Any]) -> None:
+    model.model_validate_json(json.dumps(base))  # the base is valid
+    fields = _numeric_fields(model)
+    assert fields or model is TrackingOutcome
+    for name in fields:
+        for bad in ("Infinity", "NaN", "-Infinity", "1e300", str(2**64)):
+            text = json.dumps(base)[:-1] + ("," if base else "") + f' "{name}": {bad}}}'
+            with pytest.raises(ValueError):
+                model.model_validate_json(text)
+    if model is Report:  # and as the operator reads it from the termination message
+        assert parse_report('{"passed": true, "gpuHours": Infinity}') is None
