@@ -170,6 +170,7 @@ def test_a_preempted_worker_whose_pod_went_away_is_still_counted_from_the_watch(
 
     gone = preempted_pod(0, "gone-0", evicted=True)
     gone["metadata"]["ownerReferences"] = [{"kind": "Job", "uid": "job-1", "controller": True}]
+    ended.ours("job-1")  # a Job this operator made (a sync read it)
     ended.seen(gone)
     ended.seen({**pod(0), "metadata": {"uid": "alive", "ownerReferences": gone["metadata"]["ownerReferences"]}})  # not kept
     pods = ended.with_ended("job-1", [replacement(0)])

@@ -84,6 +84,9 @@ class Workers(_Status):
     total: int = Field(0, description="Worker pods wanted.")
 
 
+PREEMPTED_PODS_KEPT = 256  # uids in status.usage.preemptedPods: more than any gang's workers
+
+
 class Usage(_Status):
     """What the job held: worker pods' running time over every attempt, from their pods' start and end times."""
 
@@ -105,6 +108,12 @@ class Usage(_Status):
         0.0, description="The part of preemptedPodSeconds whose pods are gone (counted once, when they went)."
     )
     closedAttempts: int = Field(0, description="Attempts whose time is in restartedPodSeconds (counted once each).")
+    preemptedPods: list[str] = Field(
+        default_factory=list,
+        max_length=PREEMPTED_PODS_KEPT,
+        description="The newest preempted worker pods (uids) whose seconds are in preemptedPodSeconds: each is counted "
+        "once, when its end is first seen.",
+    )
 
 
 class Checkpoint(_Status):

@@ -455,6 +455,7 @@ def _pods_of(plan: Plan, job: dict[str, Any] | None) -> list[dict[str, Any]]:
         return []
     listed = _json(API.core.list_namespaced_pod, plan.namespace, label_selector=f"{JOB_NAME_LABEL}={plan.name}")
     uid = job["metadata"]["uid"]
+    ended.ours(uid)  # its pods' ends are kept from now on (the watch sees any pod with the label)
     return [p for p in ended.with_ended(uid, (listed or {}).get("items") or []) if owned(p, uid)]
 
 

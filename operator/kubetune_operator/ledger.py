@@ -44,8 +44,9 @@ def ledger(
     price: float,
 ) -> dict[str, Any]:
     """status.usage from the attempts before (kept in the status) and this attempt's pod seconds: `running` of its
-    workers, `preempted` of its workers that ended preempted or evicted (kept: they checkpointed the step they
-    reached). An attempt that ends in a gang restart is added to the lost time once (its attempt number, not a
+    workers, `preempted` of workers that ended preempted or evicted and were not counted before (closed into the
+    status at once, so neither an operator restart nor the pod going away loses them; kept: they checkpointed the
+    step they reached; the caller keeps their uids in the status so each is counted once). An attempt that ends in a gang restart is added to the lost time once (its attempt number, not a
     count, decides); a failed end loses the last attempt too; an attempt the queue or a suspend `stopped` is kept
     (its pods go away, so their time is closed now). While an attempt runs its time moves in whole minutes, so the
     status is not rewritten for the ledger alone at every sync; an attempt's end is counted to the second."""
@@ -55,15 +56,15 @@ def ledger(
     restarted = float(prev.get("restartedPodSeconds") or 0.0)
     kept = float(prev.get("closedPreemptedPodSeconds") or 0.0)
     closed = int(prev.get("closedAttempts") or 0)
+    kept += preempted  # first seen now: closed at once (the caller counts each pod once, by uid)
     if attempt < closed:
-        running = preempted = 0.0  # this attempt ended in a restart and was counted then (its pods may still be going away)
+        running = 0.0  # this attempt ended in a restart and was counted then (its pods may still be going away)
     elif restarting:
         restarted, closed, running = restarted + running, attempt + 1, 0.0
-        kept, preempted = kept + preempted, 0.0
     if stopped:  # the pods may be gone already: at least what the status last said they had run
         before = float(prev.get("podSeconds") or 0.0) - restarted - float(prev.get("preemptedPodSeconds") or 0.0)
         kept, running = kept + max(running, before), 0.0
-    total = restarted + kept + preempted + running
+    total = restarted + kept + running
     lost = restarted + (running if failed else 0.0)
     hours = total * gpus / 3600
     out: dict[str, Any] = {
@@ -71,7 +72,7 @@ def ledger(
         "gpuHours": round(hours, 4),
         "lostGpuHours": round(lost * gpus / 3600, 4),
         "restartedPodSeconds": round(restarted, 1),
-        "preemptedPodSeconds": round(kept + preempted, 1),
+        "preemptedPodSeconds": round(kept, 1),
         "closedPreemptedPodSeconds": round(kept, 1),
         "closedAttempts": closed,
     }

@@ -15,7 +15,16 @@ from typing import Any
 
 from kubetune_api.conditions import ConditionType, Phase, Reason
 from kubetune_api.layout import checkpoint_uri
-from kubetune_api.status import Checkpoint, FineTuneJobStatus, Preemption, Preparing, Progress, Usage, Workers
+from kubetune_api.status import (
+    PREEMPTED_PODS_KEPT,
+    Checkpoint,
+    FineTuneJobStatus,
+    Preemption,
+    Preparing,
+    Progress,
+    Usage,
+    Workers,
+)
 
 from . import builders
 from .conditions import set_condition
@@ -290,6 +299,10 @@ def _preflight(plan: Plan, seen: Observed, status: Status) -> tuple[bool, list[A
     return True, []
 
 
+def _uid(pod: dict[str, Any]) -> str:
+    return str((pod.get("metadata") or {}).get("uid") or "")
+
+
 def _usage(
     plan: Plan,
     status: Status,
@@ -305,10 +318,13 @@ def _usage(
     """The ledger's inputs: the time of the workers that run or failed, apart from those preempted (kept); none
     of a suspended Job's (its pods are going away, their time closed when it was stopped)."""
     before = status.old.usage.model_dump(exclude_none=True) if status.old.usage is not None else None
-    taken = [p for p in seen.pods if was_preempted(p)]
+    counted = list(status.old.usage.preemptedPods) if status.old.usage is not None else []
+    taken = [p for p in seen.pods if was_preempted(p) and _uid(p) and _uid(p) not in counted]
     rest = [] if suspended else [p for p in seen.pods if not was_preempted(p)]
+    counted = [*counted, *(_uid(p) for p in taken)][-PREEMPTED_PODS_KEPT:]
     status.new.usage = Usage.model_validate(
-        ledger(
+        {"preemptedPods": counted}
+        | ledger(
             before,
             pod_seconds(rest, seen.now),
             attempt,

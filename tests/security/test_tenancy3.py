@@ -127,3 +127,60 @@ def test_every_number_from_a_pod_is_finite_and_bounded(model: type[BaseModel], b
                 model.model_validate_json(text)
     if model is Report:  # and as the operator reads it from the termination message
         assert parse_report('{"passed": true, "gpuHours": Infinity}') is None
+
+
+# 3: any pod with the job-name label reaches the operator's watch: only pods of Jobs it made are kept, each as a
+# few bounded fields, and never more than ended.LIMIT of them
+def _preempted(uid: str, job_uid: str, padding: int = 0) -> dict[str, Any]:
+    return {
+        "metadata": {
+            "uid": uid,
+            "name": uid,
+            "annotations": {"batch.kubernetes.io/job-completion-index": "0", "junk": "x" * padding},
+            "labels": {"kubetune.dev/job-name": "victim"},
+            "ownerReferences": [{"kind": "Job", "uid": job_uid, "controller": True}],
+        },
+        "status": {
+            "phase": "Failed",
+            "conditions": [{"type": "DisruptionTarget", "status": "True", "reason": "x", "message": "m" * padding}],
+            "containerStatuses": [
+                {"name": "trainer", "state": {"terminated": {"exitCode": 75, "message": "y" * padding}}, "junk": "z" * padding}
+            ],
+        },
+    }
+
+
+def test_the_operator_keeps_only_its_own_jobs_ended_pods_and_little_of_each() -> None:
+    from kubetune_operator import ended
+
+    ended.clear()
+    for i in range(50):  # a tenant's own Jobs making look-alike pods
+        ended.seen(_preempted(f"forged-{i}", "tenant-job", padding=100_000))
+    assert ended.with_ended("tenant-job", []) == []
+    ended.ours("workers-job")
+    for i in range(ended.LIMIT + 10):
+        ended.seen(_preempted(f"p-{i}", "workers-job", padding=10_000 if i < 5 else 0))
+    kept = ended.with_ended("workers-job", [])
+    assert len(kept) == ended.LIMIT and kept[0]["metadata"]["uid"] == "p-10"  # the oldest dropped
+    size = max(len(json.dumps(p)) for p in kept)
+    assert size < 6000, size  # the termination message's limit and a few short fields, whatever the pod carried
+    assert "junk" not in json.dumps(kept[0])
+    ended.clear()
+
+
+# 5: a preempted worker's seconds go into the status when its end is first seen, once, and stay there
+def test_preempted_seconds_are_counted_once_into_the_status_and_survive_a_restart() -> None:
+    from kubetune_operator import ended
+
+    from ..test_preempted_status import passed_preflight, plan, preempted_pod, replacement, run
+    from ..test_transition import job as training_job
+
+    running = {**passed_preflight(), "phase": "Running"}
+    pods = [preempted_pod(0, "p0"), preempted_pod(1, "p1"), replacement(0), replacement(1)]
+    status, _ = run(plan(), previous=running, job=training_job(), pods=pods)
+    assert status["usage"]["preemptedPodSeconds"] == 2 * 1800.0 and status["usage"]["preemptedPods"] == ["p0", "p1"]
+    again, _ = run(plan(), previous=status, job=training_job(), pods=pods)  # seen again: not counted again
+    assert again["usage"]["preemptedPodSeconds"] == 2 * 1800.0
+    ended.clear()  # the operator restarts and the pods are gone: the seconds stay in the status
+    later, _ = run(plan(), previous=again, job=training_job(), pods=[replacement(0), replacement(1)])
+    assert later["usage"]["preemptedPodSeconds"] == 2 * 1800.0 and later["usage"]["podSeconds"] >= 2 * 1800.0
