@@ -58,6 +58,11 @@ class Policy(BaseModel):
         description="Taint keys workers.tolerations may name; a toleration without a key (tolerating every taint) is "
         "never allowed.",
     )
+    gpuResourceNames: list[Entry] = Field(
+        default_factory=lambda: ["nvidia.com/gpu"],
+        description="Extended resources workers.gpuResourceName may name: what GPUs are counted (maxGpusPerJob, the "
+        "ledger) and billed as.",
+    )
     readPrefixes: list[Entry] = Field(
         default_factory=list,
         description="Prefixes model.uri, model.adapter and the dataset URIs must start with ({namespace} is the job's "
@@ -112,6 +117,7 @@ LISTS = (
     "priorityClasses",
     "nodeSelectorKeys",
     "tolerationKeys",
+    "gpuResourceNames",
     "readPrefixes",
     "writePrefixes",
 )
@@ -211,6 +217,7 @@ def _quoted(expr: str) -> str:
 
 
 _W = "object.spec.workers"
+_GPU_RESOURCE = f"(has({_W}.gpuResourceName) ? {_W}.gpuResourceName : 'nvidia.com/gpu')"  # the CRD's default
 _S = "object.spec.storage"
 
 # Every field of FineTuneJobSpec that names storage the job reads or writes, and the policy list it must be under.
@@ -330,6 +337,15 @@ RULES: tuple[PolicyRule, ...] = (
         lambda s: [t.key or "" for t in s.workers.tolerations],
         f"!has({_W}.tolerations) || {_W}.tolerations.all(t, has(t.key) && t.key != '' && {_in('tolerationKeys', 't.key')})",
         f"'[' + ({_W}.tolerations.map(t, '\"' + (has(t.key) ? t.key : '') + '\"')).join(', ') + ']'",
+    ),
+    PolicyRule(
+        "spec.workers.gpuResourceName",
+        "this GPU resource is not allowed by the platform policy; allowed",
+        "gpuResourceNames",
+        lambda s, ns, p: _allowed(p.gpuResourceNames, s.workers.gpuResourceName),
+        lambda s: s.workers.gpuResourceName,
+        _in("gpuResourceNames", _GPU_RESOURCE),
+        _quoted(_GPU_RESOURCE),
     ),
     PolicyRule(
         "spec.model.trustRemoteCode",

@@ -22,12 +22,13 @@ from kubetune_api.conditions import Phase, Reason
 from kubetune_api.contract import PREFLIGHT_FIGURES, PreparingLine, ProgressLine, last_line
 from kubetune_api.names import GROUP, JOB_NAME_LABEL, PLURAL, QUEUE_LABEL, VERSION
 from kubetune_api.policy import check as policy_check
+from kubetune_api.preflight import PRODUCT_LABEL
 from kubetune_api.status import FineTuneJobStatus
 
 from . import builders, ended, metrics, polling, webhook_auth
 from .ledger import parse_time
 from .observation import State, last_progress, observe, progress_status, rank0_pods, reads_spec
-from .plan import Plan, make_plan
+from .plan import Plan, billed_on, make_plan
 from .preflight_outcome import GENERATION_ANNOTATION, preparing_status
 from .settings import loaded
 from .transition import (
@@ -429,6 +430,8 @@ def _observe(body: dict[str, Any], job_spec: Any, previous: FineTuneJobStatus, a
             raise _conflict("Job", plan)
         preflight_pods = _pods_of(plan, preflight)
     pods = _pods_of(plan, job)
+    ran_on = _gpu_product(pods) or (previous.usage.gpuType if previous.usage is not None else None) or ""
+    plan = billed_on(plan, ran_on, SETTINGS)
     observation = observe(job, pods, plan.workers)
     line = _progress(plan, pods, force=False) if observation.state == State.RUNNING else None
     preparing = _preparing(plan, preflight_pods) if preflight_pods else None
@@ -447,6 +450,30 @@ def _observe(body: dict[str, Any], job_spec: Any, previous: FineTuneJobStatus, a
         checkpoint_step=line.checkpointStep if line else None,
     )
     return plan, seen
+
+
+_node_products: dict[str, str] = {}  # node name -> its GPU product label ("" none): nodes keep their GPUs
+NODES_KEPT = 4096
+
+
+def _gpu_product(pods: list[dict[str, Any]]) -> str:
+    """The GPU product label of the node worker 0 (else any worker) was scheduled on, read once per node; "" when
+    none is scheduled yet, the node cannot be read, or it has no label (the GPU feature discovery's)."""
+    for pod in [*rank0_pods(pods), *pods]:
+        node = (pod.get("spec") or {}).get("nodeName")
+        if not isinstance(node, str) or not node:
+            continue
+        if node not in _node_products:
+            try:
+                found = API.core.read_node(node, _request_timeout=REQUEST_TIMEOUT)
+                labels = (found.metadata.labels or {}) if found.metadata is not None else {}
+            except Exception:  # best effort: billed at the spec's type until the node can be read
+                return ""
+            if len(_node_products) >= NODES_KEPT:
+                _node_products.clear()
+            _node_products[node] = str(labels.get(PRODUCT_LABEL) or "")[:128]
+        return _node_products[node]
+    return ""
 
 
 def _pods_of(plan: Plan, job: dict[str, Any] | None) -> list[dict[str, Any]]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -131,3 +132,14 @@ def make_plan(
         mlflow_secret=settings.mlflow_secret,
         shared_tracking_names=policy is not None and policy.sharedTrackingNames,
     )
+
+
+def billed_on(plan: Plan, product: str, settings: Settings) -> Plan:
+    """The plan with the GPU type the workers ran on (their node's product label, or the type the status recorded
+    when they did): GPU-hours are billed at it, whatever the spec's nodeSelector says; a type the platform's table
+    lacks is billed at the default type's price. Unchanged without GPUs or a known product."""
+    if not plan.gpus or not product or product == plan.gpu_type:
+        return plan
+    table = gpu_types(settings.gpu_types)
+    known = table.get(product) or table.get(settings.default_gpu_type)
+    return dataclasses.replace(plan, gpu_type=product, gpu_price=known.pricePerHour if known is not None else 0.0)

@@ -18,6 +18,8 @@ RULES: list[dict[str, Any]] = [
     # and the newest checkpoint's time on the running ones (the annotation schedulers read), nothing else
     {"apiGroups": [""], "resources": ["pods"], "verbs": ["list", "watch", "patch"]},
     {"apiGroups": [""], "resources": ["pods/log"], "verbs": ["get"]},
+    # the GPU product label of the nodes the workers run on: GPU-hours are billed at the type they ran on
+    {"apiGroups": [""], "resources": ["nodes"], "verbs": ["get"]},
     # Kubernetes Events on every transition
     {"apiGroups": [""], "resources": ["events"], "verbs": ["create"]},
     # Kopf: resource discovery, and peering between an active and a standby replica
@@ -27,7 +29,7 @@ RULES: list[dict[str, Any]] = [
     {"apiGroups": ["kopf.dev"], "resources": ["kopfpeerings"], "verbs": ["list", "watch", "patch"]},
 ]
 # resources that live outside namespaces: a ClusterRole even when the chart grants the rest per namespace
-CLUSTER_SCOPED = frozenset({"customresourcedefinitions", "namespaces", "clusterkopfpeerings"})
+CLUSTER_SCOPED = frozenset({"customresourcedefinitions", "namespaces", "nodes", "clusterkopfpeerings"})
 
 
 def scoped(cluster: bool) -> list[dict[str, Any]]:

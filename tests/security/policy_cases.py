@@ -40,6 +40,7 @@ ATTACKS = [
         "spec.workers.tolerations",
         "allowed keys",
     ),
+    ({"spec.workers.gpuResourceName": "example.com/cheap-gpu"}, "spec.workers.gpuResourceName", "allowed: nvidia.com/gpu"),
     ({"spec.model.trustRemoteCode": True}, "spec.model.trustRemoteCode", "does not allow running a model's own code"),
     ({"spec.workers": {"replicas": 4, "gpusPerWorker": 8}}, "spec.workers", 'per job: 16 (got "32 GPUs")'),
     ({"spec.model.uri": "s3://other-tenant/models/"}, "spec.model.uri", "read only under: s3://models/, s3://datasets/team-a/"),

@@ -184,3 +184,47 @@ def test_preempted_seconds_are_counted_once_into_the_status_and_survive_a_restar
     ended.clear()  # the operator restarts and the pods are gone: the seconds stay in the status
     later, _ = run(plan(), previous=again, job=training_job(), pods=[replacement(0), replacement(1)])
     assert later["usage"]["preemptedPodSeconds"] == 2 * 1800.0 and later["usage"]["podSeconds"] >= 2 * 1800.0
+
+
+# 4: GPU-hours are billed at the type the workers ran on (their node's product label), not the one the spec selects;
+# the GPU resource itself is the policy's choice
+def test_gpu_hours_are_billed_at_the_type_the_workers_ran_on() -> None:
+    import json as _json
+
+    from kubetune_operator.plan import billed_on
+
+    from ..test_preempted_status import passed_preflight, plan
+    from ..test_transition import job as training_job
+    from ..test_transition import pod, run
+
+    table = {
+        "NVIDIA-L4": {"memory": "24Gi", "tflops": 30, "pricePerHour": 0.8},
+        "NVIDIA-H100-80GB-HBM3": {"memory": "80Gi", "tflops": 400, "pricePerHour": 4.0},
+        "NVIDIA-B200": {"memory": "180Gi", "tflops": 900, "pricePerHour": 9.0},
+    }
+    settings = Settings(gpu_types=_json.dumps(table), default_gpu_type="NVIDIA-H100-80GB-HBM3")
+    cheap = plan(
+        **{"spec.workers": {"replicas": 1, "gpusPerWorker": 8, "nodeSelector": {"node.kubernetes.io/instance-type": "p5"}}}
+    )
+    cheap = dataclasses.replace(cheap, gpu_type="NVIDIA-L4", gpu_price=0.8)  # what a spec-side guess would give
+    ran = billed_on(cheap, "NVIDIA-B200", settings)
+    assert (ran.gpu_type, ran.gpu_price) == ("NVIDIA-B200", 9.0)
+    assert billed_on(cheap, "", settings) == cheap  # nothing scheduled yet: unchanged
+    assert billed_on(cheap, "NVIDIA-Unknown", settings).gpu_price == 4.0  # not in the table: the default type's price
+    done = training_job(condition="Complete")
+    worker = pod(0, "Succeeded", started="2026-11-26T11:00:00Z", ended="2026-11-26T12:00:00Z")
+    status, _ = run(ran, previous={**passed_preflight(), "phase": "Running"}, job=done, pods=[worker])
+    assert status["usage"]["gpuType"] == "NVIDIA-B200" and status["usage"]["estimatedCost"] == pytest.approx(8 * 9.0, rel=0.01)
+
+
+def test_the_gpu_resource_is_the_policys_choice() -> None:
+    from kubetune_api.policy import check
+
+    body = job(**{"spec.workers": {"replicas": 1, "gpusPerWorker": 1, "gpuResourceName": "example.com/cheap-gpu"}})
+    spec = validate_object(body).job
+    assert spec is not None
+    (problem,) = check(spec.spec, "team-a", Policy())
+    assert problem.path == "spec.workers.gpuResourceName" and "allowed: nvidia.com/gpu" in str(problem)
+    assert check(spec.spec, "team-a", Policy(gpuResourceNames=["nvidia.com/gpu", "example.com/cheap-gpu"])) == []
+    default = validate_object(job()).job
+    assert default is not None and check(default.spec, "team-a", Policy()) == []
