@@ -87,6 +87,12 @@ class Policy(BaseModel):
     requirePreflight: StrictBool = Field(
         False, description="Whether every job must run the preflight before it requests GPUs (runPolicy.preflight true)."
     )
+    servingServiceAccount: StrictStr = Field(
+        "",
+        max_length=253,
+        description="The service account `kubetune serve` puts on the LLMInferenceService (read access to adapters); "
+        "never the training one, which may write. Empty: the namespace's default.",
+    )
     sharedTrackingNames: StrictBool = Field(
         False,
         description="Whether output.tracking's experiment and registeredModel stand as written (MLflow's names are "

@@ -86,7 +86,7 @@ def _storage_env(job: FineTuneJob) -> list[dict[str, Any]]:
     return env
 
 
-def llm_inference_service(job: FineTuneJob, namespace: str | None = None) -> dict[str, Any]:
+def llm_inference_service(job: FineTuneJob, namespace: str | None = None, service_account: str | None = None) -> dict[str, Any]:
     """The LLMInferenceService that serves the base model with this job's adapter."""
     name = adapter_name(job)
     local = f"{ADAPTERS}/{name}"
@@ -113,8 +113,8 @@ def llm_inference_service(job: FineTuneJob, namespace: str | None = None) -> dic
         ],
         "volumes": [{"name": "adapters", "emptyDir": {}}],
     }
-    if job.spec.storage.serviceAccountName:
-        pod["serviceAccountName"] = job.spec.storage.serviceAccountName
+    if service_account:  # the platform's serving account, never the training one (which may write adapters)
+        pod["serviceAccountName"] = service_account
     return {
         "apiVersion": KSERVE_API_VERSION,
         "kind": "LLMInferenceService",
@@ -134,9 +134,10 @@ def vllm_command(job: FineTuneJob) -> str:
     """`vllm serve` for people who run vLLM directly, after fetching the adapter (and an s3:// base model)."""
     base, name = base_model_uri(job), adapter_name(job)
     model = base.removeprefix("hf://") if base.startswith("hf://") else f"./{base_model_name(job)}"
-    lines = [f"# fetch the adapter: aws s3 cp --recursive {adapter_uri(job)} ./{name}"]
+    q = shlex.quote  # a key may hold $(...) or a quote: every word of a line people paste into a shell is quoted
+    lines = [f"# fetch the adapter: aws s3 cp --recursive {q(adapter_uri(job))} {q('./' + name)}"]
     if is_s3(base):
-        lines.append(f"# fetch the base model: aws s3 cp --recursive {base} {model}")
+        lines.append(f"# fetch the base model: aws s3 cp --recursive {q(base)} {q(model)}")
     argv = ["vllm", "serve", model, "--served-model-name", base_model_name(job)]
     argv += vllm_arguments(job, f"./{name}", max_rank(job, "vllm"))
     lines.append(" ".join(shlex.quote(a) for a in argv))

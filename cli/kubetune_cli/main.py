@@ -120,6 +120,12 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("manifest", metavar="MANIFEST", help="a FineTuneJob manifest; - reads standard input")
     serve.add_argument("-n", "--namespace", help="namespace of the LLMInferenceService (default: the manifest's)")
     serve.add_argument("--vllm", action="store_true", help="print the vllm serve command line instead")
+    serve.add_argument(
+        "--service-account",
+        help="the service account the server runs as, one the platform gives serving (read access to adapters); "
+        "default: the platform policy's servingServiceAccount with --policy, else the namespace's default",
+    )
+    serve.add_argument("--policy", metavar="FILE", help="the platform policy (or the chart's values file)")
     serve.set_defaults(func=serve_cmd.run)
 
     policy = commands.add_parser(

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from kubetune_api.manifests import dump
+from kubetune_api.policy import PolicyError, load_policy
 from kubetune_api.validate import validate_bytes, validate_object
 
 from . import manifest_input
@@ -41,7 +43,14 @@ def run(args: argparse.Namespace) -> int:
         if args.vllm:
             sys.stdout.write("\n".join(serve.vllm_command(job) for job in jobs))
         else:
-            sys.stdout.write("---\n".join(dump(serve.llm_inference_service(job, args.namespace)) for job in jobs))
+            account = args.service_account
+            if not account and args.policy:
+                try:
+                    account = load_policy(Path(args.policy)).servingServiceAccount or None
+                except PolicyError as exc:
+                    print(f"kubetune serve: {exc}", file=sys.stderr)
+                    return 2
+            sys.stdout.write("---\n".join(dump(serve.llm_inference_service(job, args.namespace, account)) for job in jobs))
     except serve.NotServable as exc:
         print(f"kubetune serve: {args.manifest}: {exc}", file=sys.stderr)
         return 1

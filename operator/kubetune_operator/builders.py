@@ -232,7 +232,10 @@ def build_pod_spec(plan: Plan, estimates: dict[str, float] | None = None, tracke
     models = model_cache_volume(plan.model_cache)
     if models is not None:
         pod["volumes"].append(models)
-        pod["containers"][0]["volumeMounts"].append({"name": "models", "mountPath": MODEL_CACHE_DIR})
+        # only this namespace's part of the node's cache is in the pod: other teams' models are not even listed
+        pod["containers"][0]["volumeMounts"].append(
+            {"name": "models", "mountPath": f"{MODEL_CACHE_DIR}/{plan.namespace}", "subPath": plan.namespace}
+        )
     if spec.storage.serviceAccountName:
         pod["serviceAccountName"] = spec.storage.serviceAccountName
     if spec.workers.nodeSelector:

@@ -10,6 +10,16 @@ from pathlib import Path
 
 from kubetune_api.policy import Policy, load_policy
 
+API_SERVER_CLIENT = "kube-apiserver-webhook-client"  # the common name the API server's webhook client certificate has
+
+
+def client_names(text: str) -> tuple[str, ...]:
+    """The common names the webhook answers: those listed; none listed, the API server's; `*`, any the CA signed."""
+    names = tuple(n.strip() for n in text.split(",") if n.strip())
+    if names == ("*",):
+        return ()
+    return names or (API_SERVER_CLIENT,)
+
 
 @dataclass(frozen=True)
 class Settings:
@@ -72,7 +82,7 @@ class Settings:
             webhook_cert=env.get("KUBETUNE_WEBHOOK_CERT", cls.webhook_cert),
             webhook_key=env.get("KUBETUNE_WEBHOOK_KEY", cls.webhook_key),
             webhook_client_ca=env.get("KUBETUNE_WEBHOOK_CLIENT_CA", ""),
-            webhook_client_names=tuple(n.strip() for n in env.get("KUBETUNE_WEBHOOK_CLIENT_NAMES", "").split(",") if n.strip()),
+            webhook_client_names=client_names(env.get("KUBETUNE_WEBHOOK_CLIENT_NAMES", "")),
             webhook_any_client=env.get("KUBETUNE_WEBHOOK_ANY_CLIENT", "false").lower() == "true",
             idle_seconds=float(env.get("KUBETUNE_IDLE_SECONDS", cls.idle_seconds)),
             metrics_port=int(env.get("KUBETUNE_METRICS_PORT", cls.metrics_port)),

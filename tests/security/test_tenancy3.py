@@ -228,3 +228,106 @@ def test_the_gpu_resource_is_the_policys_choice() -> None:
     assert check(spec.spec, "team-a", Policy(gpuResourceNames=["nvidia.com/gpu", "example.com/cheap-gpu"])) == []
     default = validate_object(job()).job
     assert default is not None and check(default.spec, "team-a", Policy()) == []
+
+
+# 8: the vllm command quotes every word people paste into a shell; the server runs as the serving account
+def test_serving_output_is_quoted_and_runs_as_the_serving_account(tmp_path: Path) -> None:
+    import shlex
+
+    from kubetune_api import serve
+    from kubetune_api.job import FineTuneJob
+
+    from ..conftest import kubetune
+
+    body = job(
+        **{
+            "spec.output.uri": "s3://adapters/team-a/$(id>/tmp/pwned)/",
+            "spec.model.uri": "s3://models/x;id/",
+            "spec.storage": {"serviceAccountName": "trainer-writes-adapters"},
+        }
+    )
+    parsed = FineTuneJob.model_validate(body)
+    lines = serve.vllm_command(parsed).splitlines()
+    fetches = [line.split(": ", 1)[1] for line in lines if "aws s3 cp" in line]
+    assert len(fetches) == 2
+    for fetch in fetches:  # each source is one word, inside single quotes: $(...) and ; do nothing when pasted
+        words = shlex.split(fetch)
+        assert words[:4] == ["aws", "s3", "cp", "--recursive"] and len(words) == 6, words
+        assert shlex.quote(words[4]) in fetch and shlex.quote(words[4]).startswith("'")
+    assert "serviceAccountName" not in serve.llm_inference_service(parsed)["spec"]["template"]
+    served = serve.llm_inference_service(parsed, service_account="adapter-reader")
+    assert served["spec"]["template"]["serviceAccountName"] == "adapter-reader"
+    policy = tmp_path / "policy.yaml"
+    policy.write_text("servingServiceAccount: adapter-reader\n")
+    manifest = tmp_path / "job.yaml"
+    manifest.write_text(json.dumps(job(**{"spec.storage": {"serviceAccountName": "trainer-writes-adapters"}})))
+    out = kubetune("serve", "--policy", str(policy), str(manifest))
+    assert out.returncode == 0, out.stderr
+    assert "serviceAccountName: adapter-reader" in out.stdout and "trainer-writes-adapters" not in out.stdout
+
+
+# 8: the webhook answers the API server's certificate name unless the platform lists others (or says any)
+def test_the_webhook_names_default_to_the_api_servers() -> None:
+    from kubetune_operator.settings import client_names
+
+    assert client_names("") == ("kube-apiserver-webhook-client",)
+    assert client_names("a, b") == ("a", "b") and client_names("*") == ()
+
+
+# 8: the MLflow client never carries its token to another host
+def test_the_tracking_token_does_not_follow_a_redirect_to_another_host() -> None:
+    import http.server
+    import threading
+
+    from kubetune_trainer.recipe.tracking import Client, Refused
+
+    heard: list[tuple[int, str | None]] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            port = self.server.server_address[1]
+            heard.append((port, self.headers.get("Authorization")))
+            if self.path.startswith("/api/2.0/mlflow/elsewhere"):
+                self.send_response(307)
+                self.send_header("Location", f"http://127.0.0.1:{other.server_address[1]}/api/2.0/mlflow/x")
+            elif self.path.startswith("/api/2.0/mlflow/here"):
+                self.send_response(307)
+                self.send_header("Location", "/api/2.0/mlflow/x")
+            else:
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            if self.path.endswith("/x"):
+                self.wfile.write(b"{}")
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    other = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    for s in (server, other):
+        threading.Thread(target=s.serve_forever, daemon=True).start()
+    try:
+        client = Client(f"http://127.0.0.1:{server.server_address[1]}", {"MLFLOW_TRACKING_TOKEN": "team-a-token"})
+        assert client.call("here") == {}  # the same server: followed, with the token
+        assert heard[-1] == (server.server_address[1], "Bearer team-a-token")
+        with pytest.raises(Refused):
+            client.call("elsewhere")
+        assert all(port != other.server_address[1] for port, _ in heard)  # the other host never heard from it
+    finally:
+        for s in (server, other):
+            s.shutdown()
+            s.server_close()
+
+
+# 8: a pod mounts only its namespace's part of the node's model cache
+def test_a_pod_mounts_only_its_namespaces_model_cache() -> None:
+    body = job(**{"metadata.namespace": "team-a"})
+    result = validate_object(body, cluster=True)
+    assert result.job is not None
+    plan = make_plan(body, result.job, Settings(model_cache="hostPath:/var/lib/kubetune/models"))
+    (container,) = builders.build_job(plan)["spec"]["template"]["spec"]["containers"]
+    (mount,) = [m for m in container["volumeMounts"] if m["name"] == "models"]
+    assert mount == {"name": "models", "mountPath": f"{builders.MODEL_CACHE_DIR}/team-a", "subPath": "team-a"}
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["KUBETUNE_MODEL_CACHE"] == mount["mountPath"]

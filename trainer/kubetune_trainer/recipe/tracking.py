@@ -64,6 +64,19 @@ class Refused(Exception):
     """The server answered the request with a permanent error (its words)."""
 
 
+class _SameOrigin(urllib.request.HTTPRedirectHandler):
+    """Redirects are followed only to the server's own scheme, host and port: the credentials go nowhere else."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):  # type: ignore[no-untyped-def]
+        old, new = urllib.parse.urlsplit(req.full_url), urllib.parse.urlsplit(newurl)
+        if (old.scheme, old.netloc) != (new.scheme, new.netloc):
+            return None  # refused: the 3xx is the answer (a permanent error)
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
+_OPENER = urllib.request.build_opener(_SameOrigin)
+
+
 class Client:
     """The few calls of MLflow's REST API a run needs."""
 
@@ -81,7 +94,7 @@ class Client:
         data = json.dumps(body).encode() if body is not None else None
         request = urllib.request.Request(url, data=data, headers=self.headers, method="POST" if data else "GET")
         try:
-            with urllib.request.urlopen(request, timeout=TIMEOUT) as response:
+            with _OPENER.open(request, timeout=TIMEOUT) as response:
                 answer = json.loads(response.read() or b"{}")
                 return answer if isinstance(answer, dict) else {}
         except urllib.error.HTTPError as exc:
