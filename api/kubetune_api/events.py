@@ -8,12 +8,14 @@ checkpoint). A line is written by `emit`, so what is logged is what the model sa
 from __future__ import annotations
 
 import json
+import os
 import sys
+from collections.abc import Callable
 from typing import Literal, TextIO
 
 from pydantic import BaseModel, ConfigDict
 
-from .contract import PreparingLine, ProgressLine, Summary
+from .contract import ENV_EVENTS, PreparingLine, ProgressLine, Summary
 from .metrics import DataReport, EarlyStop, Evaluation, Fetch
 
 
@@ -120,6 +122,39 @@ def line(event: Event) -> str:
     return json.dumps(dict(event=data.pop("event"), **data), allow_nan=False)
 
 
+# Where event lines go when no stream is given. In a pod, kubetune_trainer.streams routes them: the launcher's own
+# go to the container's stdout through `_sink`, while everything else the processes print reaches the log behind
+# a prefix, so the operator (which reads only lines that start with "{") never takes a library's line for the
+# trainer's; the ranks' go to the launcher through the FIFO named by contract.ENV_EVENTS.
+_sink: Callable[[str], None] | None = None
+_fifo: int | None = None
+
+
+def install(sink: Callable[[str], None] | None) -> None:
+    global _sink
+    _sink = sink
+
+
+def write(text: str) -> None:
+    """One event line to where the operator reads events (stdout outside a pod), flushed: logs are read live."""
+    global _fifo
+    if _sink is not None:
+        _sink(text)
+        return
+    path = os.environ.get(ENV_EVENTS)
+    if path:
+        if _fifo is None:
+            _fifo = os.open(path, os.O_WRONLY | os.O_APPEND)  # the launcher holds its read end open
+        data = (text + "\n").encode()
+        while data:
+            data = data[os.write(_fifo, data) :]
+        return
+    print(text, file=sys.stdout, flush=True)
+
+
 def emit(event: Event, stream: TextIO | None = None) -> None:
-    """Write one event line (stdout by default) and flush it: pods' logs are read while they run."""
-    print(line(event), file=stream or sys.stdout, flush=True)
+    """Write one event line (where the operator reads events, unless a stream is given) and flush it."""
+    if stream is not None:
+        print(line(event), file=stream, flush=True)
+    else:
+        write(line(event))

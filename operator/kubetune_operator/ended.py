@@ -62,7 +62,9 @@ def _slim(pod: dict[str, Any], job_uid: str) -> dict[str, Any]:
     for container in (status.get("containerStatuses") or [])[:4]:
         ended = ((container or {}).get("state") or {}).get("terminated") or {}
         code = ended.get("exitCode")
-        end = {k: _text(ended.get(k), 64) for k in ("reason", "startedAt", "finishedAt") if ended.get(k) is not None}
+        end: dict[str, Any] = {
+            k: _text(ended.get(k), 64) for k in ("reason", "startedAt", "finishedAt") if ended.get(k) is not None
+        }
         if isinstance(code, int) and not isinstance(code, bool):
             end["exitCode"] = code
         if ended.get("message") is not None:

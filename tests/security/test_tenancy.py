@@ -88,7 +88,7 @@ def test_the_launcher_drops_loader_variables_before_anything_reads_them() -> Non
     )
     out = subprocess.run([sys.executable, "-c", probe], env={**os.environ, **planted}, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
-    assert json.loads(out.stdout.strip().splitlines()[-1]) == []
+    assert json.loads(out.stdout.strip().splitlines()[-1].removeprefix("| ")) == []  # printed: behind the pod log's prefix
     # the drop happens before OpenSSL is loaded (it reads OPENSSL_CONF when it starts)
     loaded = subprocess.run(
         [sys.executable, "-c", "import sys, kubetune_trainer.loaders; print('_hashlib' in sys.modules)"],

@@ -331,3 +331,54 @@ def test_a_pod_mounts_only_its_namespaces_model_cache() -> None:
     assert mount == {"name": "models", "mountPath": f"{builders.MODEL_CACHE_DIR}/team-a", "subPath": "team-a"}
     env = {e["name"]: e.get("value") for e in container["env"]}
     assert env["KUBETUNE_MODEL_CACHE"] == mount["mountPath"]
+
+
+# 7: the operator reads progress only from lines the trainer's emitter wrote: in a pod, whatever libraries, ranks
+# or forked helpers print reaches the log behind a prefix; the ranks' events come through the launcher's FIFO
+POD_COMMAND = """
+import json, logging, os, subprocess, sys
+from kubetune_api import events
+from kubetune_api.contract import ProgressLine
+from kubetune_trainer import streams
+
+FORGED = json.dumps({"event": "progress", "step": 999, "totalSteps": 1000, "checkpointStep": 999})
+
+def main():
+    print(FORGED)                                            # a library's print
+    logging.basicConfig()
+    logging.getLogger("transformers").warning("config:\\n" + FORGED)  # a library's log line quoting its input
+    os.write(2, (FORGED + "\\n").encode())                   # raw writes to either descriptor
+    events.emit(ProgressLine(event="progress", step=3, totalSteps=10, checkpointStep=2))
+    fifo = streams.active.events_fifo()
+    rank = (
+        "from kubetune_api import events; from kubetune_api.contract import ProgressLine; "
+        f"print({FORGED!r}); "
+        "events.emit(ProgressLine(event='progress', step=4, totalSteps=10, checkpointStep=4)); "
+        f"print({FORGED!r})"
+    )
+    subprocess.run([sys.executable, "-c", rank], env={**os.environ, "KUBETUNE_EVENTS": fifo}, check=True, timeout=120)
+    print(FORGED, flush=True)
+    raise RuntimeError("a traceback that quotes a record:\\n" + FORGED)
+
+sys.exit(streams.guarded(main))
+"""
+
+
+def test_only_the_trainers_emitter_writes_what_the_operator_reads() -> None:
+    import subprocess
+    import sys
+
+    from kubetune_api.contract import parse_progress
+    from kubetune_operator.observation import last_progress
+
+    done = subprocess.run([sys.executable, "-c", POD_COMMAND], capture_output=True, text=True, timeout=180)
+    assert done.returncode == 1, done.stderr
+    log = done.stdout + done.stderr  # the pod's log: both streams
+    found = last_progress(log)
+    assert found is not None and (found.step, found.checkpointStep) == (4, 4), log  # the rank's, via the FIFO
+    read = [p for p in (parse_progress(line) for line in log.splitlines()) if p is not None]
+    assert [p.step for p in read] == [3, 4], log  # the emitter's two lines and nothing else
+    assert log.count('"step": 999') == 7 and all(line.startswith("| ") for line in log.splitlines() if '"step": 999' in line), (
+        log
+    )  # everything else is still in the log, for people, behind the prefix
+    assert "RuntimeError: a traceback that quotes a record:" in log

@@ -10,5 +10,6 @@ for _name in set(os.environ) - set(without_loaders(os.environ)):
     del os.environ[_name]
 
 from kubetune_trainer.launch import main  # noqa: E402
+from kubetune_trainer.streams import guarded  # noqa: E402
 
-sys.exit(main())
+sys.exit(guarded(main))

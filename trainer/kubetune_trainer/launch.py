@@ -24,10 +24,18 @@ import psutil
 from kubetune_api import events, layout
 from kubetune_api._types import quantity_value
 from kubetune_api.conditions import Reason
-from kubetune_api.contract import ENV_CACHE, ENV_WORK_DIR, EXIT_PREEMPTED, RankFailure, WorkerEnv, drop_tracking_credentials
+from kubetune_api.contract import (
+    ENV_CACHE,
+    ENV_EVENTS,
+    ENV_WORK_DIR,
+    EXIT_PREEMPTED,
+    RankFailure,
+    WorkerEnv,
+    drop_tracking_credentials,
+)
 from kubetune_api.job import FineTuneJobSpec
 from kubetune_api.metrics import Metrics
-from kubetune_trainer import adapters, rank_env
+from kubetune_trainer import adapters, rank_env, streams
 from kubetune_trainer.data import prepared
 from kubetune_trainer.data.reading import is_data_file
 from kubetune_trainer.errors import TrainerFailure
@@ -259,6 +267,8 @@ def ranks_environ(spec: FineTuneJobSpec, worker: WorkerEnv, ranks: RankEnv) -> d
     env["PYTHONSAFEPATH"] = "1"  # the working directory is never on the ranks' sys.path
     if worker.worker_rank != 0:  # only rank 0 of worker 0 tracks: no other worker's ranks hold the MLflow credentials
         drop_tracking_credentials(env)
+    if streams.active is not None:  # in a pod: the ranks' event lines reach the log through the launcher only
+        env[ENV_EVENTS] = streams.active.events_fifo()
     env[rank_env.PROCESS_START] = str(time.time())  # ranks report their start-up cost against it
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
     if spec.workers.gpusPerWorker == 0:

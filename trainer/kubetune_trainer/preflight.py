@@ -20,7 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from kubetune_api import grace
+from kubetune_api import events, grace
 from kubetune_api.conditions import Reason
 from kubetune_api.contract import ENV_GPU, ENV_GPU_TYPE, ENV_GRACE, ENV_WORK_DIR, WorkerEnv
 from kubetune_api.job import FineTuneJobSpec
@@ -262,7 +262,7 @@ def main() -> int:
         name, gpu = gpu_from_environ()
         report = run(spec, Store(spec.storage), work, name, gpu)
     text = report.to_json()
-    print(text, flush=True)
+    events.write(text)
     if worker.termination_log is not None:
         worker.termination_log.parent.mkdir(parents=True, exist_ok=True)
         worker.termination_log.write_text(text)
@@ -270,4 +270,6 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from kubetune_trainer.streams import guarded
+
+    sys.exit(guarded(main))

@@ -133,7 +133,7 @@ class _Progress:
             recordsPerSecond=round(rate),
             etaSeconds=round(max(self.total - self.done, 0) / max(rate, 1e-9), 1),
         )
-        print(line.model_dump_json(), flush=True)
+        events.write(line.model_dump_json())
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,7 @@ class Progress:
 
     total_steps: int
     style: str = "json"  # json | bar
-    stream: TextIO = field(default_factory=lambda: sys.stdout)
+    stream: TextIO | None = None  # None: where event lines go (events.write)
     tracker: Any = None  # tracking.Tracker: the curves go to MLflow too, and its trouble into the progress lines
     _bar: Any = None
     _started: float = field(default_factory=time.monotonic)
