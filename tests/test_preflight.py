@@ -130,28 +130,36 @@ def test_a_good_job_passes_and_its_steps_are_the_trainers_own(
     assert report.records == 600 and report.tokens and report.memoryPerGpuBytes
     left = s3.keys("s3://adapters/preflight/good/")
     assert left and all(k.startswith("prepared/") for k in left), "the probe object was left behind"  # only the data
-    done = run(manifest("preflight-good", s3, spec), s3, tmp_path)
+    assert report.preparedSha256 is not None  # what the operator passes to the workers (KUBETUNE_PREPARED_SHA256)
+    done = run(manifest("preflight-good", s3, spec), s3, tmp_path, KUBETUNE_PREPARED_SHA256=report.preparedSha256)
     assert done.returncode == 0, done.stderr[-3000:]
     metrics = json.loads(s3.get("s3://adapters/preflight/good/metrics.json"))
     assert report.totalSteps == metrics["train"]["steps"]  # the same records, dealt to the same two ranks
     # the run started from what the preflight prepared: nothing tokenized again
     (prepared_event,) = done.of("prepared")
     assert prepared_event["source"] == "storage", prepared_event
-    # a tampered prepared dataset (an id outside the vocabulary, re-uploaded whole) is refused and made again
-    (ids_key,) = [k for k in left if k.endswith("/train.ids.npy")]
+    # a tampered prepared dataset (loss on every token: well formed, so only its contents tell) is refused and made
+    # again; a set without the preflight's record of its contents is not even fetched
+    (mask_key,) = [k for k in left if k.endswith("/train.mask.npy")]
     import io
 
     import numpy as np
 
-    ids = np.load(io.BytesIO(s3.get("s3://adapters/preflight/good/" + ids_key)), allow_pickle=False)
-    ids[0] = 10**6
+    mask = np.load(io.BytesIO(s3.get("s3://adapters/preflight/good/" + mask_key)), allow_pickle=False)
+    mask[:] = True
     buffer = io.BytesIO()
-    np.save(buffer, ids, allow_pickle=False)
-    s3.put("adapters", "preflight/good/" + ids_key, buffer.getvalue())
-    again = run(manifest("preflight-good", s3, {**spec, "output": {**spec["output"], "overwrite": True}}), s3, tmp_path)
+    np.save(buffer, mask, allow_pickle=False)
+    s3.put("adapters", "preflight/good/" + mask_key, buffer.getvalue())
+    overwrite = {**spec, "output": {**spec["output"], "overwrite": True}}
+    again = run(manifest("preflight-good", s3, overwrite), s3, tmp_path, KUBETUNE_PREPARED_SHA256=report.preparedSha256)
     assert again.returncode == 0, again.stderr[-3000:]
     (remade,) = again.of("prepared")
-    assert remade["source"] == "here" and "outside the vocabulary" in remade["why"], remade
+    assert remade["source"] == "here" and "contents digest differs" in remade["why"], remade
+    from kubetune_trainer.data import prepared
+
+    uri = "s3://adapters/preflight/good/" + mask_key.rsplit("/", 1)[0]
+    store = store_for(s3, monkeypatch, "adapters")
+    assert prepared.fetch(store, uri, tmp_path / "p", 10, 128, "x") == (None, "no record of its contents from the preflight")
 
 
 @pytest.mark.trainer

@@ -47,6 +47,7 @@ def drop_tracking_credentials(environ: MutableMapping[str, str]) -> None:
 
 ENV_SHARED_NAMES = "KUBETUNE_SHARED_TRACKING_NAMES"  # "true": the policy lets MLflow names stand as written
 ENV_PREFLIGHT = "KUBETUNE_PREFLIGHT"  # the preflight's estimates (PREFLIGHT_FIGURES, JSON): tracked with the run
+ENV_PREPARED = "KUBETUNE_PREPARED_SHA256"  # the preflight's record of the prepared set's contents (report.preparedSha256)
 ENV_EVENTS = "KUBETUNE_EVENTS"  # ranks in a pod: the FIFO their event lines go to (the launcher forwards them)
 ENV_STALL = "KUBETUNE_STALL_SECONDS"  # preparing or fetching with no progress (no record, no byte) this long fails
 STALL_SECONDS = 600.0

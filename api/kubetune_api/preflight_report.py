@@ -61,6 +61,12 @@ class Report(BaseModel):
     checkpointSeconds: Figure | None = Field(
         None, description="Estimated seconds to write and upload it: what a preempted worker needs of its grace."
     )
+    preparedSha256: str | None = Field(
+        None,
+        pattern=r"^[0-9a-f]{64}$",
+        description="SHA-256 of the prepared dataset the preflight left beside the outputs: the workers train on it "
+        "only when what they fetch has this digest, else they prepare the data themselves.",
+    )
     warnings: list[Annotated[str, _text(400)]] = Field(
         default_factory=list, max_length=4, description="What passed but may cost (a grace period too short)."
     )

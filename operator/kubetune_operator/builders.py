@@ -182,7 +182,9 @@ def _resources(plan: Plan) -> dict[str, Any]:
     return out
 
 
-def build_pod_spec(plan: Plan, estimates: dict[str, float] | None = None, tracked: bool = True) -> dict[str, Any]:
+def build_pod_spec(
+    plan: Plan, estimates: dict[str, float] | None = None, tracked: bool = True, prepared: str | None = None
+) -> dict[str, Any]:
     spec = plan.spec
     pod: dict[str, Any] = {
         "subdomain": plan.service_name,
@@ -203,7 +205,8 @@ def build_pod_spec(plan: Plan, estimates: dict[str, float] | None = None, tracke
                 "name": "trainer",
                 "image": plan.image,
                 "command": ["python", "-m", "kubetune_trainer"],
-                "env": _env(plan, estimates, tracked),
+                "env": _env(plan, estimates, tracked)
+                + ([{"name": contract.ENV_PREPARED, "value": prepared}] if prepared else []),
                 "resources": _resources(plan),
                 "ports": [{"name": "rendezvous", "containerPort": plan.master_port}],
                 "volumeMounts": [
@@ -258,9 +261,10 @@ def attempt_of(job: dict[str, Any], default: int) -> int:
         return default
 
 
-def build_job(plan: Plan, estimates: dict[str, float] | None = None) -> dict[str, Any]:
+def build_job(plan: Plan, estimates: dict[str, float] | None = None, prepared: str | None = None) -> dict[str, Any]:
     """An Indexed Job, one pod per worker; the completion index is the node rank. `estimates`: the preflight's
-    figures, which a tracked run logs beside its own."""
+    figures, which a tracked run logs beside its own; `prepared`: the digest of the prepared dataset it left (the
+    workers fetch that set only if it still has it)."""
     job: dict[str, Any] = {
         "apiVersion": "batch/v1",
         "kind": "Job",
@@ -287,7 +291,7 @@ def build_job(plan: Plan, estimates: dict[str, float] | None = None) -> dict[str
             "suspend": plan.suspend or bool(plan.queue),  # a queued Job waits for Kueue to admit it
             "template": {
                 "metadata": {"labels": {k: v for k, v in plan.labels.items() if k != "kueue.x-k8s.io/queue-name"}},
-                "spec": build_pod_spec(plan, estimates),
+                "spec": build_pod_spec(plan, estimates, prepared=prepared),
             },
         },
     }

@@ -525,7 +525,8 @@ def _carry_out(
             _delete_job(plan, {"metadata": {"uid": action.uid}}, plan.preflight_name)
         elif isinstance(action, CreateJob):  # the preflight's figures go with it, for the run's tracking
             figures = new.preflight.model_dump(include=set(PREFLIGHT_FIGURES), exclude_none=True) if new.preflight else {}
-            _create_job(plan, builders.build_job(plan, figures))
+            contents = new.preflight.preparedSha256 if new.preflight else None
+            _create_job(plan, builders.build_job(plan, figures, contents))
         elif isinstance(action, Annotate):
             _annotate(plan, job, action)
         elif isinstance(action, SuspendJob):

@@ -382,3 +382,23 @@ def test_only_the_trainers_emitter_writes_what_the_operator_reads() -> None:
         log
     )  # everything else is still in the log, for people, behind the prefix
     assert "RuntimeError: a traceback that quotes a record:" in log
+
+
+# 6: prepared data is bound to its contents: the preflight's digest (a pod's word: a SHA-256, nothing else) goes to
+# the workers, which train on a fetched set only when it has that digest (tests/test_preflight.py: a tampered set)
+def test_the_prepared_sets_digest_goes_from_the_preflight_to_the_workers() -> None:
+    from kubetune_trainer.data import prepared
+
+    digest = "ab" * 32
+    body = job()
+    result = validate_object(body, cluster=True)
+    assert result.job is not None
+    plan = make_plan(body, result.job, Settings())
+    (container,) = builders.build_job(plan, {}, digest)["spec"]["template"]["spec"]["containers"]
+    assert {"name": "KUBETUNE_PREPARED_SHA256", "value": digest} in container["env"]
+    (bare,) = builders.build_job(plan)["spec"]["template"]["spec"]["containers"]
+    assert not any(e["name"] == "KUBETUNE_PREPARED_SHA256" for e in bare["env"])
+    assert parse_report(json.dumps({"passed": True, "preparedSha256": digest})) is not None
+    for forged in ("AB" * 32, "ab" * 31, "ab" * 32 + "\nx", "../etc"):
+        assert parse_report(json.dumps({"passed": True, "preparedSha256": forged})) is None
+    assert set(prepared.FILES) == {"meta.json"} | {f"{p}.{k}.npy" for p in prepared.PARTS for k in prepared.ARRAYS}

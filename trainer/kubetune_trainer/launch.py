@@ -298,7 +298,8 @@ def run_worker(
                 fetched = entry.fetched(spec.model.uri)
                 events.emit(events.FetchLine(**fetched.model_dump()))  # how much came from the node's cache, from storage
                 (work / rank_env.FETCH_FILE).write_text(fetched.model_dump_json())
-            prepared_dir = prepared.for_worker(spec, model, train, validation, work, store)
+            room = int(quantity_value(spec.workers.cacheSize))  # the prepared set is fetched into the pod's cache
+            prepared_dir = prepared.for_worker(spec, model, train, validation, work, store, room)
     except Exception as exc:  # every failure before the ranks start still ends in one summary with a reason
         if entry is not None:
             entry.release()

@@ -107,8 +107,10 @@ def count_steps(
         ready = prepared.load(out, len(tokenizer), spec.dataset.maxSeqLength, pairs=spec.method.type == "dpo")
         lengths = ready.train.lengths()
         plan = batching.step_plan(len(ready.train), spec.training, spec.workers.world_size)
+        contents = None
         if store is not None:  # best effort: an output the job cannot write is the output check's to report
             with contextlib.suppress(Exception):  # boto3 raises its own S3UploadFailedError here
+                contents = prepared.contents_digest(out)  # recorded in the report: the workers train on nothing else
                 prepared.publish(store, out, prepared.uri_for(spec, made))
     return {
         "records": meta["records"],
@@ -119,6 +121,7 @@ def count_steps(
         "longest": int(lengths.max()),
         "packing": meta["packing"],
         "pairs": sum(meta["counts"][part].get("pairs", 0) for part in ("train", "validation")),
+        "preparedSha256": contents,
     }
 
 
@@ -174,7 +177,8 @@ def run(spec: FineTuneJobSpec, store: Store, work: Path, gpu_name: str | None, g
         report, _ = _stage(report, "records", records)
     counts = found.get("counts")
     if counts:
-        report = report.model_copy(update={k: counts[k] for k in ("records", "tokens", "stepsPerEpoch", "totalSteps")})
+        keys = ("records", "tokens", "stepsPerEpoch", "totalSteps", "preparedSha256")
+        report = report.model_copy(update={k: counts[k] for k in keys})
     if model_ok:
         report = memory_and_hours(report, spec, found["shape"], counts, gpu_name, gpu)
     return report

@@ -30,7 +30,7 @@ import numpy as np
 
 from kubetune_api import events
 from kubetune_api.conditions import Reason
-from kubetune_api.contract import ENV_STALL, PreparingLine, stall_seconds
+from kubetune_api.contract import ENV_PREPARED, ENV_STALL, PreparingLine, stall_seconds
 from kubetune_api.job import FineTuneJobSpec
 from kubetune_trainer.data.formats import Counts
 from kubetune_trainer.data.packing import best_fit_decreasing, one_per_row, shuffled_best_fit
@@ -450,26 +450,68 @@ def publish(store: Any, directory: Path, uri: str) -> None:
     store.upload_file(directory / "meta.json", join(uri, "meta.json"))
 
 
+FILES = ("meta.json", *(f"{part}.{key}.npy" for part in PARTS for key in ARRAYS))  # all a prepared set holds
+META_LIMIT = 1 << 20  # bytes of meta.json fetched
+
+
+def contents_digest(directory: Path) -> str:
+    """SHA-256 over every file of a prepared set, by name: what the preflight records in its report and the
+    workers check before they train on a set fetched from storage."""
+    h = hashlib.sha256()
+    for name in FILES:
+        file_hash = hashlib.sha256()
+        with (directory / name).open("rb") as stream:
+            for block in iter(lambda: stream.read(1 << 20), b""):
+                file_hash.update(block)
+        h.update(f"{name}\n{file_hash.hexdigest()}\n".encode())
+    return h.hexdigest()
+
+
 def fetch(
-    store: Any, uri: str, dest: Path, vocabulary: int, max_len: int, made: str, pairs: bool = False
+    store: Any,
+    uri: str,
+    dest: Path,
+    vocabulary: int,
+    max_len: int,
+    made: str,
+    pairs: bool = False,
+    contents: str | None = None,
+    limit: int = 0,
 ) -> tuple[Prepared | None, str]:
-    """The prepared dataset at uri (downloaded through the verified, parallel path and checked throughout), or None
-    and why not: absent, or not what it claims (then it is prepared again here, never trained on)."""
+    """The prepared dataset at uri, or None and why not (then it is prepared again here, never trained on): no
+    record of its contents (`contents`, the digest the preflight reported; whoever can write the output prefix
+    could otherwise choose the training tokens), absent, larger than `limit` bytes, or not what was recorded.
+    Only its known files are fetched (verified, in parallel), and it is checked throughout."""
     from kubetune_trainer.storage import join
 
+    if not contents:
+        return None, "no record of its contents from the preflight"
     if not store.exists(join(uri, "meta.json")):
         return None, "none in storage"
+    sizes = {name: store.size_of(join(uri, name), Reason.TRAINER_ERROR, "prepared dataset") for name in FILES}
+    if sizes["meta.json"] > META_LIMIT or (limit and sum(sizes.values()) > limit):
+        return None, "refused: larger than the room left for it"
     shutil.rmtree(dest, ignore_errors=True)
-    store.download_prefix(uri, dest, Reason.TRAINER_ERROR, "prepared dataset")
+    dest.mkdir(parents=True)
+    for name in FILES:
+        store.download_file(join(uri, name), dest / name, Reason.TRAINER_ERROR, "prepared dataset")
     try:
+        if contents_digest(dest) != contents:
+            raise PreparedInvalid("its files are not those the preflight made (contents digest differs)")
         return load(dest, vocabulary, max_len, made_from=made, pairs=pairs), "storage"
-    except PreparedInvalid as exc:
+    except (PreparedInvalid, OSError) as exc:
         shutil.rmtree(dest, ignore_errors=True)
         return None, f"refused: {exc}"
 
 
 def for_worker(
-    spec: FineTuneJobSpec, model_source: str, train: Path, validation: Path | None, work: Path, store: Any = None
+    spec: FineTuneJobSpec,
+    model_source: str,
+    train: Path,
+    validation: Path | None,
+    work: Path,
+    store: Any = None,
+    room: int = 0,
 ) -> Path:
     """The worker's prepared dataset under `work`: the one the preflight left in storage when it is there and
     checks out, else made here once (before any rank starts, so no GPU waits on a tokenizer, and the ranks share
@@ -482,10 +524,11 @@ def for_worker(
     tokenizer = load_tokenizer(model_source, spec.model)
     made = made_from(spec, model_source, train, validation)
     out = work / "prepared"
+    pairs, recorded = spec.method.type == "dpo", os.environ.get(ENV_PREPARED, "")
     ready, source = (
         (None, "no storage")
         if store is None
-        else fetch(store, uri_for(spec, made), out, len(tokenizer), spec.dataset.maxSeqLength, made, spec.method.type == "dpo")
+        else fetch(store, uri_for(spec, made), out, len(tokenizer), spec.dataset.maxSeqLength, made, pairs, recorded, room)
     )
     if ready is not None:
         meta = ready.meta
