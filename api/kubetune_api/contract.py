@@ -31,6 +31,7 @@ ENV_CACHE = "KUBETUNE_CACHE"  # node-local download cache (datasets, the pod's o
 ENV_WORK_DIR = "KUBETUNE_WORK_DIR"  # node-local scratch: the prepared dataset, checkpoint staging, results
 ENV_MODEL_CACHE = "KUBETUNE_MODEL_CACHE"  # the shared model cache (the chart's hostPath or PVC), per namespace
 ENV_MODEL_CACHE_MAX_BYTES = "KUBETUNE_MODEL_CACHE_MAX_BYTES"  # least recently used entries go above it; 0: no bound
+ENV_MODEL_CACHE_USAGE = "KUBETUNE_MODEL_CACHE_USAGE"  # a node directory: each namespace's cache total (a node bound)
 ENV_GPU_TYPE = "KUBETUNE_GPU_TYPE"  # preflight: the GPU type the job will get (nvidia.com/gpu.product)
 ENV_GPU = "KUBETUNE_GPU"  # preflight: that type's memory, TFLOP/s and price (policy.GpuType as JSON)
 ENV_GRACE = "KUBETUNE_GRACE_SECONDS"  # preflight: the grace period the workers get (its checkpoint warning)

@@ -17,7 +17,8 @@ CACHE_DIR = "/var/cache/kubetune"
 MODEL_CACHE_DIR = "/var/cache/kubetune-models"  # the node's model cache, when the chart gives one
 
 
-HOSTPATH_MAX_BYTES = 500 << 30  # a node directory is bounded even when the chart sets no bound
+HOSTPATH_MAX_BYTES = 500 << 30  # a node directory is bounded even when the chart sets no bound (the node's whole)
+USAGE = ".usage"  # within a node directory: each namespace's cache total (no namespace name starts with a dot)
 
 
 def model_cache_volume(setting: str) -> dict[str, Any] | None:
@@ -112,6 +113,11 @@ def _env(plan: Plan, estimates: dict[str, float] | None = None, tracked: bool = 
                 # entries are kept per namespace: no job finds, verifies against or loads another tenant's model
                 {"name": contract.ENV_MODEL_CACHE, "value": f"{MODEL_CACHE_DIR}/{plan.namespace}"},
                 {"name": contract.ENV_MODEL_CACHE_MAX_BYTES, "value": str(model_cache_bound(plan))},
+                *(
+                    [{"name": contract.ENV_MODEL_CACHE_USAGE, "value": f"{MODEL_CACHE_DIR}/{USAGE}"}]
+                    if plan.model_cache.startswith("hostPath:")
+                    else []
+                ),
             ]
             if plan.model_cache
             else []
@@ -235,10 +241,15 @@ def build_pod_spec(
     models = model_cache_volume(plan.model_cache)
     if models is not None:
         pod["volumes"].append(models)
-        # only this namespace's part of the node's cache is in the pod: other teams' models are not even listed
+        # only this namespace's part of the node's cache is in the pod: other teams' models are not even listed;
+        # on a node directory, beside it the record of each namespace's total, so the bound holds for the node
         pod["containers"][0]["volumeMounts"].append(
             {"name": "models", "mountPath": f"{MODEL_CACHE_DIR}/{plan.namespace}", "subPath": plan.namespace}
         )
+        if plan.model_cache.startswith("hostPath:"):
+            pod["containers"][0]["volumeMounts"].append(
+                {"name": "models", "mountPath": f"{MODEL_CACHE_DIR}/{USAGE}", "subPath": USAGE}
+            )
     if spec.storage.serviceAccountName:
         pod["serviceAccountName"] = spec.storage.serviceAccountName
     if spec.workers.nodeSelector:
@@ -319,7 +330,9 @@ def build_preflight_job(plan: Plan) -> dict[str, Any]:
         "limits": {"memory": memory},
     }
     container["env"] = [
-        e for e in container["env"] if e["name"] not in (contract.ENV_MODEL_CACHE, contract.ENV_MODEL_CACHE_MAX_BYTES)
+        e
+        for e in container["env"]
+        if e["name"] not in (contract.ENV_MODEL_CACHE, contract.ENV_MODEL_CACHE_MAX_BYTES, contract.ENV_MODEL_CACHE_USAGE)
     ]
     if plan.gpu_type:
         container["env"] += [{"name": contract.ENV_GPU_TYPE, "value": plan.gpu_type}]

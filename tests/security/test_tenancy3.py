@@ -327,8 +327,9 @@ def test_a_pod_mounts_only_its_namespaces_model_cache() -> None:
     assert result.job is not None
     plan = make_plan(body, result.job, Settings(model_cache="hostPath:/var/lib/kubetune/models"))
     (container,) = builders.build_job(plan)["spec"]["template"]["spec"]["containers"]
-    (mount,) = [m for m in container["volumeMounts"] if m["name"] == "models"]
+    mount, usage = [m for m in container["volumeMounts"] if m["name"] == "models"]
     assert mount == {"name": "models", "mountPath": f"{builders.MODEL_CACHE_DIR}/team-a", "subPath": "team-a"}
+    assert usage["subPath"] == ".usage"  # each namespace's total only (the node bound, below)
     env = {e["name"]: e.get("value") for e in container["env"]}
     assert env["KUBETUNE_MODEL_CACHE"] == mount["mountPath"]
 
@@ -402,3 +403,33 @@ def test_the_prepared_sets_digest_goes_from_the_preflight_to_the_workers() -> No
     for forged in ("AB" * 32, "ab" * 31, "ab" * 32 + "\nx", "../etc"):
         assert parse_report(json.dumps({"passed": True, "preparedSha256": forged})) is None
     assert set(prepared.FILES) == {"meta.json"} | {f"{p}.{k}.npy" for p in prepared.PARTS for k in prepared.ARRAYS}
+
+
+# 8: the hostPath cache's bound holds for the node: each namespace's cache records its total beside the others',
+# and evicts its own entries until the node's total fits
+def test_the_node_cache_bound_is_the_nodes_not_each_namespaces(tmp_path: Path) -> None:
+    from kubetune_trainer.storage.model_cache import COMPLETE, ModelCache
+
+    usage = tmp_path / ".usage"
+
+    def filled(namespace: str, sizes: list[int]) -> ModelCache:
+        cache = ModelCache(tmp_path / namespace, max_bytes=1000, usage=usage)
+        for i, size in enumerate(sizes):
+            entry = cache.root / f"key{i}"
+            entry.mkdir(parents=True)
+            (entry / COMPLETE).write_text(json.dumps({"bytes": size}))
+            (cache.root / f"key{i}.used").touch()
+            os.utime(cache.root / f"key{i}.used", (1000 + i, 1000 + i))
+        return cache
+
+    a = filled("team-a", [300, 300])
+    assert a.make_room(0, keep="") == [] and (usage / "team-a.bytes").read_text() == "600"
+    b = filled("team-b", [200])
+    assert b.make_room(300, keep="") == ["key0"]  # 600 of team-a's + 200 + 300 > 1000: its own oldest goes
+    assert (usage / "team-b.bytes").read_text() == "300"
+    (usage / "team-c.bytes").write_text("not a number")  # ignored, as is anything beyond USAGE_LIMIT
+    assert a.make_room(100, keep="") == []  # 600 + 300 + 100 = 1000: fits
+    mounts = builders.build_job(
+        make_plan(job(), validate_object(job(), cluster=True).job, Settings(model_cache="hostPath:/var/lib/m"))  # type: ignore[arg-type]
+    )["spec"]["template"]["spec"]["containers"][0]["volumeMounts"]
+    assert {"name": "models", "mountPath": f"{builders.MODEL_CACHE_DIR}/.usage", "subPath": ".usage"} in mounts

@@ -26,7 +26,13 @@ from pathlib import Path
 from typing import Any
 
 from kubetune_api.conditions import Reason
-from kubetune_api.contract import ENV_MODEL_CACHE, ENV_MODEL_CACHE_MAX_BYTES, ENV_STALL, stall_seconds
+from kubetune_api.contract import (
+    ENV_MODEL_CACHE,
+    ENV_MODEL_CACHE_MAX_BYTES,
+    ENV_MODEL_CACHE_USAGE,
+    ENV_STALL,
+    stall_seconds,
+)
 from kubetune_api.events import Notice, emit
 from kubetune_api.metrics import Fetch as Fetched
 from kubetune_trainer.errors import TrainerFailure
@@ -140,14 +146,50 @@ def matches(path: Path, obj: Object) -> bool:
     return multipart_matches(path, obj.size, obj.etag) is not False  # an ETag of no known form: size only
 
 
+USAGE_LIMIT = 1 << 60  # bytes a usage record may claim; anything else in one is ignored
+
+
 class ModelCache:
-    def __init__(self, root: Path, max_bytes: int = 0) -> None:
+    """A namespace's part of the node's model cache. With `usage` (the node's shared record directory: each
+    namespace's cache writes its own total there), max_bytes bounds the node, not the namespace: entries of this
+    namespace are evicted until its own total, every other namespace's recorded one and what comes fit."""
+
+    def __init__(self, root: Path, max_bytes: int = 0, usage: Path | None = None) -> None:
         self.root = root
         self.max_bytes = max_bytes
+        self.usage = usage
 
     @classmethod
     def from_environ(cls, default: Path) -> ModelCache:
-        return cls(Path(os.environ.get(ENV_MODEL_CACHE) or default), int(os.environ.get(ENV_MODEL_CACHE_MAX_BYTES) or 0))
+        usage = os.environ.get(ENV_MODEL_CACHE_USAGE)
+        return cls(
+            Path(os.environ.get(ENV_MODEL_CACHE) or default),
+            int(os.environ.get(ENV_MODEL_CACHE_MAX_BYTES) or 0),
+            Path(usage) if usage else None,
+        )
+
+    def _others(self) -> int:
+        """Bytes the other namespaces' caches on this node recorded (0 without a shared record directory)."""
+        if self.usage is None:
+            return 0
+        total = 0
+        for record in self.usage.glob("*.bytes"):
+            if record.stem == self.root.name:
+                continue
+            with contextlib.suppress(OSError, ValueError):
+                text = record.read_text()[:32]
+                total += min(max(int(text), 0), USAGE_LIMIT)
+        return total
+
+    def _record(self, total: int) -> None:
+        """This namespace's total, for the other namespaces' caches on the node (written whole: a rename)."""
+        if self.usage is None:
+            return
+        with contextlib.suppress(OSError):
+            self.usage.mkdir(parents=True, exist_ok=True)
+            staged = self.usage / f".{self.root.name}.{os.getpid()}"
+            staged.write_text(str(total))
+            staged.replace(self.usage / f"{self.root.name}.bytes")
 
     def _lock(self, key: str) -> int:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -329,7 +371,8 @@ class ModelCache:
         if not self.max_bytes:
             return []
         entries = self.entries()
-        total = sum(size for _, _, size in entries)
+        others = self._others()
+        total = others + sum(size for _, _, size in entries)
         evicted = []
         for _, key, size in entries:
             if total + need <= self.max_bytes:
@@ -349,10 +392,12 @@ class ModelCache:
                 evicted.append(key)
             finally:
                 os.close(fd)
+        self._record(total - others + need)
         if total + need > self.max_bytes:
+            where = f" (other namespaces' {human_bytes(others)} on this node included)" if others else ""
             emit(
                 Notice(
-                    message=f"the model cache holds {human_bytes(total)} in use; {human_bytes(need)} more goes "
+                    message=f"the model cache holds {human_bytes(total)} in use{where}; {human_bytes(need)} more goes "
                     f"beyond its bound of {human_bytes(self.max_bytes)} until those jobs end"
                 )
             )
