@@ -202,11 +202,7 @@ BAD = [
     ("shared-prefix", {"rejected": "Human: q Assistant: a"}, "missing field 'chosen'"),
     ("shared-prefix", {"chosen": "x", "rejected": "x"}, "chosen and rejected are the same"),
     ("shared-prefix", {"chosen": "apple", "rejected": "pear"}, "share no prefix"),
-    (
-        "shared-prefix",
-        {"chosen": "Human: q Assistant: a", "rejected": "Human: q Assistant: a and more"},
-        "'chosen' is empty after the shared prefix",
-    ),
+    ("shared-prefix", {"chosen": "qa", "rejected": "qa-and-more"}, "'chosen' is empty after the shared prefix"),
     ("shared-prefix", {"chosen": 3, "rejected": "b"}, "field 'chosen' must be a str"),
 ]
 
@@ -227,6 +223,31 @@ def test_trls_implicit_prompt_of_texts_is_their_shared_prefix() -> None:
     chosen, rejected = two(record, "preference", tokenizer)
     assert learned(chosen, tokenizer) == ["blue.<|eos|>"] and learned(rejected, tokenizer) == ["green.<|eos|>"]
     assert (chosen.input_ids, rejected.input_ids) == tuple(s.input_ids for s in two(record, "shared-prefix", tokenizer))
+
+
+@pytest.mark.parametrize(
+    ("chosen", "rejected", "responses"),
+    [
+        (  # Anthropic HH: the rejected reply is a truncation of the chosen one; the prompt ends at the last turn
+            "\n\nHuman: How do I boil an egg?\n\nAssistant: Put it in boiling water for nine minutes.",
+            "\n\nHuman: How do I boil an egg?\n\nAssistant: Put it in boiling",
+            (" Put it in boiling water for nine minutes.", " Put it in boiling"),
+        ),
+        (  # several turns: the last one both share
+            "\n\nHuman: a\n\nAssistant: b\n\nHuman: c\n\nAssistant: d e f",
+            "\n\nHuman: a\n\nAssistant: b\n\nHuman: c\n\nAssistant: d",
+            (" d e f", " d"),
+        ),
+        ("Human: q Assistant: a", "Human: q Assistant: a and more", ("a", "a and more")),  # back to a word boundary
+        ("The sky is blue.", "The sky is green.", ("blue.", "green.")),
+    ],
+)
+def test_the_implicit_prompt_leaves_each_reply_its_text(chosen: str, rejected: str, responses: tuple[str, str]) -> None:
+    tokenizer = byte_tokenizer()
+    end = pairs.prompt_end(chosen, rejected)
+    assert (chosen[end:], rejected[end:]) == responses
+    good, bad = two({"chosen": chosen, "rejected": rejected}, "shared-prefix", tokenizer)
+    assert learned(good, tokenizer) == [responses[0] + "<|eos|>"] and learned(bad, tokenizer) == [responses[1] + "<|eos|>"]
 
 
 def test_a_pair_with_a_side_too_long_to_keep_is_dropped_whole() -> None:

@@ -46,7 +46,8 @@ class DatasetSpec(Section):
         "Preference pairs (method.type: dpo): preference (TRL's: prompt, chosen, rejected, each a string, or message "
         "lists; or chosen and rejected alone, the prompt being the leading messages, or the prefix, they share), "
         "openai-preference (OpenAI's DPO records: input {messages, tools}, preferred_output, non_preferred_output), "
-        "shared-prefix (chosen and rejected full texts, as Anthropic's HH data: the prompt is their common prefix). "
+        "shared-prefix (chosen and rejected full texts, as Anthropic's HH data: the prompt is their common prefix, "
+        "ending at the last \\n\\nAssistant: both share in HH's form). "
         "Loss on the responses only; maxSeqLength applies to each of chosen and rejected.",
     )
     promptField: StrictStr = Field(

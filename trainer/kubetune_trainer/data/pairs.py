@@ -153,17 +153,34 @@ def _openai(record: dict[str, Any], tokenizer: Any, where: str, index: int) -> t
     return _chat_pair(tokenizer, prompt, chosen, rejected, where, index, given.get("tools"))
 
 
+HH_TURN = "\n\nAssistant:"  # Anthropic HH's texts: "\n\nHuman: ...\n\nAssistant: ..." turns
+
+
+def prompt_end(chosen: str, rejected: str) -> int:
+    """Where the implicit prompt of two full texts ends. In HH's form, after the last `\n\nAssistant:` both share
+    (TRL's HH preprocessing), so a rejected reply that stops a few words into the chosen one still has its own
+    text; elsewhere at their common prefix, moved back to a word boundary when it ends inside a word or swallows
+    a whole reply (one text the start of the other), so both replies are non-empty where that can be."""
+    cut = 0
+    while cut < min(len(chosen), len(rejected)) and chosen[cut] == rejected[cut]:
+        cut += 1
+    turn = chosen.rfind(HH_TURN, 0, cut)  # the last turn marker wholly within the common prefix
+    if turn >= 0:
+        return turn + len(HH_TURN)
+    shorter = min(len(chosen), len(rejected))
+    inside_word = 0 < cut < shorter and not chosen[cut - 1].isspace()
+    swallowed = cut == shorter and (not chosen[cut:].strip() or not rejected[cut:].strip())
+    if inside_word or swallowed:  # the responses begin at that word (after the last whitespace before it)
+        space = max(chosen.rfind(c, 0, cut - 1 if swallowed else cut) for c in " \n\t")
+        cut = space + 1 if space >= 0 else cut
+    return cut
+
+
 def _shared_prefix(record: dict[str, Any], tokenizer: Any, where: str, index: int) -> tuple[Rendered, Rendered]:
     chosen = _text(_get(record, "chosen", where), where, "chosen")
     rejected = _text(_get(record, "rejected", where), where, "rejected")
     _differ(chosen, rejected, where)
-    cut = 0
-    while cut < min(len(chosen), len(rejected)) and chosen[cut] == rejected[cut]:
-        cut += 1
-    if 0 < cut < min(len(chosen), len(rejected)) and not chosen[cut - 1].isspace():
-        # the texts part inside a word: the responses begin at that word (after the last whitespace before it)
-        space = max(chosen.rfind(c, 0, cut) for c in " \n\t")
-        cut = space + 1 if space >= 0 else cut
+    cut = prompt_end(chosen, rejected)
     if not chosen[:cut].strip():
         raise _bad(where, "chosen and rejected share no prefix: the prompt (their common beginning) is empty")
     for field, text in (("chosen", chosen), ("rejected", rejected)):
