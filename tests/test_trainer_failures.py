@@ -50,7 +50,7 @@ CASES = [
         {"lora": {"targetModules": ["q_proj", "qkv_proj"]}},
         None,
         "TargetModulesNotFound",
-        "['qkv_proj'] match no module",
+        "['qkv_proj'] match no layer",
     ),
 ]
 

@@ -40,6 +40,7 @@ from kubetune_trainer.data import prepared
 from kubetune_trainer.data.reading import is_data_file
 from kubetune_trainer.errors import TrainerFailure
 from kubetune_trainer.loaders import without_loaders
+from kubetune_trainer.model import check_hub_model
 from kubetune_trainer.rank_env import RankEnv
 from kubetune_trainer.recipe import outputs, report
 from kubetune_trainer.signals import in_this_process
@@ -138,6 +139,7 @@ def fetch_inputs(spec: FineTuneJobSpec, store: Store, cache: Path) -> tuple[str,
             raise TrainerFailure(Reason.MODEL_MISSING, f"base model not found: {uri} is not a directory")
         model = str(Path(uri).resolve())
     else:
+        check_hub_model(spec.model)  # in seconds: a folder meant, a name that exists nowhere, no network
         model = uri  # a hub id: transformers fetches and caches it
     train, validation = fetch_data(spec, store, cache)
     return model, train, validation, entry

@@ -149,6 +149,29 @@ def load_model(source: str, spec: ModelSpec, device: Any) -> Any:
     return model
 
 
+HUB_PROBE_SECONDS = 10.0
+
+
+def check_hub_model(spec: ModelSpec) -> None:
+    """Before transformers' own downloads (which retry a missing network for about a minute): a hub id must be in
+    this machine's hub cache or answer on the hub within seconds, else MODEL_MISSING at once, with the hint."""
+    import os
+
+    from huggingface_hub import model_info, try_to_load_from_cache
+
+    if isinstance(try_to_load_from_cache(spec.uri, "config.json", revision=spec.revision), str):
+        return  # cached: transformers reads it from there
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
+        raise TrainerFailure(
+            Reason.MODEL_MISSING, f"{spec.uri} is not in the hub cache and HF_HUB_OFFLINE is set{_hub_hint(spec)}"
+        )
+    try:
+        model_info(spec.uri, revision=spec.revision, timeout=HUB_PROBE_SECONDS)
+    except Exception as exc:  # not found, no network, refused: the same answer, said at once
+        why = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+        raise TrainerFailure(Reason.MODEL_MISSING, f"no model {spec.uri} on the hub ({why}){_hub_hint(spec)}") from exc
+
+
 def _hub_hint(spec: ModelSpec) -> str:
     """A model.uri that is neither s3:// nor a ./ or / path is read as a hub id: say so, in case a folder was meant."""
     uri = spec.uri
@@ -182,22 +205,34 @@ def moe_target_names(model: Any) -> set[str]:
 def check_targets(model: Any, lora: LoraSpec) -> None:
     if lora.targetModules == [ALL_LINEAR]:
         return
-    names = [name for name, _ in model.named_modules()] + [name for name, _ in model.named_parameters()]
+    modules = [name for name, _ in model.named_modules()]
     mapped = moe_target_names(model)
+    experts = sorted({name.rsplit(".", 1)[-1] for name, _ in model.named_parameters() if ".experts." in f".{name}"})
     missing = []
     for target in lora.targetModules:
         if target in mapped:
             continue
         escaped = re.escape(target).replace(r"\*", ".*")
         pattern = re.compile(r"(^|\.)" + escaped + "$")
-        if not any(pattern.search(name) for name in names):
+        if not any(pattern.search(name) for name in modules):  # a parameter is no module: peft cannot wrap it so
             missing.append(target)
     if missing:
-        raise TrainerFailure(
-            Reason.TARGET_MODULES_NOT_FOUND,
-            f"lora.targetModules {missing} match no module of the model; its linear layers are: "
-            f"{', '.join(linear_module_names(model) + sorted(mapped))}",
+        raise TrainerFailure(Reason.TARGET_MODULES_NOT_FOUND, targets_message(model, missing, mapped, experts))
+
+
+def targets_message(model: Any, missing: list[str], mapped: set[str], experts: list[str]) -> str:
+    """What lora.targetModules may name on this model: its linear layers, and how its experts are reached."""
+    text = f"lora.targetModules {missing} match no layer of the model; its linear layers are: "
+    text += ", ".join(linear_module_names(model))
+    if experts:
+        names = ", ".join(sorted(mapped - {"gate"})) or "all-linear"
+        text += (
+            f"; its experts are fused parameters ({', '.join(experts)}), not layers: target them with {names} "
+            "(peft maps those onto them) or all-linear"
         )
+    elif mapped:
+        text += ", " + ", ".join(sorted(mapped))
+    return text
 
 
 def fused_targets(model: Any, config: Any) -> list[str]:
@@ -246,4 +281,13 @@ def add_lora(model: Any, lora: LoraSpec, seed: int) -> tuple[Any, dict[str, Any]
             "cannot apply dropout",
         }
     torch.manual_seed(seed)
-    return get_peft_model(model, chosen), adjusted
+    try:
+        return get_peft_model(model, chosen), adjusted
+    except ValueError as exc:  # peft's NoMatchingPeftModuleError: whatever check_targets let through, said the same way
+        if "not found in the base model" not in str(exc):
+            raise
+        experts = sorted({n.rsplit(".", 1)[-1] for n, _ in model.named_parameters() if ".experts." in f".{n}"})
+        missing = list(lora.targetModules)
+        raise TrainerFailure(
+            Reason.TARGET_MODULES_NOT_FOUND, targets_message(model, missing, moe_target_names(model), experts)
+        ) from exc

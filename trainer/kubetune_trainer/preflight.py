@@ -81,6 +81,10 @@ def fetch_model_config(spec: FineTuneJobSpec, store: Store, work: Path) -> tuple
         return local, shape_of(json.loads((local / "config.json").read_text()))
     from transformers import AutoConfig  # a hub id: whatever this machine's hub cache or network gives
 
+    from kubetune_trainer.model import check_hub_model
+
+    check_hub_model(spec.model)
+
     try:
         config = AutoConfig.from_pretrained(uri, revision=spec.model.revision, trust_remote_code=spec.model.trustRemoteCode)
     except (OSError, ValueError) as exc:

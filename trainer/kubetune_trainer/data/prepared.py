@@ -74,6 +74,13 @@ def tokenize_sets(
     train_name = shown_name(ds.train)
     val_name = shown_name(ds.validation) if ds.validation else train_name
     train_pos, held_pos = split(spec, train, validation)
+    if not train_pos and held_pos and validation is None:  # a split of a file too small to give both a record
+        raise TrainerFailure(
+            Reason.EMPTY_DATASET,
+            f"the training set has no records: {train_name} has {len(held_pos)} and the held-out split "
+            f"(dataset.validationSplit {spec.validation_split:g}, at least one record) took "
+            f"{'it' if len(held_pos) == 1 else 'them'}; give more records, or held-out ones in dataset.validation",
+        )
     for name, positions in (("training", train_pos), ("held-out", held_pos)):
         if not positions:
             raise TrainerFailure(Reason.EMPTY_DATASET, f"the {name} set has no records")
