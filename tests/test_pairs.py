@@ -46,8 +46,8 @@ def test_every_shape_takes_loss_on_exactly_each_response(shape: str) -> None:
     said = [learned(chosen, tokenizer), learned(rejected, tokenizer)]
     if shape in ("preference", "shared-prefix"):  # text: the completion, then EOS
         assert [s[0].strip() for s in said] == [w.strip() + "<|eos|>" for w in _answers(record, shape)]
-    else:  # the chat template: the assistant content (this byte tokenizer's end of turn is plain text, no token)
-        assert said == [[a] for a in _answers(record, shape)]
+    else:  # the chat template: the assistant content and what the template writes after it (as TRL's DPO scores)
+        assert said == [[a + "<|end|>\n"] for a in _answers(record, shape)]
     # the same prompt tokens before each response
     first = next(i for i, label in enumerate(chosen.labels) if label != -100)
     assert chosen.input_ids[:first] == rejected.input_ids[:first]
@@ -79,8 +79,11 @@ def test_conversation_pairs_under_each_familys_template(family: str) -> None:
         "non_preferred_output": [{"role": "assistant", "content": "No."}],
     }
     chosen, rejected = two(record, "openai-preference", tokenizer)
-    assert learned(chosen, tokenizer) == ["Green, like grass." + eot]
-    assert learned(rejected, tokenizer) == ["No." + eot]
+    # the reply, its end-of-turn token, and whatever the template writes after it to the end (a newline, mostly)
+    for side, reply in ((chosen, "Green, like grass."), (rejected, "No.")):
+        rendered = tokenizer.apply_chat_template([*prompt, {"role": "assistant", "content": reply}], tokenize=False)
+        tail = rendered.rsplit(reply, 1)[1]
+        assert tail.startswith(eot) and "".join(learned(side, tokenizer)) == reply + tail, (learned(side, tokenizer), tail)
 
 
 BAD = [

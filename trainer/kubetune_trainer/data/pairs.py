@@ -10,6 +10,7 @@ whole. Formats:
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -71,7 +72,9 @@ def _chat_pair(
     tools: Any = None,
 ) -> tuple[Rendered, Rendered]:
     """Prompt messages then each response through the chat template; loss on the response's messages only (the
-    prompt's own assistant turns carry weight 0)."""
+    prompt's own assistant turns carry weight 0), through the end of the rendering: the template's end-of-turn
+    text after the reply (a literal `<|end|>` as much as a special token) is scored as TRL's DPO scores it, and the
+    likelihood of ending the turn after each reply is part of what the pair teaches."""
     _differ(chosen, rejected, where)
     if not any(m["role"] == "user" for m in prompt):
         raise _bad(where, "the prompt has no user message")
@@ -79,7 +82,11 @@ def _chat_pair(
     name, _, _ = where.rpartition(" record ")
     out = []
     for response in (chosen, rejected):
-        out.append(_chat_render(tokenizer, [*quiet, *[{**m, "weight": 1} for m in response]], name, index, tools))
+        rendered = _chat_render(tokenizer, [*quiet, *[{**m, "weight": 1} for m in response]], name, index, tools)
+        end, text = (rendered.spans or ((0, 0),))[-1][1], rendered.pieces[0][0]
+        if rendered.spans and end < len(text):  # whatever the template writes after the reply is the reply's too
+            rendered = dataclasses.replace(rendered, spans=(*rendered.spans, (end, len(text))))
+        out.append(rendered)
     return out[0], out[1]
 
 
