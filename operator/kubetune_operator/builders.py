@@ -241,15 +241,9 @@ def build_pod_spec(
     models = model_cache_volume(plan.model_cache)
     if models is not None:
         pod["volumes"].append(models)
-        # only this namespace's part of the node's cache is in the pod: other teams' models are not even listed;
-        # on a node directory, beside it the record of each namespace's total, so the bound holds for the node
-        pod["containers"][0]["volumeMounts"].append(
-            {"name": "models", "mountPath": f"{MODEL_CACHE_DIR}/{plan.namespace}", "subPath": plan.namespace}
-        )
-        if plan.model_cache.startswith("hostPath:"):
-            pod["containers"][0]["volumeMounts"].append(
-                {"name": "models", "mountPath": f"{MODEL_CACHE_DIR}/{USAGE}", "subPath": USAGE}
-            )
+        # the whole node directory: a subPath of the namespace alone would be made by the kubelet root-owned, which
+        # the pod's user cannot write (the trainer keys its entries per namespace within it, model_cache_dir)
+        pod["containers"][0]["volumeMounts"].append({"name": "models", "mountPath": MODEL_CACHE_DIR})
     if spec.storage.serviceAccountName:
         pod["serviceAccountName"] = spec.storage.serviceAccountName
     if spec.workers.nodeSelector:

@@ -411,8 +411,6 @@ class NodeAgent:
             source = volumes.get(mount.name)
             hides = image is None and any(str(path).startswith(mount.mount_path.rstrip("/") + "/") for path in PROTECTED)
             if source is not None and not hides:
-                if mount.sub_path:  # the kubelet makes a missing subPath directory within the volume
-                    (source / mount.sub_path).mkdir(parents=True, exist_ok=True)
                 mounts.append((str(source / (mount.sub_path or "")), mount.mount_path))
         if image is not None:
             script = self._image_script(pod, run, container, image, mounts, restarts)
