@@ -67,8 +67,10 @@ bench-data: ## the data-path benchmark (downloads, node cache, checkpoint stalls
 bench: ## the trainer benchmark: kubetune against a plain transformers Trainer, side by side
 	$(PY) bench/trainer_bench.py
 
-bench-dpo: ## DPO beside SFT on the same pairs: held-out preference accuracy before and after, step time DPO/SFT
+bench-dpo: ## DPO beside SFT on the same pairs (step time DPO/SFT), then beside TRL's DPOTrainer over three seeds (fails if kubetune's held-out DPO loss is worse)
 	$(PY) bench/dpo_bench.py
+	$(PY) -c "import trl" 2>/dev/null || $(PY) -m pip install -q trl==1.16.0  # the peer
+	$(PY) bench/dpo_trl_bench.py
 soak: ## the user's commands at real sizes (100,000 and 1,000,000 chat records): kubetune run with 1 and 2 processes, preflight, SIGTERM while preparing and while training; fails on any hang (not in CI)
 	$(PY) -c "import trl" 2>/dev/null || $(PY) -m pip install -q trl==1.16.0  # the preparation baseline
 	$(PY) bench/soak.py --records $(RECORDS)

@@ -36,6 +36,7 @@ def test_benchmark_script_starts() -> None:
         ("bench/memory_bench.py", "beside the measured peak"),
         ("bench/preemption_bench.py", "side by side"),
         ("bench/dpo_bench.py", "side by side"),
+        ("bench/dpo_trl_bench.py", "DPOTrainer"),
         ("bench/soak.py", "the commands users run"),
     ):
         result = subprocess.run([sys.executable, script, "--help"], cwd=ROOT, capture_output=True, text=True, timeout=120)
