@@ -207,7 +207,7 @@ def check_targets(model: Any, lora: LoraSpec) -> None:
         return
     modules = [name for name, _ in model.named_modules()]
     mapped = moe_target_names(model)
-    experts = sorted({name.rsplit(".", 1)[-1] for name, _ in model.named_parameters() if ".experts." in f".{name}"})
+    experts = expert_parameters(model)
     missing = []
     for target in lora.targetModules:
         if target in mapped:
@@ -218,6 +218,11 @@ def check_targets(model: Any, lora: LoraSpec) -> None:
             missing.append(target)
     if missing:
         raise TrainerFailure(Reason.TARGET_MODULES_NOT_FOUND, targets_message(model, missing, mapped, experts))
+
+
+def expert_parameters(model: Any) -> list[str]:
+    """Short names of a mixture-of-experts model's fused expert parameters (transformers 5: gate_up_proj, down_proj)."""
+    return sorted({name.rsplit(".", 1)[-1] for name, _ in model.named_parameters() if ".experts." in f".{name}"})
 
 
 def targets_message(model: Any, missing: list[str], mapped: set[str], experts: list[str]) -> str:
@@ -286,8 +291,7 @@ def add_lora(model: Any, lora: LoraSpec, seed: int) -> tuple[Any, dict[str, Any]
     except ValueError as exc:  # peft's NoMatchingPeftModuleError: whatever check_targets let through, said the same way
         if "not found in the base model" not in str(exc):
             raise
-        experts = sorted({n.rsplit(".", 1)[-1] for n, _ in model.named_parameters() if ".experts." in f".{n}"})
         missing = list(lora.targetModules)
         raise TrainerFailure(
-            Reason.TARGET_MODULES_NOT_FOUND, targets_message(model, missing, moe_target_names(model), experts)
+            Reason.TARGET_MODULES_NOT_FOUND, targets_message(model, missing, moe_target_names(model), expert_parameters(model))
         ) from exc
