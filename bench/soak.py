@@ -166,6 +166,13 @@ def kubetune(*args: str) -> list[str]:
     return [sys.executable, "-m", "kubetune_cli", *args]
 
 
+def forget(work: Path, name: str) -> None:
+    """A run's work directory and outputs, once measured: at 1,000,000 records each holds gigabytes (the prepared
+    arrays, checkpoints), and the soak's runs together would fill a disk."""
+    shutil.rmtree(work / "runs" / name, ignore_errors=True)
+    shutil.rmtree(work / "out" / name, ignore_errors=True)
+
+
 def one_size(
     records: int, work: Path, model: Path, small: Path, validation: Path, args: argparse.Namespace
 ) -> list[dict[str, Any]]:
@@ -196,6 +203,9 @@ def one_size(
             args.timeout,
         )
         code, _ = watched.end()
+        meta = work / "runs" / name / "prepared" / "meta.json"
+        counts = json.loads(meta.read_text())["counts"] if meta.exists() else None
+        forget(work, name)
         return {
             "run": label,
             "records": n,
@@ -203,6 +213,7 @@ def one_size(
             "code": code,
             "firstStep": watched.first.get("step"),
             "peakMiB": watched.peak / 2**20,
+            "tokens": counts["train"]["tokens"] + counts["validation"]["tokens"] if counts else None,
             "tail": watched.tail() if code != 0 else "",
         }
 
@@ -220,6 +231,7 @@ def one_size(
         return rows + one_size_signalled(records, work, data, job, args)
     started = Watched(kubetune("preflight", str(job(f"preflight-{records}", data)), "-o", "json"), work, args.timeout)
     code, _ = started.end()
+    forget(work, f"preflight-{records}")
     rows.append(
         {
             "run": "preflight",
@@ -253,6 +265,7 @@ def one_size_signalled(records: int, work: Path, data: Path, job: Any, args: arg
             time.sleep(2.0)
             watched.process.send_signal(signal.SIGTERM)
         code, took = watched.end(GRACE if reached else None)
+        forget(work, name)
         rows.append(
             {
                 "run": "term-prep",
@@ -281,6 +294,7 @@ def one_size_signalled(records: int, work: Path, data: Path, job: Any, args: arg
     again = Watched(command, work, args.timeout)
     resumed_code, _ = again.end()
     resumed = "resumed" in again.first
+    forget(work, name)
     ok = reached and code == EXIT_PREEMPTED and bool(checkpoints) and resumed_code == 0 and resumed
     rows.append(
         {
@@ -321,11 +335,8 @@ def main() -> None:
             for side in ("floor", "trl"):
                 shutil.rmtree(scratch / side, ignore_errors=True)  # TRL's datasets cache lives there: never a cached side
                 baselines[side] = prepare_bench.run_side(side, scratch / f"train-{records}.jsonl", model, scratch / side, records)
-        tokens = None
-        prepared_meta = scratch / "runs" / f"run-1-{records}" / "prepared" / "meta.json"
-        if prepared_meta.exists():
-            counts = json.loads(prepared_meta.read_text())["counts"]
-            tokens = counts["train"]["tokens"] + counts["validation"]["tokens"]
+                shutil.rmtree(scratch / side, ignore_errors=True)  # its arrays and cache: measured, not kept
+        tokens = next((row["tokens"] for row in rows if row.get("tokens") and row["records"] == records), None)
         print(
             f"\n{records:,} chat records ({tokens or 0:,} prepared tokens), {os.cpu_count()} CPUs, through the commands users run"
         )
