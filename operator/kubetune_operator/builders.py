@@ -241,27 +241,10 @@ def build_pod_spec(
     models = model_cache_volume(plan.model_cache)
     if models is not None:
         pod["volumes"].append(models)
-        if plan.model_cache.startswith("hostPath:"):
-            # only this namespace's part of the node directory is in the trainer's container, and beside it the
-            # record of each namespace's total (the node bound); a subPath the kubelet makes is root-owned, so the
-            # operator's own image (never a tenant's) makes both first, as the pod's user
-            paths = [f"{MODEL_CACHE_DIR}/{plan.namespace}", f"{MODEL_CACHE_DIR}/{USAGE}"]
-            pod["initContainers"] = [
-                {
-                    "name": "model-cache",
-                    "image": plan.cache_image or plan.image,
-                    "command": ["python", "-c", "import os, sys\nfor p in sys.argv[1:]: os.makedirs(p, exist_ok=True)", *paths],
-                    "volumeMounts": [{"name": "models", "mountPath": MODEL_CACHE_DIR}],
-                    "resources": {"requests": {"cpu": "10m", "memory": "64Mi"}, "limits": {"memory": "128Mi"}},
-                    "securityContext": dict(pod["containers"][0]["securityContext"]),
-                }
-            ]
-            pod["containers"][0]["volumeMounts"] += [
-                {"name": "models", "mountPath": paths[0], "subPath": plan.namespace},
-                {"name": "models", "mountPath": paths[1], "subPath": USAGE},
-            ]
-        else:  # a claim of the namespace's own: all of it is the namespace's
-            pod["containers"][0]["volumeMounts"].append({"name": "models", "mountPath": MODEL_CACHE_DIR})
+        # the whole node directory (the trainer keys its entries per namespace within it, and keeps the totals'
+        # record in .usage/ there): a subPath of the namespace alone needs a directory the pod's user owns before
+        # the pod starts, which the kubelet does not make (a missing subPath is made root-owned)
+        pod["containers"][0]["volumeMounts"].append({"name": "models", "mountPath": MODEL_CACHE_DIR})
     if spec.storage.serviceAccountName:
         pod["serviceAccountName"] = spec.storage.serviceAccountName
     if spec.workers.nodeSelector:
@@ -353,7 +336,6 @@ def build_preflight_job(plan: Plan) -> dict[str, Any]:
     container["env"] += [{"name": contract.ENV_GRACE, "value": str(plan.grace)}]  # the workers' grace, for its warning
     container["volumeMounts"] = [m for m in container["volumeMounts"] if m["name"] != "models"]
     pod["volumes"] = [v for v in pod["volumes"] if v["name"] != "models"]
-    pod.pop("initContainers", None)  # the model cache's: the preflight has none
     labels = {k: v for k, v in plan.labels.items() if k != "kueue.x-k8s.io/queue-name"}
     return {
         "apiVersion": "batch/v1",

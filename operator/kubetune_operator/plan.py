@@ -30,7 +30,6 @@ class Plan:
     restart: int  # gang restarts so far; passed to pods for their logs
     active_deadline: int | None  # seconds left of runPolicy.activeDeadlineSeconds, counted from the first start
     model_cache: str = ""  # Settings.model_cache: where the node keeps base models between pods and jobs
-    cache_image: str = ""  # Settings.trainer_image: the operator's own image, never a tenant's (the cache's init)
     model_cache_max_bytes: int = 0
     preflight: bool = True
     preflight_resources: tuple[str, str] = ("1", "4Gi")  # CPU and memory of the preflight pod
@@ -121,7 +120,6 @@ def make_plan(
         if spec.runPolicy.activeDeadlineSeconds is None
         else max(1, int(spec.runPolicy.activeDeadlineSeconds - elapsed)),
         model_cache=settings.model_cache,
-        cache_image=settings.trainer_image,
         model_cache_max_bytes=settings.model_cache_max_bytes,
         preflight=settings.preflight and spec.runPolicy.preflight,
         preflight_resources=(settings.preflight_cpu, settings.preflight_memory),

@@ -391,28 +391,6 @@ def test_the_prepared_sets_digest_goes_from_the_preflight_to_the_workers() -> No
     assert set(prepared.FILES) == {"meta.json"} | {f"{p}.{k}.npy" for p in prepared.PARTS for k in prepared.ARRAYS}
 
 
-# 8: a pod's trainer mounts only its namespace's part of the node's model cache (and the totals' record); the
-# operator's own image makes both first, as the pod's user (a subPath the kubelet makes is root-owned)
-def test_a_pods_trainer_mounts_only_its_namespaces_model_cache() -> None:
-    body = job(**{"metadata.namespace": "team-a", "spec.workers.image": "registry.corp/tenant/trainer:1"})
-    result = validate_object(body, cluster=True)
-    assert result.job is not None
-    plan = make_plan(body, result.job, Settings(model_cache="hostPath:/var/lib/kubetune/models", trainer_image="ops/trainer:1"))
-    pod = builders.build_job(plan)["spec"]["template"]["spec"]
-    (container,) = pod["containers"]
-    mounts = [m for m in container["volumeMounts"] if m["name"] == "models"]
-    root = builders.MODEL_CACHE_DIR
-    assert mounts == [
-        {"name": "models", "mountPath": f"{root}/team-a", "subPath": "team-a"},
-        {"name": "models", "mountPath": f"{root}/.usage", "subPath": ".usage"},
-    ]
-    (init,) = pod["initContainers"]
-    assert init["image"] == "ops/trainer:1" and init["command"][-2:] == [f"{root}/team-a", f"{root}/.usage"]
-    assert init["securityContext"] == container["securityContext"]
-    preflight = builders.build_preflight_job(plan)["spec"]["template"]["spec"]
-    assert "initContainers" not in preflight and all(v["name"] != "models" for v in preflight["volumes"])
-
-
 # 8: the hostPath cache's bound holds for the node: each namespace's cache records its total beside the others',
 # and evicts its own entries until the node's total fits
 def test_the_node_cache_bound_is_the_nodes_not_each_namespaces(tmp_path: Path) -> None:
@@ -440,7 +418,7 @@ def test_the_node_cache_bound_is_the_nodes_not_each_namespaces(tmp_path: Path) -
     mounts = builders.build_job(
         make_plan(job(), validate_object(job(), cluster=True).job, Settings(model_cache="hostPath:/var/lib/m"))  # type: ignore[arg-type]
     )["spec"]["template"]["spec"]["containers"][0]["volumeMounts"]
-    assert {"name": "models", "mountPath": f"{builders.MODEL_CACHE_DIR}/.usage", "subPath": ".usage"} in mounts
+    assert {"name": "models", "mountPath": builders.MODEL_CACHE_DIR} in mounts
     env = builders.build_job(
         make_plan(job(), validate_object(job(), cluster=True).job, Settings(model_cache="hostPath:/var/lib/m"))  # type: ignore[arg-type]
     )["spec"]["template"]["spec"]["containers"][0]["env"]
