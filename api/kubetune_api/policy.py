@@ -262,7 +262,7 @@ def _prefix_rule(path: str, key: str) -> PolicyRule:
         path,
         f"the platform policy lets this namespace {_VERBS[key]} only under",
         key,
-        lambda s, ns, p: _value(s, path) is None or _under(getattr(p, key), _value(s, path), ns),
+        lambda s, ns, p: (uri := _value(s, path)) is None or _under(getattr(p, key), uri, ns),
         lambda s: _value(s, path),
         f"{unset} || {_prefixed(key, expr)}",
         _quoted(expr),

@@ -52,7 +52,7 @@ def _text(value: Any, limit: int = TEXT) -> str:
 def _slim(pod: dict[str, Any], job_uid: str) -> dict[str, Any]:
     """What the status needs of it, bounded: identity, owner, completion index, phase, conditions, the trainer's end."""
     meta, status = pod.get("metadata") or {}, pod.get("status") or {}
-    index = ((meta.get("annotations") or {}).get(COMPLETION_INDEX),)
+    index = (meta.get("annotations") or {}).get(COMPLETION_INDEX)
     conditions = [
         {k: _text(c.get(k)) for k in ("type", "status", "reason", "message", "lastTransitionTime") if c.get(k) is not None}
         for c in (status.get("conditions") or [])[:8]
@@ -75,7 +75,7 @@ def _slim(pod: dict[str, Any], job_uid: str) -> dict[str, Any]:
             "name": _text(meta.get("name"), 253),
             "uid": _text(meta.get("uid"), 64),
             "creationTimestamp": _text(meta.get("creationTimestamp"), 64),
-            "annotations": {COMPLETION_INDEX: _text(index[0], 16)} if index[0] is not None else {},
+            "annotations": {COMPLETION_INDEX: _text(index, 16)} if index is not None else {},
             "ownerReferences": [{"kind": "Job", "controller": True, "uid": job_uid}],
         },
         "status": {"phase": _text(status.get("phase"), 16), "conditions": conditions, "containerStatuses": containers},

@@ -495,13 +495,14 @@ def fetch(
         return None, "no record of its contents from the preflight"
     if not store.exists(join(uri, "meta.json")):
         return None, "none in storage"
-    sizes = {name: store.size_of(join(uri, name), Reason.TRAINER_ERROR, "prepared dataset") for name in FILES}
+    known = set(FILES).__contains__
+    sizes = {o.relative: o.size for o in store.listing(uri, Reason.TRAINER_ERROR, "prepared dataset", keep=known)}
+    if sizes.keys() != set(FILES):
+        return None, f"refused: {', '.join(sorted(set(FILES) - sizes.keys()))} missing"
     if sizes["meta.json"] > META_LIMIT or (limit and sum(sizes.values()) > limit):
         return None, "refused: larger than the room left for it"
     shutil.rmtree(dest, ignore_errors=True)
-    dest.mkdir(parents=True)
-    for name in FILES:
-        store.download_file(join(uri, name), dest / name, Reason.TRAINER_ERROR, "prepared dataset")
+    store.download_prefix(uri, dest, Reason.TRAINER_ERROR, "prepared dataset", keep=known)  # concurrent, verified
     try:
         if contents_digest(dest) != contents:
             raise PreparedInvalid("its files are not those the preflight made (contents digest differs)")
