@@ -566,12 +566,6 @@ class NodeAgent:
         self._write_hosts()
         try:
             volumes = self._volumes(pod, run)
-            for spec in pod.spec.init_containers or []:  # in order, each to its end, as the kubelet runs them
-                init = self._start_container(pod, run, spec, volumes)
-                assert init.process is not None
-                if init.process.wait(timeout=300) != 0:
-                    self._fail_pod(pod, run, "Init:Error", f"init container {spec.name} exited {init.process.returncode}")
-                    return
             for spec in pod.spec.containers:
                 run.containers[spec.name] = self._start_container(pod, run, spec, volumes)
         except (client.ApiException, KeyError, OSError, ConfigError, subprocess.CalledProcessError) as exc:
