@@ -135,7 +135,9 @@ def test_dpo_continues_from_an_sft_adapter_and_a_mismatched_one_fails_before_ste
     config = json.loads(s3.get("s3://adapters/dpo-continued/adapter/adapter_config.json"))
     assert "reference" not in json.dumps(s3.keys("s3://adapters/dpo-continued/adapter/")) and config["r"] == 4
     # other LoRA settings than the adapter's: refused before any step
-    other = run(dpo_job("dpo-mismatch", s3, stored, preferences, model={"adapter": start}, lora={"r": 8}), s3, tmp_path)
+    other = run(
+        dpo_job("dpo-mismatch", s3, stored, preferences, model={"adapter": start}, lora={"r": 8}), s3, tmp_path, processes=1
+    )
     assert other.returncode == 1 and other.summary["reason"] == "AdapterMismatch", other.stdout[-2000:]
     assert "lora.r: the adapter has 4, the job 8" in other.summary["message"] and not other.of("progress")
     # the preflight refuses it before any GPU is asked for, and counts the pairs of a good one
@@ -155,5 +157,5 @@ def test_dpo_continues_from_an_sft_adapter_and_a_mismatched_one_fails_before_ste
     assert report.passed and [c.name for c in report.checks] == ["output", "model", "dataset", "adapter", "records", "memory"]
     assert "460 preference pairs" in next(c.message for c in report.checks if c.name == "records")
     # a prefix that holds no adapter
-    none = run(dpo_job("dpo-none", s3, stored, preferences, model={"adapter": stored["model"]}), s3, tmp_path)
+    none = run(dpo_job("dpo-none", s3, stored, preferences, model={"adapter": stored["model"]}), s3, tmp_path, processes=1)
     assert none.summary["reason"] == "ModelMissing" and "is not a PEFT adapter" in none.summary["message"], none.summary

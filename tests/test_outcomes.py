@@ -27,7 +27,7 @@ def spec(stored: dict[str, str], out: str, training: dict[str, Any], output: dic
 def test_early_stopping_stops_when_the_held_out_loss_stalls(s3: S3Server, stored: dict[str, str], tmp_path: Path) -> None:
     out = "s3://adapters/outcomes/early/"
     training = {"maxSteps": 30, "learningRate": 1e-9, "evalEverySteps": 1, "earlyStopping": {"patience": 2, "minDelta": 0.01}}
-    outcome = run(manifest("early", s3, spec(stored, out, training)), s3, tmp_path)
+    outcome = run(manifest("early", s3, spec(stored, out, training)), s3, tmp_path, processes=1)
     assert outcome.returncode == 0, outcome.stdout[-2000:] + outcome.stderr[-2000:]
     (stopped,) = outcome.of("earlyStopping")
     assert stopped["stoppedAtStep"] == 3  # step 1 sets the reference, steps 2 and 3 do not beat it by 0.01
@@ -77,7 +77,7 @@ def test_the_best_adapter_is_written_not_the_last(best_run: dict[str, Any]) -> N
 def test_an_adapter_below_the_quality_gate_is_not_marked_done(s3: S3Server, stored: dict[str, str], tmp_path: Path) -> None:
     out = "s3://adapters/outcomes/gate/"
     training = {"maxSteps": 2, "evalEverySteps": 0}
-    outcome = run(manifest("gate", s3, spec(stored, out, training, {"minImprovement": 0.95})), s3, tmp_path)
+    outcome = run(manifest("gate", s3, spec(stored, out, training, {"minImprovement": 0.95})), s3, tmp_path, processes=1)
     assert outcome.returncode == 1
     assert outcome.summary["reason"] == "BelowThreshold"
     assert "output.minImprovement asks for 95.0%" in outcome.summary["message"]

@@ -104,7 +104,7 @@ def test_zero3_chat_parquet_with_a_seeded_split(s3: S3Server, stored: dict[str, 
                 "targetModules": ["q_proj", "v_proj", "o_proj", "up_proj", "down_proj"],
             },
             "training": {
-                "epochs": 3,
+                "epochs": 1,
                 "learningRate": 5.0e-3,
                 "microBatchSize": 8,
                 "evalEverySteps": 0,

@@ -78,7 +78,7 @@ def test_bad_input_fails_early_with_its_reason(
     out = f"s3://adapters/failures/{name}/"
     s3.bucket("adapters")
     earlier = s3.put("adapters", f"failures/{name}/checkpoints/step-000004/COMPLETE", b'{"step": 4}')
-    outcome = run(manifest(f"bad-{name}", s3, spec_for(stored, out, **changes)), s3, tmp_path, **(env or {}))
+    outcome = run(manifest(f"bad-{name}", s3, spec_for(stored, out, **changes)), s3, tmp_path, processes=1, **(env or {}))
     assert outcome.returncode == 1, outcome.stdout[-2000:]
     summary = outcome.summary
     assert summary["status"] == "Failed" and summary["reason"] == reason, summary
@@ -103,7 +103,7 @@ def test_bad_input_fails_early_with_its_reason(
 def test_finished_output_is_never_overwritten(s3: S3Server, stored: dict[str, str], tmp_path: Path) -> None:
     s3.bucket("adapters")
     s3.put("adapters", "failures/done/_SUCCESS", b"")
-    outcome = run(manifest("done", s3, spec_for(stored, "s3://adapters/failures/done/")), s3, tmp_path)
+    outcome = run(manifest("done", s3, spec_for(stored, "s3://adapters/failures/done/")), s3, tmp_path, processes=1)
     assert outcome.returncode == 1 and outcome.summary["reason"] == "OutputExists"
 
 
@@ -112,7 +112,7 @@ def test_overwrite_starts_a_finished_output_afresh(s3: S3Server, stored: dict[st
     s3.bucket("adapters")
     s3.put("adapters", "failures/again/_SUCCESS", b"")
     s3.put("adapters", "failures/again/checkpoints/step-000100/COMPLETE", b'{"step": 100, "worldSize": 2}')
-    outcome = run(manifest("again", s3, spec_for(stored, out, output={"overwrite": True})), s3, tmp_path)
+    outcome = run(manifest("again", s3, spec_for(stored, out, output={"overwrite": True})), s3, tmp_path, processes=1)
     assert outcome.returncode == 0, outcome.stdout[-2000:] + outcome.stderr[-2000:]
     assert not outcome.of("resumed")
     assert [e["step"] for e in outcome.of("progress")] == [1, 2]

@@ -1,7 +1,7 @@
 """`python -m kubetune_cli`."""
 
-import sys
+from kubetune_trainer import quick_exit
 
 from .main import main
 
-sys.exit(main())
+quick_exit.run(main)

@@ -1,7 +1,6 @@
 """`python -m kubetune_trainer`: the trainer pod's command."""
 
 import os
-import sys
 
 from kubetune_trainer.loaders import without_loaders
 
@@ -9,7 +8,8 @@ from kubetune_trainer.loaders import without_loaders
 for _name in set(os.environ) - set(without_loaders(os.environ)):
     del os.environ[_name]
 
+from kubetune_trainer import quick_exit  # noqa: E402
 from kubetune_trainer.launch import main  # noqa: E402
 from kubetune_trainer.streams import guarded  # noqa: E402
 
-sys.exit(guarded(main))
+quick_exit.run(lambda: guarded(main))

@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import sys
 import tempfile
 import uuid
 from collections.abc import Callable
@@ -278,6 +277,7 @@ def main() -> int:
 
 
 if __name__ == "__main__":
+    from kubetune_trainer import quick_exit
     from kubetune_trainer.streams import guarded
 
-    sys.exit(guarded(main))
+    quick_exit.run(lambda: guarded(main))

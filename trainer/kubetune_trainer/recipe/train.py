@@ -676,4 +676,6 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from kubetune_trainer import quick_exit
+
+    quick_exit.run(main)
