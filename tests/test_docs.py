@@ -53,3 +53,16 @@ def test_operator_doc_lists_every_rbac_rule() -> None:
         rows = [[cell.strip() for cell in line.split("|")[1:-1]] for line in doc.splitlines() if line.startswith("| ")]
         row = next(r for r in rows if r[1] == ", ".join(rule["resources"]))
         assert row[2] == ", ".join(rule["verbs"]), row
+
+
+def test_the_readme_is_a_front_door_to_every_page() -> None:
+    """The README stays short and points at every page of docs/, and every page it points at exists."""
+    import re
+
+    readme = (ROOT / "README.md").read_text()
+    assert len(readme.splitlines()) < 250, "the README is the front door: detail belongs in docs/"
+    linked = set(re.findall(r"\]\((docs/[a-z-]+\.md)\)", readme))
+    for path in linked:
+        assert (ROOT / path).is_file(), path
+    pages = {p.relative_to(ROOT).as_posix() for p in (ROOT / "docs").glob("*.md")}
+    assert pages <= linked, f"pages the README does not lead to: {sorted(pages - linked)}"

@@ -1,4 +1,4 @@
-"""Every family the README lists takes the default LoRA settings and learns: the adapter wraps its layers, only the
+"""Every family docs/trainer.md lists takes the default LoRA settings and learns: the adapter wraps its layers, only the
 adapter trains, and a few steps lower the loss. Mixture-of-experts models (Mixtral, OLMoE, Qwen 2 MoE) train
 with the defaults too: where peft's expert-parameter wrappers refuse dropout it is set to 0 and recorded, and
 Mixtral's w1/w2/w3 (which peft maps onto the fused experts) are accepted target names."""

@@ -6,7 +6,7 @@ little better but makes them homogeneous: equal lengths land in the same row, an
 record (short arithmetic, long rewrites; in real data, short answers and long code), so a row, and at a few rows
 per step a whole optimizer step, holds one kind of record. On the trainer benchmark (two rows a step) that cost 8%
 of held-out loss against random batches; shuffled, packed rows are as mixed as random batches and fill within
-about 1.5% of decreasing order on short rows, 0.7% at 4,096 tokens (README "Benchmark", "Preparing a
+about 1.5% of decreasing order on short rows, 0.7% at 4,096 tokens (docs/benchmarks.md, "Preparing a
 dataset").
 
 Held-out rows, whose order never matters, are packed by `best_fit_decreasing` in O(n log n) (the sort) plus work
