@@ -83,7 +83,7 @@ def test_a_pickle_planted_in_a_checkpoint_never_runs(s3: S3Server, stored: dict[
     # the attacker knows the spec, so the record names this job: only the pickle stands between it and the pod
     job = validate_object(body).job
     assert job is not None
-    record = {"step": int(newest.split("-")[1]), "worldSize": 2, **checkpoint.identity(job.spec, "")}
+    record = {"step": int(newest.split("-")[1]), "worldSize": 2, **checkpoint.identity(job.spec, "").model_dump()}
     client.put_object(Bucket=bucket, Key=f"{prefix}checkpoints/{newest}/COMPLETE", Body=json.dumps(record).encode())
     client.put_object(
         Bucket=bucket,

@@ -389,10 +389,10 @@ def test_a_queue_can_be_required() -> None:
 def test_gpu_hours_go_to_the_jobs_queue_not_the_relabelled_finetunejob(monkeypatch: pytest.MonkeyPatch) -> None:
     from types import SimpleNamespace
 
-    from kubetune_operator import handlers, metrics
+    from kubetune_operator import effects, metrics
 
-    monkeypatch.setattr(handlers, "_raw", lambda *args, **kwargs: None)  # the status patch itself: not under test
-    monkeypatch.setattr(handlers, "API", SimpleNamespace(custom=SimpleNamespace(patch_namespaced_custom_object_status=None)))
+    monkeypatch.setattr(effects, "raw", lambda *args, **kwargs: None)  # the status patch itself: not under test
+    monkeypatch.setattr(effects, "API", SimpleNamespace(custom=SimpleNamespace(patch_namespaced_custom_object_status=None)))
     body = {
         "metadata": {"namespace": "team-a", "name": "j", "labels": {"kueue.x-k8s.io/queue-name": "someone-elses"}},
         "status": {"usage": {"gpuHours": 1.0, "gpuType": "H100"}},
@@ -401,22 +401,24 @@ def test_gpu_hours_go_to_the_jobs_queue_not_the_relabelled_finetunejob(monkeypat
     elsewhere = metrics.GPU_HOURS.labels("team-a", "someone-elses", "H100")
     before, before_elsewhere = charged._value.get(), elsewhere._value.get()
     new = FineTuneJobStatus.model_validate({"usage": {"gpuHours": 3.5, "gpuType": "H100"}})
-    handlers._write_status(body, new, "team-a-queue")
+    effects.write_status(body, new, "team-a-queue")
     assert charged._value.get() - before == pytest.approx(2.5) and elsewhere._value.get() == before_elsewhere
 
 
 # 9: in a cluster a checkpoint is resumed only when its record names exactly this FineTuneJob's uid
 @pytest.mark.parametrize("record_uid", [None, "", "another-job-uid"])
 def test_a_checkpoint_without_this_jobs_uid_is_never_resumed(record_uid: str | None) -> None:
+    from kubetune_api.records import Identity
     from kubetune_trainer.errors import TrainerFailure
     from kubetune_trainer.recipe.checkpoint import check_identity
 
-    record = {"specDigest": "d" * 64, **({} if record_uid is None else {"jobUid": record_uid})}
+    record = Identity(specDigest="d" * 64, **({} if record_uid is None else {"jobUid": record_uid}))
+    mine = Identity(specDigest="d" * 64, jobUid="this-job-uid")
     with pytest.raises(TrainerFailure, match="written by another FineTuneJob") as failed:
-        check_identity(record, {"specDigest": "d" * 64, "jobUid": "this-job-uid"}, "checkpoint step 10", {"d" * 64})
+        check_identity(record, mine, "checkpoint step 10", {"d" * 64})
     assert failed.value.reason.value == "CheckpointMismatch"
-    check_identity({**record, "jobUid": "this-job-uid"}, {"specDigest": "d" * 64, "jobUid": "this-job-uid"}, "ok", {"d" * 64})
-    check_identity(record, {"specDigest": "d" * 64, "jobUid": ""}, "kubetune run", {"d" * 64})  # no cluster: no uid to compare
+    check_identity(record.model_copy(update={"jobUid": "this-job-uid"}), mine, "ok", {"d" * 64})
+    check_identity(record, Identity(specDigest="d" * 64), "kubetune run", {"d" * 64})  # no cluster: no uid to compare
 
 
 def test_an_upgraded_trainer_resumes_a_checkpoint_an_earlier_version_wrote() -> None:
@@ -424,6 +426,7 @@ def test_an_upgraded_trainer_resumes_a_checkpoint_an_earlier_version_wrote() -> 
     still this spec's, so it is resumed; another spec's is not."""
     import hashlib
 
+    from kubetune_api.records import Identity
     from kubetune_trainer.errors import TrainerFailure
     from kubetune_trainer.recipe.checkpoint import IDENTITY_SECTIONS, check_identity, identity, spec_digests
 
@@ -434,14 +437,14 @@ def test_an_upgraded_trainer_resumes_a_checkpoint_an_earlier_version_wrote() -> 
     del sections["output"]["serving"], sections["output"]["tracking"]  # as the earlier version dumped it
     del sections["output"]["minPreferenceAccuracy"], sections["model"]["adapter"], sections["training"]["chunkedLoss"]
     sections["model"]["attnImplementation"] = "sdpa"  # the default before auto: a local spec file that left it out
-    earlier = {"specDigest": hashlib.sha256(json.dumps(sections, sort_keys=True).encode()).hexdigest(), "jobUid": "u"}
+    earlier = Identity(specDigest=hashlib.sha256(json.dumps(sections, sort_keys=True).encode()).hexdigest(), jobUid="u")
     mine = identity(spec.spec, "u")
-    assert earlier["specDigest"] != mine["specDigest"]
+    assert earlier.specDigest != mine.specDigest
     check_identity(earlier, mine, "checkpoint step 10", spec_digests(spec.spec))
     previous = {name: getattr(spec.spec, name).model_dump(mode="json", exclude_none=True) for name in earlier_sections}
     previous["model"]["attnImplementation"] = "sdpa"
     digest = hashlib.sha256(json.dumps(previous, sort_keys=True).encode()).hexdigest()
-    check_identity({"specDigest": digest, "jobUid": "u"}, mine, "checkpoint step 10", spec_digests(spec.spec))
+    check_identity(Identity(specDigest=digest, jobUid="u"), mine, "checkpoint step 10", spec_digests(spec.spec))
     other = validate_object(job(**{"spec.lora.r": 8})).job
     assert other is not None
     with pytest.raises(TrainerFailure, match="written for another spec"):
@@ -484,7 +487,7 @@ def test_the_ttl_delete_names_the_uid_it_read(monkeypatch: pytest.MonkeyPatch) -
 
     from kubernetes import client
 
-    from kubetune_operator import handlers
+    from kubetune_operator import effects
 
     calls: list[Any] = []
 
@@ -492,12 +495,12 @@ def test_the_ttl_delete_names_the_uid_it_read(monkeypatch: pytest.MonkeyPatch) -
         calls.append(body)
         raise client.ApiException(status=409)  # the uid no longer matches: tolerated, nothing else deleted
 
-    monkeypatch.setattr(handlers, "_raw", raw)
-    monkeypatch.setattr(handlers, "API", SimpleNamespace(custom=SimpleNamespace(delete_namespaced_custom_object=None)))
+    monkeypatch.setattr(effects, "raw", raw)
+    monkeypatch.setattr(effects, "API", SimpleNamespace(custom=SimpleNamespace(delete_namespaced_custom_object=None)))
     body = {
         "metadata": {"namespace": "team-a", "name": "done", "uid": "uid-read"},
         "spec": {"runPolicy": {"ttlSecondsAfterFinished": 0}},
     }
-    handlers._delete_self(body["metadata"], "uid-read")
+    effects.delete_self(body["metadata"], "uid-read")
     (options,) = calls
     assert options.preconditions.uid == "uid-read"

@@ -24,9 +24,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kubetune_api import events, layout
+from kubetune_api import events, layout, records
 from kubetune_api.conditions import Reason
 from kubetune_api.job import FineTuneJobSpec, digest_forms, sections_dump
+from kubetune_api.records import BestRecord, CheckpointRecord, Identity
 from kubetune_trainer.errors import TrainerFailure
 from kubetune_trainer.recipe.rank import Rank, barrier, broadcast
 from kubetune_trainer.spec_io import dump_spec
@@ -68,30 +69,27 @@ def all_tags(store: Store, output_uri: str) -> list[str]:
     return sorted({r.split("/")[0] for r, _, _ in store.list(root(output_uri)) if TAG.match(r.split("/")[0])})
 
 
-def mark_complete(store: Store, output_uri: str, step: int, info: dict[str, Any]) -> None:
-    store.write_text(join(root(output_uri), tag(step), COMPLETE), json.dumps(info))
+def mark_complete(store: Store, output_uri: str, record: CheckpointRecord) -> None:
+    store.write_text(join(root(output_uri), tag(record.step), COMPLETE), record.model_dump_json())
 
 
-def read_info(store: Store, output_uri: str, name: str) -> dict[str, Any]:
+def read_info(store: Store, output_uri: str, name: str) -> CheckpointRecord:
     uri = join(root(output_uri), name, COMPLETE)
-    try:
-        data = json.loads(store.read_text(uri))
-    except ValueError:
-        data = None
-    if not isinstance(data, dict) or not isinstance(data.get("step"), int) or not isinstance(data.get("worldSize"), int):
+    record = records.read(CheckpointRecord, store.read_text(uri))
+    if record is None:
         raise TrainerFailure(Reason.CHECKPOINT_MISMATCH, f"{uri} is not a checkpoint record kubetune wrote")
-    return data
+    return record
 
 
 def _spec_digest(sections: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(sections, sort_keys=True).encode()).hexdigest()
 
 
-def identity(spec: FineTuneJobSpec, job_uid: str) -> dict[str, str]:
+def identity(spec: FineTuneJobSpec, job_uid: str) -> Identity:
     """What a checkpoint records about the job that wrote it. Empty fields are left out of the digest, so a field a
     later version adds (empty unless set) does not keep an upgraded trainer from resuming its checkpoints."""
     sections = sections_dump(spec, IDENTITY_SECTIONS)
-    return {"specDigest": _spec_digest(sections), "jobUid": job_uid}
+    return Identity(specDigest=_spec_digest(sections), jobUid=job_uid)
 
 
 def spec_digests(spec: FineTuneJobSpec) -> set[str]:
@@ -100,21 +98,11 @@ def spec_digests(spec: FineTuneJobSpec) -> set[str]:
     return {_spec_digest(form) for form in digest_forms(spec, IDENTITY_SECTIONS)}
 
 
-def check_identity(info: dict[str, Any], mine: dict[str, str], where: str, digests: set[str]) -> None:
+def check_identity(record: Identity, mine: Identity, where: str, digests: set[str]) -> None:
     """Refuse a checkpoint that another job, or another spec, wrote: resuming it would continue someone else's run."""
-    theirs_uid, my_uid = str(info.get("jobUid") or ""), mine["jobUid"]
-    if info.get("specDigest") not in digests:
-        raise TrainerFailure(
-            Reason.CHECKPOINT_MISMATCH,
-            f"{where} was written for another spec (training digest {str(info.get('specDigest'))[:12] or 'none'}, this "
-            f"job's is {mine['specDigest'][:12]}); not resuming it. Delete the checkpoints or choose another output.uri",
-        )
-    if my_uid and theirs_uid != my_uid:  # in a cluster a record without this job's uid is never resumed
-        raise TrainerFailure(
-            Reason.CHECKPOINT_MISMATCH,
-            f"{where} was written by another FineTuneJob (uid {theirs_uid or 'none'}, this one is {my_uid}); not resuming it. "
-            "Delete the checkpoints or choose another output.uri",
-        )
+    refusal = record.refusal(mine, digests, where)
+    if refusal is not None:
+        raise TrainerFailure(Reason.CHECKPOINT_MISMATCH, refusal)
 
 
 @contextlib.contextmanager
@@ -193,30 +181,25 @@ def prune(store: Store, output_uri: str, keep: int) -> list[str]:
 BEST = "best"
 
 
-def save_best(store: Store, output_uri: str, adapter_dir: Path, info: dict[str, Any]) -> None:
+def save_best(store: Store, output_uri: str, adapter_dir: Path, record: BestRecord) -> None:
     """Upload under best/step-N/ first, then the BEST record naming it, then drop older ones: a crash in between
     leaves the previous record pointing at complete files."""
     where = join(root(output_uri), BEST)
-    name = tag(int(info["step"]))
+    name = record.tag
     store.upload_dir(adapter_dir, join(where, name))
-    store.write_text(join(where, "BEST"), json.dumps({**info, "tag": name}))
+    store.write_text(join(where, "BEST"), record.model_dump_json())
     for old in {r.split("/")[0] for r, _, _ in store.list(where)} - {name, "BEST"}:
         if TAG.match(old):
             store.delete_prefix(join(where, old))
 
 
-def load_best(store: Store, output_uri: str, target: Path, step: int, mine: dict[str, str], digests: set[str]) -> bool:
+def load_best(store: Store, output_uri: str, target: Path, step: int, mine: Identity, digests: set[str]) -> bool:
     """Fetch the kept best adapter into target when its record is this job's and names `step`; False otherwise."""
     where = join(root(output_uri), BEST)
     if not store.exists(join(where, "BEST")):
         return False
-    try:
-        info = json.loads(store.read_text(join(where, "BEST")))
-    except ValueError:
-        return False
-    if not isinstance(info, dict) or info.get("step") != step or info.get("tag") != tag(step):
-        return False
-    if info.get("specDigest") not in digests or (info.get("jobUid") or "") != (mine["jobUid"] or ""):
+    record = records.read(BestRecord, store.read_text(join(where, "BEST")))
+    if record is None or not record.names(step) or record.refusal(mine, digests, "the best adapter") is not None:
         return False
     source = join(where, tag(step))
     shutil.rmtree(target, ignore_errors=True)
@@ -360,7 +343,8 @@ class Checkpoints:
             return
         step = upload.step
         self.complete_step = step
-        mark_complete(self.store, self.uri, step, {"step": step, "worldSize": me.world, **identity(me.spec, me.worker.job_uid)})
+        mine = identity(me.spec, me.worker.job_uid)
+        mark_complete(self.store, self.uri, CheckpointRecord(step=step, worldSize=me.world, **mine.model_dump()))
         prune(self.store, self.uri, me.spec.training.keepCheckpoints)
         now = time.monotonic()
         events.emit(
@@ -390,7 +374,7 @@ class Checkpoints:
         if remote and me.local_rank == 0:
             self.store.download_prefix(join(root(self.uri), name), local / name, Reason.TRAINER_ERROR, "checkpoint")
         barrier()
-        same_world = info.get("worldSize") == me.world
+        same_world = info.worldSize == me.world
         with safe_loading():
             _, client = engine.load_checkpoint(
                 str(local),
@@ -402,7 +386,7 @@ class Checkpoints:
         state = (client or {}).get("kubetune", {})
         if same_world:
             load_rng(local / name, me.rank)
-        step = int(state.get("step", info["step"]))
+        step = int(state.get("step", info.step))
         self.complete_step = step
         if me.is_main:
             events.emit(events.Resumed(step=step, checkpoint=name, optimizerRestored=same_world))
@@ -411,8 +395,9 @@ class Checkpoints:
     def keep_best(self, adapter_dir: Path, step: int, result: dict[str, float]) -> None:
         """The new best adapter (small), beside the checkpoints: a gang restart still has it. Rank 0 writes it."""
         if self.me.is_main:
-            info = {"step": step, **result, **identity(self.me.spec, self.me.worker.job_uid)}
-            save_best(self.store, self.uri, adapter_dir, info)
+            mine = identity(self.me.spec, self.me.worker.job_uid)
+            record = BestRecord(step=step, tag=tag(step), evalLoss=result.get("evalLoss"), **mine.model_dump())
+            save_best(self.store, self.uri, adapter_dir, record)
 
     def restore_best(self, target: Path, step: int) -> bool:
         """The best adapter kept before a restart, when it is the one this job's history names (rank 0)."""

@@ -1,0 +1,57 @@
+"""The records one run leaves in storage for the next (kubetune_api.records): one parser that refuses what kubetune
+did not write, one identity rule for a checkpoint and the best adapter alike."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from kubetune_api.records import BestRecord, CheckpointRecord, Identity, read
+
+MINE = Identity(specDigest="d" * 64, jobUid="job-uid")
+DIGESTS = {"d" * 64}
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "not json",
+        "[]",
+        '{"step": 3}',  # no worldSize, no digest
+        '{"step": "3", "worldSize": 2, "specDigest": "x"}',  # a step that is not a number
+        '{"step": 0, "worldSize": 2, "specDigest": "x"}',  # no step 0 checkpoint is ever written
+        '{"step": 3, "worldSize": 0, "specDigest": "x"}',
+        json.dumps({"step": 3, "worldSize": 2, "specDigest": "x" * 65}),  # longer than a sha256
+        json.dumps({"step": 3, "worldSize": 2, "specDigest": "x", "jobUid": "u" * 129}),
+    ],
+)
+def test_a_checkpoint_record_kubetune_did_not_write_is_refused(text: str) -> None:
+    assert read(CheckpointRecord, text) is None
+
+
+def test_a_record_round_trips_and_ignores_fields_it_does_not_declare() -> None:
+    record = CheckpointRecord(step=20, worldSize=2, **MINE.model_dump())
+    assert read(CheckpointRecord, record.model_dump_json()) == record
+    later = json.loads(record.model_dump_json()) | {"writtenBy": "a later version"}
+    assert read(CheckpointRecord, json.dumps(later)) == record  # ignored, never trusted
+
+
+def test_the_identity_rule_names_what_differs() -> None:
+    assert MINE.refusal(MINE, DIGESTS, "here") is None
+    other_spec = Identity(specDigest="e" * 64, jobUid="job-uid")
+    assert "written for another spec (training digest eeeeeeeeeeee" in (other_spec.refusal(MINE, DIGESTS, "here") or "")
+    other_job = Identity(specDigest="d" * 64, jobUid="another")
+    assert "written by another FineTuneJob (uid another, this one is job-uid)" in (other_job.refusal(MINE, DIGESTS, "x") or "")
+    no_uid = Identity(specDigest="d" * 64)
+    assert no_uid.refusal(MINE, DIGESTS, "x") is not None  # in a cluster a record without the uid is never used
+    assert no_uid.refusal(Identity(specDigest="d" * 64), DIGESTS, "x") is None  # kubetune run: no uid to compare
+
+
+def test_a_best_record_names_its_step_and_tag() -> None:
+    best = BestRecord(step=12, tag="step-000012", evalLoss=1.5, **MINE.model_dump())
+    assert best.names(12) and not best.names(10)
+    assert not BestRecord(step=12, tag="step-000010", **MINE.model_dump()).names(12)  # a record naming other files
+    assert read(BestRecord, best.model_dump_json()) == best
+    assert read(BestRecord, '{"step": 12, "specDigest": "d"}') is None  # no tag
