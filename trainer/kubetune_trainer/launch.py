@@ -25,7 +25,6 @@ from kubetune_api import events, layout
 from kubetune_api._types import quantity_value
 from kubetune_api.conditions import Reason
 from kubetune_api.contract import (
-    ENV_CACHE,
     ENV_EVENTS,
     ENV_WORK_DIR,
     EXIT_PREEMPTED,
@@ -35,28 +34,17 @@ from kubetune_api.contract import (
 )
 from kubetune_api.job import FineTuneJobSpec
 from kubetune_api.metrics import Metrics
-from kubetune_trainer import adapters, rank_env, streams
+from kubetune_trainer import rank_env, streams
 from kubetune_trainer.data import prepared
-from kubetune_trainer.data.reading import is_data_file
 from kubetune_trainer.errors import TrainerFailure
+from kubetune_trainer.inputs import cache_dir, fetch_adapter, fetch_inputs
 from kubetune_trainer.loaders import without_loaders
-from kubetune_trainer.model import check_hub_model
 from kubetune_trainer.rank_env import RankEnv
 from kubetune_trainer.recipe import outputs, report
 from kubetune_trainer.signals import in_this_process
 from kubetune_trainer.spec_io import load_spec
-from kubetune_trainer.storage import Store, human_bytes
-from kubetune_trainer.storage.model_cache import Entry, ModelCache, fetch_model
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get(ENV_CACHE) or Path(tempfile.gettempdir()) / "kubetune-cache")
-
-
-def _local_name(uri: str) -> str:
-    import hashlib
-
-    return hashlib.sha256(uri.encode()).hexdigest()[:16]
+from kubetune_trainer.storage import Store
+from kubetune_trainer.storage.model_cache import Entry
 
 
 def prepare_output(spec: FineTuneJobSpec, store: Store) -> None:
@@ -69,80 +57,6 @@ def prepare_output(spec: FineTuneJobSpec, store: Store) -> None:
             store.delete(target)
     for name in layout.RUN_PREFIXES:
         store.delete_prefix(layout.under(spec.output.uri, name))
-
-
-def _data_size(store: Store, uri: str) -> int:
-    if not uri.endswith("/"):
-        return store.size_of(uri, Reason.DATASET_MISSING, "dataset")
-    shards = [size for relative, size, _ in store.list(uri) if is_data_file(relative)]
-    if not shards:
-        raise TrainerFailure(
-            Reason.DATASET_MISSING, f"dataset not found: no .jsonl, .json or .parquet files (optionally .gz or .zst) under {uri}"
-        )
-    return sum(shards)
-
-
-def data_bytes(spec: FineTuneJobSpec, store: Store) -> int:
-    """The remote datasets' size, from the listing, checked against workers.cacheSize before a byte is fetched."""
-    room = int(quantity_value(spec.workers.cacheSize))
-    data_uris = [u for u in (spec.dataset.train, spec.dataset.validation) if u is not None and store.local_path(u) is None]
-    size = sum(_data_size(store, u) for u in data_uris)
-    if size > room:
-        raise TrainerFailure(
-            Reason.DATASET_TOO_LARGE,
-            f"the datasets are {human_bytes(size)}, more than the worker's cache holds "
-            f"(workers.cacheSize {spec.workers.cacheSize} = {human_bytes(room)}): raise workers.cacheSize",
-        )
-    return size
-
-
-def fetch_data(spec: FineTuneJobSpec, store: Store, cache: Path) -> tuple[Path, Path | None]:
-    """The training and validation files (or shard directories) on this machine, downloaded and verified."""
-    files: list[Path | None] = []
-    for name in (spec.dataset.train, spec.dataset.validation):
-        if name is None:
-            files.append(None)
-        elif name.endswith("/"):  # a prefix or directory of shards
-            local = cache / "data" / _local_name(name)
-            got = store.download_prefix(name, local, Reason.DATASET_MISSING, "dataset", keep=is_data_file)
-            files.append(got.resolve())
-        else:
-            target = cache / "data" / _local_name(name) / Path(name).name
-            files.append(store.download_file(name, target, Reason.DATASET_MISSING, "dataset").resolve())
-    train = files[0]
-    assert train is not None
-    return train, files[1]
-
-
-def fetch_adapter(spec: FineTuneJobSpec, store: Store, cache: Path) -> Path | None:
-    """The starting adapter (model.adapter), its two allow-listed files on this machine; None without one."""
-    uri = spec.model.adapter
-    if uri is None:
-        return None
-    room = int(quantity_value(spec.workers.cacheSize))
-    return adapters.fetch(store, uri, cache / "adapters" / _local_name(uri), room).resolve()
-
-
-def fetch_inputs(spec: FineTuneJobSpec, store: Store, cache: Path) -> tuple[str, Path, Path | None, Entry | None]:
-    """Model directory (or hub id) and local dataset files, downloaded and verified once per worker; the model
-    through the node's model cache (its entry is held until released). Sizes are checked against
-    workers.cacheSize from the listing, before a byte is fetched."""
-    uri = spec.model.uri
-    room = int(quantity_value(spec.workers.cacheSize))
-    size = data_bytes(spec, store)
-    entry: Entry | None = None
-    if "://" in uri and store.local_path(uri) is None:
-        entry = fetch_model(store, uri, ModelCache.from_environ(cache / "models"), room - size)
-        model = str(entry.path)
-    elif uri.startswith(("/", "./", "../")):
-        if not Path(uri).is_dir():
-            raise TrainerFailure(Reason.MODEL_MISSING, f"base model not found: {uri} is not a directory")
-        model = str(Path(uri).resolve())
-    else:
-        check_hub_model(spec.model)  # in seconds: a folder meant, a name that exists nowhere, no network
-        model = uri  # a hub id: transformers fetches and caches it
-    train, validation = fetch_data(spec, store, cache)
-    return model, train, validation, entry
 
 
 def result_dir(work: Path) -> Path:

@@ -39,7 +39,7 @@ from kubetune_api.preflight import (
 from kubetune_trainer import adapters
 from kubetune_trainer.data import batching, prepared
 from kubetune_trainer.errors import TrainerFailure
-from kubetune_trainer.launch import data_bytes, fetch_data
+from kubetune_trainer.inputs import data_bytes, fetch_data
 from kubetune_trainer.model import load_tokenizer
 from kubetune_trainer.recipe import outputs
 from kubetune_trainer.spec_io import load_spec
