@@ -26,13 +26,13 @@ def test_quickstart_assets_regenerate_identically(tmp_path: Path) -> None:
         )
 
 
-def run_example(name: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
+def run_example(name: str, tmp_path: Path, *options: str) -> subprocess.CompletedProcess[str]:
     """`kubetune run examples/NAME` as shipped, from a copy of examples/ (its model and data beside it)."""
     if not (tmp_path / "examples" / "quickstart").is_dir():
         shutil.copytree(QUICKSTART, tmp_path / "examples" / "quickstart")
     shutil.copy(ROOT / "examples" / name, tmp_path / "examples" / name)
     return subprocess.run(
-        [sys.executable, "-m", "kubetune_cli", "run", f"examples/{name}"],
+        [sys.executable, "-m", "kubetune_cli", "run", f"examples/{name}", *options],
         cwd=tmp_path,
         capture_output=True,
         text=True,
@@ -42,8 +42,8 @@ def run_example(name: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
 
 @pytest.mark.trainer
 def test_quickstart_runs_to_completion_twice(tmp_path: Path) -> None:
-    for _ in range(2):  # the second run starts afresh (output.overwrite) instead of refusing or resuming
-        result = run_example("quickstart.yaml", tmp_path)
+    for options in ((), ("--progress", "bar")):  # the second starts afresh (output.overwrite), as at a terminal
+        result = run_example("quickstart.yaml", tmp_path, *options)
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
         assert "held-out            base      adapter" in result.stdout
         base, adapter = (
@@ -57,6 +57,15 @@ def test_quickstart_runs_to_completion_twice(tmp_path: Path) -> None:
         assert len(set(spark.split()[-1]) - set("▁▂▃▄▅▆▇█")) == 0 and len(spark.split()[-1]) > 5
         picture = (tmp_path / "out" / "quickstart" / "curves.svg").read_text()
         assert picture.startswith("<svg") and picture.count("<polyline") == 2
+    # at a terminal: words for each event, one table of timings, no JSON, no library chatter (that is in the log)
+    shown = [line.strip() for line in result.stdout.replace("\r", "\n").splitlines()]
+    assert not [line for line in shown if line.startswith("{")], result.stdout[-3000:]
+    assert any(line.startswith("data prepared: 1,080 records") for line in shown)
+    assert "held-out at base model: loss 5.5523, token accuracy 0.0012" in shown
+    assert "checkpoint saved at step 20: ./out/quickstart/checkpoints/step-000020" in shown
+    assert "time by phase:" in shown and any(line.startswith("training steps ") for line in shown)
+    assert "built successfully" not in result.stdout
+    assert "built successfully" in (tmp_path / ".kubetune" / "quickstart" / "trainer.log").read_text()
 
 
 @pytest.mark.trainer

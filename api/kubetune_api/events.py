@@ -128,11 +128,18 @@ def line(event: Event) -> str:
 # trainer's; the ranks' go to the launcher through the FIFO named by contract.ENV_EVENTS.
 _sink: Callable[[str], None] | None = None
 _fifo: int | None = None
+# a person at a terminal (`kubetune run`, progress bar): events go to this instead, as words (kubetune_trainer.terminal)
+_renderer: Callable[[Event], None] | None = None
 
 
 def install(sink: Callable[[str], None] | None) -> None:
     global _sink
     _sink = sink
+
+
+def install_renderer(renderer: Callable[[Event], None] | None) -> None:
+    global _renderer
+    _renderer = renderer
 
 
 def write(text: str) -> None:
@@ -156,5 +163,7 @@ def emit(event: Event, stream: TextIO | None = None) -> None:
     """Write one event line (where the operator reads events, unless a stream is given) and flush it."""
     if stream is not None:
         print(line(event), file=stream, flush=True)
+    elif _renderer is not None:
+        _renderer(event)
     else:
         write(line(event))

@@ -12,6 +12,7 @@ from kubetune_api.contract import CONFIG_FILE, DEEPSPEED_FILE, WorkerEnv
 from kubetune_api.ds_config import deepspeed_config
 from kubetune_api.job import FineTuneJob
 from kubetune_api.metrics import Metrics
+from kubetune_trainer import terminal
 from kubetune_trainer.launch import result_dir, run_worker
 from kubetune_trainer.rank_env import METRICS_FILE
 from kubetune_trainer.spec_io import dump_spec
@@ -62,6 +63,8 @@ def run(job: FineTuneJob, processes: int, progress: str, work_dir: Path) -> dict
     )
     log = log_path(work_dir)
     log.unlink(missing_ok=True)
+    if progress == "bar":  # a person at a terminal: this process's events (data prepared, fetched) as words too
+        terminal.install()
     return run_worker(spec, worker, progress=progress, work_dir=work_dir, log=log)
 
 

@@ -11,6 +11,7 @@ from typing import Any, TextIO
 
 from kubetune_api import events
 from kubetune_api.contract import ProgressLine, Summary
+from kubetune_trainer import terminal
 
 
 def format_eta(seconds: float | None) -> str | None:
@@ -24,7 +25,8 @@ def format_eta(seconds: float | None) -> str | None:
 
 @dataclass
 class Progress:
-    """Rank 0's progress reporter: JSON lines (pods) or a tqdm bar (a person at a terminal)."""
+    """Rank 0's progress reporter: JSON lines (pods) or a tqdm bar (a person at a terminal, the other events as
+    words above it: kubetune_trainer.terminal)."""
 
     total_steps: int
     style: str = "json"  # json | bar
@@ -40,7 +42,11 @@ class Progress:
         if self.style == "bar":
             from tqdm import tqdm
 
-            self._bar = tqdm(total=self.total_steps, initial=step, unit="step", dynamic_ncols=True, file=sys.stdout)
+            shown = terminal.active
+            out = shown.stream if shown is not None else sys.stdout
+            self._bar = tqdm(total=self.total_steps, initial=step, unit="step", dynamic_ncols=True, file=out)
+            if shown is not None:
+                shown.bar = self._bar
 
     def step(
         self, step: int, epoch: float, loss: float, lr: float, tokens_per_second: float, checkpoint_step: int | None = None
@@ -73,7 +79,7 @@ class Progress:
     def emit(self, event: events.Event) -> None:
         if self.tracker is not None and isinstance(event, events.Eval):
             self.tracker.on_eval(event.step, event.model, event.model_dump(exclude={"event", "step", "model"}))
-        if self._bar is not None:
+        if self._bar is not None and terminal.active is None:
             self._bar.write(events.line(event), file=sys.stdout)
         else:
             events.emit(event, self.stream)
@@ -81,6 +87,8 @@ class Progress:
     def close(self) -> None:
         if self._bar is not None:
             self._bar.close()
+            if terminal.active is not None:
+                terminal.active.bar = None
 
 
 def summary(status: str, **fields: Any) -> dict[str, Any]:

@@ -26,7 +26,7 @@ from kubetune_api.contract import RankFailure, TrackingOutcome, WorkerEnv, drop_
 from kubetune_api.ds_config import deepspeed_config
 from kubetune_api.job import FineTuneJobSpec, chunked_loss, loss_chunk_tokens
 from kubetune_api.metrics import AdapterChoice, Curves, DataReport, EarlyStop, Evaluated, Evaluation, Fetch, Metrics, TrainStats
-from kubetune_trainer import adapters, attention, rank_env, spec_io
+from kubetune_trainer import adapters, attention, rank_env, spec_io, terminal
 from kubetune_trainer.data import batching, prepared
 from kubetune_trainer.errors import TrainerFailure
 from kubetune_trainer.model import add_lora, load_model, load_tokenizer, model_type
@@ -603,6 +603,8 @@ class Clock:
 
 def train(spec: FineTuneJobSpec, worker: WorkerEnv, paths: RankEnv) -> Metrics | None:
     stop = Stop().install()  # first: a SIGTERM while the rank sets up is noted, and acted on at the first step
+    if paths.progress == "bar":  # a person at a terminal: words, not JSON, and the libraries' prints in the log
+        terminal.install(quiet_libraries=True)
     started = float(os.environ.get(rank_env.PROCESS_START, "0")) or None
     clock = Clock(os.environ.get("RANK", "0") == "0")
     if started is not None:  # from the launcher's clock: interpreter start and imports
@@ -620,7 +622,10 @@ def train(spec: FineTuneJobSpec, worker: WorkerEnv, paths: RankEnv) -> Metrics |
     clock.lap("load model, DeepSpeed init")
     recipe = Recipe(me, store, tokenizer, batches, built, clock, memory, stop)
     try:
-        return recipe.train()
+        metrics = recipe.train()
+        if terminal.active is not None and me.is_main:
+            terminal.active.write(terminal.active.table())
+        return metrics
     except BaseException as exc:
         if recipe.tracker is not None:  # the run says how this attempt ended; a resumed one sets it running again
             recipe.tracker.finish("KILLED" if getattr(exc, "reason", None) == Reason.PREEMPTED else "FAILED")
