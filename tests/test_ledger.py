@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from prometheus_client import REGISTRY
 
+from kubetune_api.status import Usage
 from kubetune_operator import builders, metrics
 from kubetune_operator.ledger import ledger, pod_seconds
 
@@ -64,20 +65,21 @@ def test_the_ledger(
     lost: float,
     closed: int,
 ) -> None:
+    before = Usage.model_validate(previous) if previous is not None else None
     usage = ledger(
-        previous, running, attempt, restarting=restarting, failed=failed, final=final, gpus=8, gpu_type="H100", price=4.0
+        before, running, attempt, restarting=restarting, failed=failed, final=final, gpus=8, gpu_type="H100", price=4.0
     )
-    assert usage["podSeconds"] == total and usage["closedAttempts"] == closed
-    assert usage["gpuHours"] == pytest.approx(total * 8 / H, abs=1e-3)
-    assert usage["lostGpuHours"] == pytest.approx(lost * 8 / H, abs=1e-3)
-    assert usage["estimatedCost"] == pytest.approx(usage["gpuHours"] * 4.0, abs=0.01)
+    assert usage.podSeconds == total and usage.closedAttempts == closed
+    assert usage.gpuHours == pytest.approx(total * 8 / H, abs=1e-3)
+    assert usage.lostGpuHours == pytest.approx(lost * 8 / H, abs=1e-3)
+    assert usage.estimatedCost == pytest.approx(usage.gpuHours * 4.0, abs=0.01)
     if total:
-        assert usage["lostShare"] == pytest.approx(lost / total, abs=1e-3)
+        assert usage.lostShare == pytest.approx(lost / total, abs=1e-3)
 
 
 def test_a_cpu_job_has_pod_time_and_a_lost_share_but_no_gpu_hours_or_cost() -> None:
     usage = ledger(None, H, 0, restarting=True, failed=False, gpus=0, gpu_type="", price=4.0)
-    assert usage["gpuHours"] == 0 and usage["lostShare"] == 1.0 and "estimatedCost" not in usage and "gpuType" not in usage
+    assert usage.gpuHours == 0 and usage.lostShare == 1.0 and usage.estimatedCost is None and usage.gpuType is None
 
 
 def test_the_plan_carries_the_gpu_type_and_price_of_the_platforms_table() -> None:

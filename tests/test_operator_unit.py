@@ -222,7 +222,7 @@ def test_unschedulable_pods_show_the_schedulers_words() -> None:
 def test_progress_from_rank0_lines() -> None:
     log = 'noise\n{"event": "progress", "step": 5, "totalSteps": 20, "epoch": 0.5, "loss": 2.0, "eta": "1m00s"}\n{"event": "eval"}\n'
     line = observation.last_progress(log)
-    assert line is not None and observation.progress_status(line)["summary"] == "5/20 (25%)"
+    assert line is not None and observation.progress_status(line).summary == "5/20 (25%)"
 
 
 def test_tracking_reaches_the_status_degraded_while_it_runs_and_its_run_at_the_end() -> None:
@@ -233,7 +233,7 @@ def test_tracking_reaches_the_status_degraded_while_it_runs_and_its_run_at_the_e
     line = observation.last_progress(said + "\n")
     assert line is not None
     progress = observation.progress_status(line)
-    assert progress["trackingDegraded"] == "the tracking server is unavailable (URLError)"  # escapes cleaned
+    assert progress.trackingDegraded == "the tracking server is unavailable (URLError)"  # escapes cleaned
     summary = parse_summary(
         '{"event": "summary", "status": "Succeeded", "steps": 20, "tracking": {"experiment": "team-a", "runId": "abc",'
         ' "registeredModel": "bot", "registeredVersion": "3"}}'
@@ -324,7 +324,7 @@ def test_every_api_request_of_the_operator_is_bounded(monkeypatch: pytest.Monkey
 
     from kubernetes import client
 
-    from kubetune_operator import handlers
+    from kubetune_operator import kube
 
     silent = socket.socket()
     silent.bind(("127.0.0.1", 0))
@@ -332,8 +332,8 @@ def test_every_api_request_of_the_operator_is_bounded(monkeypatch: pytest.Monkey
     configuration = client.Configuration()
     configuration.host = f"http://127.0.0.1:{silent.getsockname()[1]}"
     configuration.retries = 0
-    monkeypatch.setattr(handlers, "REQUEST_TIMEOUT", (1, 1))
-    api = client.CoreV1Api(handlers.BoundedApiClient(configuration))
+    monkeypatch.setattr(kube, "REQUEST_TIMEOUT", (1, 1))
+    api = client.CoreV1Api(kube.BoundedApiClient(configuration))
     raised: list[BaseException] = []
 
     def call() -> None:

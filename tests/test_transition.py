@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from kubetune_api.contract import PreparingLine
-from kubetune_api.status import FineTuneJobStatus
+from kubetune_api.status import FineTuneJobStatus, Progress
 from kubetune_operator import polling
 from kubetune_operator.preflight_outcome import preparing_status
 from kubetune_operator.transition import (
@@ -298,7 +298,7 @@ def test_pending_workers_say_why_in_the_schedulers_words() -> None:
 
 
 def test_running_workers_report_progress_and_usage_in_whole_minutes() -> None:
-    progress = {"step": 10, "totalSteps": 40, "epoch": 0.25, "summary": "10/40 (25%)"}
+    progress = Progress(step=10, totalSteps=40, epoch=0.25, summary="10/40 (25%)")
     status, _ = run(
         plan(), previous=passed_preflight(), job=job(), pods=[pod(0, started="2026-11-26T11:58:30Z")], progress=progress
     )

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import datetime
+from collections.abc import Sequence
 from typing import Any
+
+from kubetune_api.status import Usage
 
 
 def parse_time(value: Any) -> datetime.datetime | None:
@@ -30,7 +33,7 @@ def pod_seconds(pods: list[dict[str, Any]], at: datetime.datetime) -> float:
 
 
 def ledger(
-    previous: dict[str, Any] | None,
+    previous: Usage | None,
     running: float,
     attempt: int,
     *,
@@ -42,7 +45,8 @@ def ledger(
     gpus: int,
     gpu_type: str,
     price: float,
-) -> dict[str, Any]:
+    preempted_pods: Sequence[str] = (),
+) -> Usage:
     """status.usage from the attempts before (kept in the status) and this attempt's pod seconds: `running` of its
     workers, `preempted` of workers that ended preempted or evicted and were not counted before (closed into the
     status at once, so neither an operator restart nor the pod going away loses them; kept: they checkpointed the
@@ -50,36 +54,31 @@ def ledger(
     count, decides); a failed end loses the last attempt too; an attempt the queue or a suspend `stopped` is kept
     (its pods go away, so their time is closed now). While an attempt runs its time moves in whole minutes, so the
     status is not rewritten for the ledger alone at every sync; an attempt's end is counted to the second."""
-    prev = previous or {}
+    prev = previous or Usage()
     if not (restarting or failed or final or stopped):
         running = running // 60 * 60
-    restarted = float(prev.get("restartedPodSeconds") or 0.0)
-    kept = float(prev.get("closedPreemptedPodSeconds") or 0.0)
-    closed = int(prev.get("closedAttempts") or 0)
+    restarted, kept, closed = prev.restartedPodSeconds, prev.closedPreemptedPodSeconds, prev.closedAttempts
     kept += preempted  # first seen now: closed at once (the caller counts each pod once, by uid)
     if attempt < closed:
         running = 0.0  # this attempt ended in a restart and was counted then (its pods may still be going away)
     elif restarting:
         restarted, closed, running = restarted + running, attempt + 1, 0.0
     if stopped:  # the pods may be gone already: at least what the status last said they had run
-        before = float(prev.get("podSeconds") or 0.0) - restarted - float(prev.get("preemptedPodSeconds") or 0.0)
+        before = prev.podSeconds - restarted - prev.preemptedPodSeconds
         kept, running = kept + max(running, before), 0.0
     total = restarted + kept + running
     lost = restarted + (running if failed else 0.0)
     hours = total * gpus / 3600
-    out: dict[str, Any] = {
-        "podSeconds": round(total, 1),
-        "gpuHours": round(hours, 4),
-        "lostGpuHours": round(lost * gpus / 3600, 4),
-        "restartedPodSeconds": round(restarted, 1),
-        "preemptedPodSeconds": round(kept, 1),
-        "closedPreemptedPodSeconds": round(kept, 1),
-        "closedAttempts": closed,
-    }
-    if total > 0:
-        out["lostShare"] = round(lost / total, 4)
-    if gpus and gpu_type:
-        out["gpuType"] = gpu_type
-    if gpus and price:
-        out["estimatedCost"] = round(hours * price, 2)
-    return out
+    return Usage(
+        podSeconds=round(total, 1),
+        gpuHours=round(hours, 4),
+        lostGpuHours=round(lost * gpus / 3600, 4),
+        lostShare=round(lost / total, 4) if total > 0 else None,
+        gpuType=gpu_type if gpus and gpu_type else None,
+        estimatedCost=round(hours * price, 2) if gpus and price else None,
+        restartedPodSeconds=round(restarted, 1),
+        preemptedPodSeconds=round(kept, 1),
+        closedPreemptedPodSeconds=round(kept, 1),
+        closedAttempts=closed,
+        preemptedPods=list(preempted_pods),
+    )

@@ -14,6 +14,7 @@ from kubetune_api.conditions import TRAINER_FAILURE_REASONS, Reason
 from kubetune_api.contract import EXIT_PREEMPTED, TERMINATION_LIMIT, ProgressLine, Summary, last_line, parse_summary
 from kubetune_api.job import FineTuneJobSpec, pods_digests
 from kubetune_api.layout import adapter_uri
+from kubetune_api.status import Progress
 
 from .builders import SPEC_ANNOTATION
 
@@ -110,15 +111,21 @@ def last_progress(log: str) -> ProgressLine | None:
     return last_line(log, ProgressLine)
 
 
-def progress_status(line: ProgressLine) -> dict[str, Any]:
+def progress_status(line: ProgressLine) -> Progress:
+    """status.progress from rank 0's newest progress line (already parsed through the contract's bounded model)."""
     step, total = min(line.step, line.totalSteps) if line.totalSteps else line.step, line.totalSteps
     percent = int(100 * step / total) if total else 0
-    out: dict[str, Any] = {"step": step, "totalSteps": total, "epoch": line.epoch, "summary": f"{step}/{total} ({percent}%)"}
-    for key in ("loss", "learningRate", "tokensPerSecond", "eta", "trackingDegraded"):
-        value = getattr(line, key)
-        if value is not None:
-            out[key] = value
-    return out
+    return Progress(
+        step=step,
+        totalSteps=total,
+        epoch=line.epoch,
+        summary=f"{step}/{total} ({percent}%)",
+        loss=line.loss,
+        learningRate=line.learningRate,
+        tokensPerSecond=line.tokensPerSecond,
+        eta=line.eta,
+        trackingDegraded=line.trackingDegraded,
+    )
 
 
 def job_condition(job: dict[str, Any], type_: str) -> dict[str, Any] | None:
@@ -219,7 +226,7 @@ def _observe(job: dict[str, Any] | None, pods: list[dict[str, Any]], workers: in
     return Observation(State.PENDING, why, message, ready=len(running))
 
 
-def succeeded_fields(summary: Summary | None, output_uri: str, progress: dict[str, Any] | None) -> dict[str, Any]:
+def succeeded_fields(summary: Summary | None, output_uri: str, progress: Progress | None) -> dict[str, Any]:
     """The status fields of a finished job: metrics and steps from rank 0's (validated) summary, the adapter's URI
     from the spec."""
     out: dict[str, Any] = {"adapterUri": adapter_uri(output_uri)}
@@ -229,7 +236,8 @@ def succeeded_fields(summary: Summary | None, output_uri: str, progress: dict[st
         out["tracking"] = summary.tracking.model_dump(exclude_none=True)
     steps = summary.steps if summary is not None else None
     if steps:
-        out["progress"] = {**(progress or {}), "step": steps, "totalSteps": steps, "summary": f"{steps}/{steps} (100%)"}
+        done = {"step": steps, "totalSteps": steps, "summary": f"{steps}/{steps} (100%)"}
+        out["progress"] = progress.model_copy(update=done) if progress is not None else Progress(**done)
     return out
 
 

@@ -9,20 +9,21 @@ from typing import Any
 from kubetune_api.conditions import TRAINER_FAILURE_REASONS, Reason
 from kubetune_api.contract import PreparingLine
 from kubetune_api.preflight_report import Report, parse_report
+from kubetune_api.status import Preparing
 
 from .observation import job_condition, pending_reason
 
 
-def preparing_status(line: PreparingLine) -> dict[str, Any]:
+def preparing_status(line: PreparingLine) -> Preparing:
     """status.preparing from the preflight's newest `preparing` line."""
-    return {
-        "records": line.records,
-        "totalRecords": line.of,
-        "tokens": line.tokens,
-        "recordsPerSecond": line.recordsPerSecond,
-        "etaSeconds": line.etaSeconds,
-        "summary": line.summary(),
-    }
+    return Preparing(
+        records=line.records,
+        totalRecords=line.of,
+        tokens=line.tokens,
+        recordsPerSecond=line.recordsPerSecond,
+        etaSeconds=line.etaSeconds,
+        summary=line.summary(),
+    )
 
 
 GENERATION_ANNOTATION = "kubetune.dev/generation"  # the spec's generation a preflight Job checked

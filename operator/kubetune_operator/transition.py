@@ -22,7 +22,6 @@ from kubetune_api.status import (
     Preemption,
     Preparing,
     Progress,
-    Usage,
     Workers,
 )
 
@@ -127,8 +126,8 @@ class Observed:
     pods: list[dict[str, Any]] = field(default_factory=list)
     preflight: dict[str, Any] | None = None
     preflight_pods: list[dict[str, Any]] = field(default_factory=list)
-    progress: dict[str, Any] | None = None  # rank 0's newest progress line, when it was read this time
-    preparing: dict[str, Any] | None = None  # the preflight's newest `preparing` line, when it was read this time
+    progress: Progress | None = None  # from rank 0's newest progress line, when it was read this time
+    preparing: Preparing | None = None  # from the preflight's newest `preparing` line, when it was read this time
     denied: tuple[str, ...] = ()  # the platform policy's refusals, checked at every sync
     spec_changed: bool = False  # the Job's pods read another spec than this one (builders.SPEC_ANNOTATION)
     checkpoint_step: int | None = None  # the newest complete checkpoint rank 0's progress line names
@@ -164,12 +163,12 @@ class Status:
         self.new.observedGeneration = self.generation
         self.set(ConditionType.VALIDATED, True, Reason.SPEC_VALID, "the spec is valid")
 
-    def preflight_running(self, reason: str, message: str, preparing: dict[str, Any] | None = None) -> None:
+    def preflight_running(self, reason: str, message: str, preparing: Preparing | None = None) -> None:
         """Preparing the dataset shows in status.preparing and, in words, in the condition's message (the last line
         read stands until a newer one is: logs are read at most once per sync interval)."""
         self.new.phase = Phase.PREFLIGHT
-        if preparing:
-            self.new.preparing = Preparing.model_validate(preparing)
+        if preparing is not None:
+            self.new.preparing = preparing
         if reason == Reason.PREFLIGHT_RUNNING and self.new.preparing is not None:
             message = self.new.preparing.summary
         self.set(ConditionType.PREFLIGHT, False, reason, message)
@@ -198,13 +197,13 @@ class Status:
         self.new.phase = Phase.PENDING
         self.set(ConditionType.RUNNING, False, reason, message)
 
-    def running(self, ready: int, progress: dict[str, Any] | None) -> None:
+    def running(self, ready: int, progress: Progress | None) -> None:
         self.new.phase = Phase.RUNNING
         if self.new.startTime is None:
             self.new.startTime = self.now
         self.set(ConditionType.RUNNING, True, Reason.TRAINING, f"{ready} workers training")
-        if progress:
-            self.new.progress = Progress.model_validate(progress)
+        if progress is not None:
+            self.new.progress = progress
 
     def succeeded(self, fields: dict[str, Any], message: str) -> None:
         self.new.phase = Phase.SUCCEEDED
@@ -317,26 +316,24 @@ def _usage(
 ) -> None:
     """The ledger's inputs: the time of the workers that run or failed, apart from those preempted (kept); none
     of a suspended Job's (its pods are going away, their time closed when it was stopped)."""
-    before = status.old.usage.model_dump(exclude_none=True) if status.old.usage is not None else None
-    counted = list(status.old.usage.preemptedPods) if status.old.usage is not None else []
+    before = status.old.usage
+    counted = list(before.preemptedPods) if before is not None else []
     taken = [p for p in seen.pods if was_preempted(p) and _uid(p) and _uid(p) not in counted]
     rest = [] if suspended else [p for p in seen.pods if not was_preempted(p)]
     counted = [*counted, *(_uid(p) for p in taken)][-PREEMPTED_PODS_KEPT:]
-    status.new.usage = Usage.model_validate(
-        {"preemptedPods": counted}
-        | ledger(
-            before,
-            pod_seconds(rest, seen.now),
-            attempt,
-            restarting=restarting,
-            failed=failed,
-            final=final,
-            preempted=pod_seconds(taken, seen.now),
-            stopped=stopped,
-            gpus=plan.gpus,
-            gpu_type=plan.gpu_type,
-            price=plan.gpu_price,
-        )
+    status.new.usage = ledger(
+        before,
+        pod_seconds(rest, seen.now),
+        attempt,
+        restarting=restarting,
+        failed=failed,
+        final=final,
+        preempted=pod_seconds(taken, seen.now),
+        stopped=stopped,
+        gpus=plan.gpus,
+        gpu_type=plan.gpu_type,
+        price=plan.gpu_price,
+        preempted_pods=counted,
     )
 
 
@@ -349,18 +346,9 @@ def transition(plan: Plan, seen: Observed, previous: FineTuneJobStatus) -> tuple
 def _decide(plan: Plan, seen: Observed, previous: FineTuneJobStatus) -> tuple[FineTuneJobStatus, list[Action]]:
     status = Status(previous, seen.generation, seen.now)
     status.validated()
-    job, spec = seen.job, plan.spec
+    job = seen.job
     if seen.denied or seen.spec_changed:  # before any child is made or put back; the running workers stop
-        stop: list[Action] = [DeleteJob(job["metadata"]["uid"])] if job is not None else []
-        if seen.denied:  # a policy tightened since admission
-            status.refused(Reason.POLICY_DENIED, "; ".join(seen.denied))
-        else:  # the ConfigMap is not rewritten: no pod runs a spec the preflight and the policy did not see
-            status.refused(
-                Reason.SPEC_CHANGED,
-                "the spec the workers read changed after their Job was created; the workers were stopped and nothing "
-                "was applied. Create a new FineTuneJob",
-            )
-        return status.result(), stop
+        return _stopped_by_change(seen, status)
     # created straight away on the first sync only; later syncs read them (a waiting job is not re-created each time)
     actions: list[Action] = [EnsureChildren(fresh=previous.phase is None)]
     if job is None and plan.preflight and not preflight_passed(previous, seen.generation):
@@ -373,77 +361,23 @@ def _decide(plan: Plan, seen: Observed, previous: FineTuneJobStatus) -> tuple[Fi
     restarts = previous.restarts
     stopped, more = _interrupted(plan, seen, obs, previous, status)
     actions += more
-
     if obs.state == State.MISSING:
-        if job is not None:  # the previous gang is still being torn down
-            status.set(ConditionType.RUNNING, False, Reason.GANG_RESTARTING, "waiting for the old workers to stop")
-        else:
-            actions.append(CreateJob())
-            if plan.suspend:  # as the next sync will see it: the Job is created suspended
-                status.suspended("runPolicy.suspend is true")
-                status.set(ConditionType.RUNNING, False, Reason.USER_SUSPENDED, "suspended")
-            elif plan.queue:
-                status.queued(plan.queue)
-            else:
-                status.new.phase = Phase.PENDING
+        actions += _missing(plan, job, status)
     elif obs.state == State.SUSPENDED:
-        assert job is not None
-        if plan.suspend:
-            status.suspended("runPolicy.suspend is true")
-            status.set(ConditionType.RUNNING, False, Reason.USER_SUSPENDED, "suspended")
-        elif plan.queue:
-            status.queued(plan.queue, preempted=stopped)
-        else:
-            actions.append(SuspendJob(False, job["metadata"]["uid"]))
-            status.new.phase = Phase.PENDING
-            status.set(ConditionType.SUSPENDED, False, Reason.RESUMED, "resumed from the newest checkpoint")
+        actions += _suspended(plan, job, status, stopped)
     elif plan.suspend and obs.state in (State.PENDING, State.RUNNING):
-        assert job is not None
-        actions.append(SuspendJob(True, job["metadata"]["uid"]))
-        status.suspended("stopping the workers: each checkpoints the step it reached; checkpoints are kept")
+        actions += _suspending(job, status)
         stopped = True
+    elif obs.state == State.FAILED:
+        assert job is not None
+        # the failed gang's own attempt number, not the status's count: counting is idempotent, so a delete that
+        # fails after the count was written, and is tried again, never counts the same failure twice
+        restarts = builders.attempt_of(job, restarts)
+        restart = _failed(plan, seen, obs, status, restarts)
+        if restart:
+            return status.result(), actions + restart
     else:
-        if plan.queue:
-            status.set(ConditionType.QUEUED, False, Reason.ADMITTED, f"admitted by queue {plan.queue}")
-        if status.is_true(ConditionType.SUSPENDED):
-            status.set(ConditionType.SUSPENDED, False, Reason.RESUMED, "resumed")
-        if obs.state == State.PENDING and obs.reason == Reason.PODS_PENDING and _restarting_after(obs, status.new):
-            last = status.new.lastPreemption
-            assert last is not None
-            at = f" at step {last.step}" if last.step else ""
-            status.pending(Reason.PREEMPTED, f"preempted{at} ({last.reason}: {last.message}); the workers start again and resume")
-        elif obs.state == State.PENDING:
-            status.pending(obs.reason, obs.message)
-        elif obs.state == State.RUNNING:
-            status.running(obs.ready, seen.progress)
-        elif obs.state == State.SUCCEEDED:
-            progress = status.new.progress.model_dump(exclude_none=True) if status.new.progress is not None else None
-            status.succeeded(succeeded_fields(obs.summary, spec.output.uri, progress), obs.message)
-        elif obs.state == State.FAILED:
-            # the failed gang's own attempt number, not the status's count: counting is idempotent, so a delete that
-            # fails after the count was written, and is tried again, never counts the same failure twice
-            assert job is not None
-            restarts = builders.attempt_of(job, restarts)
-            status.new.lastFailureReason = obs.reason
-            if obs.reason in PERMANENT or obs.reason == Reason.DEADLINE_EXCEEDED or restarts >= spec.runPolicy.backoffLimit:
-                kept = obs.reason in PERMANENT or obs.reason == Reason.DEADLINE_EXCEEDED
-                reason = obs.reason if kept else Reason.BACKOFF_LIMIT_EXCEEDED.value
-                message = obs.message if kept else f"{restarts} restarts; last failure {obs.reason}: {obs.message}"
-                status.failed(reason, message)
-            else:
-                status.new.restarts = restarts + 1
-                status.new.phase = Phase.PENDING
-                message = f"restart {restarts + 1} of {spec.runPolicy.backoffLimit} after {obs.reason}: {obs.message}"
-                status.set(ConditionType.RUNNING, False, Reason.GANG_RESTARTING, message)
-                _usage(plan, status, seen, restarts, restarting=True, failed=False, final=False)
-                # counted first: were the count written after the delete and lost, the gang would restart for ever
-                actions += [
-                    WriteStatus(),
-                    DeleteJob(job["metadata"]["uid"]),
-                    Emit(Reason.GANG_RESTARTING.value, message, True),
-                    CountRestart(),
-                ]
-                return status.result(), actions
+        _live(plan, seen, obs, status)
     # from the sync that creates the Job on, so the one after it finds nothing to write
     done = status.new.phase in (Phase.SUCCEEDED, Phase.FAILED)
     attempt = builders.attempt_of(job, restarts) if job is not None else restarts
@@ -459,6 +393,102 @@ def _decide(plan: Plan, seen: Observed, previous: FineTuneJobStatus) -> tuple[Fi
         suspended=obs.state == State.SUSPENDED,
     )
     return status.result(), actions
+
+
+def _stopped_by_change(seen: Observed, status: Status) -> tuple[FineTuneJobStatus, list[Action]]:
+    """A policy tightened since admission, or the spec the workers read changed: the workers stop, nothing applied."""
+    stop: list[Action] = [DeleteJob(seen.job["metadata"]["uid"])] if seen.job is not None else []
+    if seen.denied:
+        status.refused(Reason.POLICY_DENIED, "; ".join(seen.denied))
+    else:  # the ConfigMap is not rewritten: no pod runs a spec the preflight and the policy did not see
+        status.refused(
+            Reason.SPEC_CHANGED,
+            "the spec the workers read changed after their Job was created; the workers were stopped and nothing "
+            "was applied. Create a new FineTuneJob",
+        )
+    return status.result(), stop
+
+
+def _missing(plan: Plan, job: dict[str, Any] | None, status: Status) -> list[Action]:
+    """No workers: the previous gang is still being torn down, or the Job is created (suspended, queued or pending)."""
+    if job is not None:
+        status.set(ConditionType.RUNNING, False, Reason.GANG_RESTARTING, "waiting for the old workers to stop")
+        return []
+    if plan.suspend:  # as the next sync will see it: the Job is created suspended
+        status.suspended("runPolicy.suspend is true")
+        status.set(ConditionType.RUNNING, False, Reason.USER_SUSPENDED, "suspended")
+    elif plan.queue:
+        status.queued(plan.queue)
+    else:
+        status.new.phase = Phase.PENDING
+    return [CreateJob()]
+
+
+def _suspended(plan: Plan, job: dict[str, Any] | None, status: Status, stopped: bool) -> list[Action]:
+    """The Job is suspended: by the user (it stays so), by the queue (waiting for quota), or to be resumed."""
+    assert job is not None
+    if plan.suspend:
+        status.suspended("runPolicy.suspend is true")
+        status.set(ConditionType.RUNNING, False, Reason.USER_SUSPENDED, "suspended")
+        return []
+    if plan.queue:
+        status.queued(plan.queue, preempted=stopped)
+        return []
+    status.new.phase = Phase.PENDING
+    status.set(ConditionType.SUSPENDED, False, Reason.RESUMED, "resumed from the newest checkpoint")
+    return [SuspendJob(False, job["metadata"]["uid"])]
+
+
+def _suspending(job: dict[str, Any] | None, status: Status) -> list[Action]:
+    """runPolicy.suspend set while the workers run or wait: they checkpoint the step they reached and stop."""
+    assert job is not None
+    status.suspended("stopping the workers: each checkpoints the step it reached; checkpoints are kept")
+    return [SuspendJob(True, job["metadata"]["uid"])]
+
+
+def _admitted(plan: Plan, status: Status) -> None:
+    if plan.queue:
+        status.set(ConditionType.QUEUED, False, Reason.ADMITTED, f"admitted by queue {plan.queue}")
+    if status.is_true(ConditionType.SUSPENDED):
+        status.set(ConditionType.SUSPENDED, False, Reason.RESUMED, "resumed")
+
+
+def _live(plan: Plan, seen: Observed, obs: Observation, status: Status) -> None:
+    """The workers wait to be scheduled, run, or have succeeded."""
+    _admitted(plan, status)
+    if obs.state == State.PENDING and obs.reason == Reason.PODS_PENDING and _restarting_after(obs, status.new):
+        last = status.new.lastPreemption
+        assert last is not None
+        at = f" at step {last.step}" if last.step else ""
+        status.pending(Reason.PREEMPTED, f"preempted{at} ({last.reason}: {last.message}); the workers start again and resume")
+    elif obs.state == State.PENDING:
+        status.pending(obs.reason, obs.message)
+    elif obs.state == State.RUNNING:
+        status.running(obs.ready, seen.progress)
+    elif obs.state == State.SUCCEEDED:
+        status.succeeded(succeeded_fields(obs.summary, plan.spec.output.uri, status.new.progress), obs.message)
+
+
+def _failed(plan: Plan, seen: Observed, obs: Observation, status: Status, restarts: int) -> list[Action]:
+    """A worker failed: the job fails (a permanent reason, the deadline, the backoff limit reached), or the gang
+    restarts from its newest checkpoint (the actions returned: the decision ends there)."""
+    _admitted(plan, status)
+    spec, job = plan.spec, seen.job
+    assert job is not None
+    status.new.lastFailureReason = obs.reason
+    if obs.reason in PERMANENT or obs.reason == Reason.DEADLINE_EXCEEDED or restarts >= spec.runPolicy.backoffLimit:
+        kept = obs.reason in PERMANENT or obs.reason == Reason.DEADLINE_EXCEEDED
+        reason = obs.reason if kept else Reason.BACKOFF_LIMIT_EXCEEDED.value
+        message = obs.message if kept else f"{restarts} restarts; last failure {obs.reason}: {obs.message}"
+        status.failed(reason, message)
+        return []
+    status.new.restarts = restarts + 1
+    status.new.phase = Phase.PENDING
+    message = f"restart {restarts + 1} of {spec.runPolicy.backoffLimit} after {obs.reason}: {obs.message}"
+    status.set(ConditionType.RUNNING, False, Reason.GANG_RESTARTING, message)
+    _usage(plan, status, seen, restarts, restarting=True, failed=False, final=False)
+    # counted first: were the count written after the delete and lost, the gang would restart for ever
+    return [WriteStatus(), DeleteJob(job["metadata"]["uid"]), Emit(Reason.GANG_RESTARTING.value, message, True), CountRestart()]
 
 
 def _restarting_after(obs: Observation, status: FineTuneJobStatus) -> bool:

@@ -39,8 +39,8 @@ def test_a_hostile_progress_line_is_ignored_and_the_last_good_one_kept(hostile: 
     log = "\n".join([line(step=3), hostile])
     found = observation.last_progress(log)
     assert found is not None and found.step == 3
-    assert observation.progress_status(found)["summary"] == "3/20 (15%)"
-    json.dumps(observation.progress_status(found), allow_nan=False)  # always writable into a status
+    assert observation.progress_status(found).summary == "3/20 (15%)"
+    json.dumps(observation.progress_status(found).model_dump(), allow_nan=False)  # always writable into a status
 
 
 def test_escapes_and_control_characters_never_reach_the_status() -> None:
@@ -58,7 +58,9 @@ def test_adapter_uri_comes_from_the_spec_not_from_the_pod() -> None:
     )
     fields = observation.succeeded_fields(told, "s3://adapters/mine/", None)
     assert fields["adapterUri"] == "s3://adapters/mine/adapter/"
-    assert "other-tenant" not in json.dumps(fields)
+    from kubetune_api.status import FineTuneJobStatus
+
+    assert "other-tenant" not in FineTuneJobStatus.model_validate(fields).model_dump_json()
 
 
 @pytest.mark.parametrize(
