@@ -22,18 +22,25 @@ RUN groupadd --gid 1000 kubetune \
 # store the trainer's gigabytes twice and leave its cache to be pruned): the dependencies pinned in pyproject.toml
 # first (a layer that changes only with them), then this project without its dependencies, then pip removed. PIP_CACHE=1 says a pip cache is mounted at
 # PIP_CACHE_DIR (hack/build-images.sh mounts this machine's); otherwise no layer keeps one. (An ARG is per stage.)
+# The pinned dependency lists, read from pyproject.toml in a stage of their own: the layers below are keyed by the
+# lists' contents, so a pyproject.toml change that leaves them alone (a linter's or a test tool's settings) reuses
+# every dependency layer instead of installing torch again.
+FROM base AS deps
+WORKDIR /src
+COPY pyproject.toml ./
+RUN python3 -c "import tomllib, sys; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; \
+[open(f'/src/{x}.txt', 'w').write('\n'.join(p['dependencies'] + p['optional-dependencies'][x]) + '\n') for x in ('operator', 'trainer')]"
+
 FROM base AS build
 ENV PIP_CACHE_DIR=/var/cache/pip
 WORKDIR /src
-COPY pyproject.toml ./
-RUN python3 -m venv /opt/venv \
- && python3 -c "import tomllib, sys; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; \
-[open(f'/src/{x}.txt', 'w').write('\n'.join(p['dependencies'] + p['optional-dependencies'][x]) + '\n') for x in ('operator', 'trainer')]"
+COPY --from=deps /src/operator.txt /src/trainer.txt ./
+RUN python3 -m venv /opt/venv
 
 FROM build AS operator
 ARG PIP_CACHE=0
 RUN [ "$PIP_CACHE" = 1 ] || export PIP_NO_CACHE_DIR=1; pip install -r operator.txt
-COPY README.md ./
+COPY pyproject.toml README.md ./
 COPY api ./api
 COPY cli ./cli
 COPY operator ./operator
@@ -66,7 +73,7 @@ RUN headers="$(python3 -c 'import os, sysconfig; print(os.path.exists(sysconfig.
  && apt-mark auto '.*' >/dev/null && apt-mark manual $saved >/dev/null \
  && apt-get purge -y --auto-remove -o APT::AutoRemove::RecommendsImportant=false -o APT::AutoRemove::SuggestsImportant=false \
  && rm -rf /var/lib/apt/lists/*
-COPY README.md ./
+COPY pyproject.toml README.md ./
 COPY api ./api
 COPY cli ./cli
 COPY operator ./operator
