@@ -44,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
     )
     summary = run_local(job, processes, progress, work.resolve())
     print_report(summary, metrics=written_metrics(work.resolve()), log=log_path(work.resolve()))
-    if summary["status"] == "Succeeded":
+    if summary.status == "Succeeded":
         return 0
     # stopped by a SIGTERM after checkpointing: the same command again resumes (75, EX_TEMPFAIL, as the pod exits)
-    return EXIT_PREEMPTED if summary.get("reason") == Reason.PREEMPTED else 1
+    return EXIT_PREEMPTED if summary.reason == Reason.PREEMPTED else 1

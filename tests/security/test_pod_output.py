@@ -89,8 +89,8 @@ def test_a_non_finite_metric_is_dropped_not_written() -> None:
     from kubetune_trainer.recipe import report
 
     data = report.summary("Succeeded", metrics={"evalLoss": float("nan"), "perplexity": float("inf"), "tokenAccuracy": 0.5})
-    assert data["metrics"] == {"tokenAccuracy": 0.5}
-    json.dumps(data, allow_nan=False)
+    assert data.metrics is not None and data.metrics.model_dump(exclude_none=True) == {"tokenAccuracy": 0.5}
+    json.dumps(data.model_dump(mode="json"), allow_nan=False)
 
 
 def test_a_malformed_rank_failure_file_is_refused() -> None:

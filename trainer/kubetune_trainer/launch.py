@@ -15,6 +15,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -29,6 +30,7 @@ from kubetune_api.contract import (
     ENV_WORK_DIR,
     EXIT_PREEMPTED,
     RankFailure,
+    Summary,
     WorkerEnv,
     drop_tracking_credentials,
 )
@@ -64,10 +66,22 @@ def result_dir(work: Path) -> Path:
     return work / "results"
 
 
-def _outcome(results: Path, returncode: int) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Outcome:
+    """How this worker's ranks ended, from what they left in the result directory (rank 0's metrics, each failed
+    rank's reason) and torchrun's exit code."""
+
+    succeeded: bool
+    metrics: Metrics | None = None  # rank 0's worker only
+    reason: str = ""
+    message: str = ""
+    step: int | None = None
+
+
+def _outcome(results: Path, returncode: int) -> Outcome:
     written = results / rank_env.METRICS_FILE
     if returncode == 0:  # rank 0's worker has the metrics; the other workers only finished their part
-        return {"status": "Succeeded", "metrics": Metrics.model_validate_json(written.read_text()) if written.is_file() else None}
+        return Outcome(True, Metrics.model_validate_json(written.read_text()) if written.is_file() else None)
     failures = []
     for path in sorted(results.glob(rank_env.FAILURE_FILES)):
         try:
@@ -77,20 +91,18 @@ def _outcome(results: Path, returncode: int) -> dict[str, Any]:
     failures.sort(key=lambda f: (f.reason == Reason.TRAINER_ERROR.value, f.rank))
     if failures:
         first = failures[0]
-        steps = {"steps": first.step} if first.step else {}
-        return {"status": "Failed", "reason": first.reason, "message": f"rank {first.rank}: {first.message}", **steps}
-    return {
-        "status": "Failed",
-        "reason": Reason.TRAINER_ERROR.value,
-        "message": f"a training process exited with code {returncode} and left no reason (killed?)",
-    }
+        return Outcome(False, reason=first.reason, message=f"rank {first.rank}: {first.message}", step=first.step or None)
+    return Outcome(
+        False,
+        reason=Reason.TRAINER_ERROR.value,
+        message=f"a training process exited with code {returncode} and left no reason (killed?)",
+    )
 
 
-def final_summary(spec: FineTuneJobSpec, outcome: dict[str, Any]) -> dict[str, Any]:
-    if outcome["status"] != "Succeeded":
-        steps = {"steps": outcome["steps"]} if outcome.get("steps") else {}
-        return report.summary("Failed", reason=outcome["reason"], message=outcome["message"], **steps)
-    metrics = outcome["metrics"]
+def final_summary(spec: FineTuneJobSpec, outcome: Outcome) -> Summary:
+    if not outcome.succeeded:
+        return report.summary("Failed", reason=outcome.reason, message=outcome.message, steps=outcome.step)
+    metrics = outcome.metrics
     if not metrics:
         return report.summary("Succeeded", message="this worker's ranks finished; worker 0 reports the metrics")
     base, final, chosen, stopped = metrics.base, metrics.final, metrics.adapter, metrics.train.earlyStopping
@@ -195,7 +207,7 @@ def ranks_environ(spec: FineTuneJobSpec, worker: WorkerEnv, ranks: RankEnv) -> d
 
 def run_worker(
     spec: FineTuneJobSpec, worker: WorkerEnv, *, progress: str = "json", work_dir: Path | None = None, log: Path | None = None
-) -> dict[str, Any]:
+) -> Summary:
     """Run this worker's ranks to the end; returns the summary (also written to the termination message). With
     `log`, everything the ranks and torchrun write to stderr (warnings, tracebacks, torch elastic's report) goes to
     that file instead of this process's stderr (`kubetune run`: the terminal keeps the progress and the outcome)."""
@@ -250,7 +262,7 @@ def run_worker(
             entry.release()  # the model is no longer in use here: the cache may evict it
     summary = final_summary(spec, _outcome(results, code))
     report.write_termination(worker.termination_log, summary)
-    if worker.worker_rank == 0 or summary["status"] != "Succeeded":
+    if worker.worker_rank == 0 or summary.status != "Succeeded":
         report.say(summary)
     return summary
 
@@ -266,6 +278,6 @@ def main() -> int:
         return 1
     work = Path(os.environ.get(ENV_WORK_DIR) or tempfile.mkdtemp(prefix="kubetune-"))
     summary = run_worker(spec, worker, progress="json", work_dir=work)
-    if summary["status"] == "Succeeded":
+    if summary.status == "Succeeded":
         return 0
-    return EXIT_PREEMPTED if summary.get("reason") == Reason.PREEMPTED else 1
+    return EXIT_PREEMPTED if summary.reason == Reason.PREEMPTED else 1

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from kubetune_api.contract import CONFIG_FILE, DEEPSPEED_FILE, WorkerEnv
+from kubetune_api.contract import CONFIG_FILE, DEEPSPEED_FILE, Summary, SummaryMetrics, WorkerEnv
 from kubetune_api.ds_config import deepspeed_config
 from kubetune_api.job import FineTuneJob
 from kubetune_api.metrics import Metrics
@@ -39,7 +39,7 @@ def written_metrics(work_dir: Path) -> Metrics | None:
         return None
 
 
-def run(job: FineTuneJob, processes: int, progress: str, work_dir: Path) -> dict[str, Any]:
+def run(job: FineTuneJob, processes: int, progress: str, work_dir: Path) -> Summary:
     """Train `job` with `processes` local ranks; the config is written exactly as the operator mounts it. The
     ranks' stderr (library warnings, tracebacks, torch elastic's report) goes to work_dir/trainer.log."""
     spec = job.spec
@@ -68,11 +68,9 @@ def run(job: FineTuneJob, processes: int, progress: str, work_dir: Path) -> dict
     return run_worker(spec, worker, progress=progress, work_dir=work_dir, log=log)
 
 
-def print_report(
-    summary: dict[str, Any], stream: Any = sys.stdout, metrics: Metrics | None = None, log: Path | None = None
-) -> None:
-    if summary["status"] != "Succeeded":
-        print(f"\nFailed: {summary['reason']}: {summary['message']}", file=stream)
+def print_report(summary: Summary, stream: Any = sys.stdout, metrics: Metrics | None = None, log: Path | None = None) -> None:
+    if summary.status != "Succeeded":
+        print(f"\nFailed: {summary.reason}: {summary.message}", file=stream)
         if log is not None and log.is_file():
             print(f"the full log, with every rank's output: {log}", file=stream)
         return
@@ -83,19 +81,19 @@ def print_report(
         print(f"\ntraining loss  {sparkline([p.loss for p in drawn.train if p.loss is not None])}", file=stream)
         if len(drawn.eval) > 1:
             print(f"held-out loss  {sparkline([p.evalLoss for p in drawn.eval if p.evalLoss is not None])}", file=stream)
-    m = summary["metrics"]
+    m = summary.metrics or SummaryMetrics()
     print("\nheld-out            base      adapter", file=stream)
     rows: tuple[tuple[str, Any, Any], ...] = (
-        ("DPO loss", m.get("baseEvalLoss"), m.get("evalLoss")),
-        ("pref. accuracy", m.get("basePreferenceAccuracy"), m.get("preferenceAccuracy")),
+        ("DPO loss", m.baseEvalLoss, m.evalLoss),
+        ("pref. accuracy", m.basePreferenceAccuracy, m.preferenceAccuracy),
     )
-    if m.get("preferenceAccuracy") is None:
+    if m.preferenceAccuracy is None:
         rows = (
-            ("loss", m.get("baseEvalLoss"), m.get("evalLoss")),
-            ("perplexity", m.get("basePerplexity"), m.get("perplexity")),
-            ("token accuracy", m.get("baseTokenAccuracy"), m.get("tokenAccuracy")),
+            ("loss", m.baseEvalLoss, m.evalLoss),
+            ("perplexity", m.basePerplexity, m.perplexity),
+            ("token accuracy", m.baseTokenAccuracy, m.tokenAccuracy),
         )
     for label, base, tuned in rows:
         if base is not None and tuned is not None:
             print(f"{label:<16}{base:>9.4f}  {tuned:>11.4f}", file=stream)
-    print(f"\nadapter: {summary['adapterUri']}  ({summary.get('steps')} steps)", file=stream)
+    print(f"\nadapter: {summary.adapterUri}  ({summary.steps} steps)", file=stream)

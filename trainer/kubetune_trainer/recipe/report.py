@@ -91,26 +91,24 @@ class Progress:
                 terminal.active.bar = None
 
 
-def summary(status: str, **fields: Any) -> dict[str, Any]:
+def summary(status: str, **fields: Any) -> Summary:
     """The final summary, through the same model the operator reads it with (bounded, finite, known reasons)."""
     metrics = fields.get("metrics")
     if isinstance(metrics, dict):  # a non-finite metric is reported as missing rather than breaking the summary
         fields["metrics"] = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and math.isfinite(v)}
-    return Summary.model_validate({"status": status, **{k: v for k, v in fields.items() if v is not None}}).model_dump(
-        mode="json", exclude_none=True
-    )
+    return Summary.model_validate({"status": status, **{k: v for k, v in fields.items() if v is not None}})
 
 
-def say(summary: dict[str, Any]) -> None:
+def say(summary: Summary) -> None:
     """The summary as the last line of the log."""
-    events.emit(Summary.model_validate(summary))
+    events.emit(summary)
 
 
-def write_termination(path: Path | None, data: dict[str, Any]) -> None:
+def write_termination(path: Path | None, summary: Summary) -> None:
     """Write the summary where Kubernetes reads the termination message: valid JSON within its 4 KiB limit."""
     if path is None:
         return
-    text = Summary.model_validate(data).termination_message()
+    text = summary.termination_message()
     try:
         path.write_text(text)
     except OSError as exc:
