@@ -1,6 +1,7 @@
 """DPO against TRL (not a test): kubetune's DPO and TRL 1.16's DPOTrainer side by side on the same pairs.
 
-  .venv/bin/python bench/dpo_trl_bench.py [--seeds 0,1,2] [--steps 150]        (make bench-dpo runs it)
+  .venv/bin/python bench/dpo_trl_bench.py [--seeds 0,1,2] [--steps 150] [--sides kubetune,trl,packed]
+                                                                             (make bench-dpo runs it)
 
 The same generated conversational preference pairs (400 for training, 100 held out; a system message and a user
 turn per prompt, one assistant reply each side: the chosen in capitals), the same model (the quickstart's tiny
@@ -9,6 +10,9 @@ the sigmoid loss, 8 pairs a step, one process, fp32, no truncation and no packin
 TRL's reference is the model with the adapter disabled, as kubetune's. Prints each side's held-out DPO loss and
 preference accuracy per seed, their means and standard errors, and the time per trained pair; exits 1 when
 kubetune's mean held-out loss is worse than TRL's by more than two standard errors of the difference.
+
+The side `packed` is kubetune with dataset.packing on (its default) over the same pairs for the same epochs: fewer,
+larger steps, each row holding several pairs (what the default costs or gains in held-out loss and time).
 """
 
 from __future__ import annotations
@@ -85,14 +89,21 @@ def trl(train: Path, held: Path, work: Path, seed: int, steps: int) -> dict[str,
     return dict(json.loads(done.stdout.strip().splitlines()[-1]))
 
 
-def kubetune(train: Path, held: Path, work: Path, seed: int, steps: int) -> dict[str, float]:
+def kubetune(train: Path, held: Path, work: Path, seed: int, steps: int, packing: bool = False) -> dict[str, float]:
+    length: dict[str, Any] = {"epochs": steps * BATCH // PAIRS} if packing else {"maxSteps": steps}
     spec: dict[str, Any] = {
         "model": {"uri": f"{MODEL}/"},
         "method": {"type": "dpo", "dpo": {"beta": 0.1, "lossType": "sigmoid"}},
-        "dataset": {"train": str(train), "validation": str(held), "format": "preference", "maxSeqLength": 256, "packing": False},
+        "dataset": {
+            "train": str(train),
+            "validation": str(held),
+            "format": "preference",
+            "maxSeqLength": 256,
+            "packing": packing,
+        },
         "lora": {"r": 8, "alpha": 16, "dropout": 0.0, "targetModules": ["all-linear"]},
         "training": {
-            "maxSteps": steps,
+            **length,
             "learningRate": 5e-3,
             "scheduler": "cosine",
             "warmupRatio": 0.03,
@@ -118,7 +129,12 @@ def kubetune(train: Path, held: Path, work: Path, seed: int, steps: int) -> dict
         raise SystemExit(f"kubetune's side failed (seed {seed}):\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
     seconds = sum(e["seconds"] for e in events if e.get("event") == "timing" and e.get("phase") == "training steps")
     metrics = summary["metrics"]
-    return {"loss": metrics["evalLoss"], "accuracy": metrics["preferenceAccuracy"], "seconds": seconds}
+    trained = max(e["step"] for e in events if e.get("event") == "progress")
+    return {"loss": metrics["evalLoss"], "accuracy": metrics["preferenceAccuracy"], "seconds": seconds, "steps": trained}
+
+
+def packed(train: Path, held: Path, work: Path, seed: int, steps: int) -> dict[str, float]:
+    return kubetune(train, held, work / "packed", seed, steps, packing=True)
 
 
 def mean_se(values: list[float]) -> tuple[float, float]:
@@ -130,15 +146,22 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--steps", type=int, default=150)
+    parser.add_argument("--sides", default="kubetune,trl", help="of kubetune, trl and packed (kubetune, packing on)")
     args = parser.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    sides: dict[str, list[dict[str, float]]] = {"kubetune": [], "trl": []}
+    runners = {"kubetune": kubetune, "trl": trl, "packed": packed}
+    chosen = args.sides.split(",")
+    if not chosen or set(chosen) - set(runners):
+        parser.error(f"--sides: choose from {', '.join(runners)}")
+    sides: dict[str, list[dict[str, float]]] = {name: [] for name in chosen}
     with tempfile.TemporaryDirectory(prefix="kubetune-dpo-trl-") as scratch:
         work = Path(scratch)
         train, held = write_pairs(work)
+        (work / "packed").mkdir()
         for seed in seeds:
-            for name, side in (("kubetune", kubetune), ("trl", trl)):
+            for name in chosen:
+                side = runners[name]
                 started = time.monotonic()
                 found = side(train, held, work, seed, args.steps)
                 sides[name].append(found)
@@ -149,14 +172,20 @@ def main() -> int:
                 )
     pairs_trained = args.steps * BATCH
     print(f"\n{args.steps} steps of {BATCH} pairs, seeds {args.seeds}; mean (standard error)")
-    print(f"{'':10}{'held-out DPO loss':>22}{'preference accuracy':>24}{'ms per pair':>14}")
+    print(f"{'':10}{'held-out DPO loss':>22}{'preference accuracy':>24}{'ms per pair':>14}{'steps':>8}")
     means = {}
     for name, runs in sides.items():
         loss, loss_se = mean_se([r["loss"] for r in runs])
         accuracy, accuracy_se = mean_se([r["accuracy"] for r in runs])
         per_pair = statistics.fmean([r["seconds"] for r in runs]) / pairs_trained * 1000
         means[name] = (loss, loss_se, per_pair)
-        print(f"{name:10}{loss:>14.4f} ({loss_se:.4f}){accuracy:>16.3f} ({accuracy_se:.3f}){per_pair:>14.1f}")
+        steps = round(statistics.fmean([r.get("steps", args.steps) for r in runs]))
+        print(f"{name:10}{loss:>14.4f} ({loss_se:.4f}){accuracy:>16.3f} ({accuracy_se:.3f}){per_pair:>14.1f}{steps:>8}")
+    if "packed" in means and "kubetune" in means:
+        (unpacked, _, unpacked_ms), (packed_loss, _, packed_ms) = means["kubetune"], means["packed"]
+        print(f"packed over unpacked: held-out loss {packed_loss - unpacked:+.4f}, time per pair {packed_ms / unpacked_ms:.2f}x")
+    if "kubetune" not in means or "trl" not in means:
+        return 0
     (ours, ours_se, ours_ms), (theirs, theirs_se, theirs_ms) = means["kubetune"], means["trl"]
     print(f"kubetune over TRL: held-out loss {ours - theirs:+.4f}, time per pair {ours_ms / theirs_ms:.2f}x")
     bound = 2 * math.hypot(ours_se, theirs_se)

@@ -121,7 +121,7 @@ def side(name: str, data: Path, tok_dir: Path, work: Path, records: int) -> dict
         assert result.job is not None, result.problems
         if name == "kubetune":
             meta = prepared.prepare(result.job.spec, tokenizer, "llama", data, None, work / "prepared")
-            tokens = meta["counts"]["train"]["tokens"] + meta["counts"]["validation"]["tokens"]
+            tokens = meta.tokens()
         else:  # the previous revision's path: records -> per-record tokenize -> first-fit packing
             from kubetune_trainer import data as old  # the previous revision's flat module (its PYTHONPATH)
 

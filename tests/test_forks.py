@@ -131,7 +131,7 @@ def test_preparing_many_chunks_under_kubetune_runs_handlers_ends_and_no_helper_c
         spec = validate_object(job(**{{"spec.dataset": {{"train": "s3://data/chat.jsonl", "format": "chat", "maxSeqLength": 256}}}})).job.spec
         with launch._on_sigterm(launch._stop_before_training):
             meta = prepared.prepare(spec, tiny.byte_tokenizer(), "llama", data, None, tmp / "prepared")
-        print(json.dumps({{"counts": meta["counts"], "parent": os.getpid()}}))
+        print(json.dumps({{"counts": meta.counts.model_dump(mode="json"), "parent": os.getpid()}}))
         """
     )
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "true"}

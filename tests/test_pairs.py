@@ -285,7 +285,7 @@ def test_prepared_rows_hold_whole_pairs_and_a_tampered_directory_is_refused(tmp_
     tokenizer = load_tokenizer(str(tiny_model), spec.model)
     out = tmp_path / "prepared"
     meta = prepared.prepare(spec, tokenizer, "llama", data, None, out)
-    assert meta["pairs"] and meta["counts"]["train"]["pairs"] + meta["counts"]["validation"]["pairs"] == 300
+    assert meta.pairs and meta.counts.train.pairs + meta.counts.validation.pairs == 300
     ready = prepared.load(out, len(tokenizer), 64, pairs=True)
     for rows in (ready.train, ready.validation):
         assert len(rows.members) % 2 == 0 and np.all(rows.members[1::2] == rows.members[0::2] + 1)

@@ -55,3 +55,27 @@ def test_a_best_record_names_its_step_and_tag() -> None:
     assert not BestRecord(step=12, tag="step-000010", **MINE.model_dump()).names(12)  # a record naming other files
     assert read(BestRecord, best.model_dump_json()) == best
     assert read(BestRecord, '{"step": 12, "specDigest": "d"}') is None  # no tag
+
+
+def test_a_prepared_sets_meta_is_read_strictly_and_judged_by_one_rule() -> None:
+    from kubetune_api.records import PreparedMeta
+
+    good = {
+        "format": 2,
+        "digest": "d" * 64,
+        "records": 3,
+        "vocabulary": 259,
+        "maxSeqLength": 64,
+        "packing": True,
+        "counts": {"train": {"records": 2, "tokens": 50}, "validation": {"records": 1, "tokens": 20}},
+        "rows": {"train": 1, "validation": 1},
+    }
+    meta = read(PreparedMeta, json.dumps(good))
+    assert meta is not None and meta.tokens() == 70 and not meta.pairs
+    assert meta.refusal(2, "d" * 64, 259, 64, pairs=False) is None
+    assert meta.refusal(3, None, 259, 64, pairs=False) == "meta.json: not format 3"
+    assert "digest differs" in (meta.refusal(2, "e" * 64, 259, 64, pairs=False) or "")
+    assert "another vocabulary or maxSeqLength" in (meta.refusal(2, None, 260, 64, pairs=False) or "")
+    assert meta.refusal(2, None, 259, 64, pairs=True) == "made without preference pairs"
+    for bad in ({"records": "3"}, {"records": -1}, {"vocabulary": 0}, {"rows": {"train": 1}}, {"packingOff": "x" * 65}):
+        assert read(PreparedMeta, json.dumps(good | bad)) is None, bad

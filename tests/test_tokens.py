@@ -132,7 +132,7 @@ def _prepared(tmp_path: Path) -> tuple[Path, int, int]:
     tok = tiny.byte_tokenizer()
     out = tmp_path / "prepared"
     meta = prepared.prepare(spec.spec, tok, "llama", train, None, out, made_from="digest-1")
-    assert meta["counts"]["train"]["samples"] + meta["counts"]["validation"]["samples"] == 300
+    assert meta.counts.train.samples + meta.counts.validation.samples == 300
     return out, len(tok), 64
 
 
@@ -142,7 +142,7 @@ def test_a_prepared_dataset_loads_memory_mapped_and_keeps_every_token(tmp_path: 
     out, vocabulary, max_len = _prepared(tmp_path)
     ready = prepared.load(out, vocabulary, max_len, made_from="digest-1")
     assert isinstance(ready.train.table.ids, np.memmap)  # read from the file as needed, one copy per node
-    assert int(ready.train.lengths().sum()) == ready.meta["counts"]["train"]["tokens"]
+    assert int(ready.train.lengths().sum()) == ready.meta.counts.train.tokens
     assert ready.train.lengths().max() <= max_len
 
 
@@ -249,6 +249,6 @@ def test_preparing_prints_progress_lines_the_operator_reads(
     lines = [PreparingLine.model_validate_json(x) for x in capsys.readouterr().out.splitlines() if '"preparing"' in x]
     assert len(lines) >= 5 and all(x.of == 300 for x in lines)
     assert [x.records for x in lines] == sorted(x.records for x in lines) and lines[-1].records == 300
-    assert lines[-1].tokens == sum(meta["counts"][part]["tokens"] for part in ("train", "validation"))
+    assert lines[-1].tokens == meta.tokens()
     newest = last_line("noise\n" + "\n".join(x.model_dump_json() for x in lines) + "\n{broken", PreparingLine)
     assert newest == lines[-1] and "300 of 300 records (100%)" in newest.summary()

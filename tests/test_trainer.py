@@ -11,6 +11,7 @@ import pytest
 from kubetune_api.ds_config import deepspeed_config
 from kubetune_api.job import FineTuneJobSpec
 from kubetune_api.metrics import Metrics
+from kubetune_api.records import RunManifest
 from kubetune_trainer import tiny
 from kubetune_trainer.data import reading
 
@@ -34,6 +35,7 @@ def assert_trained(outcome: Outcome, s3: S3Server, out: str) -> dict[str, Any]:
     metrics = json.loads(s3.get(out + "metrics.json"))
     Metrics.model_validate(metrics)  # written through the model, read back through it
     assert metrics["final"]["evalLoss"] == summary["metrics"]["evalLoss"]
+    RunManifest.model_validate_json(s3.get(out + "manifest.json"))  # written through the model, read back through it
     manifest_doc = json.loads(s3.get(out + "manifest.json"))
     ran = FineTuneJobSpec.model_validate(manifest_doc["spec"])
     expected = deepspeed_config(ran, metrics["train"]["worldSize"], on_gpu=False)

@@ -6,11 +6,12 @@ resuming a checkpoint and restoring the best adapter both use."""
 
 from __future__ import annotations
 
-from typing import Annotated, TypeVar
+from typing import Annotated, Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .layout import checkpoint_tag
+from .metrics import Counts
 
 Digest = Annotated[str, Field(max_length=64)]
 Uid = Annotated[str, Field(max_length=128)]
@@ -71,3 +72,103 @@ def read(model: type[R], text: str) -> R | None:
         return model.model_validate_json(text)
     except ValidationError:
         return None
+
+
+class SplitCounts(_Record):
+    """What happened to each split's records on their way to samples (metrics.Counts)."""
+
+    train: Counts
+    validation: Counts
+
+
+class SplitRows(_Record):
+    train: int = Field(ge=0)
+    validation: int = Field(ge=0)
+
+
+class PreparedMeta(_Record):
+    """prepared/<digest>/meta.json: what a prepared dataset was made from and holds (kubetune_trainer.data.prepared
+    writes it last; the token arrays beside it are checked on their own)."""
+
+    format: int
+    digest: Digest | None = None  # of the data, the tokenizer and the dataset settings it was made from
+    records: int = Field(ge=0)
+    vocabulary: int = Field(ge=1)
+    maxSeqLength: int = Field(ge=1)
+    packing: bool
+    pairs: bool = False
+    counts: SplitCounts
+    rows: SplitRows
+    packingOff: Annotated[str, Field(max_length=64)] | None = None  # the model family packing was turned off for
+
+    def refusal(self, version: int, made_from: str | None, vocabulary: int, max_len: int, pairs: bool) -> str | None:
+        """Why this set cannot serve a job that needs these (None: it can): one rule for a set fetched from storage
+        and one a worker prepared itself."""
+        if self.format != version:
+            return f"meta.json: not format {version}"
+        if made_from is not None and self.digest != made_from:
+            return "made from other data, tokenizer or dataset settings (digest differs)"
+        if self.vocabulary != vocabulary or self.maxSeqLength != max_len:
+            return "made for another vocabulary or maxSeqLength"
+        if self.pairs is not pairs:
+            return f"made {'without' if pairs else 'with'} preference pairs"
+        return None
+
+    def tokens(self) -> int:
+        return self.counts.train.tokens + self.counts.validation.tokens
+
+
+class Digested(_Record):
+    """A file or folder the run read, and the sha256 it had."""
+
+    uri: str
+    sha256: str
+
+
+class BaseModelFiles(_Record):
+    uri: str
+    revision: str | None = None
+    filesSha256: str | None = None  # None: a hub id, whose files transformers fetched
+
+
+class Adjustment(_Record):
+    """A setting the trainer changed from the spec to make the model train (e.g. LoRA dropout on fused experts)."""
+
+    asked: float | int | str | None = None
+    used: float | int | str | None = None
+    why: str
+
+
+class Kernels(_Record):
+    attention: str  # model.attnImplementation as resolved
+    lossChunkTokens: int = 0  # 0: the loss over the whole batch at once
+
+
+class MergedFiles(_Record):
+    """merged/: the base model with the adapter folded in."""
+
+    uri: str
+    shards: int
+    bytes: int
+    largestShardBytes: int
+    mergedLayers: int
+
+
+class RunManifest(_Record):
+    """manifest.json beside the adapter: exactly what ran (the spec, the files read and their digests, the
+    DeepSpeed config, the libraries' versions), for a person, an audit or a registry's lineage."""
+
+    job: str
+    restarts: int = 0  # gang restarts before the attempt that finished
+    specSha256: str
+    spec: dict[str, Any]  # the FineTuneJobSpec as it ran (its JSON; FineTuneJobSpec reads it back)
+    adjusted: dict[str, Adjustment] = Field(default_factory=dict)
+    baseModel: BaseModelFiles
+    datasets: dict[str, Digested]  # train, and validation when a file was given
+    startAdapter: Digested | None = None  # model.adapter: the adapter this one continued, byte for byte
+    worldSize: int
+    deepspeed: dict[str, Any]  # DeepSpeed's own config format (kubetune_api.ds_config with this run's world)
+    kernels: Kernels | None = None
+    versions: dict[str, str]
+    completedAt: str
+    merged: MergedFiles | None = None

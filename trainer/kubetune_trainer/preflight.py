@@ -116,14 +116,14 @@ def count_steps(
                 contents = prepared.contents_digest(out)  # recorded in the report: the workers train on nothing else
                 prepared.publish(store, out, prepared.uri_for(spec, made))
     return {
-        "records": meta["records"],
+        "records": meta.records,
         "tokens": int(lengths.sum()),
-        "evalTokens": meta["counts"]["validation"]["tokens"],
+        "evalTokens": meta.counts.validation.tokens,
         "stepsPerEpoch": plan.steps_per_epoch,
         "totalSteps": plan.total_steps,
         "longest": int(lengths.max()),
-        "packing": meta["packing"],
-        "pairs": sum(meta["counts"][part].get("pairs", 0) for part in ("train", "validation")),
+        "packing": meta.packing,
+        "pairs": meta.counts.train.pairs + meta.counts.validation.pairs,
         "preparedSha256": contents,
     }
 

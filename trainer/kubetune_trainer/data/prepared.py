@@ -28,10 +28,11 @@ from typing import Any
 
 import numpy as np
 
-from kubetune_api import events
+from kubetune_api import events, records
 from kubetune_api.conditions import Reason
 from kubetune_api.contract import ENV_PREPARED, ENV_STALL, PreparingLine, stall_seconds
 from kubetune_api.job import FineTuneJobSpec
+from kubetune_api.records import PreparedMeta, SplitCounts, SplitRows
 from kubetune_trainer.data.formats import Counts
 from kubetune_trainer.data.packing import best_fit_decreasing, one_per_row, shuffled_best_fit
 from kubetune_trainer.data.pairs import tokenize_any
@@ -53,7 +54,7 @@ class PreparedInvalid(ValueError):
 class Prepared:
     train: Rows
     validation: Rows
-    meta: dict[str, Any]
+    meta: PreparedMeta
 
 
 def split(spec: FineTuneJobSpec, train: Path, validation: Path | None) -> tuple[list[int], list[int]]:
@@ -321,7 +322,7 @@ def prepare(
     validation: Path | None,
     out: Path,
     made_from: str = "",
-) -> dict[str, Any]:
+) -> PreparedMeta:
     """Read, tokenize, split and pack both sets into `out` (replaced atomically); returns its meta. Memory holds a
     chunk of records and each sample's length, never every token: the tokens go to files as they are made.
     `family` is the model's type: packing is on when the spec asks for it and the family keeps packed samples apart."""
@@ -351,19 +352,19 @@ def prepare(
         _save(staging / f"{part}.members.npy", members.astype(np.int64))
         _save(staging / f"{part}.rows.npy", offsets.astype(np.int64))
         rows[part] = len(offsets) - 1
-    meta = {
-        "format": FORMAT,
-        "digest": made_from,
-        "records": records,
-        "vocabulary": len(tokenizer),
-        "maxSeqLength": max_len,
-        "packing": packing,
-        "pairs": pairs,
-        "counts": {"train": train_part.counts.as_dict(), "validation": val_part.counts.as_dict()},
-        "rows": rows,
-        **({"packingOff": family} if spec.dataset.packing and not packing else {}),
-    }
-    (staging / "meta.json").write_text(json.dumps(meta, indent=1))
+    meta = PreparedMeta(
+        format=FORMAT,
+        digest=made_from,
+        records=records,
+        vocabulary=len(tokenizer),
+        maxSeqLength=max_len,
+        packing=packing,
+        pairs=pairs,
+        counts=SplitCounts(train=train_part.counts, validation=val_part.counts),
+        rows=SplitRows(**rows),
+        packingOff=family if spec.dataset.packing and not packing else None,
+    )
+    (staging / "meta.json").write_text(meta.model_dump_json(indent=1, exclude_none=True))
     shutil.rmtree(out, ignore_errors=True)
     os.replace(staging, out)
     return meta
@@ -418,17 +419,15 @@ def load(
     `pairs`: whether the job trains on preference pairs (the job's method says so, never the directory).
     full=False: dtypes, shapes and ends only (constant time), for ranks reading what their launcher checked."""
     try:
-        meta = json.loads((directory / "meta.json").read_text())
+        text = (directory / "meta.json").read_text()
     except (OSError, ValueError) as exc:
         raise PreparedInvalid(f"meta.json: {exc}") from exc
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise PreparedInvalid(f"meta.json: not format {FORMAT}")
-    if made_from is not None and meta.get("digest") != made_from:
-        raise PreparedInvalid("made from other data, tokenizer or dataset settings (digest differs)")
-    if meta.get("vocabulary") != vocabulary or meta.get("maxSeqLength") != max_len:
-        raise PreparedInvalid("made for another vocabulary or maxSeqLength")
-    if meta.get("pairs", False) is not pairs:
-        raise PreparedInvalid(f"made {'without' if pairs else 'with'} preference pairs")
+    meta = records.read(PreparedMeta, text)
+    if meta is None:
+        raise PreparedInvalid(f"meta.json: not format {FORMAT}, or not a record kubetune wrote")
+    refusal = meta.refusal(FORMAT, made_from, vocabulary, max_len, pairs)
+    if refusal is not None:
+        raise PreparedInvalid(refusal)
     parts = {part: _rows(directory, part, vocabulary, max_len, full, pairs) for part in PARTS}
     return Prepared(parts["train"], parts["validation"], meta)
 
@@ -546,9 +545,9 @@ def for_worker(
         events.Prepared(
             source="storage" if ready is not None else "here",
             why=source if ready is None else None,
-            records=meta["records"],
-            tokens=meta["counts"]["train"]["tokens"] + meta["counts"]["validation"]["tokens"],
-            rows=meta["rows"],
+            records=meta.records,
+            tokens=meta.tokens(),
+            rows=meta.rows.model_dump(),
             seconds=round(time.monotonic() - started, 2),
         )
     )

@@ -16,6 +16,7 @@ from kubetune_api.conditions import Reason
 from kubetune_api.contract import WorkerEnv
 from kubetune_api.job import FineTuneJobSpec
 from kubetune_api.metrics import Evaluation, Metrics, QualityGate
+from kubetune_api.records import Adjustment, BaseModelFiles, Digested, Kernels, MergedFiles, RunManifest
 from kubetune_trainer.data.reading import data_digest
 from kubetune_trainer.errors import TrainerFailure
 from kubetune_trainer.rank_env import RankEnv
@@ -42,43 +43,41 @@ def manifest(
     world: int,
     adjusted: dict[str, Any],
     ds_config: dict[str, Any],
-    kernels: dict[str, Any] | None = None,
-) -> dict[str, Any]:
+    kernels: Kernels | None = None,
+) -> RunManifest:
     import deepspeed
     import peft
     import torch
     import transformers
 
     spec_json = json.dumps(spec.model_dump(mode="json"), sort_keys=True)
-    datasets = {"train": {"uri": spec.dataset.train, "sha256": data_digest(paths.train_file)}}
+    datasets = {"train": Digested(uri=spec.dataset.train, sha256=data_digest(paths.train_file))}
     if paths.validation_file is not None:
-        datasets["validation"] = {"uri": spec.dataset.validation or "", "sha256": data_digest(paths.validation_file)}
+        datasets["validation"] = Digested(uri=spec.dataset.validation or "", sha256=data_digest(paths.validation_file))
     start = None
-    if paths.adapter_dir is not None:  # lineage: the adapter this one continued (model.adapter), byte for byte
-        weights = paths.adapter_dir / "adapter_model.safetensors"
-        start = {"uri": spec.model.adapter, "sha256": data_digest(weights)}
-    return {
-        "job": worker.job_name,
-        "restarts": worker.restarts,  # gang restarts before the attempt that finished
-        "specSha256": hashlib.sha256(spec_json.encode()).hexdigest(),
-        "spec": spec.model_dump(mode="json"),
-        "adjusted": adjusted,  # what the trainer changed from the spec to make the model train, and why
-        "baseModel": {"uri": spec.model.uri, "revision": spec.model.revision, "filesSha256": model_digest(paths.model_source)},
-        "datasets": datasets,
-        **({"startAdapter": start} if start else {}),
-        "worldSize": world,
-        "deepspeed": ds_config,  # what ran (kubetune_api.ds_config with this run's world, GPU and adapter size)
-        # the attention that ran (model.attnImplementation resolved) and the loss's chunk (0: the whole batch)
-        **({"kernels": kernels} if kernels else {}),
-        "versions": {
+    if paths.adapter_dir is not None and spec.model.adapter:  # lineage: the adapter this one continued, byte for byte
+        start = Digested(uri=spec.model.adapter, sha256=data_digest(paths.adapter_dir / "adapter_model.safetensors"))
+    return RunManifest(
+        job=worker.job_name,
+        restarts=worker.restarts,
+        specSha256=hashlib.sha256(spec_json.encode()).hexdigest(),
+        spec=spec.model_dump(mode="json"),
+        adjusted={name: Adjustment.model_validate(change) for name, change in adjusted.items()},
+        baseModel=BaseModelFiles(uri=spec.model.uri, revision=spec.model.revision, filesSha256=model_digest(paths.model_source)),
+        datasets=datasets,
+        startAdapter=start,
+        worldSize=world,
+        deepspeed=ds_config,  # what ran (kubetune_api.ds_config with this run's world, GPU and adapter size)
+        kernels=kernels,
+        versions={
             "python": platform.python_version(),
             "torch": torch.__version__,
             "transformers": transformers.__version__,
             "peft": peft.__version__,
             "deepspeed": deepspeed.__version__,
         },
-        "completedAt": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }
+        completedAt=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    )
 
 
 def quality_gate(spec: FineTuneJobSpec, base: Evaluation, final: Evaluation) -> QualityGate | None:
@@ -155,9 +154,7 @@ def finished(spec: FineTuneJobSpec, store: Store) -> bool:
     return True
 
 
-def write_merged(
-    store: Store, spec: FineTuneJobSpec, source: str, adapter_dir: Path, work: Path, tokenizer: Any
-) -> dict[str, Any]:
+def write_merged(store: Store, spec: FineTuneJobSpec, source: str, adapter_dir: Path, work: Path, tokenizer: Any) -> MergedFiles:
     """merged/: each file uploaded as soon as it is written and then deleted here, so the local disk holds one shard."""
     target_uri = layout.under(spec.output.uri, layout.MERGED)
     local = work / "merged"
@@ -168,7 +165,7 @@ def write_merged(
         path.unlink()
 
     written = merge.merge(model_directory(source, spec), adapter_dir, local, publish, tokenizer.save_pretrained)
-    return {"uri": target_uri, **written}
+    return MergedFiles(uri=target_uri, **written)
 
 
 def write(
@@ -177,7 +174,7 @@ def write(
     paths: RankEnv,
     adapter_dir: Path,
     metrics: Metrics,
-    manifest_data: dict[str, Any],
+    manifest_data: RunManifest,
     tokenizer: Any,
 ) -> Metrics:
     """Upload everything; _SUCCESS last. Below output.minImprovement, or with an adapter output.serving's servers
@@ -205,14 +202,15 @@ def write(
             f"are in {out} for inspection; _SUCCESS was not written",
         )
     if spec.output.merged:
-        manifest_data["merged"] = write_merged(store, spec, paths.model_source, adapter_dir, paths.work_dir, tokenizer)
-        events.emit(events.Merged(**manifest_data["merged"]))
+        merged = write_merged(store, spec, paths.model_source, adapter_dir, paths.work_dir, tokenizer)
+        manifest_data = manifest_data.model_copy(update={"merged": merged})
+        events.emit(events.Merged(**merged.model_dump()))
     _write_records(store, out, metrics, manifest_data)
     store.write_text(layout.under(out, layout.SUCCESS), "")
     return metrics
 
 
-def _write_records(store: Store, out: str, metrics: Metrics, manifest_data: dict[str, Any]) -> None:
+def _write_records(store: Store, out: str, metrics: Metrics, manifest_data: RunManifest) -> None:
     """metrics.json and manifest.json: before _SUCCESS, or in its place when the run fails at the end."""
     store.write_text(layout.under(out, layout.METRICS), metrics.to_json())
-    store.write_text(layout.under(out, layout.MANIFEST), json.dumps(manifest_data, indent=2))
+    store.write_text(layout.under(out, layout.MANIFEST), manifest_data.model_dump_json(indent=2, exclude_none=True))

@@ -32,6 +32,7 @@ from kubetune_api.contract import (
 )
 from kubetune_api.job import FineTuneJobSpec
 from kubetune_api.metrics import Metrics
+from kubetune_api.records import RunManifest
 from kubetune_api.tracking import tracking_names
 
 ENV_URI = "MLFLOW_TRACKING_URI"  # MLflow's own variables, so any MLflow client set up the same way agrees
@@ -355,9 +356,7 @@ def start(spec: FineTuneJobSpec, worker: WorkerEnv, environ: Mapping[str, str] |
     return tracker
 
 
-def finished(
-    tracker: Tracker, spec: FineTuneJobSpec, worker: WorkerEnv, metrics: Metrics, about: dict[str, Any]
-) -> TrackingOutcome:
+def finished(tracker: Tracker, spec: FineTuneJobSpec, worker: WorkerEnv, metrics: Metrics, about: RunManifest) -> TrackingOutcome:
     """After _SUCCESS: the base-versus-adapter table and the run's totals, the model version (with its lineage:
     base model, dataset digests, spec digest, held-out metrics) unless the job opted out, the run finished."""
     step = metrics.train.steps
@@ -366,15 +365,15 @@ def finished(
     }
     table |= {"train.loss": metrics.train.loss, "train.usefulTokensPerSecond": metrics.train.usefulTokensPerSecond}
     tracker.metrics(step, table)  # the base model's are logged at step 0, as evaluated
-    digests = {f"kubetune.dataset.{k}.sha256": str(v.get("sha256", "")) for k, v in (about.get("datasets") or {}).items()}
-    tracker.tags({**digests, "kubetune.spec-sha256": str(about.get("specSha256", ""))})  # what exactly was trained
+    digests = {f"kubetune.dataset.{k}.sha256": v.sha256 for k, v in about.datasets.items()}
+    tracker.tags({**digests, "kubetune.spec-sha256": about.specSha256})  # what exactly was trained
     table |= {f"base.{k}": v for k, v in metrics.base.model_dump().items() if isinstance(v, int | float)}
     settings = spec.output.tracking
     if settings is None or settings.registerModel:
         name = tracker.model
         lineage = {
             "kubetune.base-model": spec.model.uri,
-            "kubetune.spec-sha256": str(about.get("specSha256", "")),
+            "kubetune.spec-sha256": about.specSha256,
             "kubetune.job-uid": worker.job_uid,
             "kubetune.namespace": os.environ.get(ENV_NAMESPACE, ""),
             **digests,

@@ -26,6 +26,7 @@ from kubetune_api.contract import RankFailure, TrackingOutcome, WorkerEnv, drop_
 from kubetune_api.ds_config import deepspeed_config
 from kubetune_api.job import FineTuneJobSpec, chunked_loss, loss_chunk_tokens
 from kubetune_api.metrics import AdapterChoice, Curves, DataReport, EarlyStop, Evaluated, Evaluation, Fetch, Metrics, TrainStats
+from kubetune_api.records import Kernels
 from kubetune_trainer import adapters, attention, rank_env, spec_io, terminal
 from kubetune_trainer.data import batching, prepared
 from kubetune_trainer.errors import TrainerFailure
@@ -119,18 +120,18 @@ def setup_data(me: Rank, tokenizer: Any) -> Data:
         raise TrainerFailure(Reason.TRAINER_ERROR, f"the prepared dataset is not usable: {exc}") from exc
     train_rows, val_rows = ready.train, ready.validation
     meta = ready.meta
-    if meta.get("packingOff"):
+    if meta.packingOff:
         me.notice(
-            f"dataset.packing turned off: {meta['packingOff']} models do not keep packed samples apart (their attention "
+            f"dataset.packing turned off: {meta.packingOff} models do not keep packed samples apart (their attention "
             "mask ignores restarted positions); each sample gets a row of its own"
         )
     micro = me.spec.training.microBatchSize
     plan = batching.step_plan(len(train_rows), me.spec.training, me.world)
     what = DataReport(
-        train=meta["counts"]["train"],
-        validation=meta["counts"]["validation"],
+        train=meta.counts.train,
+        validation=meta.counts.validation,
         trainSequences=len(train_rows),
-        packing=bool(meta["packing"]),
+        packing=meta.packing,
         modelType=model_type(me.paths.model_source, me.spec.model),
     )
     if me.is_main:  # what became of the records, before any step: truncations and drops are no surprise later
@@ -578,7 +579,7 @@ class Recipe:
             fetch=Fetch.model_validate_json(fetched.read_text()) if fetched.is_file() else None,
         )
         me = self.me
-        kernels = {"attention": self.engine.module.config._attn_implementation, "lossChunkTokens": self.loss_chunk}
+        kernels = Kernels(attention=str(self.engine.module.config._attn_implementation), lossChunkTokens=self.loss_chunk)
         about = outputs.manifest(me.spec, me.paths, me.worker, me.world, self.built.adjusted, self.built.config, kernels)
         if self.tracker is not None:
             metrics.tracking = TrackingOutcome(experiment=self.tracker.experiment, runId=self.tracker.started())
