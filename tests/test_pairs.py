@@ -274,7 +274,7 @@ def test_prepared_rows_hold_whole_pairs_and_a_tampered_directory_is_refused(tmp_
             "spec": {
                 "model": {"uri": str(tiny_model)},
                 "method": {"type": "dpo"},
-                "dataset": {"train": str(data), "format": "preference", "maxSeqLength": 64},
+                "dataset": {"train": str(data), "format": "preference", "maxSeqLength": 64, "packing": True},
                 "output": {"uri": str(tmp_path / "out")},
             },
         },

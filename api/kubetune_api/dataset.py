@@ -61,10 +61,11 @@ class DatasetSpec(Section):
     )
     textField: StrictStr = Field("text", min_length=1, max_length=128, description="Record field holding the text (text).")
     maxSeqLength: StrictInt = Field(2048, ge=16, le=131072, description="Tokens per sequence, 16 to 131072.")
-    packing: StrictBool = Field(
-        True,
+    packing: StrictBool | None = Field(
+        None,
         description="Pack several samples into each sequence, with attention kept inside each sample. "
-        "Removes padding; usually the biggest speed-up on variable-length data.",
+        "Removes padding; usually the biggest speed-up on variable-length data. Default: on for method sft, off for "
+        "dpo (packed preference pairs make fewer, larger steps: a higher held-out loss for the same epochs).",
     )
     overlength: Literal["keep-end", "right", "truncate", "drop"] | None = Field(
         None,

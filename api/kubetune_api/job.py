@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 from typing import Any
 
@@ -100,23 +101,26 @@ def as_dumped_before(sections: dict[str, Any]) -> dict[str, Any]:
 
 # Defaults that changed, as (section, field): (today's default, the earlier one). A spec that leaves the field out
 # read the earlier default then (the cluster stored it; a local spec file did not): the same job to its digests.
-CHANGED_DEFAULTS = {("model", "attnImplementation"): ("auto", "sdpa")}
+CHANGED_DEFAULTS = {("model", "attnImplementation"): ("auto", "sdpa"), ("dataset", "packing"): (None, True)}
 
 
-def with_earlier_defaults(sections: dict[str, Any]) -> dict[str, Any]:
-    """The sections with each changed default as the earlier versions wrote it (a copy)."""
+def with_earlier_defaults(sections: dict[str, Any], changed: dict[tuple[str, str], tuple[Any, Any]]) -> dict[str, Any]:
+    """The sections with each of these changed defaults as the earlier versions wrote it (a copy)."""
     out: dict[str, Any] = json.loads(json.dumps(sections))
-    for (section, name), (now, before) in CHANGED_DEFAULTS.items():
-        if out.get(section, {}).get(name) == now:
+    for (section, name), (now, before) in changed.items():
+        if section in out and out[section].get(name) == now:
             out[section][name] = before
     return out
 
 
 def digest_forms(spec: FineTuneJobSpec, sections: tuple[str, ...]) -> list[dict[str, Any]]:
     """Every form an earlier version dumped these sections in: today's; with every field, empty ones too (before
-    empty fields were left out); and each of those with the defaults CHANGED_DEFAULTS names as they were."""
+    empty fields were left out); and each of those with any of the defaults CHANGED_DEFAULTS names as they were
+    (each version changed some: every combination)."""
     forms = [sections_dump(spec, sections), as_dumped_before(sections_dump(spec, sections, exclude_none=False))]
-    return forms + [with_earlier_defaults(form) for form in forms]
+    changed = list(CHANGED_DEFAULTS.items())
+    combos = [dict(c) for n in range(1, len(changed) + 1) for c in itertools.combinations(changed, n)]
+    return forms + [with_earlier_defaults(form, combo) for combo in combos for form in forms]
 
 
 def pods_digests(spec: FineTuneJobSpec) -> set[str]:
@@ -227,6 +231,13 @@ class FineTuneJobSpec(Section):
         """Sequences per optimizer step across every process."""
         t = self.training
         return t.microBatchSize * t.gradientAccumulationSteps * self.workers.world_size
+
+    @property
+    def packs(self) -> bool:
+        """dataset.packing in force: as set, else on for SFT and off for DPO (docs/preference.md has the figures)."""
+        if self.dataset.packing is not None:
+            return self.dataset.packing
+        return self.method.type != "dpo"
 
     @property
     def validation_split(self) -> float:

@@ -26,5 +26,10 @@ def run(main: Callable[[], int]) -> NoReturn:
         os._exit(code[0])
 
     atexit.register(leave)  # registered before anything main imports: runs after their handlers
-    code[0] = main()
+    try:
+        code[0] = main()
+    except SystemExit as exc:  # argparse's usage error (2), sys.exit in main: its code, as Python would exit with
+        if isinstance(exc.code, str):
+            print(exc.code, file=sys.stderr)
+        code[0] = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     sys.exit(code[0])

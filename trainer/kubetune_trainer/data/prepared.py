@@ -336,7 +336,7 @@ def prepare(
             f"positions, and {family} models do not keep such sequences apart (their attention mask ignores position "
             f"ids); families that do: {', '.join(sorted(PACKING_FAMILIES))}",
         )
-    packing = spec.dataset.packing and family in PACKING_FAMILIES
+    packing = spec.packs and family in PACKING_FAMILIES
     staging = out.with_name(out.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
@@ -362,7 +362,7 @@ def prepare(
         pairs=pairs,
         counts=SplitCounts(train=train_part.counts, validation=val_part.counts),
         rows=SplitRows(**rows),
-        packingOff=family if spec.dataset.packing and not packing else None,
+        packingOff=family if spec.packs and not packing else None,
     )
     (staging / "meta.json").write_text(meta.model_dump_json(indent=1, exclude_none=True))
     shutil.rmtree(out, ignore_errors=True)
