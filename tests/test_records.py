@@ -79,3 +79,22 @@ def test_a_prepared_sets_meta_is_read_strictly_and_judged_by_one_rule() -> None:
     assert meta.refusal(2, None, 259, 64, pairs=True) == "made without preference pairs"
     for bad in ({"records": "3"}, {"records": -1}, {"vocabulary": 0}, {"rows": {"train": 1}}, {"packingOff": "x" * 65}):
         assert read(PreparedMeta, json.dumps(good | bad)) is None, bad
+
+
+def test_an_rng_state_round_trips_and_a_malformed_one_is_refused() -> None:
+    import random
+
+    from kubetune_api.records import RngState
+
+    version, state, gauss = random.getstate()
+    saved = RngState(version=version, state=list(state), gauss=gauss)
+    assert read(RngState, saved.model_dump_json()) == saved
+    good = json.loads(saved.model_dump_json())
+    for bad in (
+        {"state": good["state"][:-1]},
+        {"state": [-1] + good["state"][1:]},
+        {"state": [2**32] + good["state"][1:]},
+        {"version": "3"},
+        {"gauss": "x"},
+    ):
+        assert read(RngState, json.dumps(good | bad)) is None, list(bad)

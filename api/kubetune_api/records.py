@@ -172,3 +172,15 @@ class RunManifest(_Record):
     versions: dict[str, str]
     completedAt: str
     merged: MergedFiles | None = None
+
+
+Word = Annotated[int, Field(ge=0, lt=2**32)]
+
+
+class RngState(_Record):
+    """checkpoints/step-N/rng-rank<R>.json: Python's random state of one rank, as random.getstate() gives it (torch's
+    is beside it, in safetensors): resuming reads no pickle."""
+
+    version: int
+    state: list[Word] = Field(min_length=625, max_length=625)
+    gauss: float | None = None

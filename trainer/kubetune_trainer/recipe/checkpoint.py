@@ -27,7 +27,7 @@ from typing import Any
 from kubetune_api import events, layout, records
 from kubetune_api.conditions import Reason
 from kubetune_api.job import FineTuneJobSpec, digest_forms, sections_dump
-from kubetune_api.records import BestRecord, CheckpointRecord, Identity
+from kubetune_api.records import BestRecord, CheckpointRecord, Identity, RngState
 from kubetune_trainer.errors import TrainerFailure
 from kubetune_trainer.recipe.rank import Rank, barrier, broadcast
 from kubetune_trainer.spec_io import dump_spec
@@ -219,7 +219,7 @@ def save_rng(directory: Path, rank: int) -> None:
     from safetensors.torch import save_file
 
     version, state, gauss = random.getstate()
-    (directory / f"rng-rank{rank}.json").write_text(json.dumps({"version": version, "state": list(state), "gauss": gauss}))
+    (directory / f"rng-rank{rank}.json").write_text(RngState(version=version, state=list(state), gauss=gauss).model_dump_json())
     save_file({"torch": torch.get_rng_state()}, str(directory / f"rng-rank{rank}.safetensors"))
 
 
@@ -230,11 +230,13 @@ def load_rng(directory: Path, rank: int) -> None:
     python, tensors = directory / f"rng-rank{rank}.json", directory / f"rng-rank{rank}.safetensors"
     if not (python.is_file() and tensors.is_file()):
         return
-    saved = json.loads(python.read_text())
-    state = saved.get("state") if isinstance(saved, dict) else None
-    if not (isinstance(state, list) and len(state) == 625 and all(isinstance(x, int) for x in state)):
+    saved = records.read(RngState, python.read_text())
+    if saved is None:
         raise TrainerFailure(Reason.CHECKPOINT_MISMATCH, f"{python.name} is not an RNG state kubetune wrote")
-    random.setstate((int(saved["version"]), tuple(state), saved.get("gauss")))
+    try:
+        random.setstate((saved.version, tuple(saved.state), saved.gauss))
+    except (TypeError, ValueError) as exc:  # a version or an index random refuses
+        raise TrainerFailure(Reason.CHECKPOINT_MISMATCH, f"{python.name} is not an RNG state kubetune wrote: {exc}") from exc
     rng = load_file(str(tensors)).get("torch")
     if rng is None or rng.dtype != torch.uint8:
         raise TrainerFailure(Reason.CHECKPOINT_MISMATCH, f"{tensors.name} is not an RNG state kubetune wrote")
