@@ -92,8 +92,8 @@ def test_an_rng_state_round_trips_and_a_malformed_one_is_refused() -> None:
     good = json.loads(saved.model_dump_json())
     for bad in (
         {"state": good["state"][:-1]},
-        {"state": [-1] + good["state"][1:]},
-        {"state": [2**32] + good["state"][1:]},
+        {"state": [-1, *good["state"][1:]]},
+        {"state": [2**32, *good["state"][1:]]},
         {"version": "3"},
         {"gauss": "x"},
     ):

@@ -29,6 +29,7 @@ from kubetune_api.conditions import Reason
 from kubetune_api.job import FineTuneJobSpec, digest_forms, sections_dump
 from kubetune_api.records import BestRecord, CheckpointRecord, Identity, RngState
 from kubetune_trainer.errors import TrainerFailure
+from kubetune_trainer.recipe import choices
 from kubetune_trainer.recipe.rank import Rank, barrier, broadcast
 from kubetune_trainer.spec_io import dump_spec
 from kubetune_trainer.storage import Store, join
@@ -166,14 +167,10 @@ def refused(exc: Exception) -> str:
 def prune(store: Store, output_uri: str, keep: int) -> list[str]:
     """Delete all but the newest `keep` complete checkpoints, and incomplete ones older than the newest complete one."""
     complete = complete_tags(store, output_uri)
-    if not complete:
-        return []
-    newest = int(TAG.match(complete[-1]).group(1))  # type: ignore[union-attr]
-    doomed = set(complete[:-keep])
-    doomed |= {t for t in all_tags(store, output_uri) if t not in complete and int(TAG.match(t).group(1)) < newest}  # type: ignore[union-attr]
-    for name in sorted(doomed):
+    dropped = choices.doomed(complete, all_tags(store, output_uri), keep) if complete else []
+    for name in dropped:
         store.delete_prefix(join(root(output_uri), name))
-    return sorted(doomed)
+    return dropped
 
 
 # the best adapter so far, kept beside the checkpoints (an adapter is small) so a gang restart does not lose it

@@ -32,7 +32,7 @@ from kubetune_trainer.data import batching, prepared
 from kubetune_trainer.errors import TrainerFailure
 from kubetune_trainer.model import add_lora, load_model, load_tokenizer, model_type
 from kubetune_trainer.rank_env import RankEnv
-from kubetune_trainer.recipe import checkpoint, evaluate, merge, meter, outputs, preference, tracking
+from kubetune_trainer.recipe import checkpoint, choices, evaluate, merge, meter, outputs, preference, tracking
 from kubetune_trainer.recipe.preemption import Preempted, Stop
 from kubetune_trainer.recipe.profile import StepProfile
 from kubetune_trainer.recipe.rank import Rank, all_max, all_sum, barrier, broadcast, setup_rank
@@ -54,28 +54,6 @@ class Engine:
     adjusted: dict[str, Any]  # what was changed from the spec to make the model train (manifest.json)
     keep_alive: Any = None  # transformers' HfDeepSpeedConfig: from_pretrained partitions weights while it lives
     config: dict[str, Any] = field(default_factory=dict)  # the DeepSpeed config that runs (manifest.json)
-
-
-@dataclass
-class Watch:
-    """The held-out evaluations so far, as early stopping and best-adapter selection see them."""
-
-    best_step: int = 0
-    best_loss: float = math.inf
-    reference: float = math.inf  # the loss of the last evaluation that improved by more than minDelta
-    stale: int = 0  # evaluations since then
-    snapshot_step: int | None = None  # the step whose adapter is kept in adapter-best/
-
-    def see(self, step: int, loss: float, min_delta: float) -> bool:
-        """Record an evaluation; True when it is the best so far."""
-        if loss < self.reference - min_delta:
-            self.reference, self.stale = loss, 0
-        else:
-            self.stale += 1
-        if loss < self.best_loss:
-            self.best_step, self.best_loss = step, loss
-            return True
-        return False
 
 
 @dataclass
@@ -233,7 +211,7 @@ class Recipe:
         self.engine = built.engine
         self.t = me.spec.training
         self.record = Record()
-        self.watch = Watch()
+        self.watch = choices.Watch()
         self.window = Window()
         self.trained_tokens = 0.0
         self.dpo = me.spec.method.dpo_settings if me.spec.method.type == "dpo" else None
@@ -395,16 +373,10 @@ class Recipe:
             self.progress.emit(events.Eval(step=done, model="adapter", **result))
         if self.observe(done, result) and self.me.spec.output.adapter == "best":
             self.keep_best(done, result)
-        if t.earlyStopping and self.watch.stale >= t.earlyStopping.patience:
-            stopped = EarlyStop(
-                stoppedAtStep=done,
-                reason=f"held-out loss did not improve by more than {t.earlyStopping.minDelta} for "
-                f"{t.earlyStopping.patience} evaluations (best {self.watch.best_loss:.4f} at step {self.watch.best_step})",
-            )
-            if self.progress:
-                self.progress.emit(events.EarlyStopping(**stopped.model_dump()))
-            return stopped
-        return None
+        stopped = choices.early_stop(self.watch, t.earlyStopping, done)
+        if stopped is not None and self.progress:
+            self.progress.emit(events.EarlyStopping(**stopped.model_dump()))
+        return stopped
 
     # the loop
 
@@ -520,14 +492,14 @@ class Recipe:
 
     def choose_adapter(self, last_step: int, last: dict[str, float]) -> tuple[Path, dict[str, Any]]:
         """The adapter to write and its evaluation: the best one kept (output.adapter: best), else the last."""
-        watch = self.watch
-        want_best = self.me.spec.output.adapter == "best" and watch.best_step != last_step
-        has_best = broadcast(self.me, watch.snapshot_step == watch.best_step) if want_best else False
-        if want_best and has_best:
+        watch, wanted = self.watch, self.me.spec.output.adapter
+        want_best = wanted == "best" and watch.best_step != last_step
+        kept = broadcast(self.me, watch.snapshot_step == watch.best_step) if want_best else False  # every rank agrees
+        choice = choices.adapter_choice(wanted, watch, last_step, kept)
+        if choice == "best":
             best = next(h for h in self.record.history if h["step"] == watch.best_step)
             return self.me.paths.work_dir / "adapter-best", {**best, "choice": "best"}
-        why = "last" if not want_best else "last (the best adapter was evaluated before a restart and not kept)"
-        return self.save_adapter(), {"step": last_step, **last, "choice": why}
+        return self.save_adapter(), {"step": last_step, **last, "choice": choice}
 
     # checkpoints (the protocol is checkpoint.Checkpoints')
 
