@@ -9,7 +9,7 @@ import sys
 from typing import Any, TextIO
 
 from kubetune_api import events
-from kubetune_api.contract import PreparingLine, ProgressLine, Summary
+from kubetune_api.contract import PreparingLine
 
 
 def _n(value: int) -> str:
@@ -54,9 +54,7 @@ def render(event: events.Event) -> str | None:
         return f"note: {event.message}"
     if isinstance(event, PreparingLine):
         return f"preparing the dataset: {event.summary()}"
-    if isinstance(event, (events.Timing, Summary, ProgressLine)):
-        return None
-    return None
+    return None  # Timing (tabled at the end), Summary (the closing report), ProgressLine (the bar)
 
 
 class Terminal:

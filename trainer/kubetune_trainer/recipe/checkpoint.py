@@ -15,7 +15,6 @@ import hashlib
 import json
 import pickle
 import random
-import re
 import shutil
 import threading
 import time
@@ -46,7 +45,7 @@ SAFE_GLOBALS = (
 )
 
 COMPLETE = "COMPLETE"
-TAG = re.compile(r"^step-(\d{6,})$")
+TAG = choices.TAG
 
 
 tag = layout.checkpoint_tag
@@ -63,7 +62,7 @@ def complete_tags(store: Store, output_uri: str) -> list[str]:
         parts = relative.split("/")
         if len(parts) == 2 and parts[1] == COMPLETE and TAG.match(parts[0]):
             tags.add(parts[0])
-    return sorted(tags, key=lambda t: int(TAG.match(t).group(1)))  # type: ignore[union-attr]
+    return sorted(tags, key=choices.step_of)
 
 
 def all_tags(store: Store, output_uri: str) -> list[str]:

@@ -46,10 +46,15 @@ def early_stop(watch: Watch, stopping: EarlyStopping | None, step: int) -> Early
     )
 
 
+def wants_best(wanted: str, watch: Watch, last_step: int) -> bool:
+    """Whether output.adapter asks for an adapter other than the last: the best one, evaluated before the end."""
+    return wanted == "best" and watch.best_step != last_step
+
+
 def adapter_choice(wanted: str, watch: Watch, last_step: int, best_kept: bool) -> str:
     """Which adapter is written (output.adapter): "best", or "last" with why when the best was wanted. `best_kept`:
     the best step's adapter is in adapter-best/ on every rank (a restart can leave only its evaluation)."""
-    if wanted != "best" or watch.best_step == last_step:
+    if not wants_best(wanted, watch, last_step):
         return "last"
     if best_kept:
         return "best"

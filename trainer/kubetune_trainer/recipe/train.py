@@ -493,8 +493,8 @@ class Recipe:
     def choose_adapter(self, last_step: int, last: dict[str, float]) -> tuple[Path, dict[str, Any]]:
         """The adapter to write and its evaluation: the best one kept (output.adapter: best), else the last."""
         watch, wanted = self.watch, self.me.spec.output.adapter
-        want_best = wanted == "best" and watch.best_step != last_step
-        kept = broadcast(self.me, watch.snapshot_step == watch.best_step) if want_best else False  # every rank agrees
+        wanted_best = choices.wants_best(wanted, watch, last_step)
+        kept = broadcast(self.me, watch.snapshot_step == watch.best_step) if wanted_best else False  # every rank agrees
         choice = choices.adapter_choice(wanted, watch, last_step, kept)
         if choice == "best":
             best = next(h for h in self.record.history if h["step"] == watch.best_step)
