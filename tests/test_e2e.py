@@ -61,7 +61,7 @@ def operator(plane, crd, node_agent, namespace, mlflow, platform_values, tmp_pat
     if missing:
         pytest.fail(f"images missing from podman's store: {', '.join(missing)}: run `make images` (hack/build-images.sh)")
     models = tmp_path_factory.mktemp("node-models")
-    os.chown(models, 1000, 1000)  # the chart's trainer.modelCache.path: a node directory writable by uid 1000
+    models.chmod(0o1777)  # trainer.modelCache.path as docs/platform.md says: each namespace's subPath gets its mode
     repository, _, tag = images.OPERATOR.rpartition(":")
     health = free_port()
     installed = plane.helm(

@@ -34,6 +34,20 @@ def model_cache_volume(setting: str) -> dict[str, Any] | None:
     return None
 
 
+def model_cache_mounts(plan: Plan) -> list[dict[str, Any]]:
+    """Where the pod sees the model cache. A node directory (hostPath) is shared by every namespace's pods on the
+    node, so a pod mounts only its namespace's directory (a subPath) and the totals' record beside it (.usage/), each
+    at the path it would have in the whole: no pod can list, read or write another namespace's models. The kubelet
+    makes a missing subPath with the node directory's own mode, so the platform makes that directory 1777 (docs/
+    platform.md). A claim (pvc) is the namespace's own: it is mounted whole."""
+    if not plan.model_cache.startswith("hostPath:"):
+        return [{"name": "models", "mountPath": MODEL_CACHE_DIR}]
+    return [
+        {"name": "models", "mountPath": f"{MODEL_CACHE_DIR}/{plan.namespace}", "subPath": plan.namespace},
+        {"name": "models", "mountPath": f"{MODEL_CACHE_DIR}/{USAGE}", "subPath": USAGE},
+    ]
+
+
 def model_cache_bound(plan: Plan) -> int:
     """Bytes the cache may hold before least recently used entries go: the chart's bound, else HOSTPATH_MAX_BYTES for
     a node directory."""
@@ -241,10 +255,7 @@ def build_pod_spec(
     models = model_cache_volume(plan.model_cache)
     if models is not None:
         pod["volumes"].append(models)
-        # the whole node directory (the trainer keys its entries per namespace within it, and keeps the totals'
-        # record in .usage/ there): a subPath of the namespace alone needs a directory the pod's user owns before
-        # the pod starts, which the kubelet does not make (a missing subPath is made root-owned)
-        pod["containers"][0]["volumeMounts"].append({"name": "models", "mountPath": MODEL_CACHE_DIR})
+        pod["containers"][0]["volumeMounts"] += model_cache_mounts(plan)
     if spec.storage.serviceAccountName:
         pod["serviceAccountName"] = spec.storage.serviceAccountName
     if spec.workers.nodeSelector:

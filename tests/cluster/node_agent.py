@@ -28,6 +28,7 @@ import os
 import shlex
 import signal
 import ssl
+import stat
 import subprocess
 import sys
 import threading
@@ -57,6 +58,20 @@ def _keyed(data: dict[str, bytes], items: list[Any] | None) -> dict[str, bytes]:
 
 def now() -> str:
     return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _sub_path(volume: Path, sub_path: str | None) -> Path:
+    """A volumeMount's subPath within its volume, made as the kubelet makes a missing one: a directory with the
+    volume's own mode (its sticky bit included), owned by the kubelet's user; never outside the volume."""
+    if not sub_path:
+        return volume
+    if sub_path.startswith("/") or ".." in Path(sub_path).parts:
+        raise ConfigError(f"subPath {sub_path!r} must be a relative path within its volume")
+    path = volume / sub_path
+    if not path.exists():
+        path.mkdir(parents=True)
+        path.chmod(stat.S_IMODE(volume.stat().st_mode))
+    return path
 
 
 class ConfigError(Exception):
@@ -411,7 +426,7 @@ class NodeAgent:
             source = volumes.get(mount.name)
             hides = image is None and any(str(path).startswith(mount.mount_path.rstrip("/") + "/") for path in PROTECTED)
             if source is not None and not hides:
-                mounts.append((str(source / (mount.sub_path or "")), mount.mount_path))
+                mounts.append((str(_sub_path(source, mount.sub_path)), mount.mount_path))
         if image is not None:
             script = self._image_script(pod, run, container, image, mounts, restarts)
             cwd = "/"

@@ -392,7 +392,7 @@ def test_the_prepared_sets_digest_goes_from_the_preflight_to_the_workers() -> No
 
 
 # 8: the hostPath cache's bound holds for the node: each namespace's cache records its total beside the others',
-# and evicts its own entries until the node's total fits
+# and evicts its own entries until the node's total fits; a pod mounts only its namespace's part of the node directory
 def test_the_node_cache_bound_is_the_nodes_not_each_namespaces(tmp_path: Path) -> None:
     from kubetune_trainer.storage.model_cache import COMPLETE, ModelCache
 
@@ -415,10 +415,17 @@ def test_the_node_cache_bound_is_the_nodes_not_each_namespaces(tmp_path: Path) -
     assert (usage / "team-b.bytes").read_text() == "300"
     (usage / "team-c.bytes").write_text("not a number")  # ignored, as is anything beyond USAGE_LIMIT
     assert a.make_room(100, keep="") == []  # 600 + 300 + 100 = 1000: fits
-    mounts = builders.build_job(
-        make_plan(job(), validate_object(job(), cluster=True).job, Settings(model_cache="hostPath:/var/lib/m"))  # type: ignore[arg-type]
-    )["spec"]["template"]["spec"]["containers"][0]["volumeMounts"]
-    assert {"name": "models", "mountPath": builders.MODEL_CACHE_DIR} in mounts
+    body = job(**{"metadata.namespace": "team-a"})
+    pod = builders.build_job(
+        make_plan(body, validate_object(body, cluster=True).job, Settings(model_cache="hostPath:/var/lib/m"))  # type: ignore[arg-type]
+    )["spec"]["template"]["spec"]
+    mounts = pod["containers"][0]["volumeMounts"]
+    # only this namespace's directory and the totals' record are mounted, each where it sits in the node directory
+    models = [m for m in mounts if m["name"] == "models"]
+    assert models == [
+        {"name": "models", "mountPath": f"{builders.MODEL_CACHE_DIR}/team-a", "subPath": "team-a"},
+        {"name": "models", "mountPath": f"{builders.MODEL_CACHE_DIR}/.usage", "subPath": ".usage"},
+    ]
     env = builders.build_job(
         make_plan(job(), validate_object(job(), cluster=True).job, Settings(model_cache="hostPath:/var/lib/m"))  # type: ignore[arg-type]
     )["spec"]["template"]["spec"]["containers"][0]["env"]
