@@ -82,9 +82,11 @@ def namespace(plane, s3: S3Server) -> str:  # type: ignore[no-untyped-def]
     return namespace_with_credentials(plane, s3, NAMESPACE)
 
 
-def queued_job(name: str, s3: Any, stored: dict[str, str]) -> dict[str, Any]:
-    """A job long enough (about 25 ms a step here, unloaded) for a test to preempt it while it trains."""
-    body = manifest(name, s3, stored, {"maxSteps": 600, "microBatchSize": 4, "evalEverySteps": 0, "checkpointEverySteps": 0})
+def queued_job(name: str, s3: Any, stored: dict[str, str], steps: int = 600, preflight: bool = False) -> dict[str, Any]:
+    """A job long enough (about 25 ms a step here, unloaded) for a test to preempt it while it trains. The preflight
+    (a pod of its own before the workers) only where the test is about it: each costs a trainer start."""
+    body = manifest(name, s3, stored, {"maxSteps": steps, "microBatchSize": 4, "evalEverySteps": 0, "checkpointEverySteps": 0})
+    body["spec"]["runPolicy"] = {"preflight": preflight}
     body["metadata"]["namespace"] = NAMESPACE
     body["metadata"]["labels"] = {"kueue.x-k8s.io/queue-name": "team"}
     body["spec"]["workers"] = {"replicas": 1, "gpusPerWorker": 0, "resources": {"requests": {"cpu": "1"}}}
@@ -113,7 +115,8 @@ def test_a_queued_job_waits_for_quota_after_its_preflight_and_runs_when_it_frees
     stored,
     tmp_path,
 ) -> None:  # type: ignore[no-untyped-def]
-    first, second = queued_job("queued-first", s3, stored), queued_job("queued-second", s3, stored)
+    # the second only has to succeed once admitted: a few steps (the first's 600 keep it holding the quota meanwhile)
+    first, second = queued_job("queued-first", s3, stored), queued_job("queued-second", s3, stored, steps=8, preflight=True)
     for body in (first, second):
         path = tmp_path / f"{body['metadata']['name']}.yaml"
         path.write_text(dump(body))
