@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from kubetune_api.job import FineTuneJobSpec
-from kubetune_api.memory import shape_of
+from kubetune_api.memory import estimate, shape_of
 from kubetune_api.preflight import GpuType, Report, candidates, fit, format_report, parse_report
 
 from .conftest import ROOT, kubetune
@@ -48,13 +48,14 @@ def test_a_job_that_does_not_fit_gets_the_least_disruptive_change_that_does() ->
 
 
 def test_a_dpo_jobs_sequence_advice_is_in_the_specs_terms() -> None:
-    """The preflight sizes a DPO row as a pair (twice maxSeqLength); a shorter-sequence candidate names the spec's
-    field as the user writes it, not the doubled row."""
+    """The estimate sizes a DPO row as a pair (the spec's row_tokens: twice maxSeqLength), with no spec rewritten for
+    it; a shorter-sequence candidate names the spec's field as the user writes it, not the doubled row."""
     dpo = spec_of(method={"type": "dpo"}, dataset={"format": "preference", "maxSeqLength": 8192})
-    sized = FineTuneJobSpec.model_validate(
-        {**dpo.model_dump(mode="json"), "dataset": {**dpo.dataset.model_dump(mode="json"), "maxSeqLength": 16384}}
-    )
-    shorter = [words for words, _ in candidates(sized) if words.startswith("dataset.maxSeqLength")]
+    assert dpo.row_tokens == 16384 and spec_of(dataset={"maxSeqLength": 8192}).row_tokens == 8192
+    shape = shape_of(LLAMA_8B)
+    assert estimate(shape, dpo, gpu=True) == estimate(shape, dpo, gpu=True, rows=16384)
+    assert estimate(shape, dpo, gpu=True).total > estimate(shape, dpo, gpu=True, rows=8192).total
+    shorter = [words for words, _ in candidates(dpo) if words.startswith("dataset.maxSeqLength")]
     assert shorter[0] == "dataset.maxSeqLength: 4096 with ZeRO-3 offload all"  # rows of 8192: pairs of 4096
 
 

@@ -13,7 +13,7 @@ from ._base import Rule, Section, section_default
 from .dataset import DEFAULT_VALIDATION_SPLIT, DatasetSpec
 from .deepspeed import DeepSpeedSpec
 from .lora import LoraSpec
-from .method import PREFERENCE_FORMATS, SFT_FORMATS, MethodSpec
+from .method import PREFERENCE_FORMATS, SFT_FORMATS, MethodSpec, row_limit
 from .model import ModelSpec
 from .names import API_VERSION, KIND
 from .output import OutputSpec
@@ -231,6 +231,12 @@ class FineTuneJobSpec(Section):
         """Sequences per optimizer step across every process."""
         t = self.training
         return t.microBatchSize * t.gradientAccumulationSteps * self.workers.world_size
+
+    @property
+    def row_tokens(self) -> int:
+        """The longest row a step trains on (method.row_limit): what the memory estimate sizes and the prepared
+        dataset's rows are checked against."""
+        return row_limit(self.dataset.maxSeqLength, self.method.type == "dpo")
 
     @property
     def packs(self) -> bool:

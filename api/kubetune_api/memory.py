@@ -227,8 +227,11 @@ def attention_matrix_bytes(shape: Shape, rows: int, seq: int, b: int, gpu: bool)
     return rows * shape.heads * seq * seq * (2 * b + 1)  # softmax output, dropped-out copy, mask
 
 
-def estimate(shape: Shape, spec: FineTuneJobSpec, world: int | None = None, gpu: bool | None = None) -> Estimate:
-    """Peak bytes per training process for this spec on `world` processes, on GPUs (bf16/fp16) or CPUs (fp32)."""
+def estimate(
+    shape: Shape, spec: FineTuneJobSpec, world: int | None = None, gpu: bool | None = None, rows: int | None = None
+) -> Estimate:
+    """Peak bytes per training process for this spec on `world` processes, on GPUs (bf16/fp16) or CPUs (fp32), for
+    rows of `rows` tokens (default: the spec's row_tokens, the longest a step may train on)."""
     world = spec.workers.world_size if world is None else world
     gpu = spec.workers.gpusPerWorker > 0 if gpu is None else gpu
     stage, offload, t = spec.deepspeed.zeroStage, spec.deepspeed.offload, spec.training
@@ -259,7 +262,7 @@ def estimate(shape: Shape, spec: FineTuneJobSpec, world: int | None = None, gpu:
     parts["buckets"] = bucket * reduce_dtype * (2 if gpu and stage in (1, 2) else 1)
 
     # activations and logits for one micro-batch of full rows
-    seq = spec.dataset.maxSeqLength
+    seq = spec.row_tokens if rows is None else rows
     tokens = t.microBatchSize * seq
     layer = tokens * activation_bytes(shape, spec, b, targets) + attention_matrix_bytes(shape, t.microBatchSize, seq, b, gpu)
     final_norm = tokens * (4 + 2 * b) * shape.hidden

@@ -13,6 +13,12 @@ SFT_FORMATS = ("prompt-completion", "chat", "text", "alpaca", "sharegpt")
 PREFERENCE_FORMATS = ("preference", "openai-preference", "shared-prefix")
 
 
+def row_limit(max_seq_length: int, pairs: bool) -> int:
+    """The longest row a step trains on: dataset.maxSeqLength, twice it for preference pairs (a pair's chosen and
+    rejected responses side by side in one row, so one forward pass scores both)."""
+    return 2 * max_seq_length if pairs else max_seq_length
+
+
 class DpoSpec(Section):
     """Direct Preference Optimization (Rafailov et al., 2023) on LoRA. The reference model is the base model with
     the adapter disabled, or, when model.adapter is set, that starting adapter frozen: no second copy in memory."""

@@ -211,7 +211,7 @@ class PolicyRule:
 
 
 def _gpus(spec: Any) -> int:
-    return int(spec.workers.replicas * spec.workers.gpusPerWorker)
+    return int(spec.workers.gpus)
 
 
 def _in(list_name: str, value: str) -> str:

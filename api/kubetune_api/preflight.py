@@ -112,32 +112,33 @@ def candidates(spec: FineTuneJobSpec) -> list[tuple[str, FineTuneJobSpec]]:
             wider = changed(spec, workers__replicas=replicas, **stage3)
             out.append((f"ZeRO-3 across {wider.workers.world_size} GPUs ({replicas} workers)", wider))
     out.append(("deepspeed.offload: all with ZeRO-3, micro-batch 1", changed(spec, deepspeed__offload="all", **stage3)))
-    seq = spec.dataset.maxSeqLength  # for DPO the preflight sizes rows of a pair: twice the spec's maxSeqLength
-    pair = 2 if spec.method.type == "dpo" else 1
-    while seq > 512:
+    seq = spec.dataset.maxSeqLength
+    while changed(spec, dataset__maxSeqLength=seq).row_tokens > 512:  # the rows a step trains on: row_tokens
         seq //= 2
         out.append(
             (
-                f"dataset.maxSeqLength: {seq // pair} with ZeRO-3 offload all",
+                f"dataset.maxSeqLength: {seq} with ZeRO-3 offload all",
                 changed(spec, dataset__maxSeqLength=seq, deepspeed__offload="all", **stage3),
             )
         )
     return out
 
 
-def fit(shape: Shape, spec: FineTuneJobSpec, gpu_memory: int) -> tuple[Estimate, str | None]:
-    """The estimate for the spec as written, and when it does not fit, the first change (least disruptive) that does."""
-    mine = estimate(shape, spec, gpu=True)
+def fit(shape: Shape, spec: FineTuneJobSpec, gpu_memory: int, rows: int | None = None) -> tuple[Estimate, str | None]:
+    """The estimate for the spec as written, and when it does not fit, the first change (least disruptive) that does.
+    `rows`: tokens per row when the data's are shorter than the spec's row_tokens (unpacked rows pad to the longest)."""
+    mine = estimate(shape, spec, gpu=True, rows=rows)
     if mine.total <= HEADROOM * gpu_memory:
         return mine, None
     for words, changed in candidates(spec):
-        other = estimate(shape, changed, gpu=True)
+        same_rows = changed.dataset.maxSeqLength == spec.dataset.maxSeqLength
+        other = estimate(shape, changed, gpu=True, rows=rows if same_rows else None)
         if other.total <= HEADROOM * gpu_memory:
             return mine, f"{words} needs about {gib(other.total)} per GPU"
     return mine, None
 
 
-def roomier(shape: Shape, spec: FineTuneJobSpec, gpu_memory: int, current: int) -> str | None:
+def roomier(shape: Shape, spec: FineTuneJobSpec, gpu_memory: int, current: int, rows: int | None = None) -> str | None:
     """When the job leaves the card half empty and gradient accumulation can trade for a larger micro-batch (the
     same global batch, so the same training): the largest micro-batch that fits, as advice. Fewer, fuller steps
     keep the GPU's matrix units busier; a GPU-hour is paid for whether its memory is used or not. `current`: the
@@ -150,7 +151,10 @@ def roomier(shape: Shape, spec: FineTuneJobSpec, gpu_memory: int, current: int) 
     while accumulate % 2 == 0 and micro * 2 <= 1024:
         micro, accumulate = micro * 2, accumulate // 2
         trial = estimate(
-            shape, changed(spec, training__microBatchSize=micro, training__gradientAccumulationSteps=accumulate), gpu=True
+            shape,
+            changed(spec, training__microBatchSize=micro, training__gradientAccumulationSteps=accumulate),
+            gpu=True,
+            rows=rows,
         )
         if trial.total > usable:
             break

@@ -249,6 +249,11 @@ class WorkersSpec(Section):
         return self.gpusPerWorker or 1
 
     @property
+    def gpus(self) -> int:
+        """GPUs the job holds at once (replicas x gpusPerWorker): what the policy counts and GPU-hours multiply."""
+        return self.replicas * self.gpusPerWorker
+
+    @property
     def world_size(self) -> int:
         """Training processes across all workers."""
         return self.replicas * self.processes

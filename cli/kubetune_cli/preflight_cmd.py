@@ -47,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
             if gpu is not None and spec.workers.gpusPerWorker:
                 tokens = args.tokens or PER_TOKENS
                 flops = training_flops(shape, spec, tokens * spec.training.epochs, 0.01 * tokens * evaluations(spec, 0))
-                wall, gpu_hours = hours(flops, spec.workers.replicas * spec.workers.gpusPerWorker, gpu)
+                wall, gpu_hours = hours(flops, spec.workers.gpus, gpu)
                 per = (
                     f"for {tokens:,} training tokens per epoch"
                     if args.tokens

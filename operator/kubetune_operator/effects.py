@@ -17,7 +17,7 @@ from kubetune_api.contract import PREFLIGHT_FIGURES
 from kubetune_api.names import GROUP, PLURAL, VERSION
 from kubetune_api.status import FineTuneJobStatus
 
-from . import builders, metrics
+from . import builders, metrics, watched
 from .children import conflict, drift, owned, rejected
 from .kube import API, raw, read_json
 from .plan import Plan
@@ -37,6 +37,7 @@ from .transition import (
     WriteStatus,
 )
 
+PLURALS = {"ConfigMap": "configmaps", "Service": "services", "NetworkPolicy": "networkpolicies"}
 CHECKPOINT_ANNOTATIONS = ("kubetune.dev/last-checkpoint-time", "volcano.sh/last-checkpoint-time")
 
 
@@ -115,7 +116,9 @@ def ensure(plan: Plan, obj: dict[str, Any], fresh: bool) -> None:
             net.patch_namespaced_network_policy,
         ),
     }[kind]
-    current = None if fresh else read_json(read, name, plan.namespace)
+    # as the watch last saw it (watched.py); read from the API server only when it exists and the watch has not
+    # shown it yet (the create's 409)
+    current = None if fresh else watched.CACHE.one(PLURALS[kind], plan.namespace, name)
     if current is None:
         try:
             raw(create, plan.namespace, obj)

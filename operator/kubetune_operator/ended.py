@@ -40,7 +40,7 @@ def ours(job_uid: str) -> None:
             _ours.popitem(last=False)
 
 
-def _job_uid(pod: dict[str, Any]) -> str:
+def controller_uid(pod: dict[str, Any]) -> str:
     refs = (pod.get("metadata") or {}).get("ownerReferences") or []
     return next((str(r.get("uid")) for r in refs if r.get("controller") and r.get("kind") == "Job"), "")
 
@@ -86,7 +86,7 @@ def seen(pod: dict[str, Any]) -> None:
     """A worker pod's watch event: kept if it ended preempted and its Job is one this operator made."""
     if not was_preempted(pod):
         return
-    uid, job = str((pod.get("metadata") or {}).get("uid") or ""), _job_uid(pod)
+    uid, job = str((pod.get("metadata") or {}).get("uid") or ""), controller_uid(pod)
     with _lock:
         if not uid or job not in _ours:
             return

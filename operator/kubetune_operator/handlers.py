@@ -24,10 +24,10 @@ from kubetune_api.policy import check as policy_check
 from kubetune_api.preflight import PRODUCT_LABEL
 from kubetune_api.status import FineTuneJobStatus, Preparing
 
-from . import ended, kube, metrics, polling, webhook_auth
+from . import ended, kube, metrics, polling, watched, webhook_auth
 from .children import Refused, conflict, owned
 from .effects import carry_out
-from .kube import API, read, read_json
+from .kube import API, read
 from .ledger import parse_time
 from .observation import State, last_progress, observe, progress_status, rank0_pods, reads_spec
 from .plan import Plan, billed_on, make_plan
@@ -43,8 +43,12 @@ _last_log_read: dict[str, float] = {}
 
 
 @kopf.on.startup()
-def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
+def startup(settings: kopf.OperatorSettings, **kwargs: Any) -> None:
     kube.connect(os.environ.get("KUBECONFIG"), SETTINGS.workers)
+    # the children are read from watch caches (watched.py), each stream filtered by the API server to our label
+    for group, version, plural in watched.KINDS:
+        settings.watching.label_selectors[(group, version, plural) if group else (version, plural)] = watched.SELECTOR
+    watched.CACHE.indices = {name: kwargs[name] for name in map(watched.index_name, (k[2] for k in watched.KINDS))}
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="kopf.kubetune.dev")
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix="kopf.kubetune.dev")
     settings.posting.level = 40  # kopf's own log lines stay out of Events; ours are posted explicitly
@@ -97,8 +101,8 @@ def first_seen(*, name: str, namespace: str | None, body: kopf.Body, **_: Any) -
 
 
 @kopf.on.update(GROUP, VERSION, PLURAL)
-def reconcile(*, name: str, namespace: str | None, **_: Any) -> None:
-    sync(namespace or "default", name)
+def reconcile(*, name: str, namespace: str | None, body: kopf.Body, **_: Any) -> None:
+    sync(namespace or "default", name, dict(body))
 
 
 @kopf.on.delete(GROUP, VERSION, PLURAL, optional=True)
@@ -107,13 +111,46 @@ def deleted(*, name: str, namespace: str | None, **_: Any) -> None:
 
 
 @kopf.timer(GROUP, VERSION, PLURAL, interval=SETTINGS.sync_seconds, initial_delay=SETTINGS.sync_seconds, when=polling.busy)
-def refresh(*, name: str, namespace: str | None, **_: Any) -> None:
-    sync(namespace or "default", name)
+def refresh(*, name: str, namespace: str | None, body: kopf.Body, **_: Any) -> None:
+    sync(namespace or "default", name, dict(body))  # the watch's body is current: not read again
 
 
 @kopf.timer(GROUP, VERSION, PLURAL, interval=SETTINGS.wait_seconds, initial_delay=SETTINGS.sync_seconds, when=polling.waiting)
-def look_again(*, name: str, namespace: str | None, **_: Any) -> None:
-    sync(namespace or "default", name)
+def look_again(*, name: str, namespace: str | None, body: kopf.Body, **_: Any) -> None:
+    sync(namespace or "default", name, dict(body))
+
+
+# the watch caches: a sync reads its children from these (watched.py), not with a request each
+
+
+@kopf.index("batch", "v1", "jobs", labels={JOB_NAME_LABEL: kopf.PRESENT})
+def watched_jobs(*, namespace: str | None, name: str, body: kopf.Body, **_: Any) -> dict[tuple[str, str], dict[str, Any]]:
+    return {(namespace or "", name): watched.plain(body)}
+
+
+@kopf.index("", "v1", "pods", labels={JOB_NAME_LABEL: kopf.PRESENT})
+def watched_pods(
+    *, namespace: str | None, labels: Mapping[str, str], body: kopf.Body, **_: Any
+) -> dict[tuple[str, str], Any] | None:
+    pod = watched.pod(body)
+    return {(namespace or "", labels[JOB_NAME_LABEL]): pod} if pod is not None else None
+
+
+@kopf.index("", "v1", "configmaps", labels={JOB_NAME_LABEL: kopf.PRESENT})
+def watched_configmaps(*, namespace: str | None, name: str, body: kopf.Body, **_: Any) -> dict[tuple[str, str], dict[str, Any]]:
+    return {(namespace or "", name): watched.plain(body)}
+
+
+@kopf.index("", "v1", "services", labels={JOB_NAME_LABEL: kopf.PRESENT})
+def watched_services(*, namespace: str | None, name: str, body: kopf.Body, **_: Any) -> dict[tuple[str, str], dict[str, Any]]:
+    return {(namespace or "", name): watched.plain(body)}
+
+
+@kopf.index("networking.k8s.io", "v1", "networkpolicies", labels={JOB_NAME_LABEL: kopf.PRESENT})
+def watched_networkpolicies(
+    *, namespace: str | None, name: str, body: kopf.Body, **_: Any
+) -> dict[tuple[str, str], dict[str, Any]]:
+    return {(namespace or "", name): watched.plain(body)}
 
 
 @kopf.on.event("", "v1", "pods", labels={JOB_NAME_LABEL: kopf.PRESENT})
@@ -199,7 +236,7 @@ def _observe(body: dict[str, Any], job_spec: Any, previous: FineTuneJobStatus, a
     namespace, name, generation = meta["namespace"], meta["name"], meta.get("generation")
     started = parse_time(previous.startTime)
     elapsed = (at - started).total_seconds() if started is not None else 0.0
-    job = read_json(API.batch.read_namespaced_job, name, namespace)
+    job = watched.CACHE.one("jobs", namespace, name)
     # the queue is fixed when the Job is made: removing the label from a started job does not skip the queue
     queue = (job["metadata"].get("labels") or {}).get(QUEUE_LABEL) if job is not None else None
     plan = make_plan(body, job_spec, SETTINGS, previous.restarts, elapsed, queue=queue, policy=POLICY)
@@ -209,7 +246,7 @@ def _observe(body: dict[str, Any], job_spec: Any, previous: FineTuneJobStatus, a
     denied = policy_check(job_spec.spec, namespace, POLICY, labels) if POLICY is not None else []
     preflight, preflight_pods = None, []
     if job is None and plan.preflight and not preflight_passed(previous, generation):
-        preflight = read_json(API.batch.read_namespaced_job, plan.preflight_name, namespace)
+        preflight = watched.CACHE.one("jobs", namespace, plan.preflight_name)
         if preflight is not None and not owned(preflight, plan.uid):
             raise conflict("Job", plan)
         preflight_pods = _pods_of(plan, preflight)
@@ -264,10 +301,10 @@ def _pods_of(plan: Plan, job: dict[str, Any] | None) -> list[dict[str, Any]]:
     """A Job's own pods (its uid in their owner references): no look-alikes, and never the other Job's."""
     if job is None:
         return []
-    listed = read_json(API.core.list_namespaced_pod, plan.namespace, label_selector=f"{JOB_NAME_LABEL}={plan.name}")
+    listed = watched.CACHE.objects("pods", plan.namespace, plan.name)
     uid = job["metadata"]["uid"]
     ended.ours(uid)  # its pods' ends are kept from now on (the watch sees any pod with the label)
-    return [p for p in ended.with_ended(uid, (listed or {}).get("items") or []) if owned(p, uid)]
+    return [p for p in ended.with_ended(uid, listed) if owned(p, uid)]
 
 
 if SETTINGS.webhook_port:

@@ -10,10 +10,12 @@ RULES: list[dict[str, Any]] = [
     {"apiGroups": ["kubetune.dev"], "resources": ["finetunejobs"], "verbs": ["get", "list", "watch", "patch", "delete"]},
     {"apiGroups": ["kubetune.dev"], "resources": ["finetunejobs/status"], "verbs": ["patch"]},
     # the children: an Indexed Job, a headless Service and a ConfigMap per FineTuneJob
-    {"apiGroups": ["batch"], "resources": ["jobs"], "verbs": ["get", "list", "watch", "create", "patch", "delete"]},
-    {"apiGroups": [""], "resources": ["configmaps", "services"], "verbs": ["get", "create", "patch"]},
+    # (watched: a sync reads its Jobs, as its pods, from the watch's cache, never with a get)
+    {"apiGroups": ["batch"], "resources": ["jobs"], "verbs": ["list", "watch", "create", "patch", "delete"]},
+    # (watched, filtered by the API server to the job-name label: a sync reads them from the watch's cache)
+    {"apiGroups": [""], "resources": ["configmaps", "services"], "verbs": ["get", "list", "watch", "create", "patch"]},
     # a NetworkPolicy per job: only the job's own pods reach its rendezvous and collective ports
-    {"apiGroups": ["networking.k8s.io"], "resources": ["networkpolicies"], "verbs": ["get", "create", "patch"]},
+    {"apiGroups": ["networking.k8s.io"], "resources": ["networkpolicies"], "verbs": ["get", "list", "watch", "create", "patch"]},
     # worker pods: their state, why they wait, and rank 0's progress lines (never secrets: pods read those themselves)
     # and the newest checkpoint's time on the running ones (the annotation schedulers read), nothing else
     {"apiGroups": [""], "resources": ["pods"], "verbs": ["list", "watch", "patch"]},

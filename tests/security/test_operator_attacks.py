@@ -25,21 +25,42 @@ def failed_with(plane: Any, name: str, reason: str) -> dict[str, Any]:
     )
 
 
-def test_a_job_named_like_another_service_leaves_it_alone(plane, operator) -> None:  # type: ignore[no-untyped-def]
-    service = {
-        "apiVersion": "v1",
-        "kind": "Service",
-        "metadata": {"name": "web", "namespace": NS},
-        "spec": {"selector": {"app": "web"}, "ports": [{"port": 80}]},
-    }
-    plane.kubectl("apply", "-f", "-", input=dump(service))
-    plane.kubectl("apply", "-n", NS, "-f", "-", input=dump(job(**{"metadata.name": "web", "spec.output.uri": "s3://out/web/"})))
-    failed = failed_with(plane, "web", "NameConflict")
+THEIRS = {  # another application's objects, named as a new job's children would be (no kubetune label: not watched)
+    "Service": ("web", "service", {"spec": {"selector": {"app": "web"}, "ports": [{"port": 80}]}}, ("spec", "selector")),
+    "ConfigMap": ("settings-config", "configmap", {"data": {"app.conf": "theirs"}}, ("data",)),
+    "NetworkPolicy": (
+        "fence",
+        "networkpolicy",
+        {"spec": {"podSelector": {"matchLabels": {"app": "fence"}}}},
+        ("spec", "podSelector"),
+    ),
+}
+
+
+def _at(obj: dict[str, Any], path: tuple[str, ...]) -> Any:
+    for key in path:
+        obj = obj[key]
+    return obj
+
+
+@pytest.mark.parametrize("kind", THEIRS)
+def test_a_job_named_like_another_object_leaves_it_alone(plane, operator, kind: str) -> None:  # type: ignore[no-untyped-def]
+    """Each child kind: the create finds an object the watch does not show (not ours), the operator reads it, finds
+    another owner, fails the job with NameConflict and changes nothing."""
+    name, resource, body, field = THEIRS[kind]
+    api = "networking.k8s.io/v1" if kind == "NetworkPolicy" else "v1"
+    theirs = {"apiVersion": api, "kind": kind, "metadata": {"name": name, "namespace": NS}, **body}
+    plane.kubectl("apply", "-f", "-", input=dump(theirs))
+    job_name = name.removesuffix("-config")
+    plane.kubectl(
+        "apply", "-n", NS, "-f", "-", input=dump(job(**{"metadata.name": job_name, "spec.output.uri": f"s3://out/{job_name}/"}))
+    )
+    failed = failed_with(plane, job_name, "NameConflict")
     assert failed["status"]["phase"] == "Failed"
-    assert "Service team-a/web exists and is not owned by this FineTuneJob" in condition(failed, "Failed")["message"]
-    after = json.loads(plane.kubectl("get", "service", "web", "-n", NS, "-o", "json").stdout)
-    assert after["spec"]["selector"] == {"app": "web"}  # not rewritten
-    assert plane.kubectl("get", "job", "web", "-n", NS, check=False).returncode != 0  # no Job made under its name
+    assert f"{kind} team-a/{name} exists and is not owned by this FineTuneJob" in condition(failed, "Failed")["message"]
+    after = json.loads(plane.kubectl("get", resource, name, "-n", NS, "-o", "json").stdout)
+    assert _at(after, field) == _at(theirs, field) and not after["metadata"].get("ownerReferences")  # not rewritten
+    assert plane.kubectl("get", "job", job_name, "-n", NS, check=False).returncode != 0  # no Job made under its name
 
 
 def test_a_leftover_complete_job_does_not_make_a_new_job_succeed(plane, operator, node_agent) -> None:  # type: ignore[no-untyped-def]

@@ -28,7 +28,6 @@ from kubetune_api.preflight import (
     HEADROOM,
     GpuType,
     Report,
-    changed,
     evaluations,
     fit,
     hours,
@@ -192,15 +191,12 @@ def memory_and_hours(
 ) -> Report:
     """Memory per GPU against the GPU type's (WontFit with the smallest change that fits), and the GPU-hours."""
     on_gpu = spec.workers.gpusPerWorker > 0
-    sized, length = spec, spec.dataset.maxSeqLength
-    row = 2 * length if spec.method.type == "dpo" else length  # a DPO row holds whole pairs: two sequences each
-    if counts and not counts["packing"] and counts["longest"] < row:  # rows pad to the longest
-        row = max(16, counts["longest"])
-    if row != length:
-        sized = changed(spec, dataset__maxSeqLength=min(row, 131072))
+    rows = None  # the spec's row_tokens (a DPO row holds whole pairs: two sequences each)
+    if counts and not counts["packing"] and counts["longest"] < spec.row_tokens:  # rows pad to the longest
+        rows = max(16, counts["longest"])
     update: dict[str, Any] = {}
     if on_gpu and gpu is not None:
-        mine, suggestion = fit(shape, sized, gpu.memory_bytes)
+        mine, suggestion = fit(shape, spec, gpu.memory_bytes, rows)
         update.update(memoryPerGpuBytes=mine.total, gpuMemoryBytes=gpu.memory_bytes, gpuType=gpu_name, suggestion=suggestion)
         fits = mine.total <= HEADROOM * gpu.memory_bytes
         message = (
@@ -211,7 +207,7 @@ def memory_and_hours(
         report = report.model_copy(update=update).with_check("memory", fits, message)
         if not fits and report.passed:
             report = report.failed(Reason.WONT_FIT, message)
-        room = roomier(shape, sized, gpu.memory_bytes, mine.total) if fits else None
+        room = roomier(shape, spec, gpu.memory_bytes, mine.total, rows) if fits else None
         if room:
             report = report.model_copy(update={"warnings": [*report.warnings, room]})
         if counts:
@@ -219,7 +215,7 @@ def memory_and_hours(
             flops = training_flops(
                 shape, spec, counts["tokens"] * epochs, counts["evalTokens"] * evaluations(spec, counts["totalSteps"])
             )
-            wall, gpu_hours = hours(flops, spec.workers.replicas * spec.workers.gpusPerWorker, gpu)
+            wall, gpu_hours = hours(flops, spec.workers.gpus, gpu)
             report = report.model_copy(
                 update={
                     "estimatedHours": float(f"{wall:.4g}"),
@@ -228,7 +224,7 @@ def memory_and_hours(
                 }
             )
     else:
-        mine = estimate(shape, sized)
+        mine = estimate(shape, spec, rows=rows)
         where = "per process on CPUs" if not on_gpu else f"per GPU (GPU type {gpu_name!r} is not in the platform's table)"
         report = report.model_copy(update={"memoryPerGpuBytes": mine.total}).with_check(
             "memory", True, f"about {gib(mine.total)} {where}"

@@ -17,6 +17,10 @@ PROGRESS_STYLE = "KUBETUNE_PROGRESS"  # json (pods) or bar (a person at a termin
 PREPARED_DIR = "KUBETUNE_PREPARED_DIR"  # the worker's prepared dataset (prepared.py), made before the ranks start
 ADAPTER_DIR = "KUBETUNE_ADAPTER_DIR"  # the starting adapter's files (model.adapter), fetched by the launcher
 PROCESS_START = "KUBETUNE_PROCESS_START"  # when the launcher started the ranks (epoch seconds): start-up cost
+# the benchmarks' run options (never a job's): checkpoints uploaded in the loop, the baseline of bench/data_bench.py;
+# the step-time split of N steps (recipe/profile.py, bench/gpu_bench.py). Set on the command, inherited by the ranks.
+SYNC_CHECKPOINTS = "KUBETUNE_SYNC_CHECKPOINTS"  # "1": on
+PROFILE_STEPS = "KUBETUNE_PROFILE_STEPS"  # N: profile N steps after two warm-up steps
 
 FETCH_FILE = "fetch.json"  # in WORK_DIR: the launcher's metrics.Fetch (where the base model's bytes came from)
 METRICS_FILE = "summary.json"  # in RESULT_DIR: rank 0's metrics.Metrics, what it wrote to metrics.json
@@ -39,6 +43,8 @@ class RankEnv:
     progress: str
     prepared_dir: Path
     adapter_dir: Path | None = None
+    sync_checkpoints: bool = False
+    profile_steps: int = 0
 
     @classmethod
     def from_environ(cls) -> RankEnv:
@@ -52,6 +58,8 @@ class RankEnv:
             progress=os.environ.get(PROGRESS_STYLE, "json"),
             prepared_dir=Path(os.environ[PREPARED_DIR]),
             adapter_dir=Path(os.environ[ADAPTER_DIR]) if os.environ.get(ADAPTER_DIR) else None,
+            sync_checkpoints=os.environ.get(SYNC_CHECKPOINTS) == "1",
+            profile_steps=max(0, int(os.environ.get(PROFILE_STEPS) or 0)),
         )
 
     def to_environ(self) -> dict[str, str]:
@@ -67,4 +75,8 @@ class RankEnv:
             env[VALIDATION_FILE] = str(self.validation_file)
         if self.adapter_dir is not None:
             env[ADAPTER_DIR] = str(self.adapter_dir)
+        if self.sync_checkpoints:
+            env[SYNC_CHECKPOINTS] = "1"
+        if self.profile_steps:
+            env[PROFILE_STEPS] = str(self.profile_steps)
         return env

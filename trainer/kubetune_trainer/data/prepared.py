@@ -32,6 +32,7 @@ from kubetune_api import events, records
 from kubetune_api.conditions import Reason
 from kubetune_api.contract import ENV_PREPARED, ENV_STALL, PreparingLine, stall_seconds
 from kubetune_api.job import FineTuneJobSpec
+from kubetune_api.method import row_limit
 from kubetune_api.records import PreparedMeta, SplitCounts, SplitRows
 from kubetune_trainer.data.formats import Counts
 from kubetune_trainer.data.packing import best_fit_decreasing, one_per_row, shuffled_best_fit
@@ -209,7 +210,7 @@ def _pack(lengths: np.ndarray, max_len: int, packing: bool, train: bool, seed: i
     """Rows over samples (members, offsets). Pairs (samples 2k, 2k+1) are packed as units into rows of up to twice
     maxSeqLength, a pair's chosen and rejected always side by side in one row."""
     units = lengths[0::2] + lengths[1::2] if pairs else lengths
-    capacity = 2 * max_len if pairs else max_len
+    capacity = row_limit(max_len, pairs)
     if not packing:
         members, offsets = one_per_row(len(units))
     elif train:  # mixed rows (packing.py says why)
@@ -406,7 +407,7 @@ def _rows(directory: Path, part: str, vocabulary: int, max_len: int, full: bool,
         raise PreparedInvalid(f"{part}: a row does not hold whole preference pairs (chosen, then its rejected)")
     table = TokenTable(ids, mask, offsets)
     out = Rows(table, members, rows)
-    limit = 2 * max_len if pairs else max_len
+    limit = row_limit(max_len, pairs)
     if len(out) and out.lengths().max() > limit:
         raise PreparedInvalid(f"{part}: a row is longer than {limit} tokens")
     return out

@@ -91,6 +91,24 @@ class Progress:
                 terminal.active.bar = None
 
 
+class Silent:
+    """Where the other ranks' events go: nowhere (rank 0 alone reports: Progress)."""
+
+    def start(self, step: int) -> None:
+        pass
+
+    def step(
+        self, step: int, epoch: float, loss: float, lr: float, tokens_per_second: float, checkpoint_step: int | None = None
+    ) -> None:
+        pass
+
+    def emit(self, event: events.Event) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
 def summary(status: str, **fields: Any) -> Summary:
     """The final summary, through the same model the operator reads it with (bounded, finite, known reasons)."""
     metrics = fields.get("metrics")

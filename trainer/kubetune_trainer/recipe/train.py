@@ -32,11 +32,11 @@ from kubetune_trainer.data import batching, prepared
 from kubetune_trainer.errors import TrainerFailure
 from kubetune_trainer.model import add_lora, load_model, load_tokenizer, model_type
 from kubetune_trainer.rank_env import RankEnv
-from kubetune_trainer.recipe import checkpoint, choices, evaluate, merge, meter, outputs, preference, tracking
+from kubetune_trainer.recipe import checkpoint, choices, evaluate, merge, meter, objectives, outputs, tracking
 from kubetune_trainer.recipe.preemption import Preempted, Stop
 from kubetune_trainer.recipe.profile import StepProfile
 from kubetune_trainer.recipe.rank import Rank, all_max, all_sum, barrier, broadcast, setup_rank
-from kubetune_trainer.recipe.report import Progress
+from kubetune_trainer.recipe.report import Progress, Silent
 from kubetune_trainer.storage import Store
 
 
@@ -214,45 +214,30 @@ class Recipe:
         self.watch = choices.Watch()
         self.window = Window()
         self.trained_tokens = 0.0
-        self.dpo = me.spec.method.dpo_settings if me.spec.method.type == "dpo" else None
         self.varlen = self.engine.module.config._attn_implementation == attention.VARLEN
         self.loss_chunk = loss_chunk(me, self.engine.module)
-        import torch
-
-        self.no_logits = torch.zeros(0, dtype=torch.long, device=me.device)  # logits_to_keep for the chunked loss
+        dpo = me.spec.method.dpo_settings if me.spec.method.type == "dpo" else None
+        self.objective = objectives.objective(dpo, objectives.Model(self.engine, me.device, self.varlen), self.loss_chunk)
         self.tracker = tracking.start(me.spec, me.worker) if me.is_main else None
-        main = me.is_main
-        self.progress = Progress(batches.plan.total_steps, style=me.paths.progress, tracker=self.tracker) if main else None
+        main, paths = me.is_main, me.paths
+        # where the run's events go: rank 0's progress lines, bar and tracker; nowhere on the other ranks
+        self.events: Progress | Silent = (
+            Progress(batches.plan.total_steps, style=paths.progress, tracker=self.tracker) if main else Silent()
+        )
         self._epoch: tuple[int, Sequence[list[batching.Row]]] = (-1, [])
-        synchronous = os.environ.get("KUBETUNE_SYNC_CHECKPOINTS") == "1"  # the benchmark's baseline
-        profiled = int(os.environ.get("KUBETUNE_PROFILE_STEPS", "0"))  # the benchmarks' step-time split
-        self.profile = StepProfile(me.device, profiled, me.paths.work_dir / "profile.json") if main else StepProfile.disabled()
-        self.checkpoints = checkpoint.Checkpoints(me, store, synchronous)
+        profiled = paths.profile_steps if main else 0  # the benchmarks' step-time split
+        self.profile = StepProfile(me.device, profiled, paths.work_dir / "profile.json") if profiled else StepProfile.disabled()
+        self.checkpoints = checkpoint.Checkpoints(me, store, paths.sync_checkpoints)
 
     # evaluation
 
     def evaluate(self, adapter: bool) -> dict[str, float]:
-        """Held-out metrics with the adapter, or without it (the base model). DPO: the preference metrics of the
-        policy against the reference, whatever `adapter` says (before training the policy is where it starts)."""
-        engine = self.engine
-        engine.eval()
-        pad, device = self.tokenizer.pad_token_id, self.me.device
-        if self.dpo is not None:
-            sums = preference.eval_sums(self.forward, self.reference_forward, self.data.eval_batches, pad, device, self.dpo)
-            engine.train()
-            return preference.metrics(all_sum(device, sums))
-        with contextlib.nullcontext() if adapter else engine.module.disable_adapter():
-            sums = evaluate.eval_sums(self.forward, self.data.eval_batches, pad, device)
-        engine.train()
-        return evaluate.metrics(all_sum(device, sums))
-
-    def reference(self) -> Any:
-        """DPO's reference model: the frozen starting adapter when the job continues one (model.adapter), else the
-        base model (the adapter disabled)."""
-        module = self.engine.module
-        if adapters.REFERENCE in module.peft_config:
-            return adapters.active(module, adapters.REFERENCE)
-        return module.disable_adapter()
+        """The objective's held-out metrics with the adapter, or without it (the base model), in eval mode."""
+        self.engine.eval()
+        try:
+            return self.objective.evaluate(self.data.eval_batches, self.tokenizer.pad_token_id, adapter)
+        finally:
+            self.engine.train()
 
     def observe(self, step: int, result: dict[str, float]) -> bool:
         stopping = self.t.earlyStopping
@@ -292,7 +277,7 @@ class Recipe:
                     inputs.update(attention.bounds(collated["position_ids"], self.me.device))
                 labels = inputs.pop("labels")
             with section("forward"):
-                loss = self.preference_loss(inputs, labels) if self.dpo is not None else self.sft_loss(inputs, labels)
+                loss = self.objective.loss(inputs, labels)
             with section("backward"):
                 self.engine.backward(loss)
             with section("optimizer"):
@@ -314,29 +299,6 @@ class Recipe:
             raise TrainerFailure(Reason.NAN_LOSS, f"training loss became {loss} {where}; lower training.learningRate")
         return loss
 
-    def sft_loss(self, inputs: dict[str, Any], labels: Any) -> Any:
-        if not self.loss_chunk:
-            return evaluate.train_loss(self.forward(inputs), labels)
-        # training.chunkedLoss: the model's final hidden states and no logits (an empty logits_to_keep)
-        out = self.engine(**inputs, use_cache=False, output_hidden_states=True, logits_to_keep=self.no_logits)
-        head = self.engine.module.get_output_embeddings()
-        return evaluate.chunked_train_loss(out.hidden_states[-1], head, labels, self.loss_chunk)
-
-    def forward(self, inputs: dict[str, Any]) -> Any:
-        if self.varlen and "cu_seq_lens_q" not in inputs:  # an evaluation's batch: its positions read back once
-            inputs = {**inputs, **attention.bounds(inputs["position_ids"], self.me.device)}
-        return self.engine(**inputs, use_cache=False).logits
-
-    def reference_forward(self, inputs: dict[str, Any]) -> Any:
-        with self.reference():
-            return self.forward(inputs)
-
-    def preference_loss(self, inputs: dict[str, Any], labels: Any) -> Any:
-        """The micro-batch's mean DPO loss (preference.score: the reference first, without gradients)."""
-        assert self.dpo is not None
-        losses, _, _, _ = preference.score(self.forward, self.reference_forward, inputs, labels, self.dpo)
-        return losses.mean()
-
     def log_window(self, done: int) -> float | None:
         """Every logEverySteps (and at the end): one all-reduce for the window's loss and tokens, not one per step."""
         if done % self.t.logEverySteps and done != self.data.plan.total_steps:
@@ -348,16 +310,10 @@ class Recipe:
         loss = loss_sum / self.me.world
         self.trained_tokens += tokens
         now = time.monotonic()
-        if self.progress:
-            lr = float(self.engine.get_lr()[0])
-            self.progress.step(
-                done,
-                done / self.data.plan.steps_per_epoch,
-                loss,
-                lr,
-                tokens / max(now - w.started, 1e-9),
-                checkpoint_step=self.checkpoints.complete_step,
-            )
+        lr = float(self.engine.get_lr()[0])
+        per_second = tokens / max(now - w.started, 1e-9)
+        self.events.step(done, done / self.data.plan.steps_per_epoch, loss, lr, per_second, self.checkpoints.complete_step)
+        if self.me.is_main:  # the curve is rank 0's record (metrics.json)
             self.record.curve.append({"step": done, "loss": round(loss, 6), "learningRate": lr})
         self.window = Window(started=now)
         return loss
@@ -369,13 +325,12 @@ class Recipe:
             return None
         result = self.evaluate(adapter=True)
         self.record.history.append({"step": done, **result})
-        if self.progress:
-            self.progress.emit(events.Eval(step=done, model="adapter", **result))
+        self.events.emit(events.Eval(step=done, model="adapter", **result))
         if self.observe(done, result) and self.me.spec.output.adapter == "best":
             self.keep_best(done, result)
         stopped = choices.early_stop(self.watch, t.earlyStopping, done)
-        if stopped is not None and self.progress:
-            self.progress.emit(events.EarlyStopping(**stopped.model_dump()))
+        if stopped is not None:
+            self.events.emit(events.EarlyStopping(**stopped.model_dump()))
         return stopped
 
     # the loop
@@ -386,14 +341,12 @@ class Recipe:
         self.clock.lap("resume")
         if not self.record.base:
             self.record.base = self.evaluate(adapter=False)
-            if self.progress:
-                self.progress.emit(events.Eval(step=0, model="base", **self.record.base))
+            self.events.emit(events.Eval(step=0, model="base", **self.record.base))
             self.clock.lap("evaluate the base model")
         for seen in self.record.history:  # a resumed run picks up where its evaluations left off
             self.observe(int(seen["step"]), seen)
         self.restore_best()
-        if self.progress:
-            self.progress.start(start)
+        self.events.start(start)
         started, done, loss, stopped = time.monotonic(), start, math.nan, None
         self.engine.train()
         for step in range(start, self.data.plan.total_steps):
@@ -415,8 +368,7 @@ class Recipe:
         elapsed = time.monotonic() - started
         peak = self.meter.stop()
         self.checkpoints.settle()
-        if self.progress:
-            self.progress.close()
+        self.events.close()
         self.clock.lap("training steps")
         if stopped:  # the evaluation that stopped the run is the last one: no second pass over the held-out set
             last = {k: v for k, v in self.record.history[-1].items() if k != "step"}
