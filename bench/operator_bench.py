@@ -120,8 +120,9 @@ def start_operator(plane: Plane, namespace: str, operator: Operator, metrics_por
     }
     if operator.path:
         env["PYTHONPATH"] = os.pathsep.join([*operator.path, env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    log = plane.audit_log.parent / f"operator-{namespace}.log"  # kept: what an operator said is read after a run
     return subprocess.Popen(
-        [sys.executable, "-m", "kubetune_cli", "operator"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        [sys.executable, "-m", "kubetune_cli", "operator"], env=env, stdout=subprocess.DEVNULL, stderr=log.open("wb")
     )
 
 
@@ -428,7 +429,7 @@ def main() -> None:
     try:
         plane.kubectl("apply", "-f", str(ROOT / "crds" / "finetunejob.yaml"))
         jsonpath = "jsonpath={.status.conditions[?(@.type=='Established')].status}"
-        while plane.kubectl("get", "crd/finetunejobs.kubetune.dev", "-o", jsonpath).stdout != "True":
+        while plane.kubectl("get", "crd/finetunejobs.kubetune.dev", "-o", jsonpath, check=False).stdout != "True":
             time.sleep(0.2)
         if args.steady:
             steady(plane, args.steady, args.window)

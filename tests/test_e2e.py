@@ -11,7 +11,6 @@ each of these real status objects."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import urllib.request
 from pathlib import Path
@@ -148,8 +147,12 @@ def test_two_worker_job_succeeds_and_its_adapter_reloads(
     plane, operator, node_agent, s3, stored, tiny_model, namespace, mlflow, tmp_path
 ) -> None:  # type: ignore[no-untyped-def]
     body = manifest("e2e", s3, stored, {"epochs": 2, "evalEverySteps": 10, "checkpointEverySteps": 10})
+    body["spec"]["evaluation"] = {  # a task: its score reaches the status and kubectl get ftj (docs/evaluation.md)
+        "tasks": [{"name": "answers", "graders": [{"type": "chrf"}], "generation": {"maxNewTokens": 8}, "limit": 16}]
+    }
     final = apply_and_wait(plane, body, tmp_path)
     status = final["status"]
+    assert 0.0 <= status["metrics"]["baseTaskScore"] <= 1.0 and 0.0 <= status["metrics"]["taskScore"] <= 1.0
     assert status["phase"] == "Succeeded" and status.get("restarts", 0) == 0
     # the preflight ran first, on a CPU, and counted the steps the trainer then took
     assert status["preflight"]["passed"] and condition(final, "Preflight")["status"] == "True"
@@ -163,7 +166,7 @@ def test_two_worker_job_succeeds_and_its_adapter_reloads(
     assert argocd_health(final) == ("Healthy", "Adapter written to s3://adapters/e2e/e2e/adapter/")
     assert flux_health(final) == "Current"
     table = plane.kubectl("get", "ftj", "e2e", "-n", NAMESPACE).stdout
-    assert "Succeeded" in table and f"{status['metrics']['evalLoss']}" in table
+    assert "Succeeded" in table and f"{status['metrics']['evalLoss']}" in table and "TASK" in table.splitlines()[0]
     # every pod ran from its image: the workers and the preflight from the trainer image, the operator from its own
     ran = {
         pod["metadata"]["name"]: pod["status"]["containerStatuses"][0]["imageID"]

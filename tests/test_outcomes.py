@@ -77,14 +77,19 @@ def test_the_best_adapter_is_written_not_the_last(best_run: dict[str, Any]) -> N
 def test_an_adapter_below_the_quality_gate_is_not_marked_done(s3: S3Server, stored: dict[str, str], tmp_path: Path) -> None:
     out = "s3://adapters/outcomes/gate/"
     training = {"maxSteps": 2, "evalEverySteps": 0}
-    outcome = run(manifest("gate", s3, spec(stored, out, training, {"minImprovement": 0.95})), s3, tmp_path, processes=1)
+    body = spec(stored, out, training, {"minImprovement": 0.95, "minTaskScore": {"exact": 1.0}})  # a task no tiny model aces
+    body["evaluation"] = {"tasks": [{"name": "exact", "graders": [{"type": "exactMatch"}], "limit": 8, "samples": 2}]}
+    outcome = run(manifest("gate", s3, body), s3, tmp_path, processes=1)
     assert outcome.returncode == 1
     assert outcome.summary["reason"] == "BelowThreshold"
     assert "output.minImprovement asks for 95.0%" in outcome.summary["message"]
+    assert "the adapter's score on task exact is 0.000; output.minTaskScore asks for 1.0" in outcome.summary["message"]
     keys = s3.keys(out)
     assert "_SUCCESS" not in keys and "metrics.json" in keys and any(k.startswith("adapter/") for k in keys)
+    assert "samples.jsonl" in keys  # what it answered stays to be read
     gate = json.loads(s3.get(out + "metrics.json"))["qualityGate"]
     assert gate["passed"] is False and gate["minImprovement"] == 0.95 and gate["improvement"] < 0.95
+    assert gate["minTaskScore"] == {"exact": 1.0} and gate["taskScore"] == {"exact": 0.0}
 
 
 def test_the_best_adapter_survives_a_gang_restart(s3: S3Server, best_run: dict[str, Any], tmp_path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -52,6 +53,12 @@ def test_quickstart_runs_to_completion_twice(tmp_path: Path) -> None:
         assert adapter < base
         assert (tmp_path / "out" / "quickstart" / "adapter" / "adapter_model.safetensors").is_file()
         assert (tmp_path / "out" / "quickstart" / "_SUCCESS").is_file()
+        # its task (spec.evaluation.tasks): what it answers moved from the base model's towards the references
+        assert "task (grader)                    base      adapter   items" in result.stdout
+        chrf = next(line for line in result.stdout.splitlines() if line.startswith("answers (chrf)")).split()
+        assert float(chrf[4]) > float(chrf[2]), chrf  # adapter against base, each followed by its standard error
+        samples = (tmp_path / "out" / "quickstart" / "samples.jsonl").read_text().splitlines()
+        assert len(samples) == 8 and all(json.loads(line)["task"] == "answers" for line in samples)
         # the curves, for a person: a sparkline at the end and a picture beside the adapter
         spark = next(line for line in result.stdout.splitlines() if line.startswith("training loss"))
         assert len(set(spark.split()[-1]) - set("▁▂▃▄▅▆▇█")) == 0 and len(spark.split()[-1]) > 5

@@ -16,7 +16,7 @@ from kubetune_trainer import tiny
 from kubetune_trainer.data import reading
 
 from .s3server import S3Server
-from .trainer_helpers import Outcome, manifest, reloaded_eval_loss, run
+from .trainer_helpers import Outcome, answers_with_plain_peft, manifest, reloaded_eval_loss, run
 
 pytestmark = pytest.mark.trainer
 
@@ -49,6 +49,37 @@ def assert_trained(outcome: Outcome, s3: S3Server, out: str) -> dict[str, Any]:
     return metrics
 
 
+# spec.evaluation.tasks in the whole runs here (docs/evaluation.md): no run of its own
+ANSWERS = {
+    "name": "answers",
+    "graders": [{"type": "exactMatch"}, {"type": "contains"}, {"type": "numeric"}, {"type": "rougeL"}],
+    "generation": {"maxNewTokens": 12, "stop": ["\n"]},
+    "limit": 40,
+    "samples": 3,
+}
+
+
+def assert_tasks(
+    outcome: Outcome, s3: S3Server, out: str, metrics: dict[str, Any], tiny_model: Path, items: int, tmp: Path
+) -> None:
+    """The task's scores for both models in metrics.json and the summary, its samples, and the samples' answers
+    are what the written adapter (and the base model) answer, greedy, one prompt at a time, in plain PEFT."""
+    task = metrics["tasks"]["answers"]
+    assert task["items"] == items and task["skipped"] == 0
+    assert [g["grader"] for g in task["graders"]] == ["exactMatch", "contains", "numeric", "rougeL"]
+    for graded in task["graders"]:
+        for side in ("base", "adapter"):
+            assert 0.0 <= graded[side]["score"] <= 1.0 and graded[side]["stderr"] >= 0.0
+    first = task["graders"][0]
+    assert outcome.summary["metrics"]["taskScore"] == first["adapter"]["score"]
+    assert outcome.summary["metrics"]["baseTaskScore"] == first["base"]["score"]
+    samples = [json.loads(line) for line in s3.get(out + "samples.jsonl").decode().splitlines()]
+    assert len(samples) == 3 and all(s["task"] == "answers" and s["reference"] for s in samples)
+    said = answers_with_plain_peft(s3, out, tiny_model, samples[0], 12, tmp)
+    assert said == {"base": samples[0]["base"]["answer"], "adapter": samples[0]["adapter"]["answer"]}
+    assert [g["grader"] for g in samples[0]["adapter"]["grades"]] == ["exactMatch", "contains", "numeric", "rougeL"]
+
+
 def only_lora_tensors(s3: S3Server, out: str, tmp: Path) -> list[str]:
     from safetensors.torch import load_file
 
@@ -78,12 +109,14 @@ def test_zero2_two_processes_trains_evaluates_and_saves_a_peft_adapter(
             },
             "deepspeed": {"zeroStage": 2},
             "output": {"uri": out},
+            "evaluation": {"tasks": [ANSWERS]},
         },
     )
     outcome = run(body, s3, tmp_path)
     metrics = assert_trained(outcome, s3, out)
     assert only_lora_tensors(s3, out, tmp_path) == []
     assert len(metrics["history"]) >= 2 and metrics["data"]["validation"]["samples"] == 80
+    assert_tasks(outcome, s3, out, metrics, tiny_model, items=40, tmp=tmp_path)
     reloaded = reloaded_eval_loss(s3, out, tiny_model, dataset, tiny.records(80, seed=2), tmp_path)
     assert reloaded == pytest.approx(metrics["final"]["evalLoss"], abs=2e-4)
     checkpoints = {k.split("/")[1] for k in s3.keys(out) if k.startswith("checkpoints/")}
@@ -114,11 +147,13 @@ def test_zero3_chat_parquet_with_a_seeded_split(s3: S3Server, stored: dict[str, 
             },
             "deepspeed": {"zeroStage": 3},
             "output": {"uri": out},
+            "evaluation": {"tasks": [{**ANSWERS, "limit": 15}]},  # 15 items on 2 ranks: one share topped up, synced
         },
     )
     outcome = run(body, s3, tmp_path)
     metrics = assert_trained(outcome, s3, out)
     assert only_lora_tensors(s3, out, tmp_path) == []
+    assert_tasks(outcome, s3, out, metrics, tiny_model, items=15, tmp=tmp_path)
     records = tiny.records(500, seed=3, fmt="chat")
     held_out = [records[i] for i in reading.split_positions(len(records), 0.1, seed=42)[1]]
     assert metrics["data"]["validation"]["records"] == len(held_out) == 50

@@ -48,3 +48,18 @@ def test_every_watched_kind_may_be_listed_and_watched_and_jobs_are_never_read_on
     for group, _, plural in watched.KINDS:
         assert {"list", "watch"} <= verbs[(group, plural)], plural
     assert "get" not in verbs[("batch", "jobs")] and "get" not in verbs[("", "pods")]
+
+
+def test_a_watch_body_from_before_the_operators_own_status_write_is_read_again() -> None:
+    """The watch is a moment behind the status the operator just wrote: a sync on such a body would count again
+    what that write counted (a preempted pod's seconds), so the job is read from the API server instead."""
+    from kubetune_operator import effects
+
+    key = "team-a/job"
+    effects.forget(key)
+    assert effects.seen_own_write(key, {"status": {}})  # nothing written yet: the watch's body will do
+    effects._written[key] = {"phase": "Queued", "usage": {"preemptedPods": ["p1"]}}
+    assert not effects.seen_own_write(key, {"status": {"phase": "Running"}})  # before the write
+    assert effects.seen_own_write(key, {"status": {"phase": "Queued", "usage": {"preemptedPods": ["p1"]}}})
+    effects.forget(key)
+    assert effects.seen_own_write(key, {"status": {"phase": "Running"}})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -137,6 +138,36 @@ def reloaded_eval_loss(
     batches = evaluate.local_batches(batching.rows(samples, spec.maxSeqLength, spec.packing), 4)
     sums = evaluate.eval_sums(lambda inputs: model(**inputs, use_cache=False).logits, batches, tokenizer.pad_token_id, "cpu")
     return evaluate.metrics(sums)["evalLoss"]
+
+
+def answers_with_plain_peft(
+    s3: S3Server, out: str, tiny_model: Path, sample: dict[str, Any], max_new_tokens: int, tmp: Path
+) -> dict[str, str]:
+    """What the written adapter (and the base model, adapter disabled) answer to a samples.jsonl item's prompt, one
+    prompt at a time, greedy, with plain PEFT in this process: the task evaluation judged that adapter, batched."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    adapter = downloaded_adapter(s3, out, tmp / "adapter-for-answers")
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32), adapter).eval()
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    ids = torch.tensor([tokenizer(sample["prompt"], add_special_tokens=False)["input_ids"]])
+    said = {}
+    for name in ("base", "adapter"):
+        with torch.no_grad(), model.disable_adapter() if name == "base" else contextlib.nullcontext():
+            out_ids = model.generate(
+                input_ids=ids,
+                attention_mask=torch.ones_like(ids),
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                pad_token_id=tokenizer.pad_token_id,
+                eos_token_id=tokenizer.eos_token_id,
+            )
+        new = out_ids[0, ids.shape[1] :].tolist()
+        new = new[: new.index(tokenizer.eos_token_id)] if tokenizer.eos_token_id in new else new
+        said[name] = tokenizer.decode(new, skip_special_tokens=True).split("\n")[0]
+    return said
 
 
 def resumable(name: str, s3: S3Server, stored: dict[str, str], out: str, **training: Any) -> dict[str, Any]:

@@ -270,6 +270,8 @@ class SummaryMetrics(_Message):
     basePreferenceAccuracy: Number | None = None
     preferenceAccuracy: Number | None = None
     rewardMargin: Number | None = None
+    baseTaskScore: Number | None = None
+    taskScore: Number | None = None
 
 
 class Summary(_Message):

@@ -78,6 +78,8 @@ def _structural(node: dict[str, Any], defs: dict[str, Any], strict: bool) -> dic
         elif key == "additionalProperties" and value is False:
             if strict:
                 out[key] = False
+        elif key == "additionalProperties" and value is True:  # any JSON object (a JSON Schema): kept as given
+            out["x-kubernetes-preserve-unknown-fields"] = True
         else:
             out[key] = copy.deepcopy(value)
     first = [k for k in ("type", "description") if k in out]
@@ -140,6 +142,12 @@ PRINTER_COLUMNS = [
         "type": "number",
         "jsonPath": ".status.metrics.preferenceAccuracy",
         "description": "DPO jobs: held-out preference accuracy with the adapter.",
+    },
+    {
+        "name": "Task",
+        "type": "number",
+        "jsonPath": ".status.metrics.taskScore",
+        "description": "spec.evaluation.tasks: the first task's score with the adapter (its first grader, 0 to 1).",
     },
     {"name": "GPU-Hours", "type": "number", "jsonPath": ".status.usage.gpuHours", "description": "GPU-hours held so far."},
     {"name": "Restarts", "type": "integer", "jsonPath": ".status.restarts", "description": "Gang restarts.", "priority": 1},

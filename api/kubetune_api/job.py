@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from ._base import Rule, Section, section_default
 from .dataset import DEFAULT_VALIDATION_SPLIT, DatasetSpec
 from .deepspeed import DeepSpeedSpec
+from .evaluation import EvaluationSpec
 from .lora import LoraSpec
 from .method import PREFERENCE_FORMATS, SFT_FORMATS, MethodSpec, row_limit
 from .model import ModelSpec
@@ -59,21 +60,23 @@ def _batch_ok(spec: FineTuneJobSpec) -> bool:
 
 # The sections the pods read (the ConfigMap, the pod template): fixed once the workers may exist. runPolicy is the
 # operator's alone (suspend, deadlines, ttl, the preflight switch) and stays mutable.
-FROZEN_SECTIONS = ("model", "method", "dataset", "lora", "training", "deepspeed", "workers", "storage", "output")
+FROZEN_SECTIONS = ("model", "method", "dataset", "lora", "training", "deepspeed", "workers", "storage", "output", "evaluation")
 # Fields added since digests were first recorded, dropped from a dump while empty (method: while it is the default)
 ADDED_FIELDS = {
-    "output": ("serving", "tracking", "minPreferenceAccuracy"),
+    "output": ("serving", "tracking", "minPreferenceAccuracy", "minTaskScore"),
     "model": ("adapter",),
     "training": ("chunkedLoss",),
 }
 
 
 def sections_dump(spec: FineTuneJobSpec, sections: tuple[str, ...], exclude_none: bool = True) -> dict[str, Any]:
-    """The named sections as JSON values, method left out while it is the default (sft): a job made before
-    spec.method existed keeps its digests."""
+    """The named sections as JSON values, method and evaluation left out while they are the defaults (sft, no
+    tasks): a job made before either existed keeps its digests."""
     dump = {name: getattr(spec, name).model_dump(mode="json", exclude_none=exclude_none) for name in sections}
     if "method" in dump and spec.method == MethodSpec():
         del dump["method"]
+    if "evaluation" in dump and spec.evaluation == EvaluationSpec():
+        del dump["evaluation"]
     return dump
 
 
@@ -166,6 +169,9 @@ class FineTuneJobSpec(Section):
         default_factory=StorageSpec, description=StorageSpec.__doc__, json_schema_extra=section_default(StorageSpec)
     )
     output: OutputSpec = Field(description=OutputSpec.__doc__)
+    evaluation: EvaluationSpec = Field(
+        default_factory=EvaluationSpec, description=EvaluationSpec.__doc__, json_schema_extra=section_default(EvaluationSpec)
+    )
     runPolicy: RunPolicySpec = Field(
         default_factory=RunPolicySpec, description=RunPolicySpec.__doc__, json_schema_extra=section_default(RunPolicySpec)
     )
@@ -193,6 +199,19 @@ class FineTuneJobSpec(Section):
             message="output.minPreferenceAccuracy gates DPO jobs only (method.type: dpo)",
             cel="!has(self.output.minPreferenceAccuracy) || self.method.type == 'dpo'",
             check=lambda s: s.output.minPreferenceAccuracy is None or s.method.type == "dpo",
+        ),
+        Rule(
+            field="output.minTaskScore",
+            message="output.minTaskScore names tasks of evaluation.tasks only",
+            cel="!has(self.output.minTaskScore) || self.output.minTaskScore.all(k, has(self.evaluation.tasks) && "
+            "self.evaluation.tasks.exists(t, t.name == k))",
+            check=lambda s: not s.output.minTaskScore or set(s.output.minTaskScore) <= {t.name for t in s.evaluation.tasks},
+        ),
+        Rule(
+            field="evaluation.tasks",
+            message="evaluation.tasks run on SFT jobs (method.type: sft): a DPO job's held-out split holds pairs",
+            cel="!has(self.evaluation.tasks) || size(self.evaluation.tasks) == 0 || self.method.type == 'sft'",
+            check=lambda s: not s.evaluation.tasks or s.method.type == "sft",
         ),
         Rule(
             field="training.globalBatchSize",

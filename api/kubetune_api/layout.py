@@ -6,6 +6,7 @@ check it, and the operator and CLI that point at it.
   metrics.json    held-out metrics of the base model and the adapter, the history
   manifest.json   what the adapter was made from
   curves.svg      training and held-out loss by step
+  samples.jsonl   with spec.evaluation.tasks: items with both models' answers and grades
   merged/         with output.merged: the base model with the adapter folded in
   checkpoints/    step-NNNNNN/ with COMPLETE written last, and best/
   prepared/       <digest>/: the prepared dataset (the preflight's), content-addressed, kept across runs
@@ -18,13 +19,14 @@ ADAPTER = "adapter"
 METRICS = "metrics.json"
 MANIFEST = "manifest.json"
 CURVES = "curves.svg"
+SAMPLES = "samples.jsonl"  # spec.evaluation.tasks: items with the base model's and the adapter's answers and grades
 MERGED = "merged"
 CHECKPOINTS = "checkpoints"
 PREPARED = "prepared"
 
 # what one run writes, in the order an overwrite clears it: _SUCCESS first, so an interrupted clean-up never leaves
 # a half-deleted output that still says it is finished. prepared/ is not a run's: its digest names what it holds.
-RUN_FILES = (SUCCESS, METRICS, MANIFEST, CURVES)
+RUN_FILES = (SUCCESS, METRICS, MANIFEST, CURVES, SAMPLES)
 RUN_PREFIXES = (ADAPTER, MERGED, CHECKPOINTS)
 
 

@@ -137,7 +137,36 @@ class QualityGate(_Model):
     improvement: Metric = None
     minPreferenceAccuracy: float | None = None
     preferenceAccuracy: Metric = None
+    minTaskScore: dict[str, float] | None = None  # output.minTaskScore
+    taskScore: dict[str, Metric] | None = None  # the adapter's score on each gated task (its first grader)
     passed: bool
+
+
+class Score(_Model):
+    """A task's score (the mean grade, 0 to 1) and its standard error over the items."""
+
+    score: Metric = None
+    stderr: Metric = None
+
+
+class GraderResult(_Model):
+    grader: str  # its type (spec.evaluation.tasks[].graders[].type)
+    base: Score  # the base model's answers
+    adapter: Score  # the adapter's (the written one)
+
+
+class TaskResult(_Model):
+    """spec.evaluation.tasks: one task's items and each grader's scores, base model against adapter."""
+
+    items: int
+    skipped: int = 0  # held-out records with no prompt before their reference (nothing to answer), or a choice task's
+    # reference that is none of its options
+    graders: list[GraderResult]
+    answerTokens: int = 0  # new tokens the adapter generated (base and adapter: twice about this many in all)
+    seconds: float = 0.0  # the task's time, both models, on this run's devices
+
+    def headline(self) -> GraderResult:
+        return self.graders[0]
 
 
 class Metrics(_Model):
@@ -154,6 +183,7 @@ class Metrics(_Model):
     data: DataReport
     fetch: Fetch | None = None
     qualityGate: QualityGate | None = None
+    tasks: dict[str, TaskResult] | None = None  # spec.evaluation.tasks, by name
     tracking: TrackingOutcome | None = None  # the MLflow run, and the version registered once _SUCCESS is written
 
     def to_json(self) -> str:

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, StrictBool, StrictFloat
+from pydantic import Field, StrictBool, StrictFloat, StrictStr
 
 from ._base import Rule, Section
 from ._types import OutputUri, is_s3, s3_cel
@@ -42,6 +42,13 @@ class OutputSpec(Section):
         description="Quality gate of DPO jobs: the held-out preference accuracy (pairs whose chosen response gets the "
         "higher implicit reward; a tie counts half) the adapter must reach, 0 < x <= 1. Below it the job fails with "
         "BelowThreshold and _SUCCESS is not written. Empty: no gate.",
+    )
+    minTaskScore: dict[StrictStr, Annotated[StrictFloat, Field(ge=0, le=1)]] | None = Field(
+        None,
+        max_length=16,
+        description="Quality gate on tasks (spec.evaluation.tasks): task name -> the least score the adapter must reach "
+        "with the task's first grader, 0 to 1. Below it the job fails with BelowThreshold and _SUCCESS is not written; "
+        "the adapter, metrics and samples stay for inspection.",
     )
     merged: StrictBool = Field(
         False,

@@ -75,6 +75,12 @@ class Metrics(_Status):
         "(a tie counts half).",
     )
     rewardMargin: float | None = Field(None, description="DPO: mean held-out chosen reward minus rejected reward.")
+    baseTaskScore: float | None = Field(
+        None, description="spec.evaluation.tasks: the base model's score on the first task (its first grader, 0 to 1)."
+    )
+    taskScore: float | None = Field(
+        None, description="spec.evaluation.tasks: the adapter's score on the first task (its first grader, 0 to 1)."
+    )
 
 
 class Workers(_Status):

@@ -191,6 +191,20 @@ def delete_self(meta: Mapping[str, Any], uid: str) -> None:
             raise kopf.TemporaryError(f"cannot delete {meta['name']}: {exc.reason}", delay=5) from exc
 
 
+_written: dict[str, dict[str, Any]] = {}  # namespace/name -> the status this operator wrote last
+
+
+def seen_own_write(key: str, body: dict[str, Any]) -> bool:
+    """Whether a watch's body already holds the status this operator wrote last for the job (a body from before that
+    write must not be decided on: what the write counted, preempted seconds say, would be counted again)."""
+    mine = _written.get(key)
+    return mine is None or body.get("status") == mine
+
+
+def forget(key: str) -> None:
+    _written.pop(key, None)
+
+
 def write_status(body: dict[str, Any], status: FineTuneJobStatus, queue: str | None = None) -> None:
     """Write the status when it changed; GPU time it adds is charged to `queue`, the one the Job was made with (a
     FineTuneJob's labels can be changed afterwards, the Job's queue cannot)."""
@@ -210,6 +224,7 @@ def write_status(body: dict[str, Any], status: FineTuneJobStatus, queue: str | N
         if exc.status != 404:
             raise kopf.TemporaryError(f"cannot write status: {exc.reason}", delay=5) from exc
         return
+    _written[f"{meta['namespace']}/{meta['name']}"] = new
     metrics.usage_changed(meta["namespace"], queue or "", old.get("usage"), new.get("usage"))
     if old.get("phase") != new.get("phase"):
         metrics.phase_changed(old.get("phase"), new.get("phase"))

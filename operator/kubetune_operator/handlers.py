@@ -24,7 +24,7 @@ from kubetune_api.policy import check as policy_check
 from kubetune_api.preflight import PRODUCT_LABEL
 from kubetune_api.status import FineTuneJobStatus, Preparing
 
-from . import ended, kube, metrics, polling, watched, webhook_auth
+from . import effects, ended, kube, metrics, polling, watched, webhook_auth
 from .children import Refused, conflict, owned
 from .effects import carry_out
 from .kube import API, read
@@ -108,6 +108,7 @@ def reconcile(*, name: str, namespace: str | None, body: kopf.Body, **_: Any) ->
 @kopf.on.delete(GROUP, VERSION, PLURAL, optional=True)
 def deleted(*, name: str, namespace: str | None, **_: Any) -> None:
     _last_log_read.pop(f"{namespace}/{name}", None)  # the children go with their owner references
+    effects.forget(f"{namespace}/{name}")
 
 
 @kopf.timer(GROUP, VERSION, PLURAL, interval=SETTINGS.sync_seconds, initial_delay=SETTINGS.sync_seconds, when=polling.busy)
@@ -193,8 +194,13 @@ def _log_tail(plan: Plan, pod: dict[str, Any] | None, which: str, force: bool) -
 
 
 def sync(namespace: str, name: str, body: dict[str, Any] | None = None) -> None:
-    with _locks[f"{namespace}/{name}"]:
+    """One reconcile of a job, on the watch's body when it already holds this operator's last status write (else
+    the job is read from the API server: the watch is a moment behind the write)."""
+    key = f"{namespace}/{name}"
+    with _locks[key]:
         started = time.monotonic()
+        if body is not None and not effects.seen_own_write(key, body):
+            body = None
         try:
             _sync(namespace, name, body)
         except Refused as refusal:  # what carrying out found: the job cannot go on

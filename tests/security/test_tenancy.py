@@ -266,10 +266,11 @@ def test_an_operator_upgrade_reads_the_digest_an_earlier_version_recorded() -> N
 
     spec = validate_object(job()).job
     assert spec is not None
-    earlier_sections = set(FROZEN_SECTIONS) - {"method"}  # spec.method came later still
+    earlier_sections = set(FROZEN_SECTIONS) - {"method", "evaluation"}  # spec.method and evaluation came later still
     before = spec.spec.model_dump(mode="json", include=earlier_sections)
     del before["output"]["serving"], before["output"]["tracking"]  # the spec as the earlier version dumped it
     del before["output"]["minPreferenceAccuracy"], before["model"]["adapter"], before["training"]["chunkedLoss"]
+    del before["output"]["minTaskScore"]
     before["model"]["attnImplementation"] = "sdpa"  # the default then, stored by the API server
     digest = hashlib.sha256(json.dumps(before, sort_keys=True).encode()).hexdigest()[:32]
     made = {"metadata": {"annotations": {builders.SPEC_ANNOTATION: digest}}}
@@ -436,6 +437,7 @@ def test_an_upgraded_trainer_resumes_a_checkpoint_an_earlier_version_wrote() -> 
     sections = {name: getattr(spec.spec, name).model_dump(mode="json") for name in earlier_sections}
     del sections["output"]["serving"], sections["output"]["tracking"]  # as the earlier version dumped it
     del sections["output"]["minPreferenceAccuracy"], sections["model"]["adapter"], sections["training"]["chunkedLoss"]
+    del sections["output"]["minTaskScore"]
     sections["model"]["attnImplementation"] = "sdpa"  # the default before auto: a local spec file that left it out
     earlier = Identity(specDigest=hashlib.sha256(json.dumps(sections, sort_keys=True).encode()).hexdigest(), jobUid="u")
     mine = identity(spec.spec, "u")

@@ -99,6 +99,14 @@ def _outcome(results: Path, returncode: int) -> Outcome:
     )
 
 
+def _headline(metrics: Metrics) -> dict[str, float | None]:
+    """The first task's first grader, base model and adapter: the score a status and `kubectl get ftj` show."""
+    if not metrics.tasks:
+        return {}
+    first = next(iter(metrics.tasks.values())).headline()
+    return {"baseTaskScore": first.base.score, "taskScore": first.adapter.score}
+
+
 def final_summary(spec: FineTuneJobSpec, outcome: Outcome) -> Summary:
     if not outcome.succeeded:
         return report.summary("Failed", reason=outcome.reason, message=outcome.message, steps=outcome.step)
@@ -124,6 +132,7 @@ def final_summary(spec: FineTuneJobSpec, outcome: Outcome) -> Summary:
             "basePreferenceAccuracy": base.preferenceAccuracy,
             "preferenceAccuracy": final.preferenceAccuracy,
             "rewardMargin": final.rewardMargin,
+            **_headline(metrics),
         },
         steps=metrics.train.steps,
         usefulTokensPerSecond=metrics.train.usefulTokensPerSecond,

@@ -8,6 +8,7 @@ import json
 import platform
 import shutil
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ from kubetune_api import events, layout, serving
 from kubetune_api.conditions import Reason
 from kubetune_api.contract import WorkerEnv
 from kubetune_api.job import FineTuneJobSpec
-from kubetune_api.metrics import Evaluation, Metrics, QualityGate
+from kubetune_api.metrics import Evaluation, Metrics, QualityGate, TaskResult
 from kubetune_api.records import Adjustment, BaseModelFiles, Digested, Kernels, MergedFiles, RunManifest
 from kubetune_trainer.data.reading import data_digest
 from kubetune_trainer.errors import TrainerFailure
@@ -80,11 +81,16 @@ def manifest(
     )
 
 
-def quality_gate(spec: FineTuneJobSpec, base: Evaluation, final: Evaluation) -> QualityGate | None:
-    """output.minImprovement (held-out loss against the base model's) and, for DPO, output.minPreferenceAccuracy."""
-    gate, floor = spec.output.minImprovement, spec.output.minPreferenceAccuracy
-    if gate is None and floor is None:
+def quality_gate(
+    spec: FineTuneJobSpec, base: Evaluation, final: Evaluation, tasks: dict[str, TaskResult] | None = None
+) -> QualityGate | None:
+    """output.minImprovement (held-out loss against the base model's), for DPO output.minPreferenceAccuracy, and
+    output.minTaskScore (each named task's first grader, the adapter's score)."""
+    gate, floor, least = spec.output.minImprovement, spec.output.minPreferenceAccuracy, spec.output.minTaskScore
+    if gate is None and floor is None and not least:
         return None
+    reached = {name: (tasks or {})[name].headline().adapter.score if name in (tasks or {}) else None for name in least or {}}
+    tasks_pass = all(reached[name] is not None and reached[name] >= floor_ for name, floor_ in (least or {}).items())  # type: ignore[operator]
     base_loss, loss = base.evalLoss, final.evalLoss
     improvement = (base_loss - loss) / base_loss if base_loss and loss is not None else None
     accuracy = final.preferenceAccuracy
@@ -96,7 +102,9 @@ def quality_gate(spec: FineTuneJobSpec, base: Evaluation, final: Evaluation) -> 
         improvement=improvement,
         minPreferenceAccuracy=floor,
         preferenceAccuracy=accuracy if floor is not None else None,
-        passed=passed,
+        minTaskScore=dict(least) if least else None,
+        taskScore=reached if least else None,
+        passed=passed and tasks_pass,
     )
 
 
@@ -115,6 +123,11 @@ def gate_message(gate: QualityGate, base: Evaluation, final: Evaluation) -> str:
             f"the adapter's held-out preference accuracy is {gate.preferenceAccuracy or 0.0:.3f} (before training "
             f"{base.preferenceAccuracy or 0.0:.3f}); output.minPreferenceAccuracy asks for {gate.minPreferenceAccuracy}"
         )
+    for name, least in (gate.minTaskScore or {}).items():
+        got = (gate.taskScore or {}).get(name)
+        if got is None or got < least:
+            shown = "no score" if got is None else f"{got:.3f}"
+            said.append(f"the adapter's score on task {name} is {shown}; output.minTaskScore asks for {least}")
     return "; ".join(said)
 
 
@@ -176,6 +189,7 @@ def write(
     metrics: Metrics,
     manifest_data: RunManifest,
     tokenizer: Any,
+    samples: Sequence[dict[str, Any]] = (),
 ) -> Metrics:
     """Upload everything; _SUCCESS last. Below output.minImprovement, or with an adapter output.serving's servers
     cannot load, everything but merged/ and _SUCCESS is written (for inspection) and the run fails with
@@ -184,8 +198,10 @@ def write(
     picture = paths.work_dir / layout.CURVES
     picture.write_text(curves.svg(metrics.curves))
     store.upload_file(picture, layout.under(out, layout.CURVES))
-    gate = metrics.qualityGate = quality_gate(spec, metrics.base, metrics.final)
+    gate = metrics.qualityGate = quality_gate(spec, metrics.base, metrics.final, metrics.tasks)
     store.upload_dir(adapter_dir, layout.adapter_uri(out))
+    if metrics.tasks is not None:  # the items people read: what each model answered, and how it was graded
+        store.write_text(layout.under(out, layout.SAMPLES), "".join(json.dumps(s, ensure_ascii=False) + "\n" for s in samples))
     if gate is not None and not gate.passed:
         _write_records(store, out, metrics, manifest_data)  # for inspection
         raise TrainerFailure(

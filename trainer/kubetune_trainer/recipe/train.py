@@ -25,14 +25,25 @@ from kubetune_api.conditions import Reason
 from kubetune_api.contract import RankFailure, TrackingOutcome, WorkerEnv, drop_tracking_credentials
 from kubetune_api.ds_config import deepspeed_config
 from kubetune_api.job import FineTuneJobSpec, chunked_loss, loss_chunk_tokens
-from kubetune_api.metrics import AdapterChoice, Curves, DataReport, EarlyStop, Evaluated, Evaluation, Fetch, Metrics, TrainStats
+from kubetune_api.metrics import (
+    AdapterChoice,
+    Curves,
+    DataReport,
+    EarlyStop,
+    Evaluated,
+    Evaluation,
+    Fetch,
+    Metrics,
+    TaskResult,
+    TrainStats,
+)
 from kubetune_api.records import Kernels
 from kubetune_trainer import adapters, attention, rank_env, spec_io, terminal
 from kubetune_trainer.data import batching, prepared
 from kubetune_trainer.errors import TrainerFailure
 from kubetune_trainer.model import add_lora, load_model, load_tokenizer, model_type
 from kubetune_trainer.rank_env import RankEnv
-from kubetune_trainer.recipe import checkpoint, choices, evaluate, merge, meter, objectives, outputs, tracking
+from kubetune_trainer.recipe import answers, checkpoint, choices, evaluate, merge, meter, objectives, outputs, tracking
 from kubetune_trainer.recipe.preemption import Preempted, Stop
 from kubetune_trainer.recipe.profile import StepProfile
 from kubetune_trainer.recipe.rank import Rank, all_max, all_sum, barrier, broadcast, setup_rank
@@ -46,6 +57,7 @@ class Data:
     eval_batches: list[list[batching.Row]]  # this rank's share of the held-out set
     counts: DataReport  # the whole dataset's
     plan: batching.StepPlan  # batching.step_plan: the preflight's count too
+    heldout: Sequence[Any] = ()  # the held-out samples, in order (spec.evaluation.tasks take their items from them)
 
 
 @dataclass(frozen=True)
@@ -127,7 +139,7 @@ def setup_data(me: Rank, tokenizer: Any) -> Data:
     mine = [val_rows[r] for r in range(me.rank, len(val_rows), me.world)]
     eval_count = math.ceil(math.ceil(len(val_rows) / me.world) / micro)
     eval_batches = evaluate.local_batches(mine, micro, eval_count)
-    return Data(train_rows, eval_batches, what, plan)
+    return Data(train_rows, eval_batches, what, plan, val_rows.table)
 
 
 def setup_engine(me: Rank, plan: batching.StepPlan) -> Engine:
@@ -378,6 +390,12 @@ class Recipe:
             self.observe(done, last)
         self.clock.lap("final evaluation")
         adapter_dir, chosen = self.choose_adapter(done, last)
+        scored: tuple[dict[str, TaskResult] | None, list[dict[str, Any]]] = (None, [])
+        if self.me.spec.evaluation.tasks:
+            if chosen["step"] != done:  # the best adapter is written: the tasks judge it, not the last step's
+                self.load_adapter(adapter_dir)
+            scored = answers.run(self.me, self.engine.module, self.tokenizer, self.data.heldout, self.zero3)
+            self.clock.lap("task evaluation")
         stats = TrainStats(
             steps=done,
             epochs=done / self.data.plan.steps_per_epoch,
@@ -389,7 +407,7 @@ class Recipe:
         )
         if not self.me.is_main:
             return None
-        metrics = self.write_outputs(adapter_dir, chosen, last, stats)
+        metrics = self.write_outputs(adapter_dir, chosen, last, stats, *scored)
         self.clock.lap("save and upload the outputs")
         return metrics
 
@@ -428,6 +446,28 @@ class Recipe:
                 (target / "kubetune-config.yaml").write_text(spec_io.dump_spec(self.me.spec))
         barrier()
         return target
+
+    @property
+    def zero3(self) -> bool:
+        return self.me.spec.deepspeed.zeroStage == 3
+
+    def load_adapter(self, directory: Path) -> None:
+        """The adapter's weights from rank 0's directory into the model on every rank (the written best adapter,
+        for the tasks to judge): under ZeRO-3 through gathered parameters, else broadcast from rank 0."""
+        import deepspeed
+        import torch.distributed as dist
+
+        module = self.engine.module
+        trainable = [p for p in module.parameters() if p.requires_grad]
+        with deepspeed.zero.GatheredParameters(trainable, modifier_rank=0) if self.zero3 else contextlib.nullcontext():
+            if self.me.is_main:
+                from peft import set_peft_model_state_dict
+                from safetensors.torch import load_file
+
+                set_peft_model_state_dict(module, load_file(str(directory / "adapter_model.safetensors")), "default")
+            if not self.zero3:
+                for param in trainable:
+                    dist.broadcast(param.data, src=0)
 
     def keep_best(self, step: int, result: dict[str, float]) -> None:
         """The new best adapter, here and (small) beside the checkpoints, so a gang restart still has it."""
@@ -485,7 +525,15 @@ class Recipe:
 
     # outputs (rank 0)
 
-    def write_outputs(self, adapter_dir: Path, chosen: dict[str, Any], last: dict[str, float], stats: TrainStats) -> Metrics:
+    def write_outputs(
+        self,
+        adapter_dir: Path,
+        chosen: dict[str, Any],
+        last: dict[str, float],
+        stats: TrainStats,
+        task_results: dict[str, TaskResult] | None = None,
+        samples: Sequence[dict[str, Any]] = (),
+    ) -> Metrics:
         record = self.record
         fetched = self.me.paths.work_dir / rank_env.FETCH_FILE  # the launcher's: base model bytes from cache and storage
         metrics = Metrics(
@@ -501,13 +549,14 @@ class Recipe:
             train=stats,
             data=self.data.counts,
             fetch=Fetch.model_validate_json(fetched.read_text()) if fetched.is_file() else None,
+            tasks=task_results,
         )
         me = self.me
         kernels = Kernels(attention=str(self.engine.module.config._attn_implementation), lossChunkTokens=self.loss_chunk)
         about = outputs.manifest(me.spec, me.paths, me.worker, me.world, self.built.adjusted, self.built.config, kernels)
         if self.tracker is not None:
             metrics.tracking = TrackingOutcome(experiment=self.tracker.experiment, runId=self.tracker.started())
-        written = outputs.write(self.store, me.spec, me.paths, adapter_dir, metrics, about, self.tokenizer)
+        written = outputs.write(self.store, me.spec, me.paths, adapter_dir, metrics, about, self.tokenizer, samples)
         if self.tracker is not None:  # _SUCCESS is written: the final metrics, and the version that points at it
             written.tracking = tracking.finished(self.tracker, me.spec, me.worker, written, about)
         return written
