@@ -86,3 +86,25 @@ def test_a_choice_tasks_items_outside_its_options_are_skipped() -> None:
     task = TaskSpec(name="label", graders=[GraderSpec(type="choice", options=["Yes", "no"])])
     kept, skipped = answers.usable(task, [Item(0, [1], "yes"), Item(1, [1], "maybe")])
     assert [i.index for i in kept] == [0] and skipped == 1
+
+
+def test_task_scores_reach_mlflow_as_metrics_named_by_task_and_grader() -> None:
+    from kubetune_api.metrics import GraderResult, Score, TaskResult
+    from kubetune_trainer.recipe.tracking import task_metrics
+
+    def graded(kind: str, base: float, adapter: float) -> GraderResult:
+        return GraderResult(grader=kind, base=Score(score=base, stderr=0.1), adapter=Score(score=adapter, stderr=0.1))
+
+    from types import SimpleNamespace
+
+    qa = TaskResult(items=10, graders=[graded("regex", 0.1, 0.5), graded("regex", 0.2, 0.6), graded("chrf", 0.3, 0.7)])
+    run = SimpleNamespace(tasks={"qa": qa})
+
+    assert task_metrics(run) == {  # type: ignore[arg-type]
+        "task.qa.regex0.base": 0.1,
+        "task.qa.regex0.adapter": 0.5,
+        "task.qa.regex1.base": 0.2,
+        "task.qa.regex1.adapter": 0.6,
+        "task.qa.chrf.base": 0.3,
+        "task.qa.chrf.adapter": 0.7,
+    }

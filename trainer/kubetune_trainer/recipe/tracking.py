@@ -364,6 +364,7 @@ def finished(tracker: Tracker, spec: FineTuneJobSpec, worker: WorkerEnv, metrics
         f"final.{k}": v for k, v in metrics.final.model_dump().items() if isinstance(v, int | float)
     }
     table |= {"train.loss": metrics.train.loss, "train.usefulTokensPerSecond": metrics.train.usefulTokensPerSecond}
+    table |= task_metrics(metrics)
     tracker.metrics(step, table)  # the base model's are logged at step 0, as evaluated
     digests = {f"kubetune.dataset.{k}.sha256": v.sha256 for k, v in about.datasets.items()}
     tracker.tags({**digests, "kubetune.spec-sha256": about.specSha256})  # what exactly was trained
@@ -378,10 +379,23 @@ def finished(tracker: Tracker, spec: FineTuneJobSpec, worker: WorkerEnv, metrics
             "kubetune.namespace": os.environ.get(ENV_NAMESPACE, ""),
             **digests,
             **{f"heldout.{k}": str(v) for k, v in table.items() if k.startswith(("final.", "base.")) and v is not None},
+            **{k: str(v) for k, v in table.items() if k.startswith("task.") and v is not None},
         }
         tracker.register(name, layout.adapter_uri(spec.output.uri), {k: v for k, v in lineage.items() if v})
     tracker.finish("FINISHED")
     return tracker.close()
+
+
+def task_metrics(metrics: Metrics) -> dict[str, float | None]:
+    """spec.evaluation.tasks as MLflow metrics (and the version's tags): task.<name>.<grader>.<base|adapter>, the
+    grader's place added where a task grades twice with one type."""
+    out: dict[str, float | None] = {}
+    for name, result in (metrics.tasks or {}).items():
+        for k, graded in enumerate(result.graders):
+            kind = graded.grader if [g.grader for g in result.graders].count(graded.grader) == 1 else f"{graded.grader}{k}"
+            out[f"task.{name}.{kind}.base"] = graded.base.score
+            out[f"task.{name}.{kind}.adapter"] = graded.adapter.score
+    return out
 
 
 def run_tags(spec: FineTuneJobSpec, worker: WorkerEnv, namespace: str | None) -> dict[str, str]:
