@@ -204,3 +204,22 @@ def test_a_job_too_big_for_its_gpus_fails_as_wont_fit_with_a_change_that_fits(
         and report.suggestion == "training.gradientCheckpointing: true needs about 7 MiB per GPU"
     )
     assert report.gpuHours and report.estimatedCost == pytest.approx(report.gpuHours * 2.0, rel=1e-3)
+
+
+def test_the_tasks_forwards_are_in_the_gpu_hours() -> None:
+    """spec.evaluation.tasks run after training: base and adapter, each prompt once and each new token once (the KV
+    cache), each option of a choice grader after the prompt; an upper bound that the time and GPU-hours include."""
+    from kubetune_api.preflight import task_tokens, training_flops
+
+    tasks = {
+        "tasks": [
+            {"name": "gen", "graders": [{"type": "exactMatch"}], "generation": {"maxNewTokens": 10}, "limit": 50},
+            {"name": "pick", "graders": [{"type": "choice", "options": ["a", "b", "c"]}]},
+        ]
+    }
+    spec = FineTuneJobSpec.model_validate({**spec_of().model_dump(mode="json"), "evaluation": tasks})
+    # 100 held-out samples of 20 tokens: gen 2 x 50 x (20 + 10); pick 2 x 100 x 3 x (20 + 8)
+    assert task_tokens(spec, 100, 2000) == 2 * 50 * 30 + 2 * 100 * 3 * 28
+    assert task_tokens(spec_of(), 100, 2000) == 0 and task_tokens(spec, 0, 0) == 0
+    shape = shape_of(LLAMA_8B)
+    assert training_flops(shape, spec, 1e6, 1e4, 1e4) - training_flops(shape, spec, 1e6, 1e4) == 2 * shape.params * 1e4

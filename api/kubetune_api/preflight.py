@@ -181,10 +181,28 @@ def wont_fit_message(mine: Estimate, gpu_memory: int, gpu_name: str, suggestion:
 # time and GPU-hours
 
 
-def training_flops(shape: Shape, spec: FineTuneJobSpec, train_tokens: float, eval_tokens: float) -> float:
+def task_tokens(spec: FineTuneJobSpec, samples: int, sample_tokens: int) -> float:
+    """Tokens spec.evaluation.tasks put through the model, base and adapter (an upper bound: every answer runs to
+    maxNewTokens, one forward token each with the KV cache; every prompt the whole held-out sample; a choice grader
+    reads each option after the prompt)."""
+    if not samples:
+        return 0.0
+    mean = sample_tokens / samples
+    total = 0.0
+    for task in spec.evaluation.tasks:
+        items = min(task.limit or samples, samples)
+        generates = any(g.type != "choice" for g in task.graders)
+        options = sum(len(g.options or []) for g in task.graders if g.type == "choice")
+        total += 2 * items * ((mean + task.generation.maxNewTokens if generates else 0) + options * (mean + 8))
+    return total
+
+
+def training_flops(
+    shape: Shape, spec: FineTuneJobSpec, train_tokens: float, eval_tokens: float, task_tokens: float = 0.0
+) -> float:
     """Forward (2 FLOPs per parameter per token) and backward through the frozen weights (2 more: LoRA needs the
-    activations' gradients but not the weights'), a forward more with gradient checkpointing; evaluation forwards.
-    DPO adds the reference's forward (no gradients) to each."""
+    activations' gradients but not the weights'), a forward more with gradient checkpointing; evaluation forwards;
+    the tasks' forwards (task_tokens). DPO adds the reference's forward (no gradients) to each."""
     active = shape.params
     if shape.experts:  # only the routed experts run
         expert_share = shape.experts_per_token / shape.experts
@@ -195,7 +213,7 @@ def training_flops(shape: Shape, spec: FineTuneJobSpec, train_tokens: float, eva
     per_token = (6 if spec.training.gradientCheckpointing else 4) * active
     if spec.method.type == "dpo":  # the reference's forward too, in training and in every evaluation
         return (per_token + 2 * active) * train_tokens + 4 * active * eval_tokens
-    return per_token * train_tokens + 2 * active * eval_tokens
+    return per_token * train_tokens + 2 * active * eval_tokens + 2 * active * task_tokens
 
 
 def hours(flops: float, gpus: int, gpu: GpuType) -> tuple[float, float]:

@@ -32,6 +32,7 @@ from kubetune_api.preflight import (
     fit,
     hours,
     roomier,
+    task_tokens,
     training_flops,
     wont_fit_message,
 )
@@ -118,6 +119,7 @@ def count_steps(
         "records": meta.records,
         "tokens": int(lengths.sum()),
         "evalTokens": meta.counts.validation.tokens,
+        "evalSamples": meta.counts.validation.samples,
         "stepsPerEpoch": plan.steps_per_epoch,
         "totalSteps": plan.total_steps,
         "longest": int(lengths.max()),
@@ -213,7 +215,11 @@ def memory_and_hours(
         if counts:
             epochs = counts["totalSteps"] / counts["stepsPerEpoch"]
             flops = training_flops(
-                shape, spec, counts["tokens"] * epochs, counts["evalTokens"] * evaluations(spec, counts["totalSteps"])
+                shape,
+                spec,
+                counts["tokens"] * epochs,
+                counts["evalTokens"] * evaluations(spec, counts["totalSteps"]),
+                task_tokens(spec, counts["evalSamples"], counts["evalTokens"]),
             )
             wall, gpu_hours = hours(flops, spec.workers.gpus, gpu)
             report = report.model_copy(
