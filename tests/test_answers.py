@@ -108,3 +108,19 @@ def test_task_scores_reach_mlflow_as_metrics_named_by_task_and_grader() -> None:
         "task.qa.chrf.base": 0.3,
         "task.qa.chrf.adapter": 0.7,
     }
+
+
+def test_kubetune_eval_needs_tasks_to_evaluate() -> None:
+    import subprocess
+    import sys
+
+    from .conftest import ROOT
+
+    result = subprocess.run(
+        [sys.executable, "-m", "kubetune_cli", "eval", str(ROOT / "examples" / "minimal.yaml")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+    )
+    assert result.returncode == 2 and "has no evaluation.tasks: nothing to evaluate" in result.stderr

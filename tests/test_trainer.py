@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -15,8 +17,9 @@ from kubetune_api.records import RunManifest
 from kubetune_trainer import tiny
 from kubetune_trainer.data import reading
 
+from .conftest import ROOT
 from .s3server import S3Server
-from .trainer_helpers import Outcome, answers_with_plain_peft, manifest, reloaded_eval_loss, run
+from .trainer_helpers import Outcome, answers_with_plain_peft, environment, manifest, reloaded_eval_loss, run
 
 pytestmark = pytest.mark.trainer
 
@@ -91,6 +94,8 @@ def only_lora_tensors(s3: S3Server, out: str, tmp: Path) -> list[str]:
 def test_zero2_two_processes_trains_evaluates_and_saves_a_peft_adapter(
     s3: S3Server, stored: dict[str, str], tiny_model: Path, tmp_path: Path
 ) -> None:
+    """Over 30 s: a two-process run (its task evaluation included), then `kubetune eval` of what it wrote, one
+    process; the task's checks ride on this run rather than a run of their own."""
     out = "s3://adapters/zero2/"
     dataset = {"train": stored["train"], "validation": stored["validation"], "maxSeqLength": 128}
     body = manifest(
@@ -109,7 +114,8 @@ def test_zero2_two_processes_trains_evaluates_and_saves_a_peft_adapter(
             },
             "deepspeed": {"zeroStage": 2},
             "output": {"uri": out},
-            "evaluation": {"tasks": [ANSWERS]},
+            # the task's own items (the training records here, not the held-out split): fetched from S3 like the data
+            "evaluation": {"tasks": [{**ANSWERS, "items": stored["train"]}]},
         },
     )
     outcome = run(body, s3, tmp_path)
@@ -117,6 +123,25 @@ def test_zero2_two_processes_trains_evaluates_and_saves_a_peft_adapter(
     assert only_lora_tensors(s3, out, tmp_path) == []
     assert len(metrics["history"]) >= 2 and metrics["data"]["validation"]["samples"] == 80
     assert_tasks(outcome, s3, out, metrics, tiny_model, items=40, tmp=tmp_path)
+    first = tiny.records(600, seed=1)[0]  # the items file's first record, rank 0's first item
+    sample = json.loads(s3.get(out + "samples.jsonl").decode().splitlines()[0])
+    assert sample["item"] == 0 and sample["reference"] == first["completion"].strip() and first["prompt"] in sample["prompt"]
+    # `kubetune eval` on its own (one process, no training) judges the written adapter to the same scores
+    path, scores = tmp_path / "zero2.yaml", tmp_path / "eval.json"
+    judged = subprocess.run(
+        [sys.executable, "-m", "kubetune_cli", "eval", str(path), "--out", str(scores)],
+        env=environment(s3, tmp_path),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert judged.returncode == 0, judged.stdout[-2000:] + judged.stderr[-3000:]
+    again = json.loads(scores.read_text())["tasks"]["answers"]
+    for mine, theirs in zip(again["graders"], metrics["tasks"]["answers"]["graders"], strict=True):
+        for side in ("base", "adapter"):
+            assert mine[side]["score"] == pytest.approx(theirs[side]["score"], abs=1e-6), (side, mine, theirs)
+    assert "answers (exactMatch)" in judged.stdout
     reloaded = reloaded_eval_loss(s3, out, tiny_model, dataset, tiny.records(80, seed=2), tmp_path)
     assert reloaded == pytest.approx(metrics["final"]["evalLoss"], abs=2e-4)
     checkpoints = {k.split("/")[1] for k in s3.keys(out) if k.startswith("checkpoints/")}

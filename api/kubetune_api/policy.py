@@ -269,6 +269,30 @@ def _prefix_rule(path: str, key: str) -> PolicyRule:
     )
 
 
+# URI fields inside a list: each element's under the same rule (tests/security/test_uri_fields.py counts them too)
+LIST_URI_FIELDS = {"spec.evaluation.tasks[].items": "readPrefixes"}
+_TASKS = "object.spec.evaluation.tasks"
+
+
+def _task_items_outside(spec: Any, namespace: str, policy: Policy) -> str | None:
+    """The first task's items outside the policy's readPrefixes, or None."""
+    tasks = spec.evaluation.tasks if spec.evaluation is not None else []
+    return next((t.items for t in tasks if t.items is not None and not _under(policy.readPrefixes, t.items, namespace)), None)
+
+
+def _task_items_rule() -> PolicyRule:
+    """spec.evaluation.tasks[].items (a task's own items, when set) under readPrefixes, as every URI the job reads."""
+    return PolicyRule(
+        "spec.evaluation.tasks[].items",
+        "the platform policy lets this namespace read only under",
+        "readPrefixes",
+        lambda s, ns, p: _task_items_outside(s, ns, p) is None,
+        lambda s: ", ".join(t.items for t in s.evaluation.tasks if t.items is not None),
+        f"!has(object.spec.evaluation) || !has({_TASKS}) || {_TASKS}.all(t, !has(t.items) || {_prefixed('readPrefixes', 't.items')})",
+        _quoted(f"{_TASKS}.filter(t, has(t.items)).map(t, t.items).join(', ')"),
+    )
+
+
 RULES: tuple[PolicyRule, ...] = (
     PolicyRule(
         "spec.workers.image",
@@ -392,6 +416,7 @@ RULES: tuple[PolicyRule, ...] = (
         "'false'",
     ),
     *(_prefix_rule(path, key) for path, key in URI_FIELDS.items()),
+    _task_items_rule(),
 )
 
 

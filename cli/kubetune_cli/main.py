@@ -6,7 +6,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from . import manifest_input, preflight_cmd, run_cmd, serve_cmd, validate_cmd
+from . import eval_cmd, manifest_input, preflight_cmd, run_cmd, serve_cmd, validate_cmd
 
 
 def _crd(_: argparse.Namespace) -> int:
@@ -88,6 +88,16 @@ def parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--work-dir", help="scratch and staging directory (default: .kubetune/NAME)")
     run.set_defaults(func=run_cmd.run)
+
+    evaluate = commands.add_parser(
+        "eval",
+        help="a job's evaluation.tasks on their own: the base model and an adapter on the same held-out items, no training",
+    )
+    evaluate.add_argument("manifest", metavar="MANIFEST", help="a FineTuneJob manifest; - reads standard input")
+    evaluate.add_argument("--adapter", help="the adapter to judge (default: the job's written one, <output.uri>/adapter/)")
+    evaluate.add_argument("--base-only", action="store_true", help="the base model alone (no adapter)")
+    evaluate.add_argument("--out", metavar="FILE", help="write the scores and the samples as JSON")
+    evaluate.set_defaults(func=eval_cmd.run)
 
     preflight = commands.add_parser(
         "preflight",

@@ -11,7 +11,7 @@ import pytest
 
 from kubetune_api import validate_object
 from kubetune_api.job import FineTuneJobSpec
-from kubetune_api.policy import RULES, URI_FIELDS, Policy, check
+from kubetune_api.policy import LIST_URI_FIELDS, RULES, URI_FIELDS, Policy, check
 
 from ..conftest import job
 
@@ -44,9 +44,10 @@ def test_every_uri_field_is_under_a_policy_rule() -> None:
     endpoints = {rule.field for rule in RULES if rule.allowed == "endpoints"}
     found = uri_fields()
     assert {"spec.model.uri", "spec.model.adapter", "spec.dataset.train", "spec.output.uri"} <= found  # the walk works
-    missing = found - set(URI_FIELDS) - endpoints
+    missing = found - set(URI_FIELDS) - set(LIST_URI_FIELDS) - endpoints
     assert not missing, f"URI fields outside the read/write policy (add them to kubetune_api.policy.URI_FIELDS): {missing}"
-    assert set(URI_FIELDS) <= found  # and the table names no field the spec lost
+    assert set(URI_FIELDS) | set(LIST_URI_FIELDS) <= found  # and the tables name no field the spec lost
+    assert set(LIST_URI_FIELDS) <= {rule.field for rule in RULES}  # each list field has its rule
 
 
 @pytest.mark.parametrize("path", sorted(URI_FIELDS))
@@ -62,3 +63,26 @@ def test_each_uri_field_is_refused_outside_its_prefixes(path: str) -> None:
     ]
     allowed = validate_object(job(**{**mine, path: "s3://mine/x/"})).job
     assert allowed is not None and check(allowed.spec, "team-a", policy) == []
+
+
+def test_a_tasks_own_items_are_refused_outside_the_read_prefixes() -> None:
+    """spec.evaluation.tasks[].items, a URI inside a list: every element is under readPrefixes, in the same words."""
+    mine = {"spec.model.uri": "s3://mine/m/", "spec.dataset.train": "s3://mine/t.jsonl", "spec.output.uri": "s3://mine/o/"}
+    policy = Policy(readPrefixes=["s3://mine/"], writePrefixes=["s3://mine/"])
+
+    def tasks(*items: str | None) -> Any:
+        body = job(**mine)
+        body["spec"]["evaluation"] = {
+            "tasks": [
+                {"name": f"t{i}", "graders": [{"type": "exactMatch"}], **({"items": u} if u else {})} for i, u in enumerate(items)
+            ]
+        }
+        result = validate_object(body)
+        assert result.job is not None, result.problems
+        return result.job.spec
+
+    assert check(tasks("s3://mine/a.jsonl", None), "team-a", policy) == []
+    problems = check(tasks("s3://mine/a.jsonl", "s3://theirs/b.jsonl"), "team-a", policy)
+    assert [(p.path, p.message) for p in problems] == [
+        ("spec.evaluation.tasks[].items", "the platform policy lets this namespace read only under: s3://mine/")
+    ]

@@ -40,10 +40,36 @@ def _data_size(store: Store, uri: str) -> int:
     return sum(shards)
 
 
+def dataset_uris(spec: FineTuneJobSpec) -> list[str]:
+    """Every data URI the job reads: the datasets and the tasks' own items."""
+    items = [t.items for t in spec.evaluation.tasks if t.items is not None]
+    return [u for u in (spec.dataset.train, spec.dataset.validation, *items) if u is not None]
+
+
+def fetch_task_items(spec: FineTuneJobSpec, store: Store, cache: Path) -> Path | None:
+    """The tasks' own items (spec.evaluation.tasks[].items) on this machine, each at <dir>/<task name>/ (a file, or
+    the shards of a prefix); None when no task has its own."""
+    tasks = [t for t in spec.evaluation.tasks if t.items is not None]
+    if not tasks:
+        return None
+    root = cache / "task-items" / _local_name(" ".join(str(t.items) for t in tasks))
+    for task in tasks:
+        assert task.items is not None
+        fetch_one(store, task.items, root / task.name, f"task {task.name} items")
+    return root.resolve()
+
+
+def fetch_one(store: Store, uri: str, local: Path, what: str) -> Path:
+    """A data file or a prefix of shards, downloaded and verified under `local`."""
+    if uri.endswith("/"):
+        return store.download_prefix(uri, local, Reason.DATASET_MISSING, what, keep=is_data_file).resolve()
+    return store.download_file(uri, local / Path(uri).name, Reason.DATASET_MISSING, what).resolve()
+
+
 def data_bytes(spec: FineTuneJobSpec, store: Store) -> int:
     """The remote datasets' size, from the listing, checked against workers.cacheSize before a byte is fetched."""
     room = int(quantity_value(spec.workers.cacheSize))
-    data_uris = [u for u in (spec.dataset.train, spec.dataset.validation) if u is not None and store.local_path(u) is None]
+    data_uris = [u for u in dataset_uris(spec) if store.local_path(u) is None]
     size = sum(_data_size(store, u) for u in data_uris)
     if size > room:
         raise TrainerFailure(

@@ -39,7 +39,7 @@ from kubetune_api.metrics import Metrics
 from kubetune_trainer import rank_env, streams
 from kubetune_trainer.data import prepared
 from kubetune_trainer.errors import TrainerFailure
-from kubetune_trainer.inputs import cache_dir, fetch_adapter, fetch_inputs
+from kubetune_trainer.inputs import cache_dir, fetch_adapter, fetch_inputs, fetch_task_items
 from kubetune_trainer.loaders import without_loaders
 from kubetune_trainer.rank_env import RankEnv
 from kubetune_trainer.recipe import outputs, report
@@ -231,6 +231,7 @@ def run_worker(
             prepare_output(spec, store)
             model, train, validation, entry = fetch_inputs(spec, store, cache_dir())
             adapter_dir = fetch_adapter(spec, store, cache_dir())
+            items_dir = fetch_task_items(spec, store, cache_dir())
             if entry is not None:
                 fetched = entry.fetched(spec.model.uri)
                 events.emit(events.FetchLine(**fetched.model_dump()))  # how much came from the node's cache, from storage
@@ -258,7 +259,8 @@ def run_worker(
         "-m",
         "kubetune_trainer.recipe.train",
     ]
-    env = ranks_environ(spec, worker, RankEnv(model, train, validation, work, results, progress, prepared_dir, adapter_dir))
+    paths = RankEnv(model, train, validation, work, results, progress, prepared_dir, adapter_dir, items_dir=items_dir)
+    env = ranks_environ(spec, worker, paths)
     try:
         if log is None:
             code = run_ranks(command, env)

@@ -16,6 +16,7 @@ from kubetune_trainer import terminal
 from kubetune_trainer.launch import result_dir, run_worker
 from kubetune_trainer.rank_env import METRICS_FILE
 from kubetune_trainer.spec_io import dump_spec
+from kubetune_trainer.tasks import table
 
 
 def free_port() -> int:
@@ -97,10 +98,5 @@ def print_report(summary: Summary, stream: Any = sys.stdout, metrics: Metrics | 
         if base is not None and tuned is not None:
             print(f"{label:<16}{base:>9.4f}  {tuned:>11.4f}", file=stream)
     if metrics is not None and metrics.tasks:
-        print("\ntask (grader)                    base      adapter   items", file=stream)
-        for name, result in metrics.tasks.items():
-            for graded in result.graders:
-                b, a = graded.base, graded.adapter
-                shown = [f"{x.score:.3f} ±{x.stderr or 0:.3f}" if x.score is not None else "-" for x in (b, a)]
-                print(f"{name + ' (' + graded.grader + ')':<28}{shown[0]:>14}{shown[1]:>14}{result.items:>7}", file=stream)
+        print("\n" + "\n".join(table.lines(metrics.tasks)), file=stream)
     print(f"\nadapter: {summary.adapterUri}  ({summary.steps} steps)", file=stream)

@@ -16,6 +16,7 @@ RESULT_DIR = "KUBETUNE_RESULT_DIR"  # where ranks leave failure-<rank>.json and 
 PROGRESS_STYLE = "KUBETUNE_PROGRESS"  # json (pods) or bar (a person at a terminal)
 PREPARED_DIR = "KUBETUNE_PREPARED_DIR"  # the worker's prepared dataset (prepared.py), made before the ranks start
 ADAPTER_DIR = "KUBETUNE_ADAPTER_DIR"  # the starting adapter's files (model.adapter), fetched by the launcher
+ITEMS_DIR = "KUBETUNE_TASK_ITEMS_DIR"  # the tasks' own items (spec.evaluation.tasks[].items), <dir>/<task name>/
 PROCESS_START = "KUBETUNE_PROCESS_START"  # when the launcher started the ranks (epoch seconds): start-up cost
 # the benchmarks' run options (never a job's): checkpoints uploaded in the loop, the baseline of bench/data_bench.py;
 # the step-time split of N steps (recipe/profile.py, bench/gpu_bench.py). Set on the command, inherited by the ranks.
@@ -45,6 +46,7 @@ class RankEnv:
     adapter_dir: Path | None = None
     sync_checkpoints: bool = False
     profile_steps: int = 0
+    items_dir: Path | None = None
 
     @classmethod
     def from_environ(cls) -> RankEnv:
@@ -58,6 +60,7 @@ class RankEnv:
             progress=os.environ.get(PROGRESS_STYLE, "json"),
             prepared_dir=Path(os.environ[PREPARED_DIR]),
             adapter_dir=Path(os.environ[ADAPTER_DIR]) if os.environ.get(ADAPTER_DIR) else None,
+            items_dir=Path(os.environ[ITEMS_DIR]) if os.environ.get(ITEMS_DIR) else None,
             sync_checkpoints=os.environ.get(SYNC_CHECKPOINTS) == "1",
             profile_steps=max(0, int(os.environ.get(PROFILE_STEPS) or 0)),
         )
@@ -75,6 +78,8 @@ class RankEnv:
             env[VALIDATION_FILE] = str(self.validation_file)
         if self.adapter_dir is not None:
             env[ADAPTER_DIR] = str(self.adapter_dir)
+        if self.items_dir is not None:
+            env[ITEMS_DIR] = str(self.items_dir)
         if self.sync_checkpoints:
             env[SYNC_CHECKPOINTS] = "1"
         if self.profile_steps:

@@ -10,14 +10,16 @@ import contextlib
 import math
 import time
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 from kubetune_api.evaluation import GenerationSpec, GraderSpec, TaskSpec
+from kubetune_api.job import FineTuneJobSpec
 from kubetune_api.metrics import GraderResult, Score, TaskResult
 from kubetune_trainer import attention
-from kubetune_trainer.recipe.rank import Rank, all_sum
+from kubetune_trainer.recipe.rank import all_sum
 from kubetune_trainer.tasks import graders
-from kubetune_trainer.tasks.items import Item, from_samples
+from kubetune_trainer.tasks.items import Item, from_samples, own_samples
 
 BATCH = 16  # answers generated at once per rank
 
@@ -187,27 +189,48 @@ def usable(task: TaskSpec, items: list[Item]) -> tuple[list[Item], int]:
     return kept, len(items) - len(kept)
 
 
+SIDES = ("base", "adapter")
+
+
 def run(
-    me: Rank, module: Any, tokenizer: Any, heldout: Sequence[Any], synced: bool
+    spec: FineTuneJobSpec,
+    module: Any,
+    tokenizer: Any,
+    heldout: Sequence[Any],
+    device: Any,
+    rank: int = 0,
+    world: int = 1,
+    synced: bool = False,
+    sides: Sequence[str] = SIDES,
+    items_dir: Path | None = None,
 ) -> tuple[dict[str, TaskResult], list[dict[str, Any]]]:
-    """Every task of spec.evaluation.tasks, base model and adapter; rank 0's samples."""
+    """Every task of spec.evaluation.tasks with the base model (the adapter disabled) and the adapter, this rank
+    answering its share; the scores over every rank, and rank 0's samples. `sides`: base only, for a base model
+    on its own (`kubetune eval --base-only`: the adapter side is then not scored). A task with items of its own reads
+    them from `items_dir`/<task name> (fetched by the launcher), the others the held-out samples."""
     import torch
 
     results: dict[str, TaskResult] = {}
     samples: list[dict[str, Any]] = []
-    for task in me.spec.evaluation.tasks:
+    for task in spec.evaluation.tasks:
         started = time.monotonic()
-        items, skipped = from_samples(heldout, tokenizer, task.limit)
+        source = heldout
+        if task.items is not None:
+            assert items_dir is not None, "the launcher fetches a task's own items"
+            source = own_samples(items_dir / task.name, spec, tokenizer, task.name, task.limit)
+        items, skipped = from_samples(source, tokenizer, task.limit)
         items, unusable = usable(task, items)
-        mine, real = shares(items, me.rank, me.world, synced)
+        mine, real = shares(items, rank, world, synced)
         got = {}
         with generating(module):
-            for name in ("base", "adapter"):
+            for name in sides:
                 if task.generation.temperature > 0:
-                    torch.manual_seed(task.generation.seed + me.rank)
-                with module.disable_adapter() if name == "base" else contextlib.nullcontext():
-                    got[name] = answer(module, tokenizer, task, mine, real, me.device, synced)
-        totals = {name: all_sum(me.device, answers.sums()) for name, answers in got.items()}
+                    torch.manual_seed(task.generation.seed + rank)
+                plain = name == "base" and hasattr(module, "disable_adapter")  # (a bare base model has nothing to disable)
+                with module.disable_adapter() if plain else contextlib.nullcontext():
+                    got[name] = answer(module, tokenizer, task, mine, real, device, synced)
+        none = [0.0] * (3 * len(task.graders) + 1)
+        totals = {name: all_sum(device, got[name].sums()) if name in got else none for name in SIDES}
         results[task.name] = TaskResult(
             items=len(items),
             skipped=skipped + unusable,
@@ -222,14 +245,15 @@ def run(
             answerTokens=int(totals["adapter"][-1]),
             seconds=round(time.monotonic() - started, 3),
         )
-        if me.is_main:
+        if rank == 0:
             samples += _samples(task, mine, got, tokenizer)
     return results, samples
 
 
 def _samples(task: TaskSpec, mine: list[Item], got: dict[str, Answers], tokenizer: Any) -> list[dict[str, Any]]:
     out = []
-    for k, item in enumerate(mine[: min(task.samples, len(got["adapter"].answers))]):
+    shown = min(task.samples, *(len(a.answers) for a in got.values()))
+    for k, item in enumerate(mine[:shown]):
         out.append(
             {
                 "task": task.name,

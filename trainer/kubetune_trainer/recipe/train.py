@@ -394,7 +394,11 @@ class Recipe:
         if self.me.spec.evaluation.tasks:
             if chosen["step"] != done:  # the best adapter is written: the tasks judge it, not the last step's
                 self.load_adapter(adapter_dir)
-            scored = answers.run(self.me, self.engine.module, self.tokenizer, self.data.heldout, self.zero3)
+            me = self.me
+            module, heldout = self.engine.module, self.data.heldout
+            scored = answers.run(
+                me.spec, module, self.tokenizer, heldout, me.device, me.rank, me.world, self.zero3, items_dir=me.paths.items_dir
+            )
             self.clock.lap("task evaluation")
         stats = TrainStats(
             steps=done,

@@ -6,7 +6,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
+
+from kubetune_api.job import FineTuneJobSpec
 
 IGNORE = -100  # batching.IGNORE: a label that scores nothing
 
@@ -45,3 +48,19 @@ def from_samples(samples: Sequence[Any], tokenizer: Any, limit: int | None) -> t
         reference = tokenizer.decode(list(sample.input_ids[start:end]), skip_special_tokens=True)
         items.append(Item(index, list(sample.input_ids[:start]), reference.strip()))
     return items, skipped
+
+
+def own_samples(path: Path, spec: FineTuneJobSpec, tokenizer: Any, task: str, limit: int | None) -> Sequence[Any]:
+    """A task's own items (spec.evaluation.tasks[].items, fetched to `path`: a file or a directory of shards), the
+    first `limit` records tokenized as the dataset's records are (its format, fields and overlength policy)."""
+    import itertools
+
+    from kubetune_trainer.data import formats, reading
+
+    read = itertools.islice(reading.iter_dataset(path, f"task {task} items"), limit)
+    records, positions = [], []
+    for record, where, _ in read:
+        records.append(record)
+        positions.append(where)
+    table, _ = formats.tokenize(records, spec.dataset, tokenizer, f"task {task} items", positions)
+    return table
