@@ -9,26 +9,14 @@ from pathlib import Path
 
 from kubetune_api.conditions import Reason
 from kubetune_api.contract import EXIT_PREEMPTED
-from kubetune_api.validate import validate_bytes
 
 from . import manifest_input
 
 
 def run(args: argparse.Namespace) -> int:
-    data = manifest_input.read("run", args.manifest)
-    if data is None:
-        return 2
-    results = validate_bytes(data, args.manifest)
-    for result in results:
-        for problem in result.problems:
-            print(f"{result.source}: {problem}", file=sys.stderr)
-    jobs = [r.job for r in results if r.job is not None]
-    if len(jobs) != len(results) or not jobs:
-        return 1
-    if len(jobs) > 1:
-        print(f"kubetune run: {args.manifest} holds {len(jobs)} FineTuneJobs; run one at a time", file=sys.stderr)
-        return 2
-    job = jobs[0]
+    job = manifest_input.one_job("run", args.manifest, "run")
+    if isinstance(job, int):
+        return job
     processes = args.processes or job.spec.workers.world_size
     if not os.environ.get("CUDA_VISIBLE_DEVICES") and job.spec.workers.gpusPerWorker == 0:
         os.environ["CUDA_VISIBLE_DEVICES"] = ""
