@@ -124,3 +124,57 @@ def test_kubetune_eval_needs_tasks_to_evaluate() -> None:
         cwd=ROOT,
     )
     assert result.returncode == 2 and "has no evaluation.tasks: nothing to evaluate" in result.stderr
+
+
+@pytest.fixture()
+def group(tmp_path: Any) -> Any:
+    """A one-process gloo group: a task's sums (and whether it failed) go across ranks."""
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    yield
+    dist.destroy_process_group()
+
+
+def test_a_task_that_fails_is_recorded_and_the_run_goes_on(model: tuple[Any, Any], group: None) -> None:
+    """Out of memory while generating, say: the task gets its error and no scores, the next task still runs, and
+    nothing is raised (the adapter is still written; a gate on the task then holds it back)."""
+    from kubetune_api.job import FineTuneJobSpec
+    from kubetune_trainer.tasks.table import lines
+
+    tokenizer, lm = model
+
+    class Failing:
+        def __getattr__(self, name: str) -> Any:
+            return getattr(lm, name)
+
+        def __call__(self, **inputs: Any) -> Any:
+            return lm(**inputs)
+
+        def generate(self, **_: Any) -> Any:
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    spec = FineTuneJobSpec.model_validate(
+        {
+            "model": {"uri": "./m/"},
+            "dataset": {"train": "./t.jsonl"},
+            "output": {"uri": "./o/"},
+            "evaluation": {
+                "tasks": [
+                    {"name": "gen", "graders": [{"type": "exactMatch"}]},
+                    {"name": "pick", "graders": [{"type": "choice", "options": ["yes", "no"]}]},
+                ]
+            },
+        }
+    )
+
+    class Sample:
+        def __init__(self, prompt: str, reply: str) -> None:
+            p, r = tokenizer(prompt)["input_ids"], tokenizer(reply, add_special_tokens=False)["input_ids"]
+            self.input_ids, self.labels = p + r, [IGNORE] * len(p) + r
+
+    heldout = [Sample("ok? ", "yes"), Sample("bad? ", "no")]
+    results, _ = answers.run(spec, Failing(), tokenizer, heldout, "cpu", sides=("base",))
+    assert results["gen"].error == "RuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB" and not results["gen"].graders
+    assert results["pick"].error is None and results["pick"].items == 2  # the choice task never generates: it ran
+    assert "gen: no scores, the task failed: RuntimeError" in "\n".join(lines(results))

@@ -38,6 +38,7 @@ def test_benchmark_script_starts() -> None:
         ("bench/dpo_bench.py", "side by side"),
         ("bench/dpo_trl_bench.py", "DPOTrainer"),
         ("bench/soak.py", "the commands users run"),
+        ("bench/task_bench.py", "side by side"),
     ):
         result = subprocess.run([sys.executable, script, "--help"], cwd=ROOT, capture_output=True, text=True, timeout=120)
         assert result.returncode == 0 and words in result.stdout, script

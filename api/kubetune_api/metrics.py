@@ -164,9 +164,10 @@ class TaskResult(_Model):
     graders: list[GraderResult]
     answerTokens: int = 0  # new tokens the adapter generated (base and adapter: twice about this many in all)
     seconds: float = 0.0  # the task's time, both models, on this run's devices
+    error: str | None = None  # why the task has no scores (it failed; the run went on and wrote the adapter)
 
     def headline(self) -> GraderResult:
-        return self.graders[0]
+        return self.graders[0] if self.graders else GraderResult(grader="", base=Score(), adapter=Score())
 
 
 class Metrics(_Model):

@@ -55,8 +55,8 @@ def evaluate(
         if not dist.is_initialized():  # the scores are summed across ranks: here a group of one
             dist.init_process_group("gloo", init_method=f"file://{work / 'group'}", rank=0, world_size=1)
         sides = ("base",) if base_only else answers.SIDES
-        items_dir = fetch_task_items(spec, store, cache_dir())
-        return answers.run(spec, module, tokenizer, heldout, device, sides=sides, items_dir=items_dir)
+        own = answers.own_items(spec, tokenizer, fetch_task_items(spec, store, cache_dir()))
+        return answers.run(spec, module, tokenizer, heldout, device, sides=sides, own=own)
     finally:
         if entry is not None:
             entry.release()

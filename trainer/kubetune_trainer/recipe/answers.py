@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -202,33 +202,41 @@ def run(
     world: int = 1,
     synced: bool = False,
     sides: Sequence[str] = SIDES,
-    items_dir: Path | None = None,
+    own: Mapping[str, Sequence[Any]] | None = None,
 ) -> tuple[dict[str, TaskResult], list[dict[str, Any]]]:
     """Every task of spec.evaluation.tasks with the base model (the adapter disabled) and the adapter, this rank
     answering its share; the scores over every rank, and rank 0's samples. `sides`: base only, for a base model
-    on its own (`kubetune eval --base-only`: the adapter side is then not scored). A task with items of its own reads
-    them from `items_dir`/<task name> (fetched by the launcher), the others the held-out samples."""
+    on its own (`kubetune eval --base-only`: the adapter side is then not scored). A task with items of its own takes
+    them from `own` (read before training: own_items), the others the held-out samples. A task that fails on any rank
+    (out of memory while generating, say) is recorded with its error and the rest go on: the adapter is still
+    written (a task the gate names then has no score, and the gate holds the adapter back)."""
     import torch
 
     results: dict[str, TaskResult] = {}
     samples: list[dict[str, Any]] = []
     for task in spec.evaluation.tasks:
         started = time.monotonic()
-        source = heldout
-        if task.items is not None:
-            assert items_dir is not None, "the launcher fetches a task's own items"
-            source = own_samples(items_dir / task.name, spec, tokenizer, task.name, task.limit)
+        source = (own or {}).get(task.name, heldout) if task.items is not None else heldout
         items, skipped = from_samples(source, tokenizer, task.limit)
         items, unusable = usable(task, items)
         mine, real = shares(items, rank, world, synced)
-        got = {}
-        with generating(module):
-            for name in sides:
-                if task.generation.temperature > 0:
-                    torch.manual_seed(task.generation.seed + rank)
-                plain = name == "base" and hasattr(module, "disable_adapter")  # (a bare base model has nothing to disable)
-                with module.disable_adapter() if plain else contextlib.nullcontext():
-                    got[name] = answer(module, tokenizer, task, mine, real, device, synced)
+        got: dict[str, Answers] = {}
+        error = ""
+        try:
+            with generating(module):
+                for name in sides:
+                    if task.generation.temperature > 0:
+                        torch.manual_seed(task.generation.seed + rank)
+                    plain = name == "base" and hasattr(module, "disable_adapter")  # (a bare base model: nothing to disable)
+                    with module.disable_adapter() if plain else contextlib.nullcontext():
+                        got[name] = answer(module, tokenizer, task, mine, real, device, synced)
+        except Exception as exc:
+            error = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"[:500]
+        if all_sum(device, [1.0 if error else 0.0])[0]:  # every rank agrees the task failed, whichever rank it was
+            results[task.name] = TaskResult(
+                items=len(items), skipped=skipped + unusable, graders=[], error=error or "failed on another rank"
+            )
+            continue
         none = [0.0] * (3 * len(task.graders) + 1)
         totals = {name: all_sum(device, got[name].sums()) if name in got else none for name in SIDES}
         results[task.name] = TaskResult(
@@ -269,4 +277,15 @@ def _samples(task: TaskSpec, mine: list[Item], got: dict[str, Answers], tokenize
                 },
             }
         )
+    return out
+
+
+def own_items(spec: FineTuneJobSpec, tokenizer: Any, items_dir: Path | None) -> dict[str, Sequence[Any]]:
+    """The tasks' own items (fetched by the launcher to `items_dir`/<task name>), read and tokenized before
+    training: a bad record fails the job before step 1, not after it."""
+    out: dict[str, Sequence[Any]] = {}
+    for task in spec.evaluation.tasks:
+        if task.items is not None:
+            assert items_dir is not None, "the launcher fetches a task's own items"
+            out[task.name] = own_samples(items_dir / task.name, spec, tokenizer, task.name, task.limit)
     return out

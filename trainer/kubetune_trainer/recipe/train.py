@@ -240,6 +240,7 @@ class Recipe:
         profiled = paths.profile_steps if main else 0  # the benchmarks' step-time split
         self.profile = StepProfile(me.device, profiled, paths.work_dir / "profile.json") if profiled else StepProfile.disabled()
         self.checkpoints = checkpoint.Checkpoints(me, store, paths.sync_checkpoints)
+        self.task_items = answers.own_items(me.spec, tokenizer, paths.items_dir)  # read now: a bad record fails before step 1
 
     # evaluation
 
@@ -397,7 +398,7 @@ class Recipe:
             me = self.me
             module, heldout = self.engine.module, self.data.heldout
             scored = answers.run(
-                me.spec, module, self.tokenizer, heldout, me.device, me.rank, me.world, self.zero3, items_dir=me.paths.items_dir
+                me.spec, module, self.tokenizer, heldout, me.device, me.rank, me.world, self.zero3, own=self.task_items
             )
             self.clock.lap("task evaluation")
         stats = TrainStats(

@@ -9,6 +9,8 @@ from kubetune_api.metrics import TaskResult
 def lines(results: dict[str, TaskResult]) -> list[str]:
     out = ["task (grader)                    base      adapter   items"]
     for name, result in results.items():
+        if result.error:
+            out.append(f"{name}: no scores, the task failed: {result.error}")
         for graded in result.graders:
             shown = [f"{x.score:.3f} ±{x.stderr or 0:.3f}" if x.score is not None else "-" for x in (graded.base, graded.adapter)]
             out.append(f"{name + ' (' + graded.grader + ')':<28}{shown[0]:>14}{shown[1]:>14}{result.items:>7}")
