@@ -498,9 +498,9 @@ def fetch(
     known = set(FILES).__contains__
     sizes = {o.relative: o.size for o in store.listing(uri, Reason.TRAINER_ERROR, "prepared dataset", keep=known)}
     if sizes.keys() != set(FILES):
-        return None, f"refused: {', '.join(sorted(set(FILES) - sizes.keys()))} missing"
+        return None, f"not used: {', '.join(sorted(set(FILES) - sizes.keys()))} missing"
     if sizes["meta.json"] > META_LIMIT or (limit and sum(sizes.values()) > limit):
-        return None, "refused: larger than the room left for it"
+        return None, "not used: larger than the room left for it"
     shutil.rmtree(dest, ignore_errors=True)
     store.download_prefix(uri, dest, Reason.TRAINER_ERROR, "prepared dataset", keep=known)  # concurrent, verified
     try:
@@ -509,7 +509,7 @@ def fetch(
         return load(dest, vocabulary, max_len, made_from=made, pairs=pairs), "storage"
     except (PreparedInvalid, OSError) as exc:
         shutil.rmtree(dest, ignore_errors=True)
-        return None, f"refused: {exc}"
+        return None, f"not used: {exc}"
 
 
 def for_worker(
