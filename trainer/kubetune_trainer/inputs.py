@@ -82,20 +82,11 @@ def data_bytes(spec: FineTuneJobSpec, store: Store) -> int:
 
 def fetch_data(spec: FineTuneJobSpec, store: Store, cache: Path) -> tuple[Path, Path | None]:
     """The training and validation files (or shard directories) on this machine, downloaded and verified."""
-    files: list[Path | None] = []
-    for name in (spec.dataset.train, spec.dataset.validation):
-        if name is None:
-            files.append(None)
-        elif name.endswith("/"):  # a prefix or directory of shards
-            local = cache / "data" / _local_name(name)
-            got = store.download_prefix(name, local, Reason.DATASET_MISSING, "dataset", keep=is_data_file)
-            files.append(got.resolve())
-        else:
-            target = cache / "data" / _local_name(name) / Path(name).name
-            files.append(store.download_file(name, target, Reason.DATASET_MISSING, "dataset").resolve())
-    train = files[0]
-    assert train is not None
-    return train, files[1]
+    validation = spec.dataset.validation
+    train = fetch_one(store, spec.dataset.train, cache / "data" / _local_name(spec.dataset.train), "dataset")
+    if validation is None:
+        return train, None
+    return train, fetch_one(store, validation, cache / "data" / _local_name(validation), "dataset")
 
 
 def fetch_adapter(spec: FineTuneJobSpec, store: Store, cache: Path) -> Path | None:

@@ -441,7 +441,7 @@ class Recipe:
         module = self.engine.module
         gather = (
             deepspeed.zero.GatheredParameters([p for p in module.parameters() if p.requires_grad], modifier_rank=None)
-            if self.me.spec.deepspeed.zeroStage == 3
+            if self.zero3
             else contextlib.nullcontext()
         )
         with gather:
@@ -469,7 +469,7 @@ class Recipe:
                 from peft import set_peft_model_state_dict
                 from safetensors.torch import load_file
 
-                set_peft_model_state_dict(module, load_file(str(directory / "adapter_model.safetensors")), "default")
+                set_peft_model_state_dict(module, load_file(str(directory / adapters.WEIGHTS)), "default")
             if not self.zero3:
                 for param in trainable:
                     dist.broadcast(param.data, src=0)
